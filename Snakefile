@@ -1,0 +1,25 @@
+# Train language models to explain their own computations (Li et al., arXiv 2511.08579).
+# Thin entry point: configuration, its schema check, the rule files, and the default target.
+from pipeline.config import validate_config, with_base_config
+
+
+configfile: "config.yaml"
+
+
+# config.yaml is always the base: files given with --configfile (and --config values) only override it.
+config.update(with_base_config(config, f"{workflow.basedir}/config.yaml"))
+validate_config(config, source="config.yaml (with any --configfile/--config overrides)")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/facts.smk"
+include: "workflow/rules/labels.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/score.smk"
+
+
+rule all:
+    input:
+        expand("results/act_patch/{run}.json", run=config["runs"]),

@@ -1,0 +1,199 @@
+"""Typed settings: the config schema check and one dataclass per config section.
+
+The Snakefile validates config.yaml with `validate_config`; each stage receives only its
+own section (through Snakemake `params:`) and builds the dataclass below from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+class ConfigError(ValueError):
+    """The configuration is malformed; the message names the field and what was expected."""
+
+
+def validate_config(config: dict[str, Any], source: str = "config") -> None:
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{'.'.join(str(p) for p in e.absolute_path) or '<top level>'}: {e.message}" for e in errors]
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines))
+    for key, spec in config["models"].items():
+        needed = {"gguf_wheel": ["package", "file"], "random": ["tokenizer_from"], "hf": ["path"]}[spec["source"]]
+        for name in needed:
+            if name not in spec:
+                raise ConfigError(f"{source}: models.{key}: source '{spec['source']}' needs field '{name}'")
+        if spec["source"] == "random" and spec["tokenizer_from"] not in config["models"]:
+            raise ConfigError(f"{source}: models.{key}.tokenizer_from: unknown model key '{spec['tokenizer_from']}'")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    validate_config(config, source=str(path))
+    return config
+
+
+def _build(cls, section: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in section.items() if k in names})
+
+
+@dataclass(frozen=True)
+class FactsConfig:
+    source: str = "countryinfo"
+    relations: tuple[str, ...] = ("capital", "continent", "currency", "demonym")
+    few_shot: int = 1
+    keep_only_correct: bool = True
+    test_fraction: float = 0.3
+    seed: int = 0
+    path: str | None = None
+    max_facts_per_relation: int | None = None
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "FactsConfig":
+        return _build(cls, {**section, "relations": tuple(section.get("relations", cls.relations))})
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    format: str = "completion"
+    n_options: int = 4
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "PromptConfig":
+        return _build(cls, section)
+
+
+@dataclass(frozen=True)
+class ActPatchConfig:
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    token_types: tuple[str, ...] = ("last_subject_token", "relation_suffix", "last_token")
+    window_size: int = 6
+    window_stride: int = 6
+    first_layer: int = 0
+    last_layer: int | None = None
+    pairs: dict[str, int] = field(default_factory=lambda: {"train": 240, "test": 100})
+    pair_seed: int = 0
+    batch_size: int = 64
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "ActPatchConfig":
+        patch, pairs = section["patch"], section["pairs"]
+        return cls(
+            prompt=PromptConfig.from_dict(section["prompt"]),
+            token_types=tuple(patch["token_types"]),
+            window_size=patch["window_size"],
+            window_stride=patch["window_stride"],
+            first_layer=patch["first_layer"],
+            last_layer=patch.get("last_layer"),
+            pairs={"train": pairs["train"], "test": pairs["test"]},
+            pair_seed=pairs["seed"],
+            batch_size=section["batch_size"],
+        )
+
+    def windows(self, num_layers: int) -> list[list[int]]:
+        """Consecutive layer windows across the depth, e.g. [[0..5], [6..11], ...]."""
+        last = num_layers - 1 if self.last_layer is None else min(self.last_layer, num_layers - 1)
+        if self.first_layer > last:
+            raise ConfigError(
+                f"act_patch.patch: first_layer {self.first_layer} is beyond the model's last layer {last}"
+            )
+        windows = []
+        for start in range(self.first_layer, last + 1, self.window_stride):
+            windows.append(list(range(start, min(start + self.window_size, last + 1))))
+        return windows
+
+
+@dataclass(frozen=True)
+class ExplainerConfig:
+    prompt_format: str = "plain"
+    projection: str = "linear"
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "ExplainerConfig":
+        return _build(cls, section)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    method: str = "lora"
+    lora_r: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    learning_rate: float = 2e-4
+    projection_learning_rate: float = 1e-3
+    warmup_steps: int = 10
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_examples: int | None = 1200
+    max_length: int = 192
+    seed: int = 0
+    checkpoint_every: int = 25
+    deepspeed: bool = False
+    zero_stage: int = 2
+    precision: str = "fp32"
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "TrainingConfig":
+        flat = dict(section)
+        for key, value in (flat.pop("lora", None) or {}).items():
+            flat[f"lora_{key}"] = tuple(value) if isinstance(value, list) else value
+        speed = flat.pop("deepspeed", None) or {}
+        flat["deepspeed"] = bool(speed.get("enabled", False))
+        flat["zero_stage"] = speed.get("zero_stage", cls.zero_stage)
+        flat["precision"] = speed.get("precision", cls.precision)
+        return _build(cls, flat)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 24
+    batch_size: int = 32
+    max_examples: int | None = 300
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "GenerationConfig":
+        return _build(cls, section)
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    bootstrap_samples: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "ScoringConfig":
+        return _build(cls, section)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`, merging nested mappings key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def with_base_config(config: dict[str, Any], base_path: str | Path) -> dict[str, Any]:
+    """The workflow's config.yaml with the run's --configfile/--config values layered on top."""
+    base = yaml.safe_load(Path(base_path).read_text())
+    return deep_merge(base, config)

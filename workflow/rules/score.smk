@@ -1,0 +1,17 @@
+rule act_patch_score:
+    input:
+        unpack(score_inputs),
+    output:
+        "results/act_patch/{explainer}_{target}.json",
+    params:
+        scoring=config["scoring"],
+    log:
+        "logs/act_patch_score/{explainer}_{target}.log",
+    benchmark:
+        "benchmarks/act_patch_score/{explainer}_{target}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/act_patch_score.py"
