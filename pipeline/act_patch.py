@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,7 @@ def make_pairs(facts: pd.DataFrame, count: int, seed: int, tokenizer) -> list[tu
 def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | Path, split: str,
                  out_table: str | Path, out_vectors: str | Path) -> pd.DataFrame:
     """Patch every (pair, token type, layer window) and record greedy next tokens with and without it."""
-    from pipeline.models import input_device, load_model, read_manifest
-    from pipeline.patching import capture_states, encode, pad_left, patched_next_tokens, wrap
+    from pipeline.models import load_model, read_manifest
 
     facts = read_table(facts_path, required=FACTS_COLUMNS)
     facts = facts[facts["kept"] & (facts["split"] == split)].reset_index(drop=True)
@@ -83,49 +83,10 @@ def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
         examples = json.loads(original["few_shot"])
         rendered.append(tuple(render_prompt(f["template"], f["subject"], options, cfg.prompt, tokenizer, examples)
                               for f in (original, counter)))
-    special = rendered[0][0].add_special_tokens
-    orig_enc = encode(tokenizer, [r[0].text for r in rendered], special)
-    cf_enc = encode(tokenizer, [r[1].text for r in rendered], special)
-    orig_pos = [token_positions(r[0], e["offsets"]) for r, e in zip(rendered, orig_enc)]
-    cf_pos = [token_positions(r[1], e["offsets"]) for r, e in zip(rendered, cf_enc)]
-    traced, device, num_layers = wrap(model), input_device(model), manifest["num_layers"]
-    types = list(cfg.token_types)
-
-    # Counterfactual runs: once per pair, every layer at every token type's position.
-    cf_states = []
-    per_batch = max(1, cfg.batch_size // len(types))
-    for start in tqdm(range(0, len(pairs), per_batch), desc="counterfactual runs", unit="batch", mininterval=5):
-        chunk = range(start, min(start + per_batch, len(pairs)))
-        ids, mask, shifts = pad_left([cf_enc[i]["input_ids"] for i in chunk], tokenizer.pad_token_id, device)
-        rows = torch.tensor([r for r in range(len(chunk)) for _ in types], device=device)
-        pos = torch.tensor([shifts[r] + cf_pos[i][t] for r, i in enumerate(chunk) for t in types], device=device)
-        cf_states.append(capture_states(traced, num_layers, ids, mask, rows, pos).float().cpu())
-    states = torch.cat(cf_states).view(len(pairs), len(types), num_layers, -1)
-
-    # Patched runs: whole pairs per batch (a clean row plus every token type x window), so a pair's
-    # clean and patched answers always come from the same forward pass.
-    jobs_per_pair = [(None, None)] + [(t, w) for t in range(len(types)) for w in range(len(windows))]
-    pairs_per_batch = max(1, cfg.batch_size // len(jobs_per_pair))
-    answers = np.zeros((len(pairs), len(jobs_per_pair)), dtype=np.int64)
-    for start in tqdm(range(0, len(pairs), pairs_per_batch), desc=f"patching {split}", unit="batch", mininterval=5):
-        chunk = list(range(start, min(start + pairs_per_batch, len(pairs))))
-        sequences, positions, layer_mask, values = [], [], [], []
-        for i in chunk:
-            for type_index, window_index in jobs_per_pair:
-                sequences.append(orig_enc[i]["input_ids"])
-                row_mask = torch.zeros(num_layers, dtype=torch.bool)
-                if type_index is None:
-                    positions.append(0)
-                else:
-                    positions.append(orig_pos[i][types[type_index]])
-                    row_mask[windows[window_index]] = True
-                layer_mask.append(row_mask)
-                values.append(states[i, type_index or 0])
-        ids, mask, shifts = pad_left(sequences, tokenizer.pad_token_id, device)
-        position_tensor = torch.tensor([p + s for p, s in zip(positions, shifts)], device=device)
-        next_ids = patched_next_tokens(traced, ids, mask, position_tensor, torch.stack(layer_mask).to(device),
-                                       torch.stack(values).to(device))
-        answers[chunk] = next_ids.view(len(chunk), len(jobs_per_pair)).cpu().numpy()
+    run = run_patches(model, tokenizer, rendered, windows, list(cfg.token_types), cfg.batch_size,
+                      manifest["num_layers"], desc=split)
+    types, orig_enc, cf_enc, orig_pos, cf_pos = run.types, run.orig_enc, run.cf_enc, run.orig_pos, run.cf_pos
+    answers, states, jobs_per_pair = run.answers, run.states, run.jobs_per_pair
 
     rows, vectors = [], []
     for i, (original, counter) in enumerate(pairs):
@@ -150,7 +111,7 @@ def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
                 "gt_original_target": original["target_true"], "gt_counterfactual_target": counter["target_true"],
                 "layer_hashable": [int(x) for x in window], "token_type": token_type,
             })
-            # The vector the explainer sees: the counterfactual state entering the window's first layer.
+            # The vector the explainer sees: the counterfactual output of the window's first layer (what is patched there).
             vectors.append(states[i, type_index, window[0]])
     frame = pd.DataFrame(rows)
     settings = {"act_patch": cfg.__dict__ | {"prompt": cfg.prompt.__dict__}, "split": split}
@@ -284,3 +245,67 @@ def score(scoring_cfg, prediction_paths: dict[str, str], labels_paths: dict[str,
     }
     write_json(result, out_path)
     return result
+
+
+@dataclass
+class PatchRun:
+    types: list[str]
+    jobs_per_pair: list[tuple]  # (token type index, window index); (None, None) is the clean run
+    orig_enc: list[dict]
+    cf_enc: list[dict]
+    orig_pos: list[dict]
+    cf_pos: list[dict]
+    states: torch.Tensor  # [pairs, token types, layers, width] counterfactual states
+    answers: np.ndarray  # [pairs, jobs] greedy next-token ids
+
+
+def run_patches(model, tokenizer, rendered: list[tuple[RenderedPrompt, RenderedPrompt]], windows: list[list[int]],
+                types: list[str], batch_size: int, num_layers: int, desc: str = "") -> PatchRun:
+    """Greedy next tokens of every pair's original prompt, clean and patched at each token type x window."""
+    from pipeline.models import input_device
+    from pipeline.patching import capture_states, encode, pad_left, patched_next_tokens, wrap
+
+    special = rendered[0][0].add_special_tokens
+    orig_enc = encode(tokenizer, [r[0].text for r in rendered], special)
+    cf_enc = encode(tokenizer, [r[1].text for r in rendered], special)
+    orig_pos = [token_positions(r[0], e["offsets"]) for r, e in zip(rendered, orig_enc)]
+    cf_pos = [token_positions(r[1], e["offsets"]) for r, e in zip(rendered, cf_enc)]
+    traced, device = wrap(model), input_device(model)
+
+    # Counterfactual runs: once per pair, every layer at every token type's position.
+    cf_states = []
+    per_batch = max(1, batch_size // len(types))
+    for start in tqdm(range(0, len(rendered), per_batch), desc="counterfactual runs", unit="batch", mininterval=5):
+        chunk = range(start, min(start + per_batch, len(rendered)))
+        ids, mask, shifts = pad_left([cf_enc[i]["input_ids"] for i in chunk], tokenizer.pad_token_id, device)
+        rows = torch.tensor([r for r in range(len(chunk)) for _ in types], device=device)
+        pos = torch.tensor([shifts[r] + cf_pos[i][t] for r, i in enumerate(chunk) for t in types], device=device)
+        cf_states.append(capture_states(traced, num_layers, ids, mask, rows, pos).float().cpu())
+    states = torch.cat(cf_states).view(len(rendered), len(types), num_layers, -1)
+
+    # Patched runs: whole pairs per batch (a clean row plus every token type x window), so a pair's
+    # clean and patched answers always come from the same forward pass.
+    jobs_per_pair = [(None, None)] + [(t, w) for t in range(len(types)) for w in range(len(windows))]
+    pairs_per_batch = max(1, batch_size // len(jobs_per_pair))
+    answers = np.zeros((len(rendered), len(jobs_per_pair)), dtype=np.int64)
+    for start in tqdm(range(0, len(rendered), pairs_per_batch), desc=f"patching {desc}", unit="batch", mininterval=5):
+        chunk = list(range(start, min(start + pairs_per_batch, len(rendered))))
+        sequences, positions, layer_mask, values = [], [], [], []
+        for i in chunk:
+            for type_index, window_index in jobs_per_pair:
+                sequences.append(orig_enc[i]["input_ids"])
+                row_mask = torch.zeros(num_layers, dtype=torch.bool)
+                if type_index is None:
+                    positions.append(0)
+                else:
+                    positions.append(orig_pos[i][types[type_index]])
+                    row_mask[windows[window_index]] = True
+                layer_mask.append(row_mask)
+                values.append(states[i, type_index or 0])
+        ids, mask, shifts = pad_left(sequences, tokenizer.pad_token_id, device)
+        position_tensor = torch.tensor([p + s for p, s in zip(positions, shifts)], device=device)
+        next_ids = patched_next_tokens(traced, ids, mask, position_tensor, torch.stack(layer_mask).to(device),
+                                       torch.stack(values).to(device))
+        answers[chunk] = next_ids.view(len(chunk), len(jobs_per_pair)).cpu().numpy()
+
+    return PatchRun(types, jobs_per_pair, orig_enc, cf_enc, orig_pos, cf_pos, states, answers)

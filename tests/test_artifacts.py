@@ -1,0 +1,64 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.artifacts import (ArtifactError, atomic_dir, read_provenance, read_table, read_tensors, write_json,
+                                write_table, write_tensors, provenance)
+
+
+def test_table_round_trip_with_provenance_and_datasets(tmp_path):
+    frame = pd.DataFrame({"layer": [[0, 1], [2, 3]], "is_different": [True, False],
+                          "patch_position": [{"orig_pos": 1, "orig_text_token": "a"}, {"orig_pos": 2, "orig_text_token": "b"}]})
+    path = tmp_path / "t.parquet"
+    write_table(frame, path, provenance({"x": 1}, {"target": "m"}))
+    back = read_table(path, required=["layer"])
+    assert back["layer"].map(list).tolist() == [[0, 1], [2, 3]]
+    prov = read_provenance(path)
+    assert prov["settings"] == {"x": 1} and prov["models"] == {"target": "m"} and len(prov["config_hash"]) == 16
+    assert prov["code_version"].startswith("0.1.0")
+    import datasets
+
+    loaded = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    assert loaded.num_rows == 2 and loaded[1]["patch_position"]["orig_pos"] == 2
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    path = tmp_path / "out.parquet"
+    bad = pd.DataFrame({"x": [object()]})  # pyarrow cannot convert this
+    with pytest.raises(Exception):
+        write_table(bad, path, {})
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "folder") as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_tables_get_clear_errors(tmp_path):
+    with pytest.raises(ArtifactError, match="missing.parquet: file not found"):
+        read_table(tmp_path / "missing.parquet")
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"not parquet at all")
+    with pytest.raises(ArtifactError, match="corrupt.parquet: not a readable Parquet file"):
+        read_table(corrupt)
+    empty = tmp_path / "empty.parquet"
+    write_table(pd.DataFrame({"a": pd.Series([], dtype=int)}), empty, {})
+    with pytest.raises(ArtifactError, match="empty.parquet: table has no rows"):
+        read_table(empty)
+    with pytest.raises(ArtifactError, match=r"missing column\(s\) \['b'\]"):
+        read_table(empty, required=["a", "b"], allow_empty=True)
+
+
+def test_tensors_and_json(tmp_path):
+    path = tmp_path / "v.safetensors"
+    write_tensors({"v": torch.arange(6.0).view(2, 3)}, path, {"config_hash": "abc"})
+    assert torch.equal(read_tensors(path)["v"], torch.arange(6.0).view(2, 3))
+    assert read_provenance(path)["config_hash"] == "abc"
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 3)
+    with pytest.raises(ArtifactError, match="bad.safetensors: not a readable safetensors file"):
+        read_tensors(tmp_path / "bad.safetensors")
+    write_json({"a": 1}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}

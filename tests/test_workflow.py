@@ -1,0 +1,120 @@
+"""The Snakemake workflow on the tiny model in a temporary folder: results, caching, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 600) -> subprocess.CompletedProcess:
+    command = ["timeout", "-k", "10", str(timeout), *SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--cores", "2", "--configfile", str(REPO / "tests" / "config_tiny.yaml"), *map(str, configfiles), *args]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from a dry run's 'Job stats' table."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def override(tmp_path: Path, name: str, settings: dict) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(workdir, "results/act_patch/tiny_tiny.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir
+
+
+def test_results_file_holds_metrics_baselines_counts_provenance(finished_run):
+    result = json.loads((finished_run / "results/act_patch/tiny_tiny.json").read_text())
+    assert set(result["metrics"]) == {"finetuned", "untrained", "no_vector"}
+    overall = result["metrics"]["finetuned"]["overall"]
+    for name in ("exact_match", "content_match", "is_changed_f1", "is_unchanged_f1", "valid_format"):
+        assert name in overall
+    assert overall["n"] == 8
+    assert result["counts"]["facts"]["facts_total"] == 80 and result["counts"]["labels_test"]["pairs"] == 3
+    assert result["provenance"]["models"]["target"]["source"] == "random"
+    assert len(result["provenance"]["config_hash"]) == 16
+
+
+def test_every_stage_table_opens_in_pandas_and_datasets(finished_run):
+    import datasets
+
+    tables = sorted((finished_run / "work").rglob("*.parquet"))
+    assert len(tables) == 6  # facts, two label splits, three prediction variants
+    for path in tables:
+        assert len(pd.read_parquet(path)) > 0
+        assert datasets.load_dataset("parquet", data_files=str(path), split="train").num_rows > 0
+    labels = pd.read_parquet(finished_run / "work/act_patch/labels/tiny/test.parquet")
+    assert {"layer", "input_tokens", "patch_position", "is_different", "token_type", "layer_hashable"} <= set(labels)
+
+
+def test_second_run_does_nothing(finished_run):
+    assert planned_jobs(snakemake(finished_run, "-n", "results/act_patch/tiny_tiny.json")) == {}
+
+
+def test_scoring_change_reruns_only_scoring(finished_run, tmp_path):
+    changed = override(tmp_path, "scoring.yaml", {"scoring": {"bootstrap_samples": 60, "seed": 1}})
+    plan = planned_jobs(snakemake(finished_run, "-n", "results/act_patch/tiny_tiny.json", configfiles=[changed]))
+    assert plan == {"act_patch_score": 1}
+    run = snakemake(finished_run, "results/act_patch/tiny_tiny.json", configfiles=[changed])
+    assert run.returncode == 0 and "1 of 1 steps (100%) done" in run.stderr + run.stdout
+    assert json.loads((finished_run / "results/act_patch/tiny_tiny.json").read_text())[
+        "provenance"]["settings"]["scoring"]["bootstrap_samples"] == 60
+
+
+def test_window_change_reruns_labels_and_everything_after(finished_run, tmp_path):
+    config = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())
+    patch = config["act_patch"]["patch"] | {"window_size": 3}
+    changed = override(tmp_path, "window.yaml", {"act_patch": {"patch": patch}})
+    plan = planned_jobs(snakemake(finished_run, "-n", "results/act_patch/tiny_tiny.json", configfiles=[changed]))
+    assert plan == {"act_patch_labels": 2, "act_patch_train": 1, "act_patch_generate": 3, "act_patch_score": 1}
+
+
+def test_paper_run_plans_every_job_and_fails_early_without_weights(tmp_path):
+    plan = planned_jobs(snakemake(tmp_path, "-n", "results/act_patch/llama_llama.json"))
+    assert plan == {"prepare_model": 1, "act_patch_facts": 1, "act_patch_labels": 2, "act_patch_train": 1,
+                    "act_patch_generate": 3, "act_patch_score": 1}
+    env_home = tmp_path / "hf-home"
+    os.environ["HF_HOME"] = str(env_home)
+    try:
+        run = snakemake(tmp_path, "results/act_patch/llama_llama.json", timeout=300)
+    finally:
+        del os.environ["HF_HOME"]
+    assert run.returncode != 0
+    log = (tmp_path / "logs/prepare_model/llama.log").read_text()
+    assert "model 'llama' (meta-llama/Llama-3.1-8B) is not available" in log and "HF_TOKEN" in log
+    assert not (tmp_path / "resources/models/llama").exists() and not (tmp_path / "work").exists()
+
+
+def test_bad_config_and_unknown_model_fail_before_any_job(tmp_path):
+    broken = override(tmp_path, "broken.yaml", {"act_patch": {"batch_size": 0}})
+    run = snakemake(tmp_path, "-n", configfiles=[broken])
+    assert run.returncode != 0 and "act_patch.batch_size: 0 is less than the minimum of 1" in run.stdout + run.stderr
+    run = snakemake(tmp_path, "-n", "results/act_patch/nosuch_tiny.json")
+    assert run.returncode != 0 and "unknown model key 'nosuch'" in run.stdout + run.stderr
