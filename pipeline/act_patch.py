@@ -182,7 +182,8 @@ VARIANTS = ("finetuned", "untrained", "no_vector")
 def generate(variant: str, generation_cfg, explainer_cfg, labels_path, vectors_path, explainer_dir, target_dir,
              trained_dir, out_path, settings: dict) -> pd.DataFrame:
     """Answers of one explainer variant on the test split: the fine-tuned explainer, the untrained
-    explainer (zero-shot, with format instructions), or the fine-tuned one given a zero vector."""
+    explainer (zero-shot, with format instructions, in its chat template if it has one), or the
+    fine-tuned one given a zero vector."""
     from pipeline.explainer import load_explainer
     from pipeline.generation import generate_answers
     from pipeline.models import read_manifest
@@ -199,11 +200,14 @@ def generate(variant: str, generation_cfg, explainer_cfg, labels_path, vectors_p
     target_width = read_manifest(target_dir)["hidden_size"]
     explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir,
                                           target_width, explainer_cfg.projection)
+    prompt_format = explainer_cfg.prompt_format
     if variant == "untrained":
         questions = [q + FORMAT_INSTRUCTION for q in questions]
+        # Zero-shot, an instruct model is asked as it was trained to be asked: in its chat template.
+        prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else prompt_format
     if variant == "no_vector":
         vectors = torch.zeros_like(vectors)
-    predictions = generate_answers(explainer, tokenizer, questions, vectors, explainer_cfg.prompt_format,
+    predictions = generate_answers(explainer, tokenizer, questions, vectors, prompt_format,
                                    generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant)
     out = pd.DataFrame({"row_id": frame["row_id"] if "row_id" in frame else np.arange(len(frame)),
                         "variant": variant, "question": questions, "prediction": predictions,

@@ -2,8 +2,9 @@
 
 - exact_match: normalised prediction equals the reference, counted only for valid-format outputs;
 - content_match: the text inside <<<...>>> equals the reference's;
-- is_changed_f1 / is_unchanged_f1: F1 of the changed (resp. unchanged) verdict, where an
-  invalid output counts as neither verdict;
+- is_changed_f1 / is_unchanged_f1: F1 of the changed (resp. unchanged) verdict; an off-format
+  output's verdict is read from its wording ("... remain unchanged ..."), and one with no
+  verdict counts as neither;
 - valid_format: share of outputs in one of the two answer forms.
 Means carry the binomial standard error; F1 scores a seeded bootstrap standard error.
 """
@@ -47,8 +48,8 @@ def change_metrics(predictions: list[str], references: list[str], changed: np.nd
     exact = np.array([p.valid and normalize(a) == normalize(b) for p, a, b in zip(parsed, predictions, references)])
     content = np.array([p.content is not None and normalize(p.content) == normalize(r.content)
                         for p, r in zip(parsed, reference)])
-    said_changed = np.array([p.valid and bool(p.changed) for p in parsed])
-    said_unchanged = np.array([p.valid and not p.changed for p in parsed])
+    said_changed = np.array([p.changed is True for p in parsed])
+    said_unchanged = np.array([p.changed is False for p in parsed])
     changed = np.asarray(changed, dtype=bool)
     return {
         "n": int(len(predictions)),

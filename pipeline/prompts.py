@@ -44,20 +44,25 @@ def change_answer(changed: bool, content: str) -> str:
     return (CHANGED if changed else UNCHANGED).format(content=content)
 
 
+_SAYS_UNCHANGED = re.compile(r"\b(unchanged|remains?|stays?|same)\b", re.IGNORECASE)
+_SAYS_CHANGED = re.compile(r"\bchange", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class ParsedAnswer:
-    valid: bool
-    changed: bool | None
+    valid: bool  # exactly one of the two answer sentences
+    changed: bool | None  # the verdict; read from the wording when the format is off, None if there is none
     content: str | None
 
 
 def parse_answer(text: str) -> ParsedAnswer:
-    """The change/unchanged verdict and the <<<content>>> of an answer; invalid if off-format."""
+    """The change/unchanged verdict and the <<<content>>> of an answer."""
     match = _ANSWER.match(text or "")
-    if not match:
-        content = re.search(r"<<<(.*?)>>>", text or "", re.DOTALL)
-        return ParsedAnswer(False, None, content.group(1) if content else None)
-    return ParsedAnswer(True, match.group("changed") is not None, match.group("content"))
+    if match:
+        return ParsedAnswer(True, match.group("changed") is not None, match.group("content"))
+    content = re.search(r"<<<(.*?)>>>", text or "", re.DOTALL)
+    verdict = False if _SAYS_UNCHANGED.search(text or "") else True if _SAYS_CHANGED.search(text or "") else None
+    return ParsedAnswer(False, verdict, content.group(1) if content else None)
 
 
 def normalize(text: str | None) -> str:

