@@ -140,24 +140,16 @@ def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target
 
     from pipeline.models import load_model
 
-    model, tokenizer = load_model(base_model_dir)
     meta = json.loads((Path(folder) / EXPLAINER_META).read_text()) if folder else {}
-    if folder and meta.get("method") == "lora":
+    full = meta.get("method") == "full"
+    model, tokenizer = load_model(base_model_dir, weights=folder if full else None)
+    if folder and not full:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-    elif folder:
-        model, _ = load_model_from_weights(folder, model)
     explainer = ContinuousTokenExplainer(model, meta.get("target_width", target_width),
                                          meta.get("projection", projection))
     if folder and explainer.projection is not None:
         explainer.projection.weight.data.copy_(load_file(str(Path(folder) / PROJECTION_FILE))["weight"])
     explainer.eval()
     return explainer, tokenizer
-
-
-def load_model_from_weights(folder, like):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=like.dtype).to(like.device)
-    return model.eval(), None

@@ -179,8 +179,9 @@ def load_tokenizer(model_dir: str | Path):
     return tokenizer
 
 
-def load_model(model_dir: str | Path, trainable: bool = False):
-    """(model, tokenizer) from a prepared folder, in the dtype and device map the config asked for."""
+def load_model(model_dir: str | Path, trainable: bool = False, weights: str | Path | None = None):
+    """(model, tokenizer) from a prepared folder, in the dtype and device map the config asked for;
+    `weights` loads other weights of the same model (a fully fine-tuned explainer) the same way."""
     from transformers import AutoModelForCausalLM
 
     manifest = read_manifest(model_dir)
@@ -188,7 +189,7 @@ def load_model(model_dir: str | Path, trainable: bool = False):
     kwargs: dict[str, Any] = {"dtype": DTYPES[spec.get("dtype", "float32")]}
     if spec.get("device_map"):
         kwargs["device_map"] = spec["device_map"]
-    model = AutoModelForCausalLM.from_pretrained(manifest["weights"], **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(weights or manifest["weights"]), **kwargs)
     if not spec.get("device_map") and torch.cuda.is_available():
         model.to("cuda")
     model.train(trainable)

@@ -67,3 +67,25 @@ def test_token_positions_of_each_type(tiny):
     assert tokens[positions["last_subject_token"]] == "ĠKorea"
     assert tokens[positions["relation_suffix"]] == "Ġis"
     assert positions["last_token"] == len(tokens) - 1 and tokens[-1] == "Ġof"
+
+
+def test_constrained_chat_labels_on_tiny(tmp_path, tiny_dir):
+    """The paper's 'Respond with one of ...' chat form, end to end through facts and batched patching."""
+    from pipeline.act_patch import build_labels, load_examples
+    from pipeline.config import ActPatchConfig, FactsConfig
+    from pipeline.facts import build_facts
+
+    prompt = PromptConfig(format="constrained", n_options=4)
+    facts = build_facts(FactsConfig(relations=("capital",), keep_only_correct=False, max_facts_per_relation=30),
+                        prompt, tiny_dir, tmp_path / "facts.parquet")
+    assert facts["prompt"].str.contains("Respond with one of").all()
+    cfg = ActPatchConfig(prompt=prompt, window_size=2, window_stride=2, pairs={"train": 4, "test": 2}, batch_size=16)
+    labels = build_labels(cfg, tmp_path / "facts.parquet", tiny_dir, "train", tmp_path / "l.parquet", tmp_path / "v.safetensors")
+    assert len(labels) == 4 * 3 * 2  # pairs x token types x windows of a 4-layer model
+    for row in labels.itertuples():
+        # both prompts of a pair offer the same options, including both answers
+        options = row.input_text.split("Respond with one of ")[1].split(" or unknown")[0].split(" or ")
+        assert row.gt_original_target in options and row.gt_counterfactual_target in options
+        assert row.counterfactual_text.split("Respond with one of ")[1] == row.input_text.split("Respond with one of ")[1]
+    frame, vectors = load_examples(tmp_path / "l.parquet", tmp_path / "v.safetensors")
+    assert vectors.shape == (len(frame), 64)

@@ -7,7 +7,7 @@ import torch
 
 from pipeline import training
 from pipeline.config import ExplainerConfig, TrainingConfig
-from pipeline.explainer import load_explainer
+from pipeline.explainer import collate, encode_example, load_explainer
 from pipeline.generation import generate_answers
 from pipeline.models import load_model
 
@@ -30,6 +30,14 @@ def cfg(**overrides):
     return TrainingConfig(**(base | overrides))
 
 
+@torch.no_grad()
+def answer_loss(explainer, tokenizer, examples) -> float:
+    questions, answers, vectors = examples
+    batch = collate([encode_example(tokenizer, q, a, "plain") for q, a in zip(questions, answers)], vectors,
+                    tokenizer.pad_token_id, "cpu")
+    return explainer(**batch).loss.item()
+
+
 def run(tmp_path, tiny_dir, name, config, examples):
     questions, answers, vectors = examples
     return training.train_explainer(config, ExplainerConfig(), tiny_dir, 64, questions, answers, vectors,
@@ -41,6 +49,10 @@ def test_full_fine_tuning_learns_the_answers(tmp_path, tiny_dir):
     losses = [entry["loss"] for entry in log["losses"]]
     assert log["steps"] == 24 and losses[-1] < losses[0] / 3
     assert {"model.safetensors", "projection.safetensors", "explainer.json"} <= {p.name for p in (tmp_path / "full").iterdir()}
+    # the reloaded folder holds the trained weights: its loss is the trained loss, far below the base model's
+    trained = answer_loss(*load_explainer(tmp_path / "full", tiny_dir, 64), toy_examples())
+    base = answer_loss(*load_explainer(None, tiny_dir, 64), toy_examples())
+    assert trained < base / 3 and trained == pytest.approx(losses[-1], rel=0.5)
 
 
 def test_lora_training_saves_a_peft_folder_that_reloads(tmp_path, tiny_dir):
