@@ -97,16 +97,12 @@ def test_window_change_reruns_labels_and_everything_after(finished_run, tmp_path
     assert plan == {"act_patch_labels": 2, "act_patch_train": 1, "act_patch_generate": 3, "act_patch_score": 1}
 
 
-def test_paper_run_plans_every_job_and_fails_early_without_weights(tmp_path):
+def test_paper_run_plans_every_job_and_fails_early_without_weights(tmp_path, monkeypatch):
     plan = planned_jobs(snakemake(tmp_path, "-n", "results/act_patch/llama_llama.json"))
     assert plan == {"prepare_model": 1, "act_patch_facts": 1, "act_patch_labels": 2, "act_patch_train": 1,
                     "act_patch_generate": 3, "act_patch_score": 1}
-    env_home = tmp_path / "hf-home"
-    os.environ["HF_HOME"] = str(env_home)
-    try:
-        run = snakemake(tmp_path, "results/act_patch/llama_llama.json", timeout=300)
-    finally:
-        del os.environ["HF_HOME"]
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty cache, whatever this machine holds
+    run = snakemake(tmp_path, "results/act_patch/llama_llama.json", timeout=300)
     assert run.returncode != 0
     log = (tmp_path / "logs/prepare_model/llama.log").read_text()
     assert "model 'llama' (meta-llama/Llama-3.1-8B) is not available" in log and "HF_TOKEN" in log
