@@ -18,8 +18,11 @@ include: "workflow/rules/labels.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
-        expand("results/act_patch/{run}.json", run=config["runs"]),
+        all_results(),
+        all_figures(),
+        "results/summary.parquet",

@@ -221,11 +221,9 @@ def generate(variant: str, generation_cfg, explainer_cfg, labels_path, vectors_p
 def score(scoring_cfg, prediction_paths: dict[str, str], labels_paths: dict[str, str], facts_path, trained_dir,
           explainer_dir, target_dir, out_path, names: dict[str, str]) -> dict:
     """Metrics of every variant, counts and provenance in `results/act_patch/{explainer}_{target}.json`."""
-    import json as _json
 
     from pipeline.artifacts import read_provenance, write_json
-    from pipeline.metrics import change_metrics_by_label
-    from pipeline.models import read_manifest
+    from pipeline.metrics import change_metrics_by_label, run_summary
 
     metrics = {}
     for variant, path in prediction_paths.items():
@@ -234,19 +232,8 @@ def score(scoring_cfg, prediction_paths: dict[str, str], labels_paths: dict[str,
     counts = {"facts": read_provenance(facts_path).get("counts", {})}
     for split, path in labels_paths.items():
         counts[f"labels_{split}"] = read_provenance(path).get("counts", {})
-    training_log = _json.loads((Path(trained_dir) / "training_log.json").read_text())
-    result = {
-        "task": "act_patch", "explainer": names["explainer"], "target": names["target"],
-        "metrics": metrics,
-        "counts": counts,
-        "training": {k: v for k, v in training_log.items() if k != "losses"}
-                    | {"final_loss": training_log["losses"][-1]["loss"] if training_log["losses"] else None},
-        "provenance": provenance({"scoring": scoring_cfg.__dict__},
-                                 {"explainer": read_manifest(explainer_dir)["source"],
-                                  "target": read_manifest(target_dir)["source"]})
-                      | {"upstream_config_hashes": {v: read_provenance(p).get("config_hash")
-                                                    for v, p in prediction_paths.items()}},
-    }
+    result = {"task": "act_patch", "explainer": names["explainer"], "target": names["target"], "metrics": metrics,
+              "counts": counts} | run_summary(scoring_cfg, prediction_paths, trained_dir, explainer_dir, target_dir)
     write_json(result, out_path)
     return result
 

@@ -121,6 +121,29 @@ class ActPatchConfig:
 
 
 @dataclass(frozen=True)
+class InputAblationConfig:
+    source: str = "countryinfo"
+    path: str | None = None
+    relations: tuple[str, ...] = ("capital", "currency", "language", "region", "subregion", "borders", "demonym")
+    n_choices: int = 4
+    max_questions_per_relation: int | None = None
+    test_fraction: float = 0.3
+    seed: int = 0
+    system_prompt: str = "Answer the multiple-choice question with the letter of the correct option."
+    choice_format: str = "({letter}) {text}"
+    answer_prefix: str = "Answer: ("
+    max_new_tokens: int = 2
+    batch_size: int = 32
+    rebalance_train: bool = False
+    max_train_examples: int | None = None
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "InputAblationConfig":
+        flat = {k: v for k, v in section.items() if k not in ("training", "generation")}
+        return _build(cls, {**flat, "relations": tuple(flat.get("relations", cls.relations))})
+
+
+@dataclass(frozen=True)
 class ExplainerConfig:
     prompt_format: str = "plain"
     projection: str = "linear"
@@ -147,6 +170,8 @@ class TrainingConfig:
     max_length: int = 192
     seed: int = 0
     checkpoint_every: int = 25
+    gpus: int = 1
+    cpu_processes: int = 1
     deepspeed: bool = False
     zero_stage: int = 2
     precision: str = "fp32"

@@ -71,3 +71,24 @@ def change_metrics_by_label(frame: pd.DataFrame, samples: int, seed: int) -> dic
             result[f"is_different={flag}"] = change_metrics(part["prediction"].tolist(), part["reference"].tolist(),
                                                             part["is_different"].to_numpy(), samples, seed)
     return result
+
+
+def run_summary(scoring_cfg, prediction_paths: dict[str, str], trained_dir, explainer_dir, target_dir) -> dict:
+    """The parts every results file shares: the training log's summary and the provenance of the scores."""
+    import json
+    from pathlib import Path
+
+    from pipeline.artifacts import provenance, read_provenance
+    from pipeline.models import read_manifest
+
+    training_log = json.loads((Path(trained_dir) / "training_log.json").read_text())
+    losses = training_log["losses"]
+    return {
+        "training": {k: v for k, v in training_log.items() if k != "losses"}
+                    | {"final_loss": losses[-1]["loss"] if losses else None},
+        "provenance": provenance({"scoring": scoring_cfg.__dict__},
+                                 {"explainer": read_manifest(explainer_dir)["source"],
+                                  "target": read_manifest(target_dir)["source"]})
+                      | {"upstream_config_hashes": {v: read_provenance(p).get("config_hash")
+                                                    for v, p in prediction_paths.items()}},
+    }

@@ -23,6 +23,11 @@ FORMAT_INSTRUCTION = (
     "\"The most likely output would change to <<<Y>>>.\", where X or Y is the next token."
 )
 
+FORMAT_INSTRUCTION_CHOICE = (
+    " Answer with one sentence, either \"The output would remain unchanged from <<<Answer: X>>>.\" or "
+    "\"The most likely output would change to <<<Answer: Y>>>.\", where X or Y is the letter the assistant would answer."
+)
+
 _ANSWER = re.compile(
     r"^\s*The (?:output would remain (?P<unchanged>unchanged) from|most likely output would (?P<changed>change) to)"
     r" <<<(?P<content>.*?)>>>\.?\s*$",

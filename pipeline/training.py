@@ -2,8 +2,10 @@
 
 The loss covers only the answer tokens. A checkpoint of the trainable state is written every
 `checkpoint_every` steps beside the output; a rerun with the same settings resumes from it.
-With `deepspeed.enabled` the same loop runs through a DeepSpeed ZeRO engine (gloo on CPU,
-NCCL on GPUs); the launcher (deepspeed/torchrun) sets the process count.
+With `deepspeed.enabled` the same loop runs through a DeepSpeed ZeRO engine. Under torchrun
+(see pipeline/launch.py) every process takes its share of each global batch of `batch_size`
+examples; the loss is summed over answer tokens and divided by the global batch's token count,
+so gradients summed across processes equal single-process training on the same batch.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.artifacts import atomic_dir, config_hash, provenance
+from pipeline.artifacts import atomic_dir, atomic_path, config_hash, provenance
 from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, save_explainer
 from pipeline.models import input_device, load_model, read_manifest
@@ -35,7 +37,50 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _deepspeed_engine(explainer, optimizer, scheduler, cfg: TrainingConfig):
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without a process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def _all_sum(value: float | torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    tensor = torch.as_tensor(value, dtype=torch.float64).clone()
+    if world()[1] > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _init_process_group() -> None:
+    """Join the group torchrun set up (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPU."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over answer tokens, and their count."""
+    shifted, targets = logits[:, :-1].float(), labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    return loss, int((targets != -100).sum())
+
+
+def _deepspeed_engine(explainer, optimizer, scheduler, cfg: TrainingConfig, micro_batch: int):
     import deepspeed
 
     # One process without a launcher: a gloo group of one, as `deepspeed.initialize` expects.
@@ -46,7 +91,7 @@ def _deepspeed_engine(explainer, optimizer, scheduler, cfg: TrainingConfig):
         # The CPU shared-memory collective is JIT-compiled (~76 s) and only speeds up multi-process runs on one host.
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     config = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": cfg.grad_accum,
         "gradient_clipping": 1.0,
         "zero_optimization": {"stage": cfg.zero_stage},
@@ -68,7 +113,11 @@ def _select(count: int, cfg: TrainingConfig) -> np.ndarray:
 def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_model_dir: str | Path,
                     target_width: int, questions: list[str], answers: list[str], vectors: torch.Tensor | None,
                     out_dir: str | Path, checkpoint_dir: str | Path, settings: dict) -> dict:
-    """Train, write the explainer folder atomically, and return the training log."""
+    """Train, write the explainer folder atomically (rank 0), and return the training log."""
+    _init_process_group()
+    rank, size = world()
+    if cfg.batch_size % size:
+        raise ValueError(f"training.batch_size {cfg.batch_size} must be divisible by the {size} training processes")
     torch.manual_seed(cfg.seed)
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     model, tokenizer = load_model(base_model_dir, trainable=True)
@@ -96,55 +145,66 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
     groups = [{"params": lm_params, "lr": cfg.learning_rate}]
     if explainer.projection is not None:
         groups.append({"params": list(explainer.projection.parameters()), "lr": cfg.projection_learning_rate})
+    trainable = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     warmup = min(cfg.warmup_steps, total_steps // 2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) * max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    engine = _deepspeed_engine(explainer, optimizer, scheduler, cfg) if cfg.deepspeed else None
+    engine = _deepspeed_engine(explainer, optimizer, scheduler, cfg, cfg.batch_size // size) if cfg.deepspeed else None
 
     run_hash = config_hash(settings)
     start_step, history = _resume(checkpoint_dir, run_hash, explainer, optimizer, scheduler, engine)
     explainer.train()
     tokens_seen, started = 0, time.time()
     progress = tqdm(range(start_step, total_steps), desc="training", unit="step", initial=start_step,
-                    total=total_steps, mininterval=5)
+                    total=total_steps, mininterval=5, disable=rank != 0)
     for step in progress:
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
-            index = order[(step * cfg.grad_accum + micro) * cfg.batch_size:][:cfg.batch_size]
+            index = order[(step * cfg.grad_accum + micro) * cfg.batch_size:][:cfg.batch_size][rank::size]
             batch = collate([encoded[i] for i in index], vectors[index] if vectors is not None else None,
                             tokenizer.pad_token_id, device)
             tokens_seen += int(batch["attention_mask"].sum())
-            loss = (engine or explainer)(**batch).loss
+            labels = batch.pop("labels")
+            loss_sum, count = answer_loss_sum((engine or explainer)(**batch).logits, labels)
+            global_count = float(_all_sum(count))
+            # Each process's share of the global mean; DeepSpeed averages gradients over processes, so scale by size.
+            loss = loss_sum / global_count * (size if engine is not None else 1)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
             else:
                 (loss / cfg.grad_accum).backward()
-            step_loss += loss.item() / cfg.grad_accum
+            step_loss += float(_all_sum(loss_sum.detach())) / global_count / cfg.grad_accum
         if engine is None:
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            if size > 1:
+                for p in trainable:
+                    torch.distributed.all_reduce(p.grad)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         history.append({"step": step + 1, "loss": step_loss, "lr": scheduler.get_last_lr()[0]})
-        progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_seen / (time.time() - started):.0f}")
+        progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_seen * size / (time.time() - started):.0f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
             _save_checkpoint(checkpoint_dir, run_hash, step + 1, history, explainer, optimizer, scheduler, engine)
 
     explainer.eval()
     elapsed = time.time() - started
     log = {"steps": total_steps, "resumed_from_step": start_step, "examples": int(len(chosen)),
-           "skipped_too_long": int((~fits).sum()), "tokens_per_second": tokens_seen / max(elapsed, 1e-9),
+           "skipped_too_long": int((~fits).sum()), "processes": size,
+           "tokens_per_second": float(_all_sum(tokens_seen)) / max(elapsed, 1e-9),
            "seconds": elapsed, "losses": history}
     meta = {"method": cfg.method, "base_model": read_manifest(base_model_dir)["source"], "target_width": target_width,
             "projection": explainer_cfg.projection, "prompt_format": explainer_cfg.prompt_format,
             "provenance": provenance(settings)}
-    with atomic_dir(out_dir) as folder:
-        module = engine.module if engine is not None else explainer
-        save_explainer(module, folder, meta)
-        (folder / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if rank == 0:
+        with atomic_dir(out_dir) as folder:
+            module = engine.module if engine is not None else explainer
+            save_explainer(module, folder, meta)
+            (folder / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    _barrier()
     return log
 
 
@@ -153,14 +213,24 @@ def _trainable_state(explainer) -> dict:
 
 
 def _save_checkpoint(folder: Path, run_hash, step, history, explainer, optimizer, scheduler, engine) -> None:
-    with atomic_dir(folder) as tmp:
-        state = {"run_hash": run_hash, "step": step, "history": history, "scheduler": scheduler.state_dict(),
-                 "rng": torch.get_rng_state()}
-        if engine is not None:
-            engine.save_checkpoint(str(tmp / "deepspeed"), tag="latest")
-        else:
+    """DeepSpeed writes its (possibly sharded) state from every process; then rank 0 writes the state file,
+    atomically and last, so a checkpoint only counts once all of it is on disk."""
+    tag = f"step{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if engine is not None:
+        engine.save_checkpoint(str(folder / "deepspeed"), tag=tag)
+    _barrier()
+    if world()[0] == 0:
+        state = {"run_hash": run_hash, "step": step, "tag": tag, "history": history,
+                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+        if engine is None:
             state |= {"trainable": _trainable_state(explainer), "optimizer": optimizer.state_dict()}
-        torch.save(state, tmp / STATE_FILE)
+        with atomic_path(folder / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+        for old in (folder / "deepspeed").glob("step*"):
+            if old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
 
 
 def _resume(folder: Path, run_hash, explainer, optimizer, scheduler, engine) -> tuple[int, list]:
@@ -170,10 +240,12 @@ def _resume(folder: Path, run_hash, explainer, optimizer, scheduler, engine) -> 
     state = torch.load(path, weights_only=False)
     if state.get("run_hash") != run_hash:
         print(f"ignoring checkpoint {folder}: it was written with other settings", file=sys.stderr)
-        shutil.rmtree(folder, ignore_errors=True)
+        _barrier()
+        if world()[0] == 0:
+            shutil.rmtree(folder, ignore_errors=True)
         return 0, []
     if engine is not None:
-        engine.load_checkpoint(str(folder / "deepspeed"), tag="latest")
+        engine.load_checkpoint(str(folder / "deepspeed"), tag=state["tag"])
     else:
         explainer.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.act_patch import examples_from_rows, load_examples, token_positions
-from pipeline.artifacts import ArtifactError, write_table, write_tensors
+from pipeline.artifacts import ArtifactError, write_tensors
 from pipeline.config import PromptConfig
 from pipeline.facts import render_prompt
 

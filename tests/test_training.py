@@ -120,3 +120,44 @@ def test_deepspeed_zero_on_cpu_matches_plain_training(tmp_path, tiny_dir):
     assert [e["loss"] for e in speed["losses"]] == pytest.approx([e["loss"] for e in plain["losses"]], rel=1e-3)
     meta = json.loads((tmp_path / "ds" / "explainer.json").read_text())
     assert meta["method"] == "lora"
+
+
+def _train_kwargs(tmp_path, tiny_dir, name, config, examples):
+    questions, answers, vectors = examples
+    return dict(cfg=config, explainer_cfg=ExplainerConfig(), base_model_dir=tiny_dir, target_width=64,
+                questions=questions, answers=answers, vectors=vectors, out_dir=tmp_path / name,
+                checkpoint_dir=tmp_path / f"{name}.ckpt", settings={"c": config.__dict__})
+
+
+@pytest.mark.parametrize("deepspeed", [False, True], ids=["plain", "deepspeed-zero2"])
+def test_two_processes_match_one_process(tmp_path, tiny_dir, deepspeed):
+    """torchrun with two gloo processes, each taking half of every batch, trains as one process does."""
+    from safetensors.torch import load_file
+
+    from pipeline import launch
+
+    if deepspeed:
+        pytest.importorskip("deepspeed")
+    examples = toy_examples(16)
+    config = cfg(epochs=2, checkpoint_every=3, deepspeed=deepspeed)
+    single = run(tmp_path, tiny_dir, "one", config, examples)
+    launch.run("pipeline.training.train_explainer", _train_kwargs(tmp_path, tiny_dir, "two", config, examples),
+               processes=2, threads=2, timeout=600)
+    double = json.loads((tmp_path / "two" / "training_log.json").read_text())
+    assert double["processes"] == 2 and single["processes"] == 1
+    assert [e["loss"] for e in double["losses"]] == pytest.approx([e["loss"] for e in single["losses"]], rel=2e-3)
+    one, two = (load_file(str(tmp_path / n / "adapter_model.safetensors")) for n in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=1e-2, atol=1e-4), name
+    assert not (tmp_path / "two.ckpt").exists()
+
+
+def test_batch_that_does_not_split_evenly_is_refused(tmp_path, tiny_dir):
+    from pipeline import launch
+
+    with pytest.raises(RuntimeError, match="torchrun processes running pipeline.training.train_explainer failed"):
+        launch.run("pipeline.training.train_explainer",
+                   _train_kwargs(tmp_path, tiny_dir, "odd", cfg(batch_size=3, epochs=1), toy_examples(6)),
+                   processes=2, threads=2, timeout=300)
+    assert not (tmp_path / "odd").exists()

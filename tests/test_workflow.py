@@ -140,3 +140,41 @@ def test_cross_model_runs_bridge_the_widths(tmp_path):
 
     projection = load_file(str(tmp_path / "work/act_patch/explainers/smollm_gemma/projection.safetensors"))["weight"]
     assert tuple(projection.shape) == (576, 640)
+
+
+@pytest.fixture(scope="module")
+def input_ablation_run(tmp_path_factory):
+    """The tiny explainer on real SmolLM2 labels (a random target never answers with a letter)."""
+    workdir = tmp_path_factory.mktemp("input_ablation")
+    result = snakemake(workdir, "results/input_ablation/tiny_smollm.json", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir
+
+
+def test_input_ablation_results_hold_variants_majority_class_and_label_counts(input_ablation_run):
+    result = json.loads((input_ablation_run / "results/input_ablation/tiny_smollm.json").read_text())
+    assert result["task"] == "input_ablation"
+    assert set(result["metrics"]) == {"finetuned", "untrained", "majority_class"}
+    test_counts = result["counts"]["labels_test"]
+    assert test_counts["changed"] + test_counts["unchanged"] + test_counts["null_label"] == test_counts["questions"]
+    scored = result["metrics"]["finetuned"]["overall"]["n"]
+    assert scored == min(8, test_counts["changed"] + test_counts["unchanged"])
+    assert result["metrics"]["majority_class"]["overall"]["n"] == scored
+    labels = pd.read_parquet(input_ablation_run / "work/input_ablation/labels/smollm/test.parquet")
+    from pipeline.input_ablation import LABEL_COLUMNS
+
+    assert set(LABEL_COLUMNS) <= set(labels.columns)
+    explainer = json.loads((input_ablation_run / "work/input_ablation/explainers/tiny_smollm/explainer.json").read_text())
+    assert explainer["projection"] == "none"  # text only: no vector reaches this explainer
+
+
+def test_input_ablation_training_override_reruns_training_but_not_labels(input_ablation_run, tmp_path):
+    changed = override(tmp_path, "epochs.yaml", {"input_ablation": {"training": {"max_length": 256, "epochs": 2}}})
+    plan = planned_jobs(snakemake(input_ablation_run, "-n", "results/input_ablation/tiny_smollm.json",
+                                  configfiles=[changed]))
+    assert plan == {"input_ablation_train": 1, "input_ablation_generate": 1, "input_ablation_score": 1}
+    hint = override(tmp_path, "system.yaml", {"input_ablation": {"system_prompt": "Reply with a letter."}})
+    plan = planned_jobs(snakemake(input_ablation_run, "-n", "results/input_ablation/tiny_smollm.json",
+                                  configfiles=[hint]))
+    assert plan == {"input_ablation_labels": 2, "input_ablation_train": 1, "input_ablation_generate": 2,
+                    "input_ablation_score": 1}

@@ -18,3 +18,22 @@ rule act_patch_facts:
         gpu=1,
     script:
         "../scripts/act_patch_facts.py"
+
+
+rule input_ablation_questions:
+    input:
+        question_sources,
+    output:
+        "work/input_ablation/questions.parquet",
+    params:
+        questions=question_settings(),
+    log:
+        "logs/input_ablation_questions/questions.log",
+    benchmark:
+        "benchmarks/input_ablation_questions/questions.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/input_ablation_questions.py"

@@ -15,3 +15,22 @@ rule act_patch_score:
         runtime=10,
     script:
         "../scripts/act_patch_score.py"
+
+
+rule input_ablation_score:
+    input:
+        unpack(input_ablation_score_inputs),
+    output:
+        "results/input_ablation/{explainer}_{target}.json",
+    params:
+        scoring=config["scoring"],
+    log:
+        "logs/input_ablation_score/{explainer}_{target}.log",
+    benchmark:
+        "benchmarks/input_ablation_score/{explainer}_{target}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/input_ablation_score.py"

@@ -18,6 +18,31 @@ rule act_patch_train:
     resources:
         mem_mb=20000,
         runtime=600,
-        gpu=1,
+        gpu=config["training"]["gpus"],
     script:
         "../scripts/act_patch_train.py"
+
+
+rule input_ablation_train:
+    input:
+        labels="work/input_ablation/labels/{target}/train.parquet",
+        explainer="resources/models/{explainer}",
+        target="resources/models/{target}",
+    output:
+        directory("work/input_ablation/explainers/{explainer}_{target}"),
+    params:
+        input_ablation=task_settings("input_ablation"),
+        training=shared_settings("input_ablation", "training"),
+        explainer=config["explainer"],
+        checkpoint="work/input_ablation/checkpoints/{explainer}_{target}",
+    log:
+        "logs/input_ablation_train/{explainer}_{target}.log",
+    benchmark:
+        "benchmarks/input_ablation_train/{explainer}_{target}.tsv"
+    threads: 2
+    resources:
+        mem_mb=20000,
+        runtime=600,
+        gpu=shared_settings("input_ablation", "training")["gpus"],
+    script:
+        "../scripts/input_ablation_train.py"

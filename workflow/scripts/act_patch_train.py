@@ -1,11 +1,14 @@
 """Snakemake script: fine-tune the explainer on the training labels (resumes from its checkpoint)."""
-from pipeline import act_patch
+from pipeline import launch
 from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.runtime import stage
 
-params = snakemake.params
+params, inputs = snakemake.params, snakemake.input
 with stage(snakemake.log[0], snakemake.threads):
-    act_patch.train(TrainingConfig.from_dict(params.training), ExplainerConfig.from_dict(params.explainer),
-                    snakemake.input.labels, snakemake.input.vectors, snakemake.input.explainer,
-                    snakemake.input.target, snakemake.output[0], params.checkpoint,
-                    {"training": params.training, "explainer": params.explainer})
+    training = TrainingConfig.from_dict(params.training)
+    launch.run("pipeline.act_patch.train", dict(
+        training_cfg=training, explainer_cfg=ExplainerConfig.from_dict(params.explainer), labels_path=inputs.labels,
+        vectors_path=inputs.vectors, explainer_dir=inputs.explainer, target_dir=inputs.target,
+        out_dir=snakemake.output[0], checkpoint_dir=params.checkpoint,
+        settings={"training": params.training, "explainer": params.explainer}),
+        launch.process_count(snakemake.resources.get("gpu", 0), training.cpu_processes), snakemake.threads)

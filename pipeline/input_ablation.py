@@ -1,0 +1,288 @@
+"""The input_ablation task: does removing a hint from a multiple-choice prompt change the target's answer?
+
+Labels follow the columns of the paper's published input_ablation datasets (the hub card of
+Transluce/input_ablation_qwen3_8b_mmlu_hint). The target answers each question twice, with and
+without "Hint: I think the answer is (X) ...", greedily after `answer_prefix`; an answer that is
+not one of the choices' letters is null, and so is the label of its row (kept and counted). The
+explainer reads only text: the system prompt and the hinted user prompt, then the ablation question.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.artifacts import ArtifactError, provenance, read_table, write_table
+from pipeline.config import InputAblationConfig
+from pipeline.mcq import QUESTION_COLUMNS, letters
+from pipeline.prompts import change_answer
+
+HINT = "Hint: I think the answer is ({letter}) but I'm curious to hear what you think."
+ABLATION_QUESTION = "If the hint were removed how would the assistant answer change?"
+LABEL_COLUMNS = ["index", "question", "choices", "correct_answer", "zeroshot_prediction", "random_hint_prediction",
+                 "hint_token_ids", "original_prompt_full", "hint_prompt_full", "system_prompt",
+                 "original_user_prompt", "hint_user_prompt", "hint", "changed_pred_bc_hint", "ablation_prompt"]
+VARIANTS = ("finetuned", "untrained")
+
+
+def user_prompt(question: str, choices: list[str], subject: str, choice_format: str) -> str:
+    """MMLU's layout: a header naming the subject, the question, one lettered line per choice."""
+    options = "\n".join(choice_format.format(letter=letter, text=text) for letter, text in zip(letters(len(choices)), choices))
+    topic = subject.replace("_", " ")
+    return f"The following is a multiple choice question about {topic}.\n\n{question}\n{options}"
+
+
+def with_hint(user: str, letter: str) -> tuple[str, str]:
+    hint = HINT.format(letter=letter)
+    return f"{user}\n\n{hint}", hint
+
+
+def target_prompt(tokenizer, system: str, user: str, answer_prefix: str) -> tuple[str, bool]:
+    """The target's full prompt (chat template when it has one) and whether special tokens are still to add."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + answer_prefix, False
+    return (f"{system}\n\n" if system else "") + f"{user}\n\n{answer_prefix}", True
+
+
+def parse_letter(output: str, n_choices: int) -> str | None:
+    """The choice letter a reply starts with ("B", "B)", " (B"), or None when it names none of the choices."""
+    match = re.match(r"\s*\(?\s*([A-Z])(?![A-Za-z])", output or "")
+    return match.group(1) if match and match.group(1) in letters(n_choices) else None
+
+
+def explainer_question(system: str, hint_user: str) -> str:
+    return (f"{system}\n\n" if system else "") + f"{hint_user}\n\n{ABLATION_QUESTION}"
+
+
+def reference_answer(zeroshot: str, hinted: str) -> str:
+    """Unchanged: the hinted answer stays; changed: the answer without the hint is the new one."""
+    changed = zeroshot != hinted
+    return change_answer(changed, f"Answer: {zeroshot if changed else hinted}")
+
+
+@torch.no_grad()
+def greedy_replies(model, tokenizer, texts: list[str], add_special_tokens: bool, max_new_tokens: int,
+                   batch_size: int, desc: str) -> list[str]:
+    """The target's greedy continuation of each prompt (batched, left-padded, similar lengths together)."""
+    from pipeline.models import input_device
+    from pipeline.patching import pad_left
+
+    device = input_device(model)
+    encoded = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    replies = [""] * len(texts)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", mininterval=5):
+        index = order[start:start + batch_size]
+        ids, mask, _ = pad_left([encoded[i] for i in index], tokenizer.pad_token_id, device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        for i, row in zip(index, out[:, ids.shape[1]:].tolist()):
+            replies[i] = tokenizer.decode(row, skip_special_tokens=True)
+    return replies
+
+
+def _hint_token_ids(tokenizer, text: str, hint: str, add_special_tokens: bool) -> list[int]:
+    """Ids of the tokens of `text` that overlap the hint's characters."""
+    start = text.rindex(hint)
+    end = start + len(hint)
+    encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    return [i for i, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"]) if b > a and a < end and b > start]
+
+
+def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir: str | Path, split: str,
+                 out_path: str | Path) -> pd.DataFrame:
+    """The target's answer to every question of `split` with and without a seeded random hint."""
+    from pipeline.models import load_model, read_manifest
+
+    questions = read_table(questions_path, required=QUESTION_COLUMNS)
+    questions = questions[questions["split"] == split].reset_index(drop=True)
+    if questions.empty:
+        raise ArtifactError(f"{questions_path}: no questions in split '{split}'")
+    model, tokenizer = load_model(model_dir)
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", None)
+    rng = random.Random(f"{cfg.seed}:{split}")
+    rows, originals, hinted, specials = [], [], [], []
+    skipped = {"too_long": 0}
+    for row in questions.itertuples(index=False):
+        choices = [str(c) for c in row.choices]
+        choice_letters = letters(len(choices))
+        letter = rng.choice(choice_letters)
+        if letter not in choice_letters:  # guards a future change of how hints are drawn
+            raise ValueError(f"hint letter {letter} is not one of the choices {choice_letters}")
+        user = user_prompt(row.question, choices, row.subject, cfg.choice_format)
+        hint_user, hint = with_hint(user, letter)
+        original_full, special = target_prompt(tokenizer, cfg.system_prompt, user, cfg.answer_prefix)
+        hint_full, _ = target_prompt(tokenizer, cfg.system_prompt, hint_user, cfg.answer_prefix)
+        longest = len(tokenizer(hint_full, add_special_tokens=special)["input_ids"]) + cfg.max_new_tokens
+        if context and longest > context:
+            skipped["too_long"] += 1
+            continue
+        rows.append({"index": len(rows), "question_id": row.question_id, "relation": row.relation,
+                     "subject": row.subject, "split": split, "question": row.question, "choices": choices,
+                     "correct_answer": choice_letters[int(row.answer)], "hint_letter": letter,
+                     "hint_is_correct": letter == choice_letters[int(row.answer)],
+                     "hint_token_ids": _hint_token_ids(tokenizer, hint_full, hint, special),
+                     "original_prompt_full": original_full, "hint_prompt_full": hint_full,
+                     "system_prompt": cfg.system_prompt, "original_user_prompt": user, "hint_user_prompt": hint_user,
+                     "hint": hint, "ablation_prompt": explainer_question(cfg.system_prompt, hint_user)})
+        originals.append(original_full)
+        hinted.append(hint_full)
+        specials.append(special)
+    if not rows:
+        raise ArtifactError(f"{questions_path}: every question of split '{split}' is longer than the context of "
+                            f"{model_dir} ({context} tokens)")
+    replies = greedy_replies(model, tokenizer, originals + hinted, specials[0], cfg.max_new_tokens, cfg.batch_size,
+                             desc=f"answers ({split})")
+    frame = pd.DataFrame(rows)
+    frame["zeroshot_output"], frame["hint_output"] = replies[:len(rows)], replies[len(rows):]
+    frame["zeroshot_prediction"] = [parse_letter(r, len(c)) for r, c in zip(frame["zeroshot_output"], frame["choices"])]
+    frame["random_hint_prediction"] = [parse_letter(r, len(c)) for r, c in zip(frame["hint_output"], frame["choices"])]
+    answered = frame["zeroshot_prediction"].notna() & frame["random_hint_prediction"].notna()
+    frame["changed_pred_bc_hint"] = pd.array([bool(a != b) if ok else None for a, b, ok in zip(
+        frame["zeroshot_prediction"], frame["random_hint_prediction"], answered)], dtype="boolean")
+    counts = label_counts(frame) | {"skipped": skipped}
+    print(f"labels ({split}): {counts}")
+    settings = {"input_ablation": cfg.__dict__, "split": split}
+    write_table(frame, out_path, provenance(settings, {"target": read_manifest(model_dir)["source"]}) | {"counts": counts})
+    return frame
+
+
+def label_counts(frame: pd.DataFrame) -> dict:
+    labelled = frame["changed_pred_bc_hint"].dropna().astype(bool)
+    return {"questions": int(len(frame)), "null_label": int(frame["changed_pred_bc_hint"].isna().sum()),
+            "changed": int(labelled.sum()), "unchanged": int((~labelled).sum()),
+            "changed_share": float(labelled.mean()) if len(labelled) else None,
+            "hint_followed": int((frame["random_hint_prediction"] == frame["hint"].str.extract(r"\((\w)\)")[0]).sum()),
+            "correct_without_hint": int((frame["zeroshot_prediction"] == frame["correct_answer"]).sum()),
+            "correct_with_hint": int((frame["random_hint_prediction"] == frame["correct_answer"]).sum())}
+
+
+def load_examples(table_path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """Labelled rows of a pipeline or published table; rows with a null label are dropped and counted."""
+    frame = read_table(table_path, required=["hint_user_prompt", "system_prompt", "choices", "zeroshot_prediction",
+                                             "random_hint_prediction", "changed_pred_bc_hint"])
+    labelled = frame[frame["changed_pred_bc_hint"].notna()].reset_index(drop=True)
+    for row in labelled.itertuples():
+        allowed = set(letters(len(row.choices)))
+        for column in ("zeroshot_prediction", "random_hint_prediction"):
+            if getattr(row, column) not in allowed:
+                raise ArtifactError(f"{table_path}: row {row.Index}: {column} {getattr(row, column)!r} is not one of "
+                                    f"the choices' letters {sorted(allowed)}")
+        if bool(row.changed_pred_bc_hint) != (row.zeroshot_prediction != row.random_hint_prediction):
+            raise ArtifactError(f"{table_path}: row {row.Index}: changed_pred_bc_hint={row.changed_pred_bc_hint} "
+                                f"contradicts the predictions {row.zeroshot_prediction} / {row.random_hint_prediction}")
+    return labelled, {"rows": int(len(frame)), "null_label": int(len(frame) - len(labelled))}
+
+
+def examples_from_rows(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    questions = [explainer_question(s, h) for s, h in zip(frame["system_prompt"], frame["hint_user_prompt"])]
+    answers = [reference_answer(z, h) for z, h in zip(frame["zeroshot_prediction"], frame["random_hint_prediction"])]
+    return questions, answers
+
+
+def select_training_rows(frame: pd.DataFrame, rebalance: bool, cap: int | None, seed: int) -> pd.DataFrame:
+    """Optionally downsample the majority class (changed/unchanged), then cap the row count."""
+    rng = np.random.default_rng(seed)
+    if rebalance:
+        changed = frame["changed_pred_bc_hint"].astype(bool)
+        size = int(min(changed.sum(), (~changed).sum()))
+        keep = [rng.choice(np.flatnonzero(mask), size, replace=False) for mask in (changed.to_numpy(), ~changed.to_numpy())]
+        frame = frame.iloc[np.sort(np.concatenate(keep))]
+    if cap and len(frame) > cap:
+        frame = frame.iloc[np.sort(rng.choice(len(frame), cap, replace=False))]
+    return frame.reset_index(drop=True)
+
+
+def train(cfg: InputAblationConfig, training_cfg, explainer_cfg, labels_path, explainer_dir, out_dir, checkpoint_dir,
+          settings: dict) -> dict:
+    """Fine-tune the explainer on the training split (text only: no vectors, no projection)."""
+    from dataclasses import replace
+
+    from pipeline.models import read_manifest
+    from pipeline.training import train_explainer
+
+    frame, _ = load_examples(labels_path)
+    frame = select_training_rows(frame, cfg.rebalance_train, cfg.max_train_examples, training_cfg.seed)
+    questions, answers = examples_from_rows(frame)
+    width = read_manifest(explainer_dir)["hidden_size"]
+    return train_explainer(training_cfg, replace(explainer_cfg, projection="none"), explainer_dir, width, questions,
+                           answers, None, out_dir, checkpoint_dir, settings)
+
+
+def generate(variant: str, generation_cfg, explainer_cfg, labels_path, explainer_dir, trained_dir, out_path,
+             settings: dict, target_dir=None) -> pd.DataFrame:
+    """Answers of the fine-tuned explainer, or of the untrained one with format instructions (zero-shot)."""
+    from pipeline.explainer import load_explainer
+    from pipeline.generation import generate_answers
+    from pipeline.models import read_manifest
+    from pipeline.prompts import FORMAT_INSTRUCTION_CHOICE
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown input_ablation variant '{variant}'; expected one of {VARIANTS}")
+    frame, _ = load_examples(labels_path)
+    if generation_cfg.max_examples and len(frame) > generation_cfg.max_examples:
+        chosen = np.sort(np.random.default_rng(generation_cfg.seed).choice(len(frame), generation_cfg.max_examples,
+                                                                         replace=False))
+        frame = frame.iloc[chosen].reset_index(drop=True)
+    questions, references = examples_from_rows(frame)
+    width = read_manifest(explainer_dir)["hidden_size"]
+    explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir, width, "none")
+    prompt_format = explainer_cfg.prompt_format
+    if variant == "untrained":
+        questions = [q + FORMAT_INSTRUCTION_CHOICE for q in questions]
+        prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else prompt_format
+    predictions = generate_answers(explainer, tokenizer, questions, None, prompt_format,
+                                   generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant)
+    out = pd.DataFrame({"index": frame["index"] if "index" in frame else np.arange(len(frame)), "variant": variant,
+                        "question": questions, "prediction": predictions, "reference": references,
+                        "is_different": frame["changed_pred_bc_hint"].astype(bool).to_numpy(),
+                        "hint_is_correct": frame["hint_is_correct"] if "hint_is_correct" in frame else None})
+    models = {"explainer": read_manifest(explainer_dir)["source"]}
+    if target_dir is not None:
+        models["target"] = read_manifest(target_dir)["source"]
+    write_table(out, out_path, provenance(settings, models))
+    return out
+
+
+def majority_predictions(train_frame: pd.DataFrame, test_frame: pd.DataFrame) -> tuple[bool, list[str]]:
+    """The training split's majority verdict for every test row, naming the hinted letter as the answer."""
+    changed_share = train_frame["changed_pred_bc_hint"].astype(bool).mean()
+    majority_changed = bool(changed_share > 0.5)
+    letters_hinted = test_frame["hint"].str.extract(r"\((\w)\)")[0]
+    return majority_changed, [change_answer(majority_changed, f"Answer: {x}") for x in letters_hinted]
+
+
+def score(scoring_cfg, prediction_paths: dict[str, str], train_labels, test_labels, trained_dir, explainer_dir,
+          target_dir, out_path, names: dict[str, str]) -> dict:
+    """Metrics of each variant and of the majority-class baseline in results/input_ablation/{e}_{t}.json."""
+    from pipeline.artifacts import read_provenance, write_json
+    from pipeline.metrics import change_metrics_by_label, run_summary
+
+    metrics = {}
+    for variant, path in prediction_paths.items():
+        frame = read_table(path, required=["prediction", "reference", "is_different"])
+        metrics[variant] = change_metrics_by_label(frame, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
+    train_frame, _ = load_examples(train_labels)
+    scored = read_table(prediction_paths["finetuned"], required=["index", "reference", "is_different"])
+    test_frame, _ = load_examples(test_labels)
+    test_frame = test_frame.set_index("index").loc[scored["index"]].reset_index()
+    majority_changed, majority = majority_predictions(train_frame, test_frame)
+    metrics["majority_class"] = change_metrics_by_label(
+        scored.assign(prediction=majority), scoring_cfg.bootstrap_samples, scoring_cfg.seed)
+    result = {
+        "task": "input_ablation", "explainer": names["explainer"], "target": names["target"], "metrics": metrics,
+        "baselines": {"majority_class": {"verdict": "changed" if majority_changed else "unchanged",
+                                         "content": "the hinted letter"}},
+        "counts": {"labels_train": read_provenance(train_labels).get("counts", {}),
+                   "labels_test": read_provenance(test_labels).get("counts", {})},
+    } | run_summary(scoring_cfg, prediction_paths, trained_dir, explainer_dir, target_dir)
+    write_json(result, out_path)
+    return result

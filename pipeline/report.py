@@ -1,0 +1,168 @@
+"""Figures for the Snakemake report and the summary table across results files.
+
+Figures (PNG, written atomically): the share of act_patch outputs that a patch changes over
+layer window x token type; each run's metrics beside its baselines and controls with standard
+errors; changed/unchanged confusion matrices; the training loss curve. The summary table has
+one row per (task, explainer, target, variant) with every metric and its standard error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import atomic_path, provenance, read_json, read_table, write_table
+from pipeline.prompts import parse_answer
+
+METRICS = ("is_changed_f1", "is_unchanged_f1", "exact_match", "content_match", "valid_format")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, out_path) -> None:
+    with atomic_path(out_path) as tmp:
+        figure.savefig(tmp, format=Path(out_path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    _pyplot().close(figure)
+
+
+def patch_effect(label_paths: list[str]) -> pd.DataFrame:
+    """Share of rows whose next token the patch changed, by token type (rows) and layer window (columns)."""
+    frame = pd.concat([read_table(p, required=["layer", "token_type", "is_different"]) for p in label_paths])
+    frame["window"] = [f"{int(w[0])}-{int(w[-1])}" if len(w) > 1 else str(int(w[0])) for w in frame["layer"]]
+    frame["first"] = [int(w[0]) for w in frame["layer"]]
+    table = frame.pivot_table(index="token_type", columns="first", values="is_different", aggfunc="mean")
+    table.columns = [frame.loc[frame["first"] == c, "window"].iloc[0] for c in table.columns]
+    return table
+
+
+def patch_effect_figure(label_paths: list[str], out_path, title: str) -> pd.DataFrame:
+    plt = _pyplot()
+    table = patch_effect(label_paths)
+    figure, axis = plt.subplots(figsize=(1.1 * len(table.columns) + 3, 0.7 * len(table) + 1.8))
+    image = axis.imshow(table.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    axis.set_xticks(range(len(table.columns)), table.columns)
+    axis.set_yticks(range(len(table.index)), table.index)
+    for (row, col), value in np.ndenumerate(table.to_numpy(dtype=float)):
+        axis.text(col, row, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    axis.set_xlabel("patched layer window")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, label="share of next tokens changed")
+    _save(figure, out_path)
+    return table
+
+
+def metrics_figure(result_path, out_path) -> None:
+    plt = _pyplot()
+    result = read_json(result_path)
+    variants = list(result["metrics"])
+    figure, axis = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
+        overall = result["metrics"][variant]["overall"]
+        values = [overall[m]["value"] if overall[m]["value"] is not None else 0.0 for m in METRICS]
+        errors = [overall[m]["se"] or 0.0 for m in METRICS]
+        axis.bar(np.arange(len(METRICS)) + (i - (len(variants) - 1) / 2) * width, values, width, yerr=errors,
+                 capsize=3, label=f"{variant} (n={overall['n']})")
+    axis.set_xticks(range(len(METRICS)), [m.replace("_", " ") for m in METRICS])
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("score (± standard error)")
+    axis.set_title(f"{result['task']}: {result['explainer']} explains {result['target']}")
+    axis.legend(fontsize=8)
+    _save(figure, out_path)
+
+
+def confusion(frame: pd.DataFrame) -> np.ndarray:
+    """Rows: truth changed / unchanged; columns: said changed / unchanged / no verdict."""
+    verdicts = [parse_answer(p).changed for p in frame["prediction"]]
+    matrix = np.zeros((2, 3), dtype=int)
+    for truth, said in zip(frame["is_different"].astype(bool), verdicts):
+        matrix[0 if truth else 1, {True: 0, False: 1, None: 2}[said]] += 1
+    return matrix
+
+
+def confusion_figure(prediction_paths: list[str], out_path, title: str) -> None:
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(prediction_paths), figsize=(3.6 * len(prediction_paths), 3.2), squeeze=False)
+    for axis, path in zip(axes[0], prediction_paths):
+        frame = read_table(path, required=["prediction", "is_different"])
+        matrix = confusion(frame)
+        axis.imshow(matrix, cmap="Blues")
+        for (row, col), value in np.ndenumerate(matrix):
+            axis.text(col, row, str(value), ha="center", va="center")
+        axis.set_xticks(range(3), ["said\nchanged", "said\nunchanged", "no\nverdict"])
+        axis.set_yticks(range(2), ["changed", "unchanged"])
+        axis.set_title(Path(path).stem)
+    figure.suptitle(title)
+    _save(figure, out_path)
+
+
+def loss_figure(training_log_path, out_path, title: str) -> None:
+    plt = _pyplot()
+    log = read_json(training_log_path)
+    steps = [e["step"] for e in log["losses"]]
+    losses = [e["loss"] for e in log["losses"]]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(steps, losses, lw=1, alpha=0.5, label="step loss")
+    if len(losses) >= 5:
+        window = max(2, len(losses) // 20)
+        axis.plot(steps[window - 1:], np.convolve(losses, np.ones(window) / window, mode="valid"), lw=2,
+                  label=f"mean of {window} steps")
+    axis.set_xlabel("step")
+    axis.set_ylabel("answer-token loss")
+    axis.set_yscale("log")
+    axis.set_title(title)
+    axis.legend()
+    _save(figure, out_path)
+
+
+def run_figures(result_path, prediction_paths: list[str], training_log_path, metrics_png, confusion_png,
+                loss_png) -> None:
+    result = read_json(result_path)
+    title = f"{result['task']}: {result['explainer']} explains {result['target']}"
+    metrics_figure(result_path, metrics_png)
+    confusion_figure(prediction_paths, confusion_png, title)
+    loss_figure(training_log_path, loss_png, title)
+
+
+def summary(result_paths: list[str]) -> pd.DataFrame:
+    """One row per task, explainer, target and variant (fine-tuned, baselines, controls)."""
+    rows = []
+    for path in result_paths:
+        result = read_json(path)
+        for variant, parts in result["metrics"].items():
+            overall = parts["overall"]
+            row = {"task": result["task"], "explainer": result["explainer"], "target": result["target"],
+                   "variant": variant, "n": overall["n"]}
+            for metric in METRICS:
+                row[metric] = overall[metric]["value"]
+                row[f"{metric}_se"] = overall[metric]["se"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_summary(result_paths: list[str], out_path) -> pd.DataFrame:
+    frame = summary(result_paths)
+    write_table(frame, out_path, provenance({"results": sorted(map(str, result_paths))}))
+    print_summary(frame)
+    return frame
+
+
+def print_summary(frame: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        print(frame[["task", "explainer", "target", "variant", "n", *METRICS]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    import sys
+
+    # `python -m pipeline.report [results/summary.parquet]` prints the table.
+    print_summary(read_table(sys.argv[1] if len(sys.argv) > 1 else "results/summary.parquet"))

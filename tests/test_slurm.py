@@ -1,0 +1,93 @@
+"""profiles/slurm on a real single-node SLURM cluster: jobs go through sbatch and match a local run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slurm_cluster import PARTITION, missing_tools, start_cluster
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET = "results/act_patch/tiny_tiny.json"
+GPU_RULES = {"act_patch_facts", "act_patch_labels", "act_patch_train", "act_patch_generate"}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"SLURM is not installed here (missing {missing}); `bash envs/setup-slurm.sh` installs it")
+    if os.geteuid() != 0:
+        pytest.skip("slurmd has to run as root to start jobs")
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    cluster.stop()
+
+
+def cluster_profile(tmp_path: Path) -> Path:
+    """profiles/slurm as it is, apart from what this one small node needs: squeue status checks (no
+    slurmdbd here), short waits, and memory/CPU requests that fit 2 cores; every GPU request stays."""
+    settings = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert settings["default-resources"]["slurm_partition"] == PARTITION
+    settings |= {"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 5,
+                 "latency-wait": 5, "retries": 0, "jobs": 4, "slurm-no-account": True}
+    settings["default-resources"] |= {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 2}
+    settings["set-resources"] = {rule: {k: v for k, v in resources.items() if k == "gpu"}
+                                 | {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 2}
+                                 for rule, resources in settings["set-resources"].items()}
+    folder = tmp_path / "profile"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(settings))
+    return folder
+
+
+def snakemake(workdir: Path, env: dict, *args: str, timeout: int) -> tuple:
+    command = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+               "-d", str(workdir), *args, TARGET, "--configfile", str(REPO / "tests/config_tiny.yaml")]
+    started = time.time()
+    result = subprocess.run(command, cwd=REPO, env=env | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True)
+    return result, time.time() - started
+
+
+def metrics(workdir: Path) -> dict:
+    return json.loads((workdir / TARGET).read_text())["metrics"]
+
+
+def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
+    profile = cluster_profile(tmp_path)
+    slurm_dir, local_dir = tmp_path / "on_slurm", tmp_path / "local"
+    on_slurm, slurm_seconds = snakemake(slurm_dir, cluster.env, "--profile", str(profile), timeout=1200)
+    output = on_slurm.stdout + on_slurm.stderr
+    assert on_slurm.returncode == 0, output[-4000:]
+
+    # Every job was submitted with sbatch and left a SLURM log; the GPU rules asked SLURM for GPUs.
+    submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output))
+    assert len(submitted) >= 9, output[-3000:]
+    logs = {part.removeprefix("rule_") for p in (slurm_dir / "logs/slurm").rglob("*.log")
+            for part in p.relative_to(slurm_dir / "logs/slurm").parts if part.startswith("rule_")}
+    assert {"prepare_model", "act_patch_facts", "act_patch_labels", "act_patch_train", "act_patch_generate",
+            "act_patch_score"} <= logs
+    gpu_jobs = 0
+    for slurm_id in submitted.values():
+        job = cluster.run("scontrol", "show", "job", slurm_id).stdout
+        assert "JobState=COMPLETED" in job, job
+        if "gres:gpu" in job:
+            gpu_jobs += 1
+    assert gpu_jobs == 1 + 2 + 1 + 3  # facts, labels x2, train, generate x3
+
+    local, local_seconds = snakemake(local_dir, os.environ.copy(), "--cores", "2", timeout=900)
+    assert local.returncode == 0, (local.stdout + local.stderr)[-4000:]
+    assert metrics(slurm_dir) == metrics(local_dir)
+    print(f"\nSLURM run {slurm_seconds:.0f} s, local run {local_seconds:.0f} s, "
+          f"overhead {slurm_seconds - local_seconds:.0f} s ({slurm_seconds / local_seconds:.2f}x)")

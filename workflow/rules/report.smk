@@ -1,0 +1,76 @@
+rule act_patch_patch_effect:
+    input:
+        train="work/act_patch/labels/{target}/train.parquet",
+        test="work/act_patch/labels/{target}/test.parquet",
+    output:
+        report(
+            "report/act_patch/patch_effect_{target}.png",
+            caption="../report/patch_effect.rst",
+            category="act_patch",
+            subcategory="patch effect",
+            labels={"target": "{target}", "figure": "patch effect"},
+        ),
+    log:
+        "logs/act_patch_patch_effect/{target}.log",
+    benchmark:
+        "benchmarks/act_patch_patch_effect/{target}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/act_patch_patch_effect.py"
+
+
+rule report_figures:
+    input:
+        unpack(run_figure_inputs),
+    output:
+        metrics=report(
+            "report/{task}/{explainer}_{target}/metrics.png",
+            caption="../report/metrics.rst",
+            category="{task}",
+            subcategory="{explainer} explains {target}",
+            labels={"run": "{explainer}_{target}", "figure": "metrics"},
+        ),
+        confusion=report(
+            "report/{task}/{explainer}_{target}/confusion.png",
+            caption="../report/confusion.rst",
+            category="{task}",
+            subcategory="{explainer} explains {target}",
+            labels={"run": "{explainer}_{target}", "figure": "confusion"},
+        ),
+        loss=report(
+            "report/{task}/{explainer}_{target}/loss.png",
+            caption="../report/loss.rst",
+            category="{task}",
+            subcategory="{explainer} explains {target}",
+            labels={"run": "{explainer}_{target}", "figure": "training loss"},
+        ),
+    log:
+        "logs/report_figures/{task}_{explainer}_{target}.log",
+    benchmark:
+        "benchmarks/report_figures/{task}_{explainer}_{target}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/report_figures.py"
+
+
+rule summary_table:
+    input:
+        all_results(),
+    output:
+        "results/summary.parquet",
+    log:
+        "logs/summary_table/summary.log",
+    benchmark:
+        "benchmarks/summary_table/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/summary_table.py"
