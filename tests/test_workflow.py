@@ -178,3 +178,22 @@ def test_input_ablation_training_override_reruns_training_but_not_labels(input_a
                                   configfiles=[hint]))
     assert plan == {"input_ablation_labels": 2, "input_ablation_train": 1, "input_ablation_generate": 2,
                     "input_ablation_score": 1}
+
+
+def test_report_figures_summary_and_html_report(finished_run, tmp_path):
+    only_act_patch = override(tmp_path, "runs.yaml", {"runs": {"act_patch": ["tiny_tiny"], "input_ablation": []}})
+    plan = planned_jobs(snakemake(finished_run, "-n", "all", configfiles=[only_act_patch]))
+    plan.pop("act_patch_score", None)  # rescored when an earlier test here left other scoring settings behind
+    assert plan == {"act_patch_patch_effect": 1, "report_figures": 1, "summary_table": 1, "all": 1}
+    run = snakemake(finished_run, "all", configfiles=[only_act_patch])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for figure in ("report/act_patch/patch_effect_tiny.png", "report/act_patch/tiny_tiny/metrics.png",
+                   "report/act_patch/tiny_tiny/confusion.png", "report/act_patch/tiny_tiny/loss.png"):
+        assert (finished_run / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    summary = pd.read_parquet(finished_run / "results/summary.parquet")
+    assert set(summary["variant"]) == {"finetuned", "untrained", "no_vector"}
+    assert (summary["task"] == "act_patch").all() and {"is_changed_f1", "is_changed_f1_se"} <= set(summary)
+    assert "finetuned" in (finished_run / "logs/summary_table/summary.log").read_text()
+    report = snakemake(finished_run, "--report", str(finished_run / "report.html"), configfiles=[only_act_patch])
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert (finished_run / "report.html").stat().st_size > 10_000
