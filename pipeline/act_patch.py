@@ -185,17 +185,15 @@ def generate(variant: str, generation_cfg, explainer_cfg, labels_path, vectors_p
     explainer (zero-shot, with format instructions, in its chat template if it has one), or the
     fine-tuned one given a zero vector."""
     from pipeline.explainer import load_explainer
-    from pipeline.generation import generate_answers
+    from pipeline.generation import generate_answers, seeded_subset
     from pipeline.models import read_manifest
     from pipeline.prompts import FORMAT_INSTRUCTION
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant '{variant}'; expected one of {VARIANTS}")
     frame, vectors = load_examples(labels_path, vectors_path)
-    if generation_cfg.max_examples and len(frame) > generation_cfg.max_examples:
-        chosen = np.sort(np.random.default_rng(generation_cfg.seed).choice(len(frame), generation_cfg.max_examples,
-                                                                         replace=False))
-        frame, vectors = frame.iloc[chosen].reset_index(drop=True), vectors[chosen]
+    chosen = seeded_subset(len(frame), generation_cfg.max_examples, generation_cfg.seed)
+    frame, vectors = frame.iloc[chosen].reset_index(drop=True), vectors[chosen]
     questions, references = examples_from_rows(frame)
     target_width = read_manifest(target_dir)["hidden_size"]
     explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir,

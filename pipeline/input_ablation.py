@@ -89,12 +89,13 @@ def greedy_replies(model, tokenizer, texts: list[str], add_special_tokens: bool,
     return replies
 
 
-def _hint_token_ids(tokenizer, text: str, hint: str, add_special_tokens: bool) -> list[int]:
-    """Ids of the tokens of `text` that overlap the hint's characters."""
+def _hint_token_ids(tokenizer, text: str, hint: str, add_special_tokens: bool) -> tuple[list[int], int]:
+    """Ids of the tokens of `text` that overlap the hint's characters, and the token count of `text`."""
     start = text.rindex(hint)
     end = start + len(hint)
     encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    return [i for i, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"]) if b > a and a < end and b > start]
+    ids = [i for i, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"]) if b > a and a < end and b > start]
+    return ids, len(encoded["input_ids"])
 
 
 def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir: str | Path, split: str,
@@ -109,37 +110,35 @@ def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir
     model, tokenizer = load_model(model_dir)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", None)
     rng = random.Random(f"{cfg.seed}:{split}")
-    rows, originals, hinted, specials = [], [], [], []
+    rows, originals, hinted = [], [], []
     skipped = {"too_long": 0}
     for row in questions.itertuples(index=False):
         choices = [str(c) for c in row.choices]
         choice_letters = letters(len(choices))
         letter = rng.choice(choice_letters)
-        if letter not in choice_letters:  # guards a future change of how hints are drawn
-            raise ValueError(f"hint letter {letter} is not one of the choices {choice_letters}")
         user = user_prompt(row.question, choices, row.subject, cfg.choice_format)
         hint_user, hint = with_hint(user, letter)
         original_full, special = target_prompt(tokenizer, cfg.system_prompt, user, cfg.answer_prefix)
         hint_full, _ = target_prompt(tokenizer, cfg.system_prompt, hint_user, cfg.answer_prefix)
-        longest = len(tokenizer(hint_full, add_special_tokens=special)["input_ids"]) + cfg.max_new_tokens
-        if context and longest > context:
+        hint_ids, hint_length = _hint_token_ids(tokenizer, hint_full, hint, special)
+        if context and hint_length + cfg.max_new_tokens > context:
             skipped["too_long"] += 1
             continue
         rows.append({"index": len(rows), "question_id": row.question_id, "relation": row.relation,
                      "subject": row.subject, "split": split, "question": row.question, "choices": choices,
                      "correct_answer": choice_letters[int(row.answer)], "hint_letter": letter,
                      "hint_is_correct": letter == choice_letters[int(row.answer)],
-                     "hint_token_ids": _hint_token_ids(tokenizer, hint_full, hint, special),
+                     "hint_token_ids": hint_ids,
                      "original_prompt_full": original_full, "hint_prompt_full": hint_full,
                      "system_prompt": cfg.system_prompt, "original_user_prompt": user, "hint_user_prompt": hint_user,
                      "hint": hint, "ablation_prompt": explainer_question(cfg.system_prompt, hint_user)})
         originals.append(original_full)
         hinted.append(hint_full)
-        specials.append(special)
     if not rows:
         raise ArtifactError(f"{questions_path}: every question of split '{split}' is longer than the context of "
                             f"{model_dir} ({context} tokens)")
-    replies = greedy_replies(model, tokenizer, originals + hinted, specials[0], cfg.max_new_tokens, cfg.batch_size,
+    # `special` is the same for every prompt: it depends only on whether the tokenizer has a chat template.
+    replies = greedy_replies(model, tokenizer, originals + hinted, special, cfg.max_new_tokens, cfg.batch_size,
                              desc=f"answers ({split})")
     frame = pd.DataFrame(rows)
     frame["zeroshot_output"], frame["hint_output"] = replies[:len(rows)], replies[len(rows):]
@@ -155,12 +154,17 @@ def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir
     return frame
 
 
+def hinted_letters(frame: pd.DataFrame) -> pd.Series:
+    """The letter each row's hint names, read from the hint text (published tables have no letter column)."""
+    return frame["hint"].str.extract(r"\((\w)\)")[0]
+
+
 def label_counts(frame: pd.DataFrame) -> dict:
     labelled = frame["changed_pred_bc_hint"].dropna().astype(bool)
     return {"questions": int(len(frame)), "null_label": int(frame["changed_pred_bc_hint"].isna().sum()),
             "changed": int(labelled.sum()), "unchanged": int((~labelled).sum()),
             "changed_share": float(labelled.mean()) if len(labelled) else None,
-            "hint_followed": int((frame["random_hint_prediction"] == frame["hint"].str.extract(r"\((\w)\)")[0]).sum()),
+            "hint_followed": int((frame["random_hint_prediction"] == hinted_letters(frame)).sum()),
             "correct_without_hint": int((frame["zeroshot_prediction"] == frame["correct_answer"]).sum()),
             "correct_with_hint": int((frame["random_hint_prediction"] == frame["correct_answer"]).sum())}
 
@@ -221,17 +225,15 @@ def generate(variant: str, generation_cfg, explainer_cfg, labels_path, explainer
              settings: dict, target_dir=None) -> pd.DataFrame:
     """Answers of the fine-tuned explainer, or of the untrained one with format instructions (zero-shot)."""
     from pipeline.explainer import load_explainer
-    from pipeline.generation import generate_answers
+    from pipeline.generation import generate_answers, seeded_subset
     from pipeline.models import read_manifest
     from pipeline.prompts import FORMAT_INSTRUCTION_CHOICE
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown input_ablation variant '{variant}'; expected one of {VARIANTS}")
     frame, _ = load_examples(labels_path)
-    if generation_cfg.max_examples and len(frame) > generation_cfg.max_examples:
-        chosen = np.sort(np.random.default_rng(generation_cfg.seed).choice(len(frame), generation_cfg.max_examples,
-                                                                         replace=False))
-        frame = frame.iloc[chosen].reset_index(drop=True)
+    chosen = seeded_subset(len(frame), generation_cfg.max_examples, generation_cfg.seed)
+    frame = frame.iloc[chosen].reset_index(drop=True)
     questions, references = examples_from_rows(frame)
     width = read_manifest(explainer_dir)["hidden_size"]
     explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir, width, "none")
@@ -256,8 +258,7 @@ def majority_predictions(train_frame: pd.DataFrame, test_frame: pd.DataFrame) ->
     """The training split's majority verdict for every test row, naming the hinted letter as the answer."""
     changed_share = train_frame["changed_pred_bc_hint"].astype(bool).mean()
     majority_changed = bool(changed_share > 0.5)
-    letters_hinted = test_frame["hint"].str.extract(r"\((\w)\)")[0]
-    return majority_changed, [change_answer(majority_changed, f"Answer: {x}") for x in letters_hinted]
+    return majority_changed, [change_answer(majority_changed, f"Answer: {x}") for x in hinted_letters(test_frame)]
 
 
 def score(scoring_cfg, prediction_paths: dict[str, str], train_labels, test_labels, trained_dir, explainer_dir,

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from pipeline.artifacts import atomic_dir, atomic_path, config_hash, provenance
 from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, save_explainer
+from pipeline.generation import seeded_subset
 from pipeline.models import input_device, load_model, read_manifest
 
 STATE_FILE = "trainer_state.pt"
@@ -102,14 +103,6 @@ def _deepspeed_engine(explainer, optimizer, scheduler, cfg: TrainingConfig, micr
     return engine
 
 
-def _select(count: int, cfg: TrainingConfig) -> np.ndarray:
-    rng = np.random.default_rng(cfg.seed)
-    chosen = np.arange(count)
-    if cfg.max_examples and count > cfg.max_examples:
-        chosen = np.sort(rng.choice(count, cfg.max_examples, replace=False))
-    return chosen
-
-
 def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_model_dir: str | Path,
                     target_width: int, questions: list[str], answers: list[str], vectors: torch.Tensor | None,
                     out_dir: str | Path, checkpoint_dir: str | Path, settings: dict) -> dict:
@@ -132,7 +125,7 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
     encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format) for q, a in zip(questions, answers)]
     fits = np.array([len(e.input_ids) <= cfg.max_length for e in encoded])
     candidates = np.flatnonzero(fits)
-    chosen = candidates[_select(len(candidates), cfg)]
+    chosen = candidates[seeded_subset(len(candidates), cfg.max_examples, cfg.seed)]
     if len(chosen) == 0:
         raise ValueError(f"no training example fits training.max_length={cfg.max_length}")
     per_step = cfg.batch_size * cfg.grad_accum
