@@ -58,7 +58,7 @@ def main() -> None:
     result = {}
 
     def engine():
-        result["run"] = run_patches(model, tokenizer, pairs, windows, types, args.batch_size, num_layers)
+        result["run"] = run_patches(model, tokenizer, pairs, windows, types, args.batch_size)
 
     with torch.no_grad():
         engine_s = timed(engine, args.repeats)
@@ -83,7 +83,7 @@ def main() -> None:
                 mask = torch.zeros(1, num_layers, dtype=torch.bool)
                 mask[0, windows[w]] = True
                 patched_next_tokens(traced, ids, torch.ones_like(ids), torch.tensor([run.orig_pos[i][types[t]]]),
-                                    mask, run.states[i, t][None])
+                                    mask, run.states[i, t, w][None])
 
         naive_s = timed(naive, 1) * patches / naive_count
 

@@ -17,10 +17,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.artifacts import ArtifactError, provenance, read_table, read_tensors, write_table, write_tensors
+from pipeline.artifacts import (ArtifactError, check_same_run, provenance, read_table, read_tensors, write_table,
+                                write_tensors)
 from pipeline.config import ActPatchConfig
 from pipeline.facts import RenderedPrompt, draw_options, render_prompt
-from pipeline.prompts import act_patch_question, change_answer, token_text, tokens_to_text
+from pipeline.prompts import act_patch_question, change_answer, token_text
 
 FACTS_COLUMNS = ["fact_id", "relation", "subject", "template", "target_true", "split", "kept", "few_shot"]
 LABEL_COLUMNS = ["layer", "input_tokens", "original_continuation", "ablated_continuation", "is_different",
@@ -43,8 +44,9 @@ def first_token(tokenizer, target: str) -> int:
     return tokenizer(" " + target, add_special_tokens=False)["input_ids"][0]
 
 
-def make_pairs(facts: pd.DataFrame, count: int, seed: int, tokenizer) -> list[tuple[pd.Series, pd.Series]]:
-    """(original, counterfactual) facts of one relation whose answers begin with different tokens."""
+def make_pairs(facts: pd.DataFrame, seed: int, tokenizer) -> list[tuple[pd.Series, pd.Series]]:
+    """Candidate (original, counterfactual) facts of one relation whose answers begin with different tokens,
+    one per original fact, in a seeded order. Both come from `facts`, so from one split."""
     rng = random.Random(seed)
     facts = facts.assign(first=[first_token(tokenizer, t) for t in facts["target_true"]])
     by_relation = {rel: group for rel, group in facts.groupby("relation")}
@@ -57,15 +59,19 @@ def make_pairs(facts: pd.DataFrame, count: int, seed: int, tokenizer) -> list[tu
         pool = pool[(pool["first"] != original["first"]) & (pool["subject"] != original["subject"])]
         if len(pool):
             pairs.append((original, pool.iloc[rng.randrange(len(pool))]))
-        if len(pairs) == count:
-            break
     return pairs
 
 
 def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | Path, split: str,
-                 out_table: str | Path, out_vectors: str | Path) -> pd.DataFrame:
-    """Patch every (pair, token type, layer window) and record greedy next tokens with and without it."""
+                 out_table: str | Path, out_vectors: str | Path, settings: dict,
+                 keep_only_correct: bool = True) -> pd.DataFrame:
+    """Patch every (pair, token type, layer window) and record greedy next tokens with and without it.
+
+    The intervention is one vector, the counterfactual prompt's output of the window's first layer at the
+    token, written into every layer of the window: the vector the explainer is shown is the intervention."""
+    from pipeline.facts import answer_matches
     from pipeline.models import load_model, read_manifest
+    from pipeline.patching import greedy_next_tokens
 
     facts = read_table(facts_path, required=FACTS_COLUMNS)
     facts = facts[facts["kept"] & (facts["split"] == split)].reset_index(drop=True)
@@ -74,36 +80,45 @@ def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
     model, tokenizer = load_model(model_dir)
     manifest = read_manifest(model_dir)
     windows = cfg.windows(manifest["num_layers"])
-    pairs = make_pairs(facts, cfg.pairs[split], cfg.pair_seed, tokenizer)
+    candidates = make_pairs(facts, cfg.pair_seed, tokenizer)
     rng = random.Random(cfg.pair_seed)
     rendered = []
-    for original, counter in pairs:
+    for original, counter in candidates:
         options = draw_options(facts, original["relation"], [original["target_true"], counter["target_true"]],
                                cfg.prompt.n_options, rng) if cfg.prompt.format == "constrained" else None
         examples = json.loads(original["few_shot"])
         rendered.append(tuple(render_prompt(f["template"], f["subject"], options, cfg.prompt, tokenizer, examples)
                               for f in (original, counter)))
-    run = run_patches(model, tokenizer, rendered, windows, list(cfg.token_types), cfg.batch_size,
-                      manifest["num_layers"], desc=split)
+    # "Kept = answered correctly" is decided on the prompt that is patched (its options included).
+    clean = greedy_next_tokens(model, tokenizer, [r[0] for r in rendered], cfg.batch_size, desc="clean check")
+    passed = [i for i, ((original, _), answer) in enumerate(zip(candidates, clean))
+              if not keep_only_correct or answer_matches(answer, original["target_true"])]
+    failed = len(candidates) - len(passed)
+    chosen = passed[:cfg.pairs[split]]
+    if not chosen:
+        raise ArtifactError(f"{facts_path}: no pair of split '{split}' whose original prompt {model_dir} answers "
+                            f"correctly ({failed} of {len(candidates)} failed the clean check)")
+    pairs, rendered = [candidates[i] for i in chosen], [rendered[i] for i in chosen]
+    run = run_patches(model, tokenizer, rendered, windows, list(cfg.token_types), cfg.batch_size, desc=split)
     types, orig_enc, cf_enc, orig_pos, cf_pos = run.types, run.orig_enc, run.cf_enc, run.orig_pos, run.cf_pos
-    answers, states, jobs_per_pair = run.answers, run.states, run.jobs_per_pair
 
     rows, vectors = [], []
     for i, (original, counter) in enumerate(pairs):
         input_tokens = tokenizer.convert_ids_to_tokens(orig_enc[i]["input_ids"])
         cf_tokens = tokenizer.convert_ids_to_tokens(cf_enc[i]["input_ids"])
-        clean = tokenizer.decode([int(answers[i, 0])])
-        for job, (type_index, window_index) in enumerate(jobs_per_pair[1:], start=1):
+        clean_token = tokenizer.decode([int(run.answers[i, 0])])
+        for job, (type_index, window_index) in enumerate(run.jobs_per_pair[1:], start=1):
             token_type, window = types[type_index], windows[window_index]
-            patched = tokenizer.decode([int(answers[i, job])])
+            patched = tokenizer.decode([int(run.answers[i, job])])
             o_pos, c_pos = orig_pos[i][token_type], cf_pos[i][token_type]
             rows.append({
                 "row_id": len(rows), "pair_id": i, "split": split, "relation": original["relation"],
                 "subject": original["subject"], "counterfactual_subject": counter["subject"],
                 "input_text": rendered[i][0].text,
                 "layer": [int(x) for x in window], "input_tokens": input_tokens,
-                "original_continuation": [clean], "ablated_continuation": [patched],
-                "is_different": bool(answers[i, job] != answers[i, 0]),
+                "original_continuation": [clean_token], "ablated_continuation": [patched],
+                "counterfactual_continuation": [tokenizer.decode([int(run.cf_answers[i])])],
+                "is_different": bool(run.answers[i, job] != run.answers[i, 0]),
                 "patch_position": {"counterfact_pos": c_pos, "counterfact_text_token": cf_tokens[c_pos],
                                    "orig_pos": o_pos, "orig_text_token": input_tokens[o_pos],
                                    "orig_text_decoded": tokenizer.decode([orig_enc[i]["input_ids"][o_pos]])},
@@ -111,12 +126,12 @@ def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
                 "gt_original_target": original["target_true"], "gt_counterfactual_target": counter["target_true"],
                 "layer_hashable": [int(x) for x in window], "token_type": token_type,
             })
-            # The vector the explainer sees: the counterfactual output of the window's first layer (what is patched there).
-            vectors.append(states[i, type_index, window[0]])
+            vectors.append(run.states[i, type_index, window_index])
     frame = pd.DataFrame(rows)
-    settings = {"act_patch": cfg.__dict__ | {"prompt": cfg.prompt.__dict__}, "split": split}
-    prov = provenance(settings, {"target": manifest["source"]})
-    prov["counts"] = {"pairs": len(pairs), "rows": len(frame), "changed": int(frame["is_different"].sum())}
+    prov = provenance(settings | {"split": split}, {"target": manifest["source"]})
+    prov["counts"] = {"candidate_pairs": len(candidates), "clean_check_failed": failed, "pairs": len(pairs),
+                      "rows": len(frame), "changed": int(frame["is_different"].sum())}
+    print(f"labels ({split}): {prov['counts']}")
     write_tensors({"intervention_vector": torch.stack(vectors), "row_id": torch.arange(len(frame))}, out_vectors, prov)
     write_table(frame, out_table, prov)
     return frame
@@ -126,6 +141,7 @@ def load_examples(table_path: str | Path, vectors_path: str | Path | None = None
     """Rows and intervention vectors from a pipeline table (+ safetensors) or a published table (inline vectors)."""
     frame = read_table(table_path, required=LABEL_COLUMNS)
     if vectors_path is not None:
+        check_same_run(table_path, vectors_path)
         tensors = read_tensors(vectors_path)
         if "intervention_vector" not in tensors:
             raise ArtifactError(f"{vectors_path}: no tensor 'intervention_vector'")
@@ -142,28 +158,59 @@ def load_examples(table_path: str | Path, vectors_path: str | Path | None = None
     return frame, vectors.float()
 
 
-def _first(value) -> str:
-    return str(value[0]) if isinstance(value, (list, tuple, np.ndarray)) else str(value)
+def tokens_text(tokenizer, tokens) -> str:
+    """Text of token strings from a table: byte-level BPE or SentencePiece tokens go through the tokenizer's own
+    decoder ('ĠMÃ¼nchen' -> ' München'); strings that are not tokens of its vocabulary are already text."""
+    tokens = [str(t) for t in (tokens.tolist() if isinstance(tokens, np.ndarray) else tokens)]
+    vocab = tokenizer.get_vocab()
+    if tokens and all(t in vocab for t in tokens):
+        return tokenizer.convert_tokens_to_string(tokens)
+    return "".join(tokens)
 
 
-def examples_from_rows(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """Explainer questions and reference answers for label rows (pipeline or published layout)."""
-    questions, answers = [], []
-    for index, row in enumerate(frame.itertuples(index=False)):
-        text = row.input_text if "input_text" in frame.columns else tokens_to_text(row.input_tokens)
-        position = row.patch_position
-        token = position.get("orig_text_decoded") or tokens_to_text([position["orig_text_token"]])
-        questions.append(act_patch_question(index, row.layer, token, text))
-        changed = bool(row.is_different)
-        content = _first(row.ablated_continuation if changed else row.original_continuation)
-        answers.append(change_answer(changed, token_text(content)))
+def row_keys(frame: pd.DataFrame) -> list[str]:
+    """A stable id per row: the pipeline's row id, or the row's place in a published table."""
+    return [str(r) for r in (frame["row_id"] if "row_id" in frame else range(len(frame)))]
+
+
+def pair_keys(frame: pd.DataFrame) -> list[str]:
+    """The pair each row comes from (its cluster): all of a pair's token types and windows share it."""
+    if "pair_id" in frame:
+        return [str(p) for p in frame["pair_id"]]
+    return [f"{' '.join(map(str, t))}|{c}" for t, c in zip(frame["input_tokens"], frame["counterfactual_text"])]
+
+
+def answer_contents(frame: pd.DataFrame, tokenizer) -> list[str]:
+    """The content of each row's reference answer: the patched next token if it changed, else the clean one."""
+    return [token_text(tokens_text(tokenizer, row.ablated_continuation if row.is_different else row.original_continuation))
+            for row in frame.itertuples(index=False)]
+
+
+def examples_from_rows(frame: pd.DataFrame, tokenizer) -> tuple[list[str], list[str]]:
+    """Explainer questions and reference answers for label rows (pipeline or published layout); `tokenizer`
+    is the target's, whose tokens the table holds."""
+    questions = []
+    for key, row in zip(row_keys(frame), frame.itertuples(index=False)):
+        text = row.input_text if "input_text" in frame.columns else tokens_text(tokenizer, row.input_tokens)
+        token = tokens_text(tokenizer, [row.patch_position["orig_text_token"]])
+        questions.append(act_patch_question(key, row.layer, token, text))
+    answers = [change_answer(bool(c), content) for c, content in zip(frame["is_different"], answer_contents(frame, tokenizer))]
     return questions, answers
+
+
+def training_inputs(paths: dict[str, str | Path]) -> dict:
+    """What a training run's checkpoint is keyed on besides its settings: the input artifacts and the models."""
+    from pipeline.artifacts import fingerprint
+    from pipeline.models import read_manifest
+
+    return {name: (fingerprint(path) if Path(path).is_file() else read_manifest(path)["source"])
+            for name, path in paths.items()}
 
 
 def train(training_cfg, explainer_cfg, labels_path, vectors_path, explainer_dir, target_dir, out_dir,
           checkpoint_dir, settings: dict) -> dict:
     """Fine-tune the explainer on the training split's label rows."""
-    from pipeline.models import read_manifest
+    from pipeline.models import load_tokenizer, read_manifest
     from pipeline.training import train_explainer
 
     frame, vectors = load_examples(labels_path, vectors_path)
@@ -171,30 +218,52 @@ def train(training_cfg, explainer_cfg, labels_path, vectors_path, explainer_dir,
     if vectors.shape[1] != target_width:
         raise ArtifactError(f"{vectors_path}: vectors have width {vectors.shape[1]}, but target model "
                             f"{target_dir} has hidden size {target_width}")
-    questions, answers = examples_from_rows(frame)
+    questions, answers = examples_from_rows(frame, load_tokenizer(target_dir))
+    key = settings | {"inputs": training_inputs({"labels": labels_path, "vectors": vectors_path,
+                                                 "explainer": explainer_dir, "target": target_dir})}
     return train_explainer(training_cfg, explainer_cfg, explainer_dir, target_width, questions, answers, vectors,
-                           out_dir, checkpoint_dir, settings)
+                           out_dir, checkpoint_dir, key)
 
 
-VARIANTS = ("finetuned", "untrained", "no_vector")
+VARIANTS = ("finetuned", "untrained", "no_vector", "shuffled_vector")
+
+
+def shuffled_vectors(frame: pd.DataFrame, vectors: torch.Tensor, seed: int) -> torch.Tensor:
+    """Each row gets the vector of another pair of the same relation, token type and layer window
+    (a derangement within each group), so only what is specific to the pair is lost."""
+    rng = np.random.default_rng(seed)
+    relation = frame["relation"] if "relation" in frame else pd.Series([""] * len(frame))
+    groups = pd.Series(range(len(frame))).groupby(
+        [relation.astype(str).to_numpy(), frame["token_type"].astype(str).to_numpy(),
+         [tuple(int(x) for x in w) for w in frame["layer"]]]).groups
+    shuffled = vectors.clone()
+    for rows in groups.values():
+        rows = np.asarray(rows)
+        if len(rows) < 2:
+            continue
+        order = rows[rng.permutation(len(rows))]
+        shuffled[torch.from_numpy(order)] = vectors[torch.from_numpy(np.roll(order, -1))]
+    return shuffled
 
 
 def generate(variant: str, generation_cfg, explainer_cfg, labels_path, vectors_path, explainer_dir, target_dir,
              trained_dir, out_path, settings: dict) -> pd.DataFrame:
-    """Answers of one explainer variant on the test split: the fine-tuned explainer, the untrained
-    explainer (zero-shot, with format instructions, in its chat template if it has one), or the
-    fine-tuned one given a zero vector."""
+    """Answers of one explainer variant on the test split: the fine-tuned explainer; the untrained explainer
+    (zero-shot, with format instructions, in its chat template if it has one); the fine-tuned one given a zero
+    vector (no_vector) or another pair's vector of the same relation, token type and window (shuffled_vector)."""
     from pipeline.explainer import load_explainer
     from pipeline.generation import generate_answers, seeded_subset
-    from pipeline.models import read_manifest
+    from pipeline.models import load_tokenizer, read_manifest
     from pipeline.prompts import FORMAT_INSTRUCTION
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant '{variant}'; expected one of {VARIANTS}")
     frame, vectors = load_examples(labels_path, vectors_path)
+    if variant == "shuffled_vector":
+        vectors = shuffled_vectors(frame, vectors, generation_cfg.seed)
     chosen = seeded_subset(len(frame), generation_cfg.max_examples, generation_cfg.seed)
     frame, vectors = frame.iloc[chosen].reset_index(drop=True), vectors[chosen]
-    questions, references = examples_from_rows(frame)
+    questions, references = examples_from_rows(frame, load_tokenizer(target_dir))
     target_width = read_manifest(target_dir)["hidden_size"]
     explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir,
                                           target_width, explainer_cfg.projection)
@@ -207,31 +276,64 @@ def generate(variant: str, generation_cfg, explainer_cfg, labels_path, vectors_p
         vectors = torch.zeros_like(vectors)
     predictions = generate_answers(explainer, tokenizer, questions, vectors, prompt_format,
                                    generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant)
-    out = pd.DataFrame({"row_id": frame["row_id"] if "row_id" in frame else np.arange(len(frame)),
-                        "variant": variant, "question": questions, "prediction": predictions,
-                        "reference": references, "is_different": frame["is_different"].astype(bool),
-                        "token_type": frame["token_type"], "layer": frame["layer"]})
+    out = prediction_frame(frame, questions, predictions, references, variant)
     write_table(out, out_path, provenance(settings, {"explainer": read_manifest(explainer_dir)["source"],
                                                      "target": read_manifest(target_dir)["source"]}))
     return out
 
 
-def score(scoring_cfg, prediction_paths: dict[str, str], labels_paths: dict[str, str], facts_path, trained_dir,
-          explainer_dir, target_dir, out_path, names: dict[str, str]) -> dict:
-    """Metrics of every variant, counts and provenance in `results/act_patch/{explainer}_{target}.json`."""
+def prediction_frame(frame: pd.DataFrame, questions, predictions, references, variant: str) -> pd.DataFrame:
+    return pd.DataFrame({"row_key": row_keys(frame), "cluster": pair_keys(frame), "variant": variant,
+                         "question": questions, "prediction": predictions, "reference": references,
+                         "is_different": frame["is_different"].astype(bool).to_numpy(),
+                         "token_type": frame["token_type"].to_numpy(),
+                         "layer": [[int(x) for x in w] for w in frame["layer"]]})
 
+
+def prior_key(token_type, layer) -> tuple:
+    """What the question's text reveals about a row: its token type and layer window."""
+    return str(token_type), tuple(int(x) for x in layer)
+
+
+def baseline_frames(scored: pd.DataFrame, train_path, train_vectors, test_path, test_vectors, target_dir) -> tuple[dict, dict]:
+    """The structure prior and the majority class, learned from the training labels, on the scored test rows."""
+    from pipeline.baselines import describe, fit_prior, predict
+    from pipeline.models import load_tokenizer
+
+    tokenizer = load_tokenizer(target_dir)
+    train_frame, _ = load_examples(train_path, train_vectors)
+    test_frame, _ = load_examples(test_path, test_vectors)
+    test_frame = test_frame.set_index(pd.Index(row_keys(test_frame))).loc[scored["row_key"]].reset_index(drop=True)
+    changed, contents = train_frame["is_different"].astype(bool).tolist(), answer_contents(train_frame, tokenizer)
+    keys = [prior_key(t, w) for t, w in zip(train_frame["token_type"], train_frame["layer"])]
+    priors = {"structure_prior": fit_prior(keys, changed, contents),
+              "majority_class": fit_prior([None] * len(keys), changed, contents)}
+    test_keys = [prior_key(t, w) for t, w in zip(test_frame["token_type"], test_frame["layer"])]
+    frames = {}
+    for name, prior in priors.items():
+        guesses = predict(prior, test_keys if name == "structure_prior" else [None] * len(test_keys))
+        frames[name] = scored.assign(variant=name, prediction=[change_answer(g.changed, g.content) for g in guesses])
+    return frames, {name: describe(prior) for name, prior in priors.items()}
+
+
+def score(scoring_cfg, prediction_paths: dict[str, str], labels: dict[str, str], facts_path, trained_dir,
+          explainer_dir, target_dir, out_path, names: dict[str, str], settings: dict) -> dict:
+    """Metrics of every variant and baseline, paired comparisons, counts and provenance in
+    `results/act_patch/{explainer}_{target}.json`. `labels` holds the train and test tables and vectors."""
     from pipeline.artifacts import read_provenance, write_json
-    from pipeline.metrics import change_metrics_by_label, run_summary
+    from pipeline.metrics import run_summary, score_variants
 
-    metrics = {}
-    for variant, path in prediction_paths.items():
-        frame = read_table(path, required=["prediction", "reference", "is_different"])
-        metrics[variant] = change_metrics_by_label(frame, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
+    frames = {v: read_table(p, required=["row_key", "cluster", "prediction", "reference", "is_different"])
+              for v, p in prediction_paths.items()}
+    baselines, described = baseline_frames(frames["finetuned"], labels["train"], labels["train_vectors"],
+                                           labels["test"], labels["test_vectors"], target_dir)
+    scores = score_variants(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
     counts = {"facts": read_provenance(facts_path).get("counts", {})}
-    for split, path in labels_paths.items():
-        counts[f"labels_{split}"] = read_provenance(path).get("counts", {})
-    result = {"task": "act_patch", "explainer": names["explainer"], "target": names["target"], "metrics": metrics,
-              "counts": counts} | run_summary(scoring_cfg, prediction_paths, trained_dir, explainer_dir, target_dir)
+    for split in ("train", "test"):
+        counts[f"labels_{split}"] = read_provenance(labels[split]).get("counts", {})
+    result = {"task": "act_patch", "explainer": names["explainer"], "target": names["target"], **scores,
+              "baselines": described, "counts": counts} | run_summary(
+        scoring_cfg, prediction_paths, trained_dir, explainer_dir, target_dir, settings)
     write_json(result, out_path)
     return result
 
@@ -244,13 +346,17 @@ class PatchRun:
     cf_enc: list[dict]
     orig_pos: list[dict]
     cf_pos: list[dict]
-    states: torch.Tensor  # [pairs, token types, layers, width] counterfactual states
-    answers: np.ndarray  # [pairs, jobs] greedy next-token ids
+    states: torch.Tensor  # [pairs, token types, windows, width]: the counterfactual at each window's first layer
+    answers: np.ndarray  # [pairs, jobs] greedy next-token ids of the original prompt, clean then patched
+    cf_answers: np.ndarray  # [pairs] greedy next-token id of the counterfactual prompt
 
 
 def run_patches(model, tokenizer, rendered: list[tuple[RenderedPrompt, RenderedPrompt]], windows: list[list[int]],
-                types: list[str], batch_size: int, num_layers: int, desc: str = "") -> PatchRun:
-    """Greedy next tokens of every pair's original prompt, clean and patched at each token type x window."""
+                types: list[str], batch_size: int, desc: str = "") -> PatchRun:
+    """Greedy next tokens of every pair's original prompt, clean and patched at each token type x window.
+
+    The patch writes one vector, the counterfactual's output of the window's first layer at the token type's
+    position, into every layer of the window at the original prompt's position of that token type."""
     from pipeline.models import input_device
     from pipeline.patching import capture_states, encode, pad_left, patched_next_tokens, wrap
 
@@ -260,23 +366,28 @@ def run_patches(model, tokenizer, rendered: list[tuple[RenderedPrompt, RenderedP
     orig_pos = [token_positions(r[0], e["offsets"]) for r, e in zip(rendered, orig_enc)]
     cf_pos = [token_positions(r[1], e["offsets"]) for r, e in zip(rendered, cf_enc)]
     traced, device = wrap(model), input_device(model)
+    starts = [window[0] for window in windows]
+    num_layers = max(w[-1] for w in windows) + 1
 
-    # Counterfactual runs: once per pair, every layer at every token type's position.
-    cf_states = []
+    # Counterfactual runs: once per pair, the windows' first layers at every token type's position.
+    cf_states, cf_answers = [], []
     per_batch = max(1, batch_size // len(types))
     for start in tqdm(range(0, len(rendered), per_batch), desc="counterfactual runs", unit="batch", mininterval=5):
         chunk = range(start, min(start + per_batch, len(rendered)))
         ids, mask, shifts = pad_left([cf_enc[i]["input_ids"] for i in chunk], tokenizer.pad_token_id, device)
         rows = torch.tensor([r for r in range(len(chunk)) for _ in types], device=device)
         pos = torch.tensor([shifts[r] + cf_pos[i][t] for r, i in enumerate(chunk) for t in types], device=device)
-        cf_states.append(capture_states(traced, num_layers, ids, mask, rows, pos).float().cpu())
-    states = torch.cat(cf_states).view(len(rendered), len(types), num_layers, -1)
+        states, next_ids = capture_states(traced, starts, ids, mask, rows, pos)
+        cf_states.append(states.float().cpu())
+        cf_answers.append(next_ids.cpu())
+    states = torch.cat(cf_states).view(len(rendered), len(types), len(windows), -1)
 
     # Patched runs: whole pairs per batch (a clean row plus every token type x window), so a pair's
     # clean and patched answers always come from the same forward pass.
     jobs_per_pair = [(None, None)] + [(t, w) for t in range(len(types)) for w in range(len(windows))]
     pairs_per_batch = max(1, batch_size // len(jobs_per_pair))
     answers = np.zeros((len(rendered), len(jobs_per_pair)), dtype=np.int64)
+    width = states.shape[-1]
     for start in tqdm(range(0, len(rendered), pairs_per_batch), desc=f"patching {desc}", unit="batch", mininterval=5):
         chunk = list(range(start, min(start + pairs_per_batch, len(rendered))))
         sequences, positions, layer_mask, values = [], [], [], []
@@ -286,15 +397,17 @@ def run_patches(model, tokenizer, rendered: list[tuple[RenderedPrompt, RenderedP
                 row_mask = torch.zeros(num_layers, dtype=torch.bool)
                 if type_index is None:
                     positions.append(0)
+                    values.append(torch.zeros(width))
                 else:
                     positions.append(orig_pos[i][types[type_index]])
                     row_mask[windows[window_index]] = True
+                    values.append(states[i, type_index, window_index])
                 layer_mask.append(row_mask)
-                values.append(states[i, type_index or 0])
         ids, mask, shifts = pad_left(sequences, tokenizer.pad_token_id, device)
         position_tensor = torch.tensor([p + s for p, s in zip(positions, shifts)], device=device)
         next_ids = patched_next_tokens(traced, ids, mask, position_tensor, torch.stack(layer_mask).to(device),
                                        torch.stack(values).to(device))
         answers[chunk] = next_ids.view(len(chunk), len(jobs_per_pair)).cpu().numpy()
 
-    return PatchRun(types, jobs_per_pair, orig_enc, cf_enc, orig_pos, cf_pos, states, answers)
+    return PatchRun(types, jobs_per_pair, orig_enc, cf_enc, orig_pos, cf_pos, states, answers,
+                    torch.cat(cf_answers).numpy())

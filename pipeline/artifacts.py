@@ -2,7 +2,8 @@
 
 Every write goes to a temporary name beside the target and is renamed into place, so a
 failed or interrupted stage never leaves a half-written artifact. Tables and tensors carry
-provenance (config hash, model ids, code version) in their metadata.
+provenance (config hash, model ids, code version, and a run id shared by the files one stage
+run writes together) in their metadata; `fingerprint` reads it back to key what depends on them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -55,13 +57,33 @@ def code_version() -> str:
         return __version__
 
 
-def provenance(settings: Any, models: dict[str, Any] | None = None) -> dict[str, Any]:
+def provenance(settings: Any, models: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """What a stage ran with. Files written together by one stage run pass the same `run_id`."""
     return {
         "config_hash": config_hash(settings),
         "settings": settings,
         "models": models or {},
         "code_version": code_version(),
+        "run_id": run_id or uuid.uuid4().hex,
     }
+
+
+def fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """The identity of an input artifact: its settings hash and the run that wrote it."""
+    prov = read_provenance(path)
+    if not prov.get("config_hash"):
+        raise ArtifactError(f"{path}: no provenance in its metadata; rebuild it with this workflow")
+    return {"config_hash": prov["config_hash"], "run_id": prov.get("run_id")}
+
+
+def check_same_run(*paths: str | os.PathLike) -> None:
+    """Fail unless the files were written by one stage run (a table and the tensors that go with it)."""
+    prints = [(p, read_provenance(p)) for p in paths]
+    keys = {(q.get("config_hash"), q.get("run_id")) for _, q in prints}
+    if len(keys) > 1:
+        described = ", ".join(f"{p} (config {q.get('config_hash')}, run {q.get('run_id')})" for p, q in prints)
+        raise ArtifactError(f"these files were not written by the same stage run and must not be read together: "
+                            f"{described}; rerun the stage that writes them")
 
 
 @contextlib.contextmanager
@@ -79,20 +101,47 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _backup_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.previous"
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces folder `path`, on failure it is removed."""
+    """Yield a temporary folder; on success it replaces folder `path`, on failure it is removed.
+
+    A folder cannot be renamed over a non-empty one, so the old folder is first renamed aside and
+    removed only once the new one is in place; if the process dies between the two renames, the
+    next call (or reader) finds the old folder aside and puts it back, so nothing is ever lost.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    restore_previous(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o755)
+    backup = _backup_name(path)
     try:
         yield tmp
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            os.replace(path, backup)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            restore_previous(path)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def restore_previous(path: str | os.PathLike) -> None:
+    """Put back a folder that `atomic_dir` moved aside when it was interrupted before the new one arrived."""
+    path = Path(path)
+    backup = _backup_name(path)
+    if backup.exists():
+        if path.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(backup, path)
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike, prov: dict[str, Any]) -> None:

@@ -1,9 +1,13 @@
 """The explainer: a causal LM whose input embedding at a placeholder token is replaced by a vector.
 
-The vector (a target-model hidden state) is normalised, mapped to the explainer's width by a
-trainable linear projection (identity-initialised when widths match) and scaled to the
-explainer's typical embedding norm. Saved folders hold the peft adapter (or full weights),
-`projection.safetensors` and `explainer.json`.
+The placeholder is a dedicated token found by id: a reserved token where the tokenizer has one
+(Llama 3's `<|reserved_special_token_12|>` and Qwen 3's `<|vision_pad|>`, as the paper's code
+uses; Gemma 3's `<unused0>`), otherwise `<|vector|>` added as a special token with a zero
+embedding row (never generated). The vector (a target-model hidden state) is normalised, mapped
+to the explainer's width by a trainable linear projection (identity-initialised when widths
+match) and scaled to the mean norm of what the explainer's embedding layer returns (Gemma's
+layer multiplies its rows by sqrt(width), so the raw weights would be ~25x too small). Saved
+folders hold the peft adapter (or full weights), `projection.safetensors` and `explainer.json`.
 """
 
 from __future__ import annotations
@@ -19,19 +23,57 @@ from pipeline.prompts import VECTOR
 
 EXPLAINER_META = "explainer.json"
 PROJECTION_FILE = "projection.safetensors"
+RESERVED_PLACEHOLDERS = ("<|reserved_special_token_12|>", "<|vision_pad|>", "<unused0>")
+ADDED_PLACEHOLDER = "<|vector|>"
 
 
 class WidthError(ValueError):
     """Vector and model widths do not fit together."""
 
 
+def placeholder_token_id(tokenizer, model: nn.Module | None = None) -> int:
+    """The placeholder's id; adds `<|vector|>` (and, given the model, a zero embedding row) where no
+    reserved token exists. Deterministic, so training and every later load agree on the id and row."""
+    vocab = tokenizer.get_vocab()
+    for token in RESERVED_PLACEHOLDERS:
+        if token in vocab:
+            return vocab[token]
+    if ADDED_PLACEHOLDER not in vocab:
+        tokenizer.add_tokens([ADDED_PLACEHOLDER], special_tokens=True)
+    token_id = tokenizer.convert_tokens_to_ids(ADDED_PLACEHOLDER)
+    if model is not None and token_id >= model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            model.get_input_embeddings().weight[token_id:].zero_()
+            output = model.get_output_embeddings()
+            if output is not None:
+                output.weight[token_id:].zero_()
+    return token_id
+
+
+@torch.no_grad()
+def embedding_norm(lm: nn.Module, skip: set[int] = frozenset(), chunk: int = 16384) -> torch.Tensor:
+    """Mean norm of what the embedding layer returns over the vocabulary (scaled embeddings included)."""
+    layer = lm.get_input_embeddings()
+    rows = layer.weight.shape[0]
+    device = layer.weight.device
+    total, count = 0.0, 0
+    for start in range(0, rows, chunk):
+        ids = torch.tensor([i for i in range(start, min(rows, start + chunk)) if i not in skip], device=device)
+        if len(ids):
+            total += float(layer(ids).float().norm(dim=-1).sum())
+            count += len(ids)
+    return torch.tensor(total / max(count, 1))
+
+
 class ContinuousTokenExplainer(nn.Module):
-    def __init__(self, lm: nn.Module, target_width: int, projection: str = "linear"):
+    def __init__(self, lm: nn.Module, target_width: int, placeholder_id: int, projection: str = "linear"):
         super().__init__()
         self.lm = lm
         embeddings = lm.get_input_embeddings().weight
         width = embeddings.shape[1]
         self.target_width = target_width
+        self.placeholder_id = placeholder_id
         if projection == "none":
             if target_width != width:
                 raise WidthError(f"explainer.projection is 'none' but target width {target_width} != explainer width "
@@ -45,38 +87,44 @@ class ContinuousTokenExplainer(nn.Module):
                 else:
                     nn.init.normal_(self.projection.weight, std=width ** -0.5)
             self.projection.to(embeddings.device)
-        self.register_buffer("embed_norm", embeddings.detach().float().norm(dim=-1).mean(), persistent=False)
+        self.register_buffer("embed_norm", embedding_norm(lm, {placeholder_id}).to(embeddings.device), persistent=False)
 
-    def embed(self, input_ids: torch.Tensor, vector_positions: torch.Tensor | None, vectors: torch.Tensor | None):
+    def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None):
+        """Input embeddings with row b's placeholder replaced by the scaled, projected vectors[b]."""
         embeds = self.lm.get_input_embeddings()(input_ids)
-        if vectors is None or vector_positions is None:
+        if vectors is None:
             return embeds
         if vectors.shape[-1] != self.target_width:
             raise WidthError(f"vectors have width {vectors.shape[-1]} but this explainer reads width {self.target_width}")
+        found = input_ids == self.placeholder_id
+        if not bool((found.sum(dim=1) == 1).all()):
+            raise ValueError(f"every prompt given a vector must hold the placeholder token (id {self.placeholder_id}) "
+                             f"exactly once; found counts {found.sum(dim=1).tolist()}")
         unit = vectors.float() / vectors.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
         mapped = self.projection(unit) if self.projection is not None else unit
         mapped = (mapped * self.embed_norm).to(embeds.dtype)
         embeds = embeds.clone()
-        embeds[torch.arange(len(input_ids), device=input_ids.device), vector_positions] = mapped
+        embeds[found] = mapped
         return embeds
 
-    def forward(self, input_ids, attention_mask, vector_positions=None, vectors=None, labels=None):
-        embeds = self.embed(input_ids, vector_positions, vectors)
+    def forward(self, input_ids, attention_mask, vectors=None, labels=None):
+        embeds = self.embed(input_ids, vectors)
         return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, vector_positions=None, vectors=None, max_new_tokens=24,
-                 pad_token_id=None, eos_token_id=None):
-        embeds = self.embed(input_ids, vector_positions, vectors)
+    def generate(self, input_ids, attention_mask, vectors=None, max_new_tokens=24, pad_token_id=None,
+                 eos_token_id=None):
+        embeds = self.embed(input_ids, vectors)
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+                                do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                                suppress_tokens=[self.placeholder_id])
 
 
 @dataclass
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-    vector_position: int  # -1 when the prompt holds no vector
+    has_vector: bool
 
 
 def prompt_text(question: str, tokenizer, prompt_format: str) -> str:
@@ -86,23 +134,23 @@ def prompt_text(question: str, tokenizer, prompt_format: str) -> str:
     return f"{question}\nAnswer:"
 
 
-def encode_example(tokenizer, question: str, answer: str | None, prompt_format: str) -> Encoded:
-    """Token ids with one placeholder id where `<vector>` stands; labels cover only the answer."""
+def encode_example(tokenizer, question: str, answer: str | None, prompt_format: str,
+                   placeholder_id: int | None = None) -> Encoded:
+    """Token ids with the placeholder id where `<vector>` stands; labels cover only the answer."""
     text = prompt_text(question, tokenizer, prompt_format)
     special = prompt_format != "chat"
     before, marker, after = text.partition(VECTOR)
     ids = tokenizer(before, add_special_tokens=special)["input_ids"]
-    position = -1
     if marker:
-        position = len(ids)
-        placeholder = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
-        ids = ids + [placeholder] + tokenizer(after, add_special_tokens=False)["input_ids"]
+        if placeholder_id is None:
+            raise ValueError("the question holds <vector> but no placeholder token id was given")
+        ids = ids + [placeholder_id] + tokenizer(after, add_special_tokens=False)["input_ids"]
     labels = [-100] * len(ids)
     if answer is not None:
         answer_ids = tokenizer((" " if prompt_format != "chat" else "") + answer, add_special_tokens=False)["input_ids"]
         answer_ids = answer_ids + [tokenizer.eos_token_id]
         ids, labels = ids + answer_ids, labels + answer_ids
-    return Encoded(ids, labels, position)
+    return Encoded(ids, labels, bool(marker))
 
 
 def collate(batch: list[Encoded], vectors: torch.Tensor | None, pad_id: int, device) -> dict:
@@ -111,23 +159,27 @@ def collate(batch: list[Encoded], vectors: torch.Tensor | None, pad_id: int, dev
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
-    positions = torch.zeros(len(batch), dtype=torch.long)
     for row, example in enumerate(batch):
         shift = width - len(example.input_ids)
         ids[row, shift:] = torch.tensor(example.input_ids)
         labels[row, shift:] = torch.tensor(example.labels)
         mask[row, shift:] = 1
-        positions[row] = shift + example.vector_position
-    has_vectors = vectors is not None and all(e.vector_position >= 0 for e in batch)
+    has_vectors = vectors is not None and all(e.has_vector for e in batch)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
-            "vector_positions": positions.to(device) if has_vectors else None,
             "vectors": vectors.to(device) if has_vectors else None}
 
 
 def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict) -> None:
     from safetensors.torch import save_file
 
-    explainer.lm.save_pretrained(folder)
+    from peft import PeftModel
+
+    meta = meta | {"embed_norm": float(explainer.embed_norm), "placeholder_id": explainer.placeholder_id}
+    if isinstance(explainer.lm, PeftModel):
+        # The adapter alone: the placeholder's embedding row is recreated (zero) wherever the explainer loads.
+        explainer.lm.save_pretrained(folder, save_embedding_layers=False)
+    else:
+        explainer.lm.save_pretrained(folder)
     if explainer.projection is not None:
         save_file({"weight": explainer.projection.weight.detach().cpu().contiguous()}, str(folder / PROJECTION_FILE))
     (folder / EXPLAINER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -143,13 +195,16 @@ def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target
     meta = json.loads((Path(folder) / EXPLAINER_META).read_text()) if folder else {}
     full = meta.get("method") == "full"
     model, tokenizer = load_model(base_model_dir, weights=folder if full else None)
+    placeholder = placeholder_token_id(tokenizer, model)
     if folder and not full:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-    explainer = ContinuousTokenExplainer(model, meta.get("target_width", target_width),
+    explainer = ContinuousTokenExplainer(model, meta.get("target_width", target_width), placeholder,
                                          meta.get("projection", projection))
     if folder and explainer.projection is not None:
         explainer.projection.weight.data.copy_(load_file(str(Path(folder) / PROJECTION_FILE))["weight"])
+    if "embed_norm" in meta:  # the scale training used (full fine-tuning moves the embeddings a little)
+        explainer.embed_norm.fill_(float(meta["embed_norm"]))
     explainer.eval()
     return explainer, tokenizer

@@ -169,7 +169,7 @@ def answer_matches(answer_token: str, target: str) -> bool:
 
 
 def build_facts(facts_cfg: FactsConfig, prompt_cfg: PromptConfig, model_dir: str | Path, out_path: str | Path,
-                batch_size: int = 64) -> pd.DataFrame:
+                batch_size: int = 64, settings: dict | None = None) -> pd.DataFrame:
     """All candidate facts with the target's answer, `correct`, `kept` and `split` columns."""
     from pipeline.models import load_model, read_manifest
     from pipeline.patching import greedy_next_tokens
@@ -199,7 +199,7 @@ def build_facts(facts_cfg: FactsConfig, prompt_cfg: PromptConfig, model_dir: str
     manifest = read_manifest(model_dir)
     counts = {"facts_total": len(frame), "facts_kept": int(frame["kept"].sum()),
               "kept_by_relation": frame.groupby("relation")["kept"].sum().astype(int).to_dict()}
+    settings = settings or {"facts": facts_cfg.__dict__, "act_patch": {"prompt": prompt_cfg.__dict__}}
     write_table(frame.reset_index(drop=True), out_path,
-                provenance({"facts": facts_cfg.__dict__, "prompt": prompt_cfg.__dict__},
-                           {"target": manifest["source"]}) | {"counts": counts})
+                provenance(settings, {"target": manifest["source"]}) | {"counts": counts})
     return frame

@@ -22,7 +22,7 @@ def generate_answers(explainer: ContinuousTokenExplainer, tokenizer, questions: 
                      vectors: torch.Tensor | None, prompt_format: str, max_new_tokens: int, batch_size: int,
                      desc: str = "generating") -> list[str]:
     device = input_device(explainer.lm)
-    encoded = [encode_example(tokenizer, q, None, prompt_format) for q in questions]
+    encoded = [encode_example(tokenizer, q, None, prompt_format, explainer.placeholder_id) for q in questions]
     # Similar lengths share a batch, so less padding is computed.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     outputs: list[str] = [""] * len(encoded)
@@ -30,8 +30,8 @@ def generate_answers(explainer: ContinuousTokenExplainer, tokenizer, questions: 
         index = order[start:start + batch_size]
         batch = collate([encoded[i] for i in index], vectors[index] if vectors is not None else None,
                         tokenizer.pad_token_id, device)
-        generated = explainer.generate(batch["input_ids"], batch["attention_mask"], batch["vector_positions"],
-                                       batch["vectors"], max_new_tokens=max_new_tokens,
+        generated = explainer.generate(batch["input_ids"], batch["attention_mask"], batch["vectors"],
+                                       max_new_tokens=max_new_tokens,
                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         for i, ids in zip(index, generated.tolist()):
             outputs[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -99,7 +99,7 @@ def _hint_token_ids(tokenizer, text: str, hint: str, add_special_tokens: bool) -
 
 
 def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir: str | Path, split: str,
-                 out_path: str | Path) -> pd.DataFrame:
+                 out_path: str | Path, settings: dict) -> pd.DataFrame:
     """The target's answer to every question of `split` with and without a seeded random hint."""
     from pipeline.models import load_model, read_manifest
 
@@ -149,8 +149,8 @@ def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir
         frame["zeroshot_prediction"], frame["random_hint_prediction"], answered)], dtype="boolean")
     counts = label_counts(frame) | {"skipped": skipped}
     print(f"labels ({split}): {counts}")
-    settings = {"input_ablation": cfg.__dict__, "split": split}
-    write_table(frame, out_path, provenance(settings, {"target": read_manifest(model_dir)["source"]}) | {"counts": counts})
+    prov = provenance(settings | {"split": split}, {"target": read_manifest(model_dir)["source"]})
+    write_table(frame, out_path, prov | {"counts": counts})
     return frame
 
 
@@ -210,6 +210,7 @@ def train(cfg: InputAblationConfig, training_cfg, explainer_cfg, labels_path, ex
     """Fine-tune the explainer on the training split (text only: no vectors, no projection)."""
     from dataclasses import replace
 
+    from pipeline.act_patch import training_inputs
     from pipeline.models import read_manifest
     from pipeline.training import train_explainer
 
@@ -217,8 +218,9 @@ def train(cfg: InputAblationConfig, training_cfg, explainer_cfg, labels_path, ex
     frame = select_training_rows(frame, cfg.rebalance_train, cfg.max_train_examples, training_cfg.seed)
     questions, answers = examples_from_rows(frame)
     width = read_manifest(explainer_dir)["hidden_size"]
+    key = settings | {"inputs": training_inputs({"labels": labels_path, "explainer": explainer_dir})}
     return train_explainer(training_cfg, replace(explainer_cfg, projection="none"), explainer_dir, width, questions,
-                           answers, None, out_dir, checkpoint_dir, settings)
+                           answers, None, out_dir, checkpoint_dir, key)
 
 
 def generate(variant: str, generation_cfg, explainer_cfg, labels_path, explainer_dir, trained_dir, out_path,
@@ -243,10 +245,11 @@ def generate(variant: str, generation_cfg, explainer_cfg, labels_path, explainer
         prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else prompt_format
     predictions = generate_answers(explainer, tokenizer, questions, None, prompt_format,
                                    generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant)
-    out = pd.DataFrame({"index": frame["index"] if "index" in frame else np.arange(len(frame)), "variant": variant,
+    out = pd.DataFrame({"row_key": question_keys(frame), "cluster": question_keys(frame), "variant": variant,
                         "question": questions, "prediction": predictions, "reference": references,
                         "is_different": frame["changed_pred_bc_hint"].astype(bool).to_numpy(),
-                        "hint_is_correct": frame["hint_is_correct"] if "hint_is_correct" in frame else None})
+                        "hint_letter": hinted_letters(frame).to_numpy(),
+                        "zeroshot_prediction": frame["zeroshot_prediction"].to_numpy()})
     models = {"explainer": read_manifest(explainer_dir)["source"]}
     if target_dir is not None:
         models["target"] = read_manifest(target_dir)["source"]
@@ -254,36 +257,67 @@ def generate(variant: str, generation_cfg, explainer_cfg, labels_path, explainer
     return out
 
 
-def majority_predictions(train_frame: pd.DataFrame, test_frame: pd.DataFrame) -> tuple[bool, list[str]]:
-    """The training split's majority verdict for every test row, naming the hinted letter as the answer."""
-    changed_share = train_frame["changed_pred_bc_hint"].astype(bool).mean()
-    majority_changed = bool(changed_share > 0.5)
-    return majority_changed, [change_answer(majority_changed, f"Answer: {x}") for x in hinted_letters(test_frame)]
+def question_keys(frame: pd.DataFrame) -> list[str]:
+    """One id per question (its cluster: a question gives one row): the question id, or the published index."""
+    column = "question_id" if "question_id" in frame else "index" if "index" in frame else None
+    return [str(v) for v in (frame[column] if column else range(len(frame)))]
+
+
+def prior_key(hint_letter: str, zeroshot: str) -> bool:
+    """What the structure prior knows of a row: whether the hint names the target's own unhinted answer."""
+    return hint_letter == zeroshot
+
+
+def _content_role(hint_letter: str, zeroshot: str) -> str:
+    """The reference answer's letter as a role the prior can carry to other questions. The reference always
+    names the unhinted answer (the new answer if the hint changed it, else the unchanged one)."""
+    return "hinted letter" if zeroshot == hint_letter else "unhinted answer"
+
+
+def baseline_frames(scored: pd.DataFrame, train_labels) -> tuple[dict, dict]:
+    """The structure prior and the majority class, learned from the training labels, on the scored test rows.
+    Their answers name a role ("hinted letter", "unhinted answer") that each test row turns into its letter.
+    The structure prior's key is not in the explainer's text: it uses the target's unhinted answer, which the
+    explainer has to infer, so it is a demanding bar; the majority class is the text-only one."""
+    from pipeline.baselines import describe, fit_prior, predict
+
+    train_frame, _ = load_examples(train_labels)
+    hints = hinted_letters(train_frame)
+    changed = train_frame["changed_pred_bc_hint"].astype(bool).tolist()
+    roles = [_content_role(h, z) for h, z in zip(hints, train_frame["zeroshot_prediction"])]
+    keys = [prior_key(h, z) for h, z in zip(hints, train_frame["zeroshot_prediction"])]
+    # The majority class knows only the text, so it names the hinted letter; the structure prior also knows
+    # whether the hint names the unhinted answer, so it may name that answer.
+    priors = {"structure_prior": fit_prior(keys, changed, roles),
+              "majority_class": fit_prior([None] * len(keys), changed, ["hinted letter"] * len(keys))}
+    test_keys = [prior_key(h, z) for h, z in zip(scored["hint_letter"], scored["zeroshot_prediction"])]
+    frames = {}
+    for name, prior in priors.items():
+        guesses = predict(prior, test_keys if name == "structure_prior" else [None] * len(test_keys))
+        letters_said = [h if g.content == "hinted letter" else z if g.content == "unhinted answer" else g.content
+                        for g, h, z in zip(guesses, scored["hint_letter"], scored["zeroshot_prediction"])]
+        frames[name] = scored.assign(variant=name, prediction=[change_answer(g.changed, f"Answer: {x}")
+                                                               for g, x in zip(guesses, letters_said)])
+    return frames, {name: describe(prior) for name, prior in priors.items()}
 
 
 def score(scoring_cfg, prediction_paths: dict[str, str], train_labels, test_labels, trained_dir, explainer_dir,
-          target_dir, out_path, names: dict[str, str]) -> dict:
-    """Metrics of each variant and of the majority-class baseline in results/input_ablation/{e}_{t}.json."""
+          target_dir, out_path, names: dict[str, str], settings: dict) -> dict:
+    """Metrics of each variant and baseline, paired comparisons, counts and provenance in
+    results/input_ablation/{explainer}_{target}.json."""
     from pipeline.artifacts import read_provenance, write_json
-    from pipeline.metrics import change_metrics_by_label, run_summary
+    from pipeline.metrics import run_summary, score_variants
 
-    metrics = {}
-    for variant, path in prediction_paths.items():
-        frame = read_table(path, required=["prediction", "reference", "is_different"])
-        metrics[variant] = change_metrics_by_label(frame, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
-    train_frame, _ = load_examples(train_labels)
-    scored = read_table(prediction_paths["finetuned"], required=["index", "reference", "is_different"])
-    test_frame, _ = load_examples(test_labels)
-    test_frame = test_frame.set_index("index").loc[scored["index"]].reset_index()
-    majority_changed, majority = majority_predictions(train_frame, test_frame)
-    metrics["majority_class"] = change_metrics_by_label(
-        scored.assign(prediction=majority), scoring_cfg.bootstrap_samples, scoring_cfg.seed)
+    frames = {v: read_table(p, required=["row_key", "cluster", "prediction", "reference", "is_different",
+                                          "hint_letter", "zeroshot_prediction"])
+              for v, p in prediction_paths.items()}
+    baselines, described = baseline_frames(frames["finetuned"], train_labels)
+    scores = score_variants(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
     result = {
-        "task": "input_ablation", "explainer": names["explainer"], "target": names["target"], "metrics": metrics,
-        "baselines": {"majority_class": {"verdict": "changed" if majority_changed else "unchanged",
-                                         "content": "the hinted letter"}},
+        "task": "input_ablation", "explainer": names["explainer"], "target": names["target"], **scores,
+        "baselines": described,
         "counts": {"labels_train": read_provenance(train_labels).get("counts", {}),
                    "labels_test": read_provenance(test_labels).get("counts", {})},
-    } | run_summary(scoring_cfg, prediction_paths, trained_dir, explainer_dir, target_dir)
+    } | run_summary(scoring_cfg, prediction_paths, trained_dir, explainer_dir, target_dir, settings)
     write_json(result, out_path)
     return result

@@ -141,7 +141,7 @@ def read_mmlu(path: str | Path) -> tuple[pd.DataFrame, dict]:
 
 def build_questions(source: str, path: str | None, relations: tuple[str, ...], n_choices: int,
                     max_questions_per_relation: int | None, test_fraction: float, seed: int,
-                    out_path: str | Path) -> pd.DataFrame:
+                    out_path: str | Path, settings: dict | None = None) -> pd.DataFrame:
     """The question table, split into train and test by entity (a country, or an MMLU question)."""
     if source == "countryinfo":
         frame, skipped = country_questions(relations, n_choices, seed, max_questions_per_relation), {}
@@ -159,7 +159,8 @@ def build_questions(source: str, path: str | None, relations: tuple[str, ...], n
     frame["split"] = split_by_subject(frame["entity"], test_fraction, seed)
     counts = {"questions": len(frame), "by_relation": frame["relation"].value_counts().sort_index().to_dict(),
               "by_split": frame["split"].value_counts().to_dict(), "skipped": skipped}
-    settings = {"source": source, "path": path, "relations": list(relations), "n_choices": n_choices,
-                "max_questions_per_relation": max_questions_per_relation, "test_fraction": test_fraction, "seed": seed}
+    settings = settings or {"source": source, "path": path, "relations": list(relations), "n_choices": n_choices,
+                            "max_questions_per_relation": max_questions_per_relation,
+                            "test_fraction": test_fraction, "seed": seed}
     write_table(frame, out_path, provenance(settings) | {"counts": counts})
     return frame

@@ -79,11 +79,12 @@ def _convert_gguf(spec: dict[str, Any], folder: Path) -> None:
 
 
 def _build_random(spec: dict[str, Any], specs: dict[str, Any], folder: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A random-weight Llama (default) or Gemma 3 text model with another model's tokenizer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = _load_tokenizer(specs[spec["tokenizer_from"]], folder)
     torch.manual_seed(spec.get("seed", 0))
-    config = LlamaConfig(
+    shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=spec.get("hidden_size", 64),
         intermediate_size=spec.get("intermediate_size", 128),
@@ -96,7 +97,12 @@ def _build_random(spec: dict[str, Any], specs: dict[str, Any], folder: Path) -> 
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    if spec.get("architecture", "llama") == "gemma3":
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**shape, head_dim=shape["hidden_size"] // shape["num_attention_heads"],
+                                                   sliding_window=64))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 

@@ -1,9 +1,10 @@
 """The batched activation-patching engine: the only module that uses nnsight.
 
-`capture_states` runs source prompts once and keeps each layer's output at chosen tokens.
-`patched_next_tokens` runs a batch of prompts where every row may overwrite its own token
-position over its own set of layers, and returns the greedy next token of every row; rows
-with no patch give the clean answer. One forward pass serves many pairs and layer windows.
+`capture_states` runs source prompts once, keeps chosen layers' outputs at chosen tokens and
+the greedy next token. `patched_next_tokens` runs a batch of prompts where every row may write
+one vector (the intervention, as the paper's published tables define it) into its own token
+position at every layer of its own set of layers, and returns the greedy next token of every
+row; rows with no patch give the clean answer. One forward pass serves many pairs and windows.
 """
 
 from __future__ import annotations
@@ -62,27 +63,30 @@ def wrap(model) -> NNsight:
 
 
 @torch.no_grad()
-def capture_states(traced: NNsight, num_layers: int, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
-                   positions: torch.Tensor) -> torch.Tensor:
-    """Each layer's output at (rows[i], positions[i]): a tensor [len(rows), num_layers, d]."""
+def capture_states(traced: NNsight, layers: Sequence[int], ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
+                   positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs of `layers` at (rows[i], positions[i]), a tensor [len(rows), len(layers), d], and each
+    prompt's greedy next-token id."""
     saved = []
     with traced.trace(input_ids=ids, attention_mask=mask, logits_to_keep=1):
-        for layer in range(num_layers):
-            saved.append(traced.model.layers[layer].output[rows, positions].save())
-    return torch.stack([s.detach() for s in saved], dim=1)
+        for layer in sorted(set(layers)):  # module accesses follow execution order
+            saved.append((layer, traced.model.layers[layer].output[rows, positions].save()))
+        next_ids = traced.output.logits[:, -1].argmax(-1).save()
+    by_layer = {layer: value.detach() for layer, value in saved}
+    return torch.stack([by_layer[layer] for layer in layers], dim=1), next_ids.detach()
 
 
 @torch.no_grad()
 def patched_next_tokens(traced: NNsight, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                         layer_mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Greedy next-token ids when row b's layer-k output at positions[b] is replaced by values[b, k]
-    for every k with layer_mask[b, k]; rows without any patch run clean."""
+    """Greedy next-token ids when row b's output at positions[b] is replaced by the one vector values[b]
+    at every layer k with layer_mask[b, k]; rows without any patch run clean."""
     num_layers = layer_mask.shape[1]
     with traced.trace(input_ids=ids, attention_mask=mask, logits_to_keep=1):
         for layer in range(num_layers):
             rows = layer_mask[:, layer].nonzero().squeeze(-1)
             if rows.numel():
                 output = traced.model.layers[layer].output
-                output[rows, positions[rows]] = values[rows, layer].to(output.dtype)
+                output[rows, positions[rows]] = values[rows].to(output.dtype)
         next_ids = traced.output.logits[:, -1].argmax(-1).save()
     return next_ids.detach()

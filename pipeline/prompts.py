@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
 VECTOR = "<vector>"
 
+# The paper's five phrasings (config/act_patch/*.yaml of its code), with one placeholder token for the vector.
 ACT_PATCH_QUESTIONS = (
-    "If feature <vector> at layer {layers} is added to tokens {tokens} when processing the text "
-    "<<<{input}>>>, how would the output change?",
-    "Suppose the hidden state <vector> is patched into layers {layers} at token {tokens} while the model "
-    "reads <<<{input}>>>. How would its next token change?",
-    "At layers {layers}, the activation of token {tokens} in the text <<<{input}>>> is replaced by <vector>. "
-    "What would the model output next?",
+    "If feature <vector> at layer {layers} is added to tokens {tokens} when processing the text <<<{input}>>>, "
+    "how would the output change?",
+    "When feature <vector> at layer {layers} is added at tokens {tokens} in the input <<<{input}>>>, what happens "
+    "to the model's output?",
+    "Consider the input text: <<<{input}>>>. If we steer layer {layers} towards feature <vector> at tokens "
+    "{tokens}, how does this affect the generated continuation?",
+    "Given the text <<<{input}>>>, what would be the effect on the output if feature <vector> at layer {layers} "
+    "is added to tokens {tokens}?",
+    "If we steer towards feature <vector> at layer {layers} and tokens {tokens} when processing <<<{input}>>>, "
+    "how would the model's response differ?",
 )
 UNCHANGED = "The output would remain unchanged from <<<{content}>>>."
 CHANGED = "The most likely output would change to <<<{content}>>>."
@@ -28,58 +34,54 @@ FORMAT_INSTRUCTION_CHOICE = (
     "\"The most likely output would change to <<<Answer: Y>>>.\", where X or Y is the letter the assistant would answer."
 )
 
-_ANSWER = re.compile(
-    r"^\s*The (?:output would remain (?P<unchanged>unchanged) from|most likely output would (?P<changed>change) to)"
-    r" <<<(?P<content>.*?)>>>\.?\s*$",
-    re.DOTALL,
-)
+# The paper's evaluator (evaluator/causal_exact_match_eval.py): searched in the lower-cased, stripped output,
+# "remain unchanged from" first; an output matching neither is invalid and carries no verdict.
+_UNCHANGED_PATTERN = re.compile(r".*remain\s+unchanged\s+from\s+<<<([^>]*(?:>[^>]*)*?)>>>")
+_CHANGED_PATTERN = re.compile(r".*change\s+to\s+<<<([^>]*(?:>[^>]*)*?)>>>")
 
 
 def layers_text(layers) -> str:
-    layers = [int(x) for x in layers]
-    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    """A layer window as the paper writes it: "24, 25, 26, 27"."""
+    return ", ".join(str(int(x)) for x in layers)
 
 
-def act_patch_question(index: int, layers, token: str, input_text: str) -> str:
-    template = ACT_PATCH_QUESTIONS[index % len(ACT_PATCH_QUESTIONS)]
-    return template.format(layers=layers_text(layers), tokens=repr(token), input=input_text)
+def phrasing(row_key: str | int, count: int = len(ACT_PATCH_QUESTIONS), seed: int = 0) -> int:
+    """A seeded draw per row, so the wording carries nothing about the row's place in the table."""
+    digest = hashlib.sha256(f"{seed}:{row_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def act_patch_question(row_key: str | int, layers, token: str, input_text: str, seed: int = 0) -> str:
+    template = ACT_PATCH_QUESTIONS[phrasing(row_key, seed=seed)]
+    return template.format(layers=layers_text(layers), tokens=f"<{token}>", input=input_text)
 
 
 def change_answer(changed: bool, content: str) -> str:
     return (CHANGED if changed else UNCHANGED).format(content=content)
 
 
-_SAYS_UNCHANGED = re.compile(r"\b(unchanged|remains?|stays?|same)\b", re.IGNORECASE)
-_SAYS_CHANGED = re.compile(r"\bchange", re.IGNORECASE)
-
-
 @dataclass(frozen=True)
 class ParsedAnswer:
-    valid: bool  # exactly one of the two answer sentences
-    changed: bool | None  # the verdict; read from the wording when the format is off, None if there is none
-    content: str | None
+    valid: bool  # one of the two answer forms was found (the paper's "valid")
+    changed: bool | None  # the verdict of a valid answer; None for an invalid one
+    content: str | None  # the text inside <<<...>>> of a valid answer, lower-cased and stripped
 
 
-def parse_answer(text: str) -> ParsedAnswer:
-    """The change/unchanged verdict and the <<<content>>> of an answer."""
-    match = _ANSWER.match(text or "")
-    if match:
-        return ParsedAnswer(True, match.group("changed") is not None, match.group("content"))
-    content = re.search(r"<<<(.*?)>>>", text or "", re.DOTALL)
-    verdict = False if _SAYS_UNCHANGED.search(text or "") else True if _SAYS_CHANGED.search(text or "") else None
-    return ParsedAnswer(False, verdict, content.group(1) if content else None)
+def paper_normalize(text: str | None) -> str:
+    """The paper's normalisation before comparing whole answers: stripped, lower-cased, outer full stops removed."""
+    return (text or "").strip().lower().strip(".")
 
 
-def normalize(text: str | None) -> str:
-    """Case-, whitespace- and edge-punctuation-insensitive form used by exact and content match."""
-    return re.sub(r"\s+", " ", (text or "")).strip().strip(".,;:!?\"'").strip().lower()
+def parse_answer(text: str | None) -> ParsedAnswer:
+    """Verdict and content of an answer, as the paper's evaluator reads them."""
+    normalized = paper_normalize(text)
+    for pattern, changed in ((_UNCHANGED_PATTERN, False), (_CHANGED_PATTERN, True)):
+        match = pattern.search(normalized)
+        if match:
+            return ParsedAnswer(True, changed, match.group(1).strip())
+    return ParsedAnswer(False, None, None)
 
 
 def token_text(token: str) -> str:
     """A decoded token as shown in answers: surrounding whitespace dropped, unless that empties it."""
     return token.strip() or token
-
-
-def tokens_to_text(tokens) -> str:
-    """Text of byte-level BPE (Ġ, Ċ) or SentencePiece (▁) token strings from a published table."""
-    return "".join(tokens).replace("Ġ", " ").replace("Ċ", "\n").replace("▁", " ")

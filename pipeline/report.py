@@ -1,9 +1,10 @@
 """Figures for the Snakemake report and the summary table across results files.
 
 Figures (PNG, written atomically): the share of act_patch outputs that a patch changes over
-layer window x token type; each run's metrics beside its baselines and controls with standard
-errors; changed/unchanged confusion matrices; the training loss curve. The summary table has
-one row per (task, explainer, target, variant) with every metric and its standard error.
+layer window x token type; each run's metrics beside its baselines and controls with 95% cluster-
+bootstrap intervals; changed/unchanged confusion matrices; the training loss curve. The summary
+table has one row per (task, explainer, target, variant) with every metric, its interval, and exact
+match on the rows whose output changed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import atomic_path, provenance, read_json, read_table, write_table
+from pipeline.metrics import METRICS
 from pipeline.prompts import parse_answer
-
-METRICS = ("is_changed_f1", "is_unchanged_f1", "exact_match", "content_match", "valid_format")
 
 
 def _pyplot():
@@ -68,13 +68,14 @@ def metrics_figure(result_path, out_path) -> None:
     width = 0.8 / len(variants)
     for i, variant in enumerate(variants):
         overall = result["metrics"][variant]["overall"]
-        values = [overall[m]["value"] if overall[m]["value"] is not None else 0.0 for m in METRICS]
-        errors = [overall[m]["se"] or 0.0 for m in METRICS]
+        values = np.array([overall[m]["value"] for m in METRICS])
+        intervals = np.array([overall[m]["ci"] or [v, v] for m, v in zip(METRICS, values)])
+        errors = np.clip(np.stack([values - intervals[:, 0], intervals[:, 1] - values]), 0, None)
         axis.bar(np.arange(len(METRICS)) + (i - (len(variants) - 1) / 2) * width, values, width, yerr=errors,
                  capsize=3, label=f"{variant} (n={overall['n']})")
     axis.set_xticks(range(len(METRICS)), [m.replace("_", " ") for m in METRICS])
     axis.set_ylim(0, 1.05)
-    axis.set_ylabel("score (± standard error)")
+    axis.set_ylabel("score (95% cluster-bootstrap interval)")
     axis.set_title(f"{result['task']}: {result['explainer']} explains {result['target']}")
     axis.legend(fontsize=8)
     _save(figure, out_path)
@@ -134,17 +135,20 @@ def run_figures(result_path, prediction_paths: list[str], training_log_path, met
 
 
 def summary(result_paths: list[str]) -> pd.DataFrame:
-    """One row per task, explainer, target and variant (fine-tuned, baselines, controls)."""
+    """One row per task, explainer, target and variant (fine-tuned, controls, baselines), with intervals."""
     rows = []
     for path in result_paths:
         result = read_json(path)
         for variant, parts in result["metrics"].items():
             overall = parts["overall"]
             row = {"task": result["task"], "explainer": result["explainer"], "target": result["target"],
-                   "variant": variant, "n": overall["n"]}
-            for metric in METRICS:
-                row[metric] = overall[metric]["value"]
-                row[f"{metric}_se"] = overall[metric]["se"]
+                   "variant": variant, "n": overall["n"], "clusters": overall["clusters"]}
+            columns = [(metric, overall.get(metric)) for metric in METRICS]
+            columns.append(("changed_exact_match", parts.get("is_different=True", {}).get("exact_match")))
+            for name, entry in columns:
+                entry = entry or {"value": None, "ci": None}
+                row[name] = entry["value"]
+                row[f"{name}_ci_low"], row[f"{name}_ci_high"] = entry["ci"] or (None, None)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -158,7 +162,7 @@ def write_summary(result_paths: list[str], out_path) -> pd.DataFrame:
 
 def print_summary(frame: pd.DataFrame) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
-        print(frame[["task", "explainer", "target", "variant", "n", *METRICS]].to_string(index=False))
+        print(frame[["task", "explainer", "target", "variant", "n", *METRICS, "changed_exact_match"]].to_string(index=False))
 
 
 if __name__ == "__main__":

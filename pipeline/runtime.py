@@ -1,4 +1,5 @@
-"""What every stage does on entry: send its output to the Snakemake log and size torch's threads."""
+"""What every stage does on entry: send its output to the Snakemake log, size torch's threads, and
+assemble its settings (result settings from the rule's params, execution settings from the config)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,12 @@ def stage(log_path: str | None, threads: int = 1) -> Iterator[None]:
 
             traceback.print_exc(file=log)
             raise
+
+
+def stage_settings(params, config: dict, stage_name: str) -> tuple[dict, dict]:
+    """(what the stage runs with, what its artifacts' provenance records). `params` holds the rule's
+    `settings` and `code` (see pipeline/stages.py); execution-only settings are read from `config`."""
+    from pipeline import stages
+
+    settings = dict(params.settings)
+    return stages.run_settings(settings, config, stage_name), settings | {"code": params.code}

@@ -1,7 +1,10 @@
 """Fine-tune an explainer (peft LoRA or full) on (question, answer, vector) examples.
 
 The loss covers only the answer tokens. A checkpoint of the trainable state is written every
-`checkpoint_every` steps beside the output; a rerun with the same settings resumes from it.
+`checkpoint_every` steps beside the output; a rerun resumes from it only when its key matches: the
+stage's result settings plus the identity of its inputs (label tables by provenance, models by spec),
+so a checkpoint trained on other labels is discarded, and a checkpoint missing any trainable weight
+is refused.
 With `deepspeed.enabled` the same loop runs through a DeepSpeed ZeRO engine. Under torchrun
 (see pipeline/launch.py) every process takes its share of each global batch of `batch_size`
 examples; the loss is summed over answer tokens and divided by the global batch's token count,
@@ -23,9 +26,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.artifacts import atomic_dir, atomic_path, config_hash, provenance
+from pipeline.artifacts import ArtifactError, atomic_dir, atomic_path, config_hash, provenance
 from pipeline.config import ExplainerConfig, TrainingConfig
-from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, save_explainer
+from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id, save_explainer
 from pipeline.generation import seeded_subset
 from pipeline.models import input_device, load_model, read_manifest
 
@@ -105,8 +108,13 @@ def _deepspeed_engine(explainer, optimizer, scheduler, cfg: TrainingConfig, micr
 
 def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_model_dir: str | Path,
                     target_width: int, questions: list[str], answers: list[str], vectors: torch.Tensor | None,
-                    out_dir: str | Path, checkpoint_dir: str | Path, settings: dict) -> dict:
-    """Train, write the explainer folder atomically (rank 0), and return the training log."""
+                    out_dir: str | Path, checkpoint_dir: str | Path, settings: dict,
+                    first_step_gradients: str | Path | None = None) -> dict:
+    """Train, write the explainer folder atomically (rank 0), and return the training log.
+
+    `settings` is the checkpoint key (and the explainer's provenance): it must name everything the result
+    depends on. `first_step_gradients`, when given, receives the trainable gradients of the first step as
+    they are applied (summed over processes), for checking multi-process training."""
     _init_process_group()
     rank, size = world()
     if cfg.batch_size % size:
@@ -114,15 +122,17 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
     torch.manual_seed(cfg.seed)
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     model, tokenizer = load_model(base_model_dir, trainable=True)
+    placeholder = placeholder_token_id(tokenizer, model)
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                                  target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
-    explainer = ContinuousTokenExplainer(model, target_width, explainer_cfg.projection)
+    explainer = ContinuousTokenExplainer(model, target_width, placeholder, explainer_cfg.projection)
     device = input_device(model)
 
-    encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format) for q, a in zip(questions, answers)]
+    encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format, placeholder)
+               for q, a in zip(questions, answers)]
     fits = np.array([len(e.input_ids) <= cfg.max_length for e in encoded])
     candidates = np.flatnonzero(fits)
     chosen = candidates[seeded_subset(len(candidates), cfg.max_examples, cfg.seed)]
@@ -173,6 +183,10 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
             if size > 1:
                 for p in trainable:
                     torch.distributed.all_reduce(p.grad)
+            if first_step_gradients and step == start_step == 0 and rank == 0:
+                named = {n: p.grad.detach().cpu().clone() for n, p in explainer.named_parameters() if p.requires_grad}
+                with atomic_path(first_step_gradients) as tmp:
+                    torch.save(named, tmp)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
@@ -240,6 +254,11 @@ def _resume(folder: Path, run_hash, explainer, optimizer, scheduler, engine) -> 
     if engine is not None:
         engine.load_checkpoint(str(folder / "deepspeed"), tag=state["tag"])
     else:
+        expected = {name for name, p in explainer.named_parameters() if p.requires_grad}
+        missing, unexpected = sorted(expected - set(state["trainable"])), sorted(set(state["trainable"]) - expected)
+        if missing or unexpected:
+            raise ArtifactError(f"{path}: checkpoint does not fit this explainer: missing {missing[:5]} "
+                                f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}); delete {folder}")
         explainer.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -35,3 +35,14 @@ def tiny(tiny_dir):
     from pipeline.models import load_model
 
     return load_model(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory, base_config) -> Path:
+    """A random-weight Gemma 3 text model (its embedding layer scales rows by sqrt(width))."""
+    from pipeline.models import prepare_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny_gemma"
+    specs = base_config["models"] | {"tiny_gemma": base_config["models"]["tiny"] | {"architecture": "gemma3"}}
+    prepare_model("tiny_gemma", specs, out)
+    return out

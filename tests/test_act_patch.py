@@ -1,59 +1,73 @@
-"""act_patch tables: the pipeline layout, the paper's published layout, and bad input."""
+"""act_patch tables: the pipeline layout, the paper's published layout, and what the explainer is shown."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from pipeline.act_patch import examples_from_rows, load_examples, token_positions
-from pipeline.artifacts import ArtifactError, write_tensors
-from pipeline.config import PromptConfig
+from pipeline.act_patch import examples_from_rows, load_examples, shuffled_vectors, token_positions
+from pipeline.artifacts import ArtifactError, provenance, write_tensors
+from pipeline.config import ActPatchConfig, FactsConfig, PromptConfig
 from pipeline.facts import render_prompt
+from pipeline.prompts import ACT_PATCH_QUESTIONS, phrasing
 
 
-def published_rows(width: int = 8) -> pd.DataFrame:
-    """Two rows shaped like the hub's Transluce/act_patch_* datasets (vectors inline)."""
-    tokens = ["S", "ami", "ĠAbu", "ĠZ", "uh", "ri", "Ġbelongs", "Ġto", "Ġthe", "Ġorganization", "Ġof", "ĊĊ",
-              "Response", ":"]
+def published_rows(tokenizer, width: int = 8) -> pd.DataFrame:
+    """Two rows shaped like the hub's Transluce/act_patch_* datasets: byte-level BPE token strings, vectors inline."""
+    text = "The capital of Bavaria is München. People from Zürich speak"
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+    position = next(i for i, t in enumerate(tokens) if t.startswith("ĠZ"))
     rows = []
     for changed in (False, True):
         rows.append({
-            "layer": [24, 25, 26, 27], "input_tokens": tokens, "original_continuation": [" Hamas"],
-            "ablated_continuation": [" FIFA" if changed else " Hamas"], "is_different": changed,
-            "patch_position": {"counterfact_pos": 5, "counterfact_text_token": "ĠDeath",
-                               "intervention_vector": list(np.linspace(-1, 1, width)), "orig_pos": 5,
-                               "orig_text_token": "ri"},
-            "counterfactual_text": "Someone belongs to the organization of", "gt_original_target": "Hamas",
-            "gt_counterfactual_target": "FIFA", "layer_hashable": [24, 25, 26, 27], "token_type": "last_subject_token",
+            "layer": [24, 25, 26, 27], "input_tokens": tokens, "original_continuation": ["ĠGerman"],
+            "ablated_continuation": ["ĠFrench" if changed else "ĠGerman"], "is_different": changed,
+            "patch_position": {"counterfact_pos": 5, "counterfact_text_token": "ĠParis",
+                               "intervention_vector": list(np.linspace(-1, 1, width)), "orig_pos": position,
+                               "orig_text_token": tokens[position]},
+            "counterfactual_text": "People from Paris speak", "gt_original_target": "German",
+            "gt_counterfactual_target": "French", "layer_hashable": [24, 25, 26, 27], "token_type": "last_subject_token",
         })
     return pd.DataFrame(rows)
 
 
-def test_published_layout_with_inline_vectors(tmp_path):
+def test_published_layout_decodes_tokens_with_the_tokenizer(tmp_path, tiny):
+    _, tokenizer = tiny
     path = tmp_path / "published.parquet"
-    published_rows().to_parquet(path)
+    published_rows(tokenizer).to_parquet(path)
     frame, vectors = load_examples(path)
     assert vectors.shape == (2, 8) and vectors.dtype == torch.float32
-    questions, answers = examples_from_rows(frame)
-    assert "<<<Sami Abu Zuhri belongs to the organization of\n\nResponse:>>>" in questions[0]
-    assert "<vector>" in questions[0] and "layer 24-27" in questions[0] and "'ri'" in questions[0]
-    assert answers == ["The output would remain unchanged from <<<Hamas>>>.",
-                       "The most likely output would change to <<<FIFA>>>."]
+    assert "Ã" in "".join(frame["input_tokens"][0])  # byte-level BPE strings, as published
+    questions, answers = examples_from_rows(frame, tokenizer)
+    # Non-ASCII text arrives as text, not as byte-level mojibake ('MÃ¼nchen').
+    assert "<<<The capital of Bavaria is München. People from Zürich speak>>>" in questions[0]
+    assert "<vector>" in questions[0] and "24, 25, 26, 27" in questions[0] and "< Z" in questions[0]
+    assert answers == ["The output would remain unchanged from <<<German>>>.",
+                       "The most likely output would change to <<<French>>>."]
 
 
-def test_missing_vectors_and_columns_are_reported(tmp_path):
-    rows = published_rows()
+def test_question_wording_is_a_seeded_draw_per_row_not_its_place(tiny):
+    _, tokenizer = tiny
+    frame = pd.concat([published_rows(tokenizer)] * 30, ignore_index=True)
+    frame["row_id"] = np.arange(len(frame))
+    questions, _ = examples_from_rows(frame, tokenizer)
+    reordered, _ = examples_from_rows(frame.iloc[::-1], tokenizer)
+    assert questions == reordered[::-1]  # a row's wording does not depend on where it sits in the table
+    used = [phrasing(i) for i in range(60)]
+    assert set(used) == set(range(len(ACT_PATCH_QUESTIONS)))
+    # Not the row index modulo the number of phrasings (which encoded token type and window in training).
+    assert used != [i % len(ACT_PATCH_QUESTIONS) for i in range(60)]
+
+
+def test_missing_vectors_columns_and_mismatched_files_are_reported(tmp_path, tiny):
+    _, tokenizer = tiny
+    rows = published_rows(tokenizer)
     rows["patch_position"] = [{k: v for k, v in p.items() if k != "intervention_vector"} for p in rows["patch_position"]]
     path = tmp_path / "novec.parquet"
     rows.to_parquet(path)
     with pytest.raises(ArtifactError, match="intervention_vector is missing and no vectors file"):
         load_examples(path)
-    write_tensors({"intervention_vector": torch.zeros(1, 8)}, tmp_path / "short.safetensors", {})
-    rows["row_id"] = [0, 1]
-    rows.to_parquet(path)
-    with pytest.raises(ArtifactError, match="holds 1 vectors but .* refers to row 1"):
-        load_examples(path, tmp_path / "short.safetensors")
-    published_rows().drop(columns=["token_type"]).to_parquet(tmp_path / "nocol.parquet")
+    published_rows(tokenizer).drop(columns=["token_type"]).to_parquet(tmp_path / "nocol.parquet")
     with pytest.raises(ArtifactError, match=r"nocol.parquet: missing column\(s\) \['token_type'\]"):
         load_examples(tmp_path / "nocol.parquet")
 
@@ -69,23 +83,78 @@ def test_token_positions_of_each_type(tiny):
     assert positions["last_token"] == len(tokens) - 1 and tokens[-1] == "Ġof"
 
 
-def test_constrained_chat_labels_on_tiny(tmp_path, tiny_dir):
+@pytest.fixture(scope="module")
+def constrained_labels(tmp_path_factory, tiny_dir):
     """The paper's 'Respond with one of ...' chat form, end to end through facts and batched patching."""
-    from pipeline.act_patch import build_labels, load_examples
-    from pipeline.config import ActPatchConfig, FactsConfig
+    from pipeline.act_patch import build_labels
     from pipeline.facts import build_facts
 
+    folder = tmp_path_factory.mktemp("constrained")
     prompt = PromptConfig(format="constrained", n_options=4)
-    facts = build_facts(FactsConfig(relations=("capital",), keep_only_correct=False, max_facts_per_relation=30),
-                        prompt, tiny_dir, tmp_path / "facts.parquet")
-    assert facts["prompt"].str.contains("Respond with one of").all()
+    facts = build_facts(FactsConfig(relations=("capital",), keep_only_correct=False, max_facts_per_relation=40),
+                        prompt, tiny_dir, folder / "facts.parquet")
     cfg = ActPatchConfig(prompt=prompt, window_size=2, window_stride=2, pairs={"train": 4, "test": 2}, batch_size=16)
-    labels = build_labels(cfg, tmp_path / "facts.parquet", tiny_dir, "train", tmp_path / "l.parquet", tmp_path / "v.safetensors")
+    for split in ("train", "test"):
+        build_labels(cfg, folder / "facts.parquet", tiny_dir, split, folder / f"{split}.parquet",
+                     folder / f"{split}.vectors.safetensors", {"act_patch": "test"}, keep_only_correct=False)
+    return folder, facts, cfg
+
+
+def test_constrained_chat_labels_on_tiny(constrained_labels):
+    from pipeline.artifacts import read_provenance
+
+    folder, facts, cfg = constrained_labels
+    assert facts["prompt"].str.contains("Respond with one of").all()
+    labels, vectors = load_examples(folder / "train.parquet", folder / "train.vectors.safetensors")
     assert len(labels) == 4 * 3 * 2  # pairs x token types x windows of a 4-layer model
     for row in labels.itertuples():
         # both prompts of a pair offer the same options, including both answers
         options = row.input_text.split("Respond with one of ")[1].split(" or unknown")[0].split(" or ")
         assert row.gt_original_target in options and row.gt_counterfactual_target in options
         assert row.counterfactual_text.split("Respond with one of ")[1] == row.input_text.split("Respond with one of ")[1]
-    frame, vectors = load_examples(tmp_path / "l.parquet", tmp_path / "v.safetensors")
-    assert vectors.shape == (len(frame), 64)
+    assert vectors.shape == (len(labels), 64)
+    counts = read_provenance(folder / "train.parquet")["counts"]
+    assert counts["pairs"] == 4 and counts["clean_check_failed"] == 0  # keep_only_correct is off here
+    assert read_provenance(folder / "train.parquet")["run_id"] == read_provenance(folder / "train.vectors.safetensors")["run_id"]
+
+
+def test_clean_check_runs_on_the_patched_prompt(tmp_path, constrained_labels, tiny_dir):
+    """With keep_only_correct a random model's pairs all fail the check on the prompt that is patched."""
+    from pipeline.act_patch import build_labels
+
+    folder, _, cfg = constrained_labels
+    with pytest.raises(ArtifactError, match=r"no pair .* answers correctly \((\d+) of \1 failed the clean check\)"):
+        build_labels(cfg, folder / "facts.parquet", tiny_dir, "train", tmp_path / "t.parquet",
+                     tmp_path / "t.safetensors", {}, keep_only_correct=True)
+    assert not (tmp_path / "t.parquet").exists() and not (tmp_path / "t.safetensors").exists()
+
+
+def test_train_and_test_share_no_subject(constrained_labels):
+    folder, _, _ = constrained_labels
+    subjects = {}
+    for split in ("train", "test"):
+        frame, _ = load_examples(folder / f"{split}.parquet", folder / f"{split}.vectors.safetensors")
+        subjects[split] = set(frame["subject"]) | set(frame["counterfactual_subject"])
+    assert subjects["train"] and subjects["test"] and not subjects["train"] & subjects["test"]
+
+
+def test_table_and_vectors_of_different_runs_are_refused(tmp_path, constrained_labels):
+    folder, _, _ = constrained_labels
+    _, vectors = load_examples(folder / "train.parquet", folder / "train.vectors.safetensors")
+    write_tensors({"intervention_vector": vectors}, tmp_path / "other.safetensors", provenance({"act_patch": "test"}))
+    with pytest.raises(ArtifactError, match="not written by the same stage run"):
+        load_examples(folder / "train.parquet", tmp_path / "other.safetensors")
+
+
+def test_shuffled_vectors_come_from_another_pair_of_the_same_group(constrained_labels):
+    folder, _, _ = constrained_labels
+    frame, vectors = load_examples(folder / "train.parquet", folder / "train.vectors.safetensors")
+    shuffled = shuffled_vectors(frame, vectors, seed=0)
+    assert torch.equal(shuffled_vectors(frame, vectors, seed=0), shuffled)  # seeded
+    for i, row in frame.iterrows():
+        source = [j for j in range(len(frame)) if torch.equal(vectors[j], shuffled[i])]
+        assert source, "every shuffled vector is one of the table's vectors"
+        donor = frame.iloc[source[0]]
+        assert donor["pair_id"] != row["pair_id"]
+        assert (donor["relation"], donor["token_type"], list(donor["layer"])) == (
+            row["relation"], row["token_type"], list(row["layer"]))

@@ -62,3 +62,52 @@ def test_tensors_and_json(tmp_path):
         read_tensors(tmp_path / "bad.safetensors")
     write_json({"a": 1}, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
+
+
+def test_atomic_dir_never_loses_both_folders(tmp_path, monkeypatch):
+    """A crash between moving the old folder aside and moving the new one in leaves the old one recoverable."""
+    import os
+
+    from pipeline import artifacts
+
+    target = tmp_path / "explainer"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("old")
+    real_replace = os.replace
+    calls = []
+
+    def crash_on_second(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between the two renames")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "replace", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights").write_text("new")
+    monkeypatch.setattr(artifacts.os, "replace", real_replace)
+    assert (target / "weights").read_text() == "old"  # put back at once
+    # Had the process died outright, the old folder would sit aside; the next write (or reader) restores it.
+    real_replace(target, tmp_path / ".explainer.previous")
+    artifacts.restore_previous(target)
+    assert (target / "weights").read_text() == "old"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["explainer"]
+
+
+def test_files_of_one_stage_run_share_a_run_id(tmp_path):
+    from pipeline.artifacts import check_same_run, fingerprint
+
+    together = provenance({"x": 1})
+    write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet", together)
+    write_tensors({"v": torch.zeros(1)}, tmp_path / "v.safetensors", together)
+    check_same_run(tmp_path / "t.parquet", tmp_path / "v.safetensors")
+    write_tensors({"v": torch.zeros(1)}, tmp_path / "w.safetensors", provenance({"x": 1}))  # same settings, other run
+    with pytest.raises(ArtifactError, match="not written by the same stage run"):
+        check_same_run(tmp_path / "t.parquet", tmp_path / "w.safetensors")
+    assert fingerprint(tmp_path / "t.parquet") != fingerprint(tmp_path / "w.safetensors")
+    write_table(pd.DataFrame({"a": [1]}), tmp_path / "bare.parquet", {})
+    with pytest.raises(ArtifactError, match="bare.parquet: no provenance"):
+        fingerprint(tmp_path / "bare.parquet")

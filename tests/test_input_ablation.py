@@ -11,7 +11,7 @@ import pytest
 from pipeline.artifacts import ArtifactError, read_provenance
 from pipeline.config import InputAblationConfig
 from pipeline.input_ablation import (LABEL_COLUMNS, build_labels, examples_from_rows, load_examples,
-                                     majority_predictions, parse_letter, reference_answer, select_training_rows,
+                                     baseline_frames, parse_letter, reference_answer, select_training_rows,
                                      user_prompt, with_hint)
 from pipeline.mcq import build_questions, country_questions, read_mmlu
 from pipeline.prompts import parse_answer
@@ -138,17 +138,28 @@ def test_rebalance_and_cap_the_training_split():
     assert len(select_training_rows(frame, rebalance=False, cap=7, seed=0)) == 7
 
 
-def test_majority_class_takes_the_training_majority_and_the_hinted_letter():
-    train = _published([("B", "B", False)] * 3 + [("A", "B", True)])
-    changed, answers = majority_predictions(train, _published([("A", "B", True)]))
-    assert changed is False and answers == ["The output would remain unchanged from <<<Answer: B>>>."]
+def test_structure_prior_and_majority_class_from_the_training_split(tmp_path):
+    """The hint is always (B). Training: when the target's own answer is B nothing changes; otherwise it
+    changes 2 times in 3. The prior learns that rule; the majority class ("unchanged") names the hinted letter."""
+    path = tmp_path / "train.parquet"
+    _published([("B", "B", False)] * 4 + [("A", "B", True), ("C", "B", True), ("D", "D", False)]).to_parquet(path)
+    test = _published([("A", "B", True), ("B", "B", False)])
+    questions, references = examples_from_rows(test)
+    scored = pd.DataFrame({"prediction": references, "reference": references, "is_different": [True, False],
+                           "hint_letter": ["B", "B"], "zeroshot_prediction": ["A", "B"]})
+    frames, described = baseline_frames(scored, path)
+    assert frames["structure_prior"]["prediction"].tolist() == references  # both right
+    assert frames["majority_class"]["prediction"].tolist() == [
+        "The output would remain unchanged from <<<Answer: B>>>."] * 2
+    assert {d["key"]: d["verdict"] for d in described["structure_prior"]} == {
+        "all (majority class)": "unchanged", "False": "changed", "True": "unchanged"}
 
 
 def test_labels_of_a_model_that_never_answers_a_letter_are_null_and_counted(tmp_path, tiny_dir):
     questions_path = tmp_path / "q.parquet"
     build_questions("countryinfo", None, ("capital",), 4, 12, 0.5, 0, questions_path)
     frame = build_labels(InputAblationConfig(max_new_tokens=2, batch_size=8), questions_path, tiny_dir, "train",
-                         tmp_path / "labels.parquet")
+                         tmp_path / "labels.parquet", {})
     assert set(LABEL_COLUMNS) <= set(frame.columns)
     counts = read_provenance(tmp_path / "labels.parquet")["counts"]
     assert counts["questions"] == len(frame) > 0
@@ -167,7 +178,7 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tmp_path, tiny_
     (short / "config.json").write_text(json.dumps(config))
     questions_path = tmp_path / "q.parquet"
     build_questions("countryinfo", None, ("capital", "borders"), 4, 12, 0.5, 0, questions_path)
-    frame = build_labels(InputAblationConfig(), questions_path, short, "train", tmp_path / "labels.parquet")
+    frame = build_labels(InputAblationConfig(), questions_path, short, "train", tmp_path / "labels.parquet", {})
     skipped = read_provenance(tmp_path / "labels.parquet")["counts"]["skipped"]["too_long"]
     train_questions = (pd.read_parquet(questions_path)["split"] == "train").sum()
     assert skipped > 0 and len(frame) + skipped == train_questions

@@ -1,40 +1,107 @@
-import numpy as np
-import pytest
+"""The paper's metric definitions, their edge cases, cluster-bootstrap intervals and paired differences."""
 
-from pipeline.metrics import change_metrics, f1
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from pipeline.baselines import fit_prior, predict
+from pipeline.metrics import change_metrics, paired_differences, score_rows
 from pipeline.prompts import change_answer, parse_answer
 
+ROME, PARIS = change_answer(True, "Rome"), change_answer(False, "Paris")
 
-def test_parse_answer_forms():
-    assert parse_answer("The output would remain unchanged from <<<Paris>>>.") .changed is False
+
+def frame(predictions, references, changed, clusters=None):
+    return pd.DataFrame({"prediction": predictions, "reference": references, "is_different": changed,
+                         "cluster": clusters if clusters is not None else list(range(len(predictions))),
+                         "row_key": [str(i) for i in range(len(predictions))]})
+
+
+def test_parse_answer_follows_the_paper():
+    assert parse_answer(PARIS) == parse_answer("the output would REMAIN unchanged from <<<paris>>>")
     changed = parse_answer("The most likely output would change to <<< Tokyo>>>.")
-    assert changed.valid and changed.changed and changed.content == " Tokyo"
-    loose = parse_answer("I think it becomes <<<Rome>>>")
-    assert not loose.valid and loose.content == "Rome" and loose.changed is None
-    worded = parse_answer("The output of the model would remain unchanged from the previous token.")
-    assert not worded.valid and worded.changed is False and worded.content is None
-    assert parse_answer("It would change to 'Rome'").changed is True
-    assert not parse_answer("").valid
+    assert changed.valid and changed.changed and changed.content == "tokyo"
+    # Off-format wording carries no verdict (our old keyword reading called this one "unchanged").
+    worded = parse_answer("The output would change, it is not the same")
+    assert not worded.valid and worded.changed is None and worded.content is None
+    assert parse_answer("I think it becomes <<<Rome>>>") == parse_answer("") == parse_answer(None)
+    # Two answer sentences: the paper looks for "remain unchanged from" first.
+    both = parse_answer("The most likely output would change to <<<Rome>>>. The output would remain unchanged "
+                        "from <<<Paris>>>.")
+    assert both.valid and both.changed is False and both.content == "paris"
 
 
-def test_perfect_and_wrong_predictions():
-    refs = [change_answer(True, "Rome"), change_answer(False, "Paris"), change_answer(True, "Oslo")]
-    changed = np.array([True, False, True])
-    perfect = change_metrics(refs, refs, changed, samples=50)
-    for name in ("exact_match", "content_match", "is_changed_f1", "is_unchanged_f1", "valid_format"):
-        assert perfect[name]["value"] == pytest.approx(1.0)
-    preds = [change_answer(True, "rome"), "The output would change to <<<Paris>>>", change_answer(False, "Oslo")]
-    scored = change_metrics(preds, refs, changed, samples=200, seed=1)
-    assert scored["exact_match"]["value"] == pytest.approx(1 / 3)  # case-insensitive match on the first
-    assert scored["content_match"]["value"] == pytest.approx(1.0)  # content counts even off-format
-    assert scored["valid_format"]["value"] == pytest.approx(2 / 3)
-    # changed F1: truth [1,0,1], said changed [1,1,0] (the off-format one says "change") -> P=.5, R=.5
-    assert scored["is_changed_f1"]["value"] == pytest.approx(0.5)
-    # unchanged F1: truth [0,1,0], said unchanged [0,0,1]
-    assert scored["is_unchanged_f1"]["value"] == pytest.approx(0.0)
-    assert scored["exact_match"]["se"] == pytest.approx(np.sqrt((1 / 3) * (2 / 3) / 3))
-    assert scored["is_changed_f1"]["se"] > 0
+def test_punctuation_and_two_sentence_edge_cases():
+    refs = [change_answer(True, "."), change_answer(False, "Paris"), change_answer(True, "Rome")]
+    preds = [change_answer(True, ","),  # punctuation content is compared as it is: ',' is not '.'
+             PARIS.rstrip("."),  # only the outer full stop goes
+             ROME + " " + PARIS]  # two sentences: read as "unchanged from Paris"
+    rows = score_rows(preds, refs, [True, False, True])
+    assert rows["valid"].tolist() == [True, True, True]
+    assert rows["content_match"].tolist() == [False, True, False]
+    assert rows["exact_match"].tolist() == [False, True, False]
+    assert rows["said_unchanged"].tolist() == [False, True, True]
 
 
-def test_f1_undefined_without_positives():
-    assert f1(np.array([False, False]), np.array([False, False])) is None
+def test_f1_over_valid_outputs_equals_scikit_learn():
+    rng = np.random.default_rng(0)
+    truth = rng.random(60) < 0.4
+    said = rng.random(60) < 0.5
+    refs = [change_answer(bool(t), "x") for t in truth]
+    preds = [change_answer(bool(s), "x") if i % 5 else "no idea" for i, s in enumerate(said)]
+    scored = change_metrics(frame(preds, refs, truth), samples=200)["overall"]
+    valid = np.arange(60) % 5 != 0
+    assert scored["is_changed_f1"]["value"] == pytest.approx(f1_score(truth[valid], said[valid]))
+    assert scored["is_unchanged_f1"]["value"] == pytest.approx(f1_score(~truth[valid], ~said[valid]))
+    assert scored["valid_format"]["value"] == pytest.approx(valid.mean())
+    low, high = scored["is_changed_f1"]["ci"]
+    assert low < scored["is_changed_f1"]["value"] < high
+    confusion = np.array(scored["confusion"])
+    assert confusion[:, 2].sum() == (~valid).sum() and confusion.sum() == 60
+
+
+def test_cluster_bootstrap_is_wider_than_a_row_bootstrap_for_correlated_rows():
+    """Five identical rows per pair carry one pair's worth of evidence, not five."""
+    rng = np.random.default_rng(1)
+    hit = np.repeat(rng.random(40) < 0.5, 5)
+    refs = [ROME] * 200
+    preds = [ROME if h else change_answer(True, "Oslo") for h in hit]
+    by_pair = change_metrics(frame(preds, refs, [True] * 200, np.repeat(np.arange(40), 5)), samples=500)
+    by_row = change_metrics(frame(preds, refs, [True] * 200), samples=500)
+    width = {name: np.diff(m["overall"]["exact_match"]["ci"])[0] for name, m in (("pair", by_pair), ("row", by_row))}
+    assert by_pair["overall"]["exact_match"]["value"] == by_row["overall"]["exact_match"]["value"]
+    assert by_pair["overall"]["clusters"] == 40 and width["pair"] > 1.8 * width["row"]
+
+
+def test_paired_difference_and_its_interval():
+    refs = [ROME, PARIS] * 30
+    changed = [True, False] * 30
+    clusters = np.repeat(np.arange(20), 3)
+    perfect = frame(refs, refs, changed, clusters)
+    noisy = frame([r if i % 3 else "unsure" for i, r in enumerate(refs)], refs, changed, clusters)
+    same = paired_differences(perfect, perfect, samples=200)["overall"]["exact_match"]
+    assert same["difference"] == 0 and same["ci"] == [0.0, 0.0]
+    better = paired_differences(perfect, noisy, samples=500)
+    assert better["overall"]["exact_match"]["difference"] == pytest.approx(1 / 3)
+    assert better["overall"]["exact_match"]["ci"][0] > 0  # excludes zero
+    assert set(better) == {"overall", "is_different=True", "is_different=False"}
+    with pytest.raises(ValueError, match="same rows"):
+        paired_differences(perfect, perfect.iloc[::-1].reset_index(drop=True))
+
+
+def test_references_must_be_answers_that_agree_with_the_label():
+    with pytest.raises(ValueError, match="not in the answer format"):
+        score_rows([ROME], ["Rome"], [True])
+    with pytest.raises(ValueError, match="disagree with is_different"):
+        score_rows([ROME], [ROME], [False])
+
+
+def test_structure_prior_learns_majority_verdict_and_answer_per_key():
+    keys = [("last", (0, 1))] * 3 + [("subject", (0, 1))] * 3
+    prior = fit_prior(keys, [True, True, False, False, False, True], ["Rome", "Rome", "x", "Paris", "Oslo", "y"])
+    assert predict(prior, [("last", (0, 1))])[0].changed and predict(prior, [("last", (0, 1))])[0].content == "Rome"
+    guess = predict(prior, [("subject", (0, 1))])[0]
+    assert not guess.changed and guess.content == "Oslo"  # a tie between contents goes to the first alphabetically
+    unseen = predict(prior, [("other", (9,))])[0]
+    assert unseen == prior[None] and unseen.support == 6  # an unseen key falls back to the majority class

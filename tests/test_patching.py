@@ -1,5 +1,7 @@
-"""The nnsight engine against a plain torch forward-hook implementation on the tiny model."""
+"""The nnsight engine against a plain torch forward-hook implementation, and the act_patch label runs on it."""
 
+import numpy as np
+import pandas as pd
 import torch
 
 from pipeline.models import decoder_layers
@@ -7,14 +9,14 @@ from pipeline.patching import capture_states, pad_left, patched_next_tokens, wra
 
 
 def hook_patch_logits(model, ids, mask, positions, layer_mask, values):
-    """Reference: one forward with hooks that overwrite each row's position at its patched layers."""
+    """Reference: one forward with hooks that write each row's one vector at its position in each patched layer."""
     handles = []
     for layer, block in enumerate(decoder_layers(model)):
         def hook(module, inputs, output, layer=layer):
             hidden = output[0] if isinstance(output, tuple) else output
             for row in range(hidden.shape[0]):
                 if layer_mask[row, layer]:
-                    hidden[row, positions[row]] = values[row, layer]
+                    hidden[row, positions[row]] = values[row]
             return output
         handles.append(block.register_forward_hook(hook))
     try:
@@ -39,10 +41,9 @@ def test_batched_nnsight_patching_equals_forward_hooks(tiny):
     layer_mask[1, 2:4] = True   # a window at the top
     layer_mask[2, 1] = True     # a single layer
     # row 3: no patch, the clean run
-    values = torch.randn(4, num_layers, model.config.hidden_size) * 3
+    values = torch.randn(4, model.config.hidden_size) * 3
     traced = wrap(model)
-    with torch.no_grad():
-        engine = patched_next_tokens(traced, ids, mask, positions, layer_mask, values)
+    engine = patched_next_tokens(traced, ids, mask, positions, layer_mask, values)
     reference = hook_patch_logits(model, ids, mask, positions, layer_mask, values)
     assert torch.equal(engine, reference.argmax(-1))
     with torch.no_grad():
@@ -57,9 +58,52 @@ def test_capture_states_matches_hidden_states(tiny):
     ids, mask, shifts = pad_left([tokenizer("A B C D")["input_ids"], tokenizer("A B")["input_ids"]],
                                  tokenizer.pad_token_id)
     rows, positions = torch.tensor([0, 1, 1]), torch.tensor([1, shifts[1], ids.shape[1] - 1])
-    states = capture_states(wrap(model), model.config.num_hidden_layers, ids, mask, rows, positions)
+    layers = [2, 0, 1]  # any order: the result follows it
+    states, next_ids = capture_states(wrap(model), layers, ids, mask, rows, positions)
     with torch.no_grad():
-        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-    assert states.shape == (3, model.config.num_hidden_layers, model.config.hidden_size)
-    for layer in range(model.config.num_hidden_layers - 1):  # the last entry of hidden_states is after the final norm
-        assert torch.allclose(states[:, layer], hidden[layer + 1][rows, positions], atol=1e-5)
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert states.shape == (3, 3, model.config.hidden_size)
+    for column, layer in enumerate(layers):  # hidden_states[k + 1] is layer k's output (below the last layer)
+        assert torch.allclose(states[:, column], out.hidden_states[layer + 1][rows, positions], atol=1e-5)
+    assert torch.equal(next_ids, out.logits[:, -1].argmax(-1))
+
+
+def rendered_pairs(tokenizer, count=5):
+    from pipeline.config import PromptConfig
+    from pipeline.facts import render_prompt
+
+    subjects = ["Japan", "South Korea", "Peru", "New Zealand", "Chile", "Kenya", "Mexico", "Finland"]
+    prompt = PromptConfig()
+    return [tuple(render_prompt("The capital of {} is the city of", s, None, prompt, tokenizer, [])
+                  for s in (subjects[i], subjects[-1 - i])) for i in range(count)]
+
+
+def test_final_layer_patch_of_the_last_token_gives_the_counterfactual_answer(tiny):
+    """Writing the counterfactual's last-layer state at the last token leaves nothing to compute but the head."""
+    from pipeline.act_patch import run_patches
+
+    model, tokenizer = tiny
+    last = model.config.num_hidden_layers - 1
+    run = run_patches(model, tokenizer, rendered_pairs(tokenizer), [[last], [0, 1]], ["last_token"], batch_size=16)
+    assert np.array_equal(run.answers[:, 1], run.cf_answers)  # window [last]: the counterfactual's own next token
+    for i, (original, counter) in enumerate(rendered_pairs(tokenizer)):
+        with torch.no_grad():
+            clean = model(**tokenizer(original.text, return_tensors="pt")).logits[0, -1].argmax()
+            cf = model(**tokenizer(counter.text, return_tensors="pt")).logits[0, -1].argmax()
+        assert run.answers[i, 0] == clean and run.cf_answers[i] == cf
+    assert (run.answers[:, 0] != run.cf_answers).any()  # the check is not vacuous
+
+
+def test_batched_patching_with_padding_equals_running_pairs_one_by_one(tiny):
+    from pipeline.act_patch import run_patches
+
+    model, tokenizer = tiny
+    pairs = rendered_pairs(tokenizer, 6)  # prompts of different lengths: padded when batched together
+    windows, types = [[0, 1], [2, 3], [1]], ["last_subject_token", "relation_suffix", "last_token"]
+    batched = run_patches(model, tokenizer, pairs, windows, types, batch_size=64)
+    assert len({len(tokenizer(p[0].text)["input_ids"]) for p in pairs}) > 1
+    for i, pair in enumerate(pairs):
+        alone = run_patches(model, tokenizer, [pair], windows, types, batch_size=64)
+        assert np.array_equal(alone.answers[0], batched.answers[i])
+        assert torch.allclose(alone.states[0], batched.states[i], atol=1e-5)
+    assert pd.Series(batched.answers[:, 1:].ravel()).nunique() > 1  # patches change answers in different ways

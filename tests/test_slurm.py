@@ -73,7 +73,7 @@ def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path
 
     # Every job was submitted with sbatch and left a SLURM log; the GPU rules asked SLURM for GPUs.
     submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output))
-    assert len(submitted) >= 9, output[-3000:]
+    assert len(submitted) >= 10, output[-3000:]
     logs = {part.removeprefix("rule_") for p in (slurm_dir / "logs/slurm").rglob("*.log")
             for part in p.relative_to(slurm_dir / "logs/slurm").parts if part.startswith("rule_")}
     assert {"prepare_model", "act_patch_facts", "act_patch_labels", "act_patch_train", "act_patch_generate",
@@ -84,7 +84,7 @@ def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path
         assert "JobState=COMPLETED" in job, job
         if "gres:gpu" in job:
             gpu_jobs += 1
-    assert gpu_jobs == 1 + 2 + 1 + 3  # facts, labels x2, train, generate x3
+    assert gpu_jobs == 1 + 2 + 1 + 4  # facts, labels x2, train, generate x4
 
     local, local_seconds = snakemake(local_dir, os.environ.copy(), "--cores", "2", timeout=900)
     assert local.returncode == 0, (local.stdout + local.stderr)[-4000:]

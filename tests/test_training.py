@@ -12,14 +12,16 @@ from pipeline.generation import generate_answers
 from pipeline.models import load_model
 
 
-def toy_examples(n=16, width=64):
+def toy_examples(n=16, width=64, seed=0, same_question=False):
     """The answer is decided by the vector's sign: only a model that reads the vector can get it right."""
-    torch.manual_seed(0)
-    vectors = torch.randn(n, width)
-    vectors[:, 0] = torch.where(torch.arange(n) % 2 == 0, 5.0, -5.0)
-    questions = [f"What does <vector> say about item {i}?" for i in range(n)]
-    answers = ["The output would remain unchanged from <<<yes>>>." if i % 2 == 0 else
-               "The most likely output would change to <<<no>>>." for i in range(n)]
+    generator = torch.Generator().manual_seed(seed)
+    vectors = torch.randn(n, width, generator=generator)
+    signs = torch.randint(0, 2, (n,), generator=generator) if same_question else torch.arange(n) % 2
+    vectors[:, 0] = torch.where(signs == 0, 5.0, -5.0)
+    questions = ["What does <vector> say?" if same_question else f"What does <vector> say about item {i}?"
+                 for i in range(n)]
+    answers = ["The output would remain unchanged from <<<yes>>>." if s == 0 else
+               "The most likely output would change to <<<no>>>." for s in signs.tolist()]
     return questions, answers, vectors
 
 
@@ -33,8 +35,8 @@ def cfg(**overrides):
 @torch.no_grad()
 def answer_loss(explainer, tokenizer, examples) -> float:
     questions, answers, vectors = examples
-    batch = collate([encode_example(tokenizer, q, a, "plain") for q, a in zip(questions, answers)], vectors,
-                    tokenizer.pad_token_id, "cpu")
+    batch = collate([encode_example(tokenizer, q, a, "plain", explainer.placeholder_id)
+                     for q, a in zip(questions, answers)], vectors, tokenizer.pad_token_id, "cpu")
     return explainer(**batch).loss.item()
 
 
@@ -79,8 +81,8 @@ def test_lora_training_saves_a_peft_folder_that_reloads(tmp_path, tiny_dir):
     assert len(predictions) == 4 and all(isinstance(p, str) for p in predictions)
 
 
-def interrupted_run(tmp_path, tiny_dir, name, config, examples, monkeypatch):
-    """Train until the first checkpoint is written, then die as a killed job would."""
+def killed_after_first_checkpoint(train, monkeypatch):
+    """Run `train()` until its first checkpoint is written, then die as a killed job would."""
     save = training._save_checkpoint
 
     def save_then_die(*args, **kwargs):
@@ -90,7 +92,11 @@ def interrupted_run(tmp_path, tiny_dir, name, config, examples, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(training, "_save_checkpoint", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            run(tmp_path, tiny_dir, name, config, examples)
+            train()
+
+
+def interrupted_run(tmp_path, tiny_dir, name, config, examples, monkeypatch):
+    killed_after_first_checkpoint(lambda: run(tmp_path, tiny_dir, name, config, examples), monkeypatch)
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_dir, monkeypatch):
@@ -161,3 +167,78 @@ def test_batch_that_does_not_split_evenly_is_refused(tmp_path, tiny_dir):
                    _train_kwargs(tmp_path, tiny_dir, "odd", cfg(batch_size=3, epochs=1), toy_examples(6)),
                    processes=2, threads=2, timeout=300)
     assert not (tmp_path / "odd").exists()
+
+
+def test_vector_alone_decides_the_answer_and_training_learns_to_read_it(tmp_path, tiny_dir):
+    """Every question has the same text; only the vector says which answer is right. After training, the loss
+    with each example's own vector falls well below the loss with the vectors shuffled among examples."""
+    train_set = toy_examples(48, same_question=True)
+    run(tmp_path, tiny_dir, "reads", cfg(method="full", epochs=8, batch_size=8, learning_rate=1e-2,
+                                         projection_learning_rate=1e-2, checkpoint_every=1000), train_set)
+    explainer, tokenizer = load_explainer(tmp_path / "reads", tiny_dir, 64)
+    held_out = toy_examples(32, seed=1, same_question=True)
+    questions, answers, vectors = held_out
+    shuffled = vectors[torch.randperm(len(vectors), generator=torch.Generator().manual_seed(0))]
+    true_loss = answer_loss(explainer, tokenizer, held_out)
+    shuffled_loss = answer_loss(explainer, tokenizer, (questions, answers, shuffled))
+    assert true_loss < 0.8 * shuffled_loss, (true_loss, shuffled_loss)
+
+
+def test_two_process_gradients_equal_one_process_gradients_with_unequal_token_counts(tmp_path, tiny_dir):
+    """Rank 0 gets short answers, rank 1 long ones: the loss is normalised by the global token count, so the
+    first step's gradients summed over processes are those of one process on the whole batch."""
+    from pipeline import launch
+
+    questions, _, vectors = toy_examples(8)
+    answers = ["The output would remain unchanged from <<<a>>>." if i % 2 == 0 else
+               "The most likely output would change to <<<" + "many more answer tokens here " * 4 + ">>>."
+               for i in range(8)]  # each global batch of 4 splits [rank::2]: rank 0 short, rank 1 long
+    examples = (questions, answers, vectors)
+    config = cfg(epochs=1, checkpoint_every=100, max_examples=None)
+    kwargs = _train_kwargs(tmp_path, tiny_dir, "one", config, examples) | {"first_step_gradients": tmp_path / "g1.pt"}
+    training.train_explainer(**kwargs)
+    kwargs = _train_kwargs(tmp_path, tiny_dir, "two", config, examples) | {"first_step_gradients": tmp_path / "g2.pt"}
+    launch.run("pipeline.training.train_explainer", kwargs, processes=2, threads=2, timeout=600)
+    one, two = torch.load(tmp_path / "g1.pt"), torch.load(tmp_path / "g2.pt")
+    assert one.keys() == two.keys() and any(g.abs().max() > 0 for g in one.values())
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=1e-3, atol=1e-7), name
+
+
+def test_checkpoint_missing_trainable_weights_is_refused(tmp_path, tiny_dir, monkeypatch):
+    from pipeline.artifacts import ArtifactError
+
+    examples = toy_examples(8)
+    interrupted_run(tmp_path, tiny_dir, "m", cfg(epochs=2, checkpoint_every=1), examples, monkeypatch)
+    state_path = tmp_path / "m.ckpt" / training.STATE_FILE
+    state = torch.load(state_path, weights_only=False)
+    state["trainable"].pop(next(iter(state["trainable"])))
+    torch.save(state, state_path)
+    with pytest.raises(ArtifactError, match="checkpoint does not fit this explainer: missing"):
+        run(tmp_path, tiny_dir, "m", cfg(epochs=2, checkpoint_every=1), examples)
+
+
+def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monkeypatch):
+    """Kill training, rebuild the labels with another window, rerun: it starts over instead of resuming."""
+    from pipeline import act_patch
+    from pipeline.config import ActPatchConfig, FactsConfig, PromptConfig
+    from pipeline.facts import build_facts
+
+    build_facts(FactsConfig(relations=("capital",), keep_only_correct=False, max_facts_per_relation=30),
+                PromptConfig(), tiny_dir, tmp_path / "facts.parquet")
+
+    def labels(window):
+        config = ActPatchConfig(window_size=window, window_stride=2, pairs={"train": 3, "test": 1}, batch_size=16)
+        act_patch.build_labels(config, tmp_path / "facts.parquet", tiny_dir, "train", tmp_path / "l.parquet",
+                               tmp_path / "v.safetensors", {"window": window}, keep_only_correct=False)
+
+    def train():
+        return act_patch.train(cfg(epochs=2, checkpoint_every=1, max_examples=8), ExplainerConfig(),
+                               tmp_path / "l.parquet", tmp_path / "v.safetensors", tiny_dir, tiny_dir,
+                               tmp_path / "out", tmp_path / "ckpt", {"training": "same settings"})
+
+    labels(2)
+    killed_after_first_checkpoint(train, monkeypatch)
+    assert (tmp_path / "ckpt" / training.STATE_FILE).exists()
+    labels(1)  # the same training settings, other labels
+    assert train()["resumed_from_step"] == 0

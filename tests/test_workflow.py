@@ -51,13 +51,18 @@ def finished_run(tmp_path_factory):
     return workdir
 
 
-def test_results_file_holds_metrics_baselines_counts_provenance(finished_run):
+def test_results_file_holds_metrics_controls_baselines_counts_provenance(finished_run):
     result = json.loads((finished_run / "results/act_patch/tiny_tiny.json").read_text())
-    assert set(result["metrics"]) == {"finetuned", "untrained", "no_vector"}
+    variants = {"finetuned", "untrained", "no_vector", "shuffled_vector", "structure_prior", "majority_class"}
+    assert set(result["metrics"]) == variants
+    assert set(result["comparisons"]) == {f"finetuned - {v}" for v in variants - {"finetuned"}}
     overall = result["metrics"]["finetuned"]["overall"]
     for name in ("exact_match", "content_match", "is_changed_f1", "is_unchanged_f1", "valid_format"):
-        assert name in overall
-    assert overall["n"] == 8
+        assert set(overall[name]) == {"value", "ci", "se"}
+    assert overall["n"] == 8 and 1 <= overall["clusters"] <= 3  # rows of the 3 test pairs
+    for variant in variants:  # every variant and baseline is scored on the same rows
+        assert result["metrics"][variant]["overall"]["n"] == 8
+    assert {entry["key"] for entry in result["baselines"]["structure_prior"]} >= {"all (majority class)"}
     assert result["counts"]["facts"]["facts_total"] == 80 and result["counts"]["labels_test"]["pairs"] == 3
     assert result["provenance"]["models"]["target"]["source"] == "random"
     assert len(result["provenance"]["config_hash"]) == 16
@@ -67,7 +72,7 @@ def test_every_stage_table_opens_in_pandas_and_datasets(finished_run):
     import datasets
 
     tables = sorted((finished_run / "work").rglob("*.parquet"))
-    assert len(tables) == 6  # facts, two label splits, three prediction variants
+    assert len(tables) == 7  # facts, two label splits, four prediction variants
     for path in tables:
         assert len(pd.read_parquet(path)) > 0
         assert datasets.load_dataset("parquet", data_files=str(path), split="train").num_rows > 0
@@ -94,13 +99,45 @@ def test_window_change_reruns_labels_and_everything_after(finished_run, tmp_path
     patch = config["act_patch"]["patch"] | {"window_size": 3}
     changed = override(tmp_path, "window.yaml", {"act_patch": {"patch": patch}})
     plan = planned_jobs(snakemake(finished_run, "-n", "results/act_patch/tiny_tiny.json", configfiles=[changed]))
-    assert plan == {"act_patch_labels": 2, "act_patch_train": 1, "act_patch_generate": 3, "act_patch_score": 1}
+    assert plan == {"act_patch_labels": 2, "act_patch_train": 1, "act_patch_generate": 4, "act_patch_score": 1}
+
+
+def test_execution_settings_rerun_nothing(finished_run, tmp_path):
+    config = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())
+    changed = override(tmp_path, "execution.yaml", {
+        "act_patch": {"batch_size": 7}, "generation": config["generation"] | {"batch_size": 3},
+        "training": config["training"] | {"gpus": 2, "cpu_processes": 2, "checkpoint_every": 5}})
+    base = planned_jobs(snakemake(finished_run, "-n", "results/act_patch/tiny_tiny.json"))
+    assert base.keys() <= {"act_patch_score"}  # rescored if an earlier test here left other scoring settings behind
+    assert planned_jobs(snakemake(finished_run, "-n", "results/act_patch/tiny_tiny.json", configfiles=[changed])) == base
+
+
+def test_changed_pipeline_code_reruns_what_uses_it(finished_run, tmp_path):
+    """A copy of the workflow whose training module differs: training and what reads its output rerun."""
+    import shutil
+
+    copy = tmp_path / "repo"
+    for part in ("Snakefile", "config.yaml", "workflow", "pipeline", "profiles", "tests/config_tiny.yaml", "envs"):
+        (copy / part).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, copy / part)
+
+    def plan():
+        command = ["timeout", "-k", "10", "300", *SNAKEMAKE, "-s", str(copy / "Snakefile"), "-d", str(finished_run),
+                   "--cores", "2", "-n", "results/act_patch/tiny_tiny.json",
+                   "--configfile", str(copy / "tests" / "config_tiny.yaml")]
+        env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(copy)}
+        return planned_jobs(subprocess.run(command, cwd=copy, capture_output=True, text=True, env=env))
+
+    assert plan().keys() <= {"act_patch_score"}  # the same code (scoring may be stale from an earlier test)
+    with open(copy / "pipeline" / "training.py", "a") as handle:
+        handle.write("\n# changed\n")
+    assert plan() == {"act_patch_train": 1, "act_patch_generate": 3, "act_patch_score": 1}  # not untrained
 
 
 def test_paper_run_plans_every_job_and_fails_early_without_weights(tmp_path, monkeypatch):
     plan = planned_jobs(snakemake(tmp_path, "-n", "results/act_patch/llama_llama.json"))
     assert plan == {"prepare_model": 1, "act_patch_facts": 1, "act_patch_labels": 2, "act_patch_train": 1,
-                    "act_patch_generate": 3, "act_patch_score": 1}
+                    "act_patch_generate": 4, "act_patch_score": 1}
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty cache, whatever this machine holds
     run = snakemake(tmp_path, "results/act_patch/llama_llama.json", timeout=300)
     assert run.returncode != 0
@@ -154,7 +191,7 @@ def input_ablation_run(tmp_path_factory):
 def test_input_ablation_results_hold_variants_majority_class_and_label_counts(input_ablation_run):
     result = json.loads((input_ablation_run / "results/input_ablation/tiny_smollm.json").read_text())
     assert result["task"] == "input_ablation"
-    assert set(result["metrics"]) == {"finetuned", "untrained", "majority_class"}
+    assert set(result["metrics"]) == {"finetuned", "untrained", "structure_prior", "majority_class"}
     test_counts = result["counts"]["labels_test"]
     assert test_counts["changed"] + test_counts["unchanged"] + test_counts["null_label"] == test_counts["questions"]
     scored = result["metrics"]["finetuned"]["overall"]["n"]
@@ -191,8 +228,10 @@ def test_report_figures_summary_and_html_report(finished_run, tmp_path):
                    "report/act_patch/tiny_tiny/confusion.png", "report/act_patch/tiny_tiny/loss.png"):
         assert (finished_run / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     summary = pd.read_parquet(finished_run / "results/summary.parquet")
-    assert set(summary["variant"]) == {"finetuned", "untrained", "no_vector"}
-    assert (summary["task"] == "act_patch").all() and {"is_changed_f1", "is_changed_f1_se"} <= set(summary)
+    assert set(summary["variant"]) == {"finetuned", "untrained", "no_vector", "shuffled_vector", "structure_prior",
+                                       "majority_class"}
+    assert (summary["task"] == "act_patch").all()
+    assert {"is_changed_f1", "is_changed_f1_ci_low", "is_changed_f1_ci_high", "changed_exact_match"} <= set(summary)
     assert "finetuned" in (finished_run / "logs/summary_table/summary.log").read_text()
     report = snakemake(finished_run, "--report", str(finished_run / "report.html"), configfiles=[only_act_patch])
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]

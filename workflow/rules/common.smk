@@ -1,13 +1,9 @@
 # Wildcard constraints and input functions shared by the rule files.
 from pathlib import Path
 
+from pipeline import stages
 from pipeline.act_patch import VARIANTS
-from pipeline.config import deep_merge
 from pipeline.input_ablation import VARIANTS as INPUT_ABLATION_VARIANTS
-
-TASK_OVERRIDES = ("training", "generation")
-TRAINING_ONLY = ("rebalance_train", "max_train_examples")
-QUESTION_KEYS = ("source", "path", "relations", "n_choices", "max_questions_per_relation", "test_fraction", "seed")
 
 
 wildcard_constraints:
@@ -16,7 +12,21 @@ wildcard_constraints:
     target="[A-Za-z0-9]+",
     split="train|test",
     task="act_patch|input_ablation",
-    variant="|".join(VARIANTS),
+    variant="|".join(sorted(set(VARIANTS) | set(INPUT_ABLATION_VARIANTS))),
+
+
+def settings_of(stage):
+    """The settings a stage's result depends on (pipeline/stages.py declares which): its rule's params."""
+    return stages.settings(config, stage)
+
+
+def code_of(stage):
+    """A hash of the pipeline code the stage runs, so changed code reruns exactly what it affects."""
+    return stages.code_hash(stage)
+
+
+def model_settings(wildcards):
+    return stages.settings(config, "prepare_model", model=known_model(wildcards.model))
 
 
 def known_model(key):
@@ -25,41 +35,14 @@ def known_model(key):
     return key
 
 
-def model_specs(wildcards):
-    """The model's own config entry (and its tokenizer's), so editing another model reruns nothing here."""
-    spec = config["models"][known_model(wildcards.model)]
-    specs = {wildcards.model: spec}
-    if spec["source"] == "random":
-        specs[spec["tokenizer_from"]] = config["models"][spec["tokenizer_from"]]
-    return specs
-
-
 def model_sources(wildcards):
     """No file inputs; checks a local model folder exists before any job starts."""
     spec = config["models"][known_model(wildcards.model)]
     path = spec.get("path", "")
-    if spec["source"] == "hf" and path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+    local = Path(path).is_absolute() or path.startswith((".", "~"))
+    if spec["source"] == "hf" and local and not Path(path).expanduser().is_dir():
         raise ValueError(f"models.{wildcards.model}.path: local folder {path} does not exist")
     return []
-
-
-def task_settings(task):
-    """A task's own section without its overrides of shared sections (so those rerun only what uses them)."""
-    return {k: v for k, v in config[task].items() if k not in TASK_OVERRIDES}
-
-
-def label_settings(task):
-    """What the target's labels depend on: the task's section without training-only keys."""
-    return {k: v for k, v in task_settings(task).items() if k not in TRAINING_ONLY}
-
-
-def question_settings():
-    return {k: config["input_ablation"].get(k) for k in QUESTION_KEYS}
-
-
-def shared_settings(task, section):
-    """A shared section (training, generation) with the task's overrides on top."""
-    return deep_merge(config[section], config[task].get(section, {}))
 
 
 def question_sources(wildcards):
@@ -133,7 +116,10 @@ def score_inputs(wildcards):
     run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
     return {
         "predictions": [f"work/act_patch/predictions/{run}/{variant}.parquet" for variant in VARIANTS],
+        "train_labels": f"work/act_patch/labels/{wildcards.target}/train.parquet",
+        "train_vectors": f"work/act_patch/labels/{wildcards.target}/train.vectors.safetensors",
         "labels": f"work/act_patch/labels/{wildcards.target}/test.parquet",
+        "vectors": f"work/act_patch/labels/{wildcards.target}/test.vectors.safetensors",
         "facts": f"work/act_patch/facts/{wildcards.target}.parquet",
         "trained": f"work/act_patch/explainers/{run}",
         "explainer": f"resources/models/{wildcards.explainer}",

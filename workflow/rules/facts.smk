@@ -4,9 +4,8 @@ rule act_patch_facts:
     output:
         "work/act_patch/facts/{target}.parquet",
     params:
-        facts=config["facts"],
-        prompt=config["act_patch"]["prompt"],
-        batch_size=config["act_patch"]["batch_size"],
+        settings=settings_of("act_patch_facts"),
+        code=code_of("act_patch_facts"),
     log:
         "logs/act_patch_facts/{target}.log",
     benchmark:
@@ -16,6 +15,8 @@ rule act_patch_facts:
         mem_mb=16000,
         runtime=60,
         gpu=1,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/act_patch_facts.py"
 
@@ -26,7 +27,8 @@ rule input_ablation_questions:
     output:
         "work/input_ablation/questions.parquet",
     params:
-        questions=question_settings(),
+        settings=settings_of("input_ablation_questions"),
+        code=code_of("input_ablation_questions"),
     log:
         "logs/input_ablation_questions/questions.log",
     benchmark:
@@ -35,5 +37,7 @@ rule input_ablation_questions:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/input_ablation_questions.py"

@@ -4,8 +4,8 @@ rule act_patch_generate:
     output:
         "work/act_patch/predictions/{explainer}_{target}/{variant}.parquet",
     params:
-        generation=config["generation"],
-        explainer=config["explainer"],
+        settings=settings_of("act_patch_generate"),
+        code=code_of("act_patch_generate"),
     log:
         "logs/act_patch_generate/{explainer}_{target}_{variant}.log",
     benchmark:
@@ -15,6 +15,8 @@ rule act_patch_generate:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/act_patch_generate.py"
 
@@ -25,8 +27,8 @@ rule input_ablation_generate:
     output:
         "work/input_ablation/predictions/{explainer}_{target}/{variant}.parquet",
     params:
-        generation=shared_settings("input_ablation", "generation"),
-        explainer=config["explainer"],
+        settings=settings_of("input_ablation_generate"),
+        code=code_of("input_ablation_generate"),
     log:
         "logs/input_ablation_generate/{explainer}_{target}_{variant}.log",
     benchmark:
@@ -36,5 +38,7 @@ rule input_ablation_generate:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/input_ablation_generate.py"

@@ -6,7 +6,8 @@ rule act_patch_labels:
         table="work/act_patch/labels/{target}/{split}.parquet",
         vectors="work/act_patch/labels/{target}/{split}.vectors.safetensors",
     params:
-        act_patch=config["act_patch"],
+        settings=settings_of("act_patch_labels"),
+        code=code_of("act_patch_labels"),
     log:
         "logs/act_patch_labels/{target}_{split}.log",
     benchmark:
@@ -16,6 +17,8 @@ rule act_patch_labels:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/act_patch_labels.py"
 
@@ -27,7 +30,8 @@ rule input_ablation_labels:
     output:
         "work/input_ablation/labels/{target}/{split}.parquet",
     params:
-        input_ablation=label_settings("input_ablation"),
+        settings=settings_of("input_ablation_labels"),
+        code=code_of("input_ablation_labels"),
     log:
         "logs/input_ablation_labels/{target}_{split}.log",
     benchmark:
@@ -37,5 +41,7 @@ rule input_ablation_labels:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/input_ablation_labels.py"

@@ -4,7 +4,8 @@ rule prepare_model:
     output:
         directory("resources/models/{model}"),
     params:
-        specs=model_specs,
+        settings=model_settings,
+        code=code_of("prepare_model"),
     log:
         "logs/prepare_model/{model}.log",
     benchmark:
@@ -13,5 +14,7 @@ rule prepare_model:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/prepare_model.py"

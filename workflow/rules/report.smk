@@ -10,6 +10,8 @@ rule act_patch_patch_effect:
             subcategory="patch effect",
             labels={"target": "{target}", "figure": "patch effect"},
         ),
+    params:
+        code=code_of("act_patch_patch_effect"),
     log:
         "logs/act_patch_patch_effect/{target}.log",
     benchmark:
@@ -18,6 +20,8 @@ rule act_patch_patch_effect:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/act_patch_patch_effect.py"
 
@@ -47,6 +51,8 @@ rule report_figures:
             subcategory="{explainer} explains {target}",
             labels={"run": "{explainer}_{target}", "figure": "training loss"},
         ),
+    params:
+        code=code_of("report_figures"),
     log:
         "logs/report_figures/{task}_{explainer}_{target}.log",
     benchmark:
@@ -55,6 +61,8 @@ rule report_figures:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/report_figures.py"
 
@@ -64,6 +72,8 @@ rule summary_table:
         all_results(),
     output:
         "results/summary.parquet",
+    params:
+        code=code_of("summary_table"),
     log:
         "logs/summary_table/summary.log",
     benchmark:
@@ -72,5 +82,7 @@ rule summary_table:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/summary_table.py"

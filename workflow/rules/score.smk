@@ -4,7 +4,8 @@ rule act_patch_score:
     output:
         "results/act_patch/{explainer}_{target}.json",
     params:
-        scoring=config["scoring"],
+        settings=settings_of("act_patch_score"),
+        code=code_of("act_patch_score"),
     log:
         "logs/act_patch_score/{explainer}_{target}.log",
     benchmark:
@@ -13,6 +14,8 @@ rule act_patch_score:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/act_patch_score.py"
 
@@ -23,7 +26,8 @@ rule input_ablation_score:
     output:
         "results/input_ablation/{explainer}_{target}.json",
     params:
-        scoring=config["scoring"],
+        settings=settings_of("input_ablation_score"),
+        code=code_of("input_ablation_score"),
     log:
         "logs/input_ablation_score/{explainer}_{target}.log",
     benchmark:
@@ -32,5 +36,7 @@ rule input_ablation_score:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/input_ablation_score.py"

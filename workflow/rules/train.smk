@@ -7,8 +7,8 @@ rule act_patch_train:
     output:
         directory("work/act_patch/explainers/{explainer}_{target}"),
     params:
-        training=config["training"],
-        explainer=config["explainer"],
+        settings=settings_of("act_patch_train"),
+        code=code_of("act_patch_train"),
         checkpoint="work/act_patch/checkpoints/{explainer}_{target}",
     log:
         "logs/act_patch_train/{explainer}_{target}.log",
@@ -18,7 +18,9 @@ rule act_patch_train:
     resources:
         mem_mb=20000,
         runtime=600,
-        gpu=config["training"]["gpus"],
+        gpu=stages.execution(config, "act_patch_train")["training"]["gpus"],
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/act_patch_train.py"
 
@@ -31,9 +33,8 @@ rule input_ablation_train:
     output:
         directory("work/input_ablation/explainers/{explainer}_{target}"),
     params:
-        input_ablation=task_settings("input_ablation"),
-        training=shared_settings("input_ablation", "training"),
-        explainer=config["explainer"],
+        settings=settings_of("input_ablation_train"),
+        code=code_of("input_ablation_train"),
         checkpoint="work/input_ablation/checkpoints/{explainer}_{target}",
     log:
         "logs/input_ablation_train/{explainer}_{target}.log",
@@ -43,6 +44,8 @@ rule input_ablation_train:
     resources:
         mem_mb=20000,
         runtime=600,
-        gpu=shared_settings("input_ablation", "training")["gpus"],
+        gpu=stages.execution(config, "input_ablation_train")["training"]["gpus"],
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/input_ablation_train.py"

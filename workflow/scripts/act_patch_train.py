@@ -1,14 +1,14 @@
 """Snakemake script: fine-tune the explainer on the training labels (resumes from its checkpoint)."""
 from pipeline import launch
 from pipeline.config import ExplainerConfig, TrainingConfig
-from pipeline.runtime import stage
+from pipeline.runtime import stage, stage_settings
 
 params, inputs = snakemake.params, snakemake.input
 with stage(snakemake.log[0], snakemake.threads):
-    training = TrainingConfig.from_dict(params.training)
+    run, prov = stage_settings(params, snakemake.config, snakemake.rule)
+    training = TrainingConfig.from_dict(run["training"])
     launch.run("pipeline.act_patch.train", dict(
-        training_cfg=training, explainer_cfg=ExplainerConfig.from_dict(params.explainer), labels_path=inputs.labels,
+        training_cfg=training, explainer_cfg=ExplainerConfig.from_dict(run["explainer"]), labels_path=inputs.labels,
         vectors_path=inputs.vectors, explainer_dir=inputs.explainer, target_dir=inputs.target,
-        out_dir=snakemake.output[0], checkpoint_dir=params.checkpoint,
-        settings={"training": params.training, "explainer": params.explainer}),
+        out_dir=snakemake.output[0], checkpoint_dir=params.checkpoint, settings=prov),
         launch.process_count(snakemake.resources.get("gpu", 0), training.cpu_processes), snakemake.threads)

@@ -1,8 +1,9 @@
 """Snakemake script: the target's answers with and without the hint, in the published column layout."""
 from pipeline.config import InputAblationConfig
 from pipeline.input_ablation import build_labels
-from pipeline.runtime import stage
+from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):
-    build_labels(InputAblationConfig.from_dict(snakemake.params.input_ablation), snakemake.input.questions,
-                 snakemake.input.target, snakemake.wildcards.split, snakemake.output[0])
+    run, prov = stage_settings(snakemake.params, snakemake.config, snakemake.rule)
+    build_labels(InputAblationConfig.from_dict(run["input_ablation"]), snakemake.input.questions,
+                 snakemake.input.target, snakemake.wildcards.split, snakemake.output[0], prov)

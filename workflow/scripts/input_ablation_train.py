@@ -1,15 +1,15 @@
 """Snakemake script: fine-tune the explainer on the input_ablation training labels (resumes from its checkpoint)."""
 from pipeline import launch
 from pipeline.config import ExplainerConfig, InputAblationConfig, TrainingConfig
-from pipeline.runtime import stage
+from pipeline.runtime import stage, stage_settings
 
 params = snakemake.params
 with stage(snakemake.log[0], snakemake.threads):
-    training = TrainingConfig.from_dict(params.training)
+    run, prov = stage_settings(params, snakemake.config, snakemake.rule)
+    training = TrainingConfig.from_dict(run["training"])
     launch.run("pipeline.input_ablation.train", dict(
-        cfg=InputAblationConfig.from_dict(params.input_ablation), training_cfg=training,
-        explainer_cfg=ExplainerConfig.from_dict(params.explainer), labels_path=snakemake.input.labels,
+        cfg=InputAblationConfig.from_dict(run["input_ablation"]), training_cfg=training,
+        explainer_cfg=ExplainerConfig.from_dict(run["explainer"]), labels_path=snakemake.input.labels,
         explainer_dir=snakemake.input.explainer, out_dir=snakemake.output[0], checkpoint_dir=params.checkpoint,
-        settings={"task": "input_ablation", "input_ablation": params.input_ablation, "training": params.training,
-                  "explainer": params.explainer}),
+        settings=prov),
         launch.process_count(snakemake.resources.get("gpu", 0), training.cpu_processes), snakemake.threads)

@@ -3,4 +3,4 @@ from pipeline.models import prepare_model
 from pipeline.runtime import stage
 
 with stage(snakemake.log[0], snakemake.threads):
-    prepare_model(snakemake.wildcards.model, dict(snakemake.params.specs), snakemake.output[0])
+    prepare_model(snakemake.wildcards.model, dict(snakemake.params.settings["models"]), snakemake.output[0])

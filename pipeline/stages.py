@@ -1,0 +1,217 @@
+"""Which settings and which code each stage's result depends on: one declaration for all cache keys.
+
+Every stage lists the config paths its result depends on (`keys`), the paths that change only how
+it runs (`execution`: batch sizes, process counts, checkpoint spacing) and the function it calls
+(`entry`). The rules' `params:` hold `settings()` and `code_hash()` of their stage, so Snakemake
+reruns exactly the jobs whose settings or code changed and never one whose batch size changed;
+the same `settings()` feed the provenance of the stage's artifacts and the training checkpoint key.
+`code_hash` hashes the source of the entry's module and every pipeline module it can reach through
+imports (the entry module's own, the entry function's, and, transitively, all of theirs).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Stage:
+    entry: str  # "pipeline.module:function"
+    keys: tuple[str, ...] = ()
+    execution: tuple[str, ...] = ()
+    task: str | None = None  # a task whose `training`/`generation` overrides apply to those shared sections
+
+
+_TRAINING_EXECUTION = ("training.gpus", "training.cpu_processes", "training.checkpoint_every")
+_QUESTION_KEYS = tuple(f"input_ablation.{k}" for k in
+                       ("source", "path", "relations", "n_choices", "max_questions_per_relation", "test_fraction", "seed"))
+_HINT_LABEL_KEYS = tuple(f"input_ablation.{k}" for k in
+                         ("seed", "system_prompt", "choice_format", "answer_prefix", "max_new_tokens"))
+
+STAGES: dict[str, Stage] = {
+    "prepare_model": Stage("pipeline.models:prepare_model", ("models.{model}", "models.{tokenizer_from}")),
+    "act_patch_facts": Stage("pipeline.facts:build_facts", ("facts", "act_patch.prompt"), ("act_patch.batch_size",)),
+    "act_patch_labels": Stage("pipeline.act_patch:build_labels",
+                              ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct"),
+                              ("act_patch.batch_size",)),
+    "act_patch_train": Stage("pipeline.act_patch:train", ("training", "explainer"), _TRAINING_EXECUTION),
+    "act_patch_generate": Stage("pipeline.act_patch:generate", ("generation", "explainer"), ("generation.batch_size",)),
+    "act_patch_score": Stage("pipeline.act_patch:score", ("scoring",)),
+    "input_ablation_questions": Stage("pipeline.mcq:build_questions", _QUESTION_KEYS),
+    "input_ablation_labels": Stage("pipeline.input_ablation:build_labels", _HINT_LABEL_KEYS,
+                                   ("input_ablation.batch_size",)),
+    "input_ablation_train": Stage("pipeline.input_ablation:train",
+                                  ("training", "explainer", "input_ablation.rebalance_train",
+                                   "input_ablation.max_train_examples"), _TRAINING_EXECUTION, task="input_ablation"),
+    "input_ablation_generate": Stage("pipeline.input_ablation:generate", ("generation", "explainer"),
+                                     ("generation.batch_size",), task="input_ablation"),
+    "input_ablation_score": Stage("pipeline.input_ablation:score", ("scoring",), task="input_ablation"),
+    "act_patch_patch_effect": Stage("pipeline.report:patch_effect_figure"),
+    "report_figures": Stage("pipeline.report:run_figures"),
+    "summary_table": Stage("pipeline.report:write_summary"),
+}
+SHARED_SECTIONS = ("training", "generation")  # a task may override these under its own section
+
+
+def _stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise KeyError(f"unknown stage '{name}'; declared: {sorted(STAGES)}")
+    return STAGES[name]
+
+
+def _section(config: dict[str, Any], head: str, task: str | None) -> Any:
+    from pipeline.config import deep_merge
+
+    value = config.get(head)
+    if task and head in SHARED_SECTIONS and isinstance(config.get(task, {}).get(head), dict):
+        value = deep_merge(value or {}, config[task][head])
+    return value
+
+
+def _lookup(config: dict[str, Any], path: str, task: str | None) -> tuple[bool, Any]:
+    head, *rest = path.split(".")
+    value = _section(config, head, task)
+    found = head in config
+    for part in rest:
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    if task and head == task and not rest:  # a task's own section holds overrides of shared ones: not its settings
+        value = {k: v for k, v in value.items() if k not in SHARED_SECTIONS}
+    return found, value
+
+
+def _put(tree: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+def _drop(tree: dict[str, Any], path: str) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        tree = tree.get(part)
+        if not isinstance(tree, dict):
+            return
+    tree.pop(last, None)
+
+
+def _fill(path: str, config: dict[str, Any], wildcards: dict[str, str]) -> str | None:
+    values = dict(wildcards)
+    if "{tokenizer_from}" in path:
+        spec = config.get("models", {}).get(wildcards.get("model", ""), {})
+        if not spec.get("tokenizer_from"):
+            return None
+        values["tokenizer_from"] = spec["tokenizer_from"]
+    return path.format(**values)
+
+
+def settings(config: dict[str, Any], stage: str, **wildcards: str) -> dict[str, Any]:
+    """The settings the stage's result depends on, nested as in config.yaml (execution-only keys left out)."""
+    import copy
+
+    declared = _stage(stage)
+    tree: dict[str, Any] = {}
+    for template in declared.keys:
+        path = _fill(template, config, wildcards)
+        if path is None:
+            continue
+        found, value = _lookup(config, path, declared.task)
+        if found:
+            _put(tree, path, copy.deepcopy(value))
+    for path in declared.execution:
+        _drop(tree, path)
+    return tree
+
+
+def execution(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The execution-only settings of the stage (batch sizes, processes), nested as in config.yaml."""
+    declared = _stage(stage)
+    tree: dict[str, Any] = {}
+    for path in declared.execution:
+        found, value = _lookup(config, path, declared.task)
+        if found and value is not None:
+            _put(tree, path, value)
+    return tree
+
+
+def run_settings(stage_settings: dict[str, Any], config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """What a stage runs with: its result settings with its execution settings put back."""
+    from pipeline.config import deep_merge
+
+    return deep_merge(stage_settings, execution(config, stage))
+
+
+def _module_file(module: str) -> Path:
+    parts = module.split(".")
+    if parts[0] != "pipeline":
+        raise ValueError(f"{module}: not a pipeline module")
+    path = PACKAGE_DIR.joinpath(*parts[1:]).with_suffix(".py") if len(parts) > 1 else PACKAGE_DIR / "__init__.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{module}: no file {path}")
+    return path
+
+
+def _pipeline_imports(nodes) -> set[str]:
+    found = set()
+    for node in nodes:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Import):
+                found |= {a.name for a in sub.names if a.name.startswith("pipeline.")}
+            elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
+                if sub.module == "pipeline":
+                    found |= {f"pipeline.{a.name}" for a in sub.names if (PACKAGE_DIR / f"{a.name}.py").is_file()}
+                elif sub.module.startswith("pipeline."):
+                    found.add(sub.module)
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _tree(module: str) -> ast.Module:
+    return ast.parse(_module_file(module).read_text())
+
+
+def _entry_imports(module: str, function: str) -> set[str]:
+    """Imports of the module's top level, of `function`, and of the module's functions it refers to."""
+    tree = _tree(module)
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))}
+    if function not in defs:
+        raise ValueError(f"{module} defines no '{function}'")
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    seen, todo = set(), [function]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo += [n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name) and n.id in defs]
+    return _pipeline_imports(top + [defs[n] for n in seen])
+
+
+@functools.lru_cache(maxsize=None)
+def code_closure(entry: str) -> tuple[str, ...]:
+    """The pipeline modules the entry function can run: its own module and all it can import."""
+    module, function = entry.split(":")
+    modules, todo = {module}, sorted(_entry_imports(module, function))
+    while todo:
+        name = todo.pop()
+        if name not in modules:
+            modules.add(name)
+            todo += sorted(_pipeline_imports([_tree(name)]) - modules)
+    return tuple(sorted(modules))
+
+
+def code_hash(stage: str) -> str:
+    """A short hash of the source of every pipeline module the stage's entry can run."""
+    digest = hashlib.sha256()
+    for module in code_closure(_stage(stage).entry):
+        digest.update(module.encode() + b"\0" + _module_file(module).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]

@@ -1,0 +1,71 @@
+"""The one declaration of what each stage's result depends on: settings, execution-only settings, code."""
+
+import copy
+
+from pipeline import stages
+
+
+def test_execution_settings_are_not_part_of_a_stage_result(base_config):
+    train = stages.settings(base_config, "act_patch_train")
+    assert set(train) == {"training", "explainer"}
+    assert not {"gpus", "cpu_processes", "checkpoint_every"} & set(train["training"])
+    changed = copy.deepcopy(base_config)
+    changed["training"] |= {"gpus": 8, "cpu_processes": 2, "checkpoint_every": 7}
+    changed["act_patch"]["batch_size"] = 3
+    changed["generation"]["batch_size"] = 5
+    for stage in stages.STAGES:
+        assert stages.settings(changed, stage, model="smollm") == stages.settings(base_config, stage, model="smollm"), stage
+    assert stages.execution(changed, "act_patch_train")["training"] == {"gpus": 8, "cpu_processes": 2,
+                                                                        "checkpoint_every": 7}
+    # What the stage runs with has them back.
+    run = stages.run_settings(train, changed, "act_patch_train")
+    assert run["training"]["gpus"] == 8 and run["training"]["learning_rate"] == base_config["training"]["learning_rate"]
+
+
+def test_result_settings_change_only_their_own_stages(base_config):
+    changed = copy.deepcopy(base_config)
+    changed["act_patch"]["patch"]["window_size"] = 3
+    moved = {s for s in stages.STAGES
+             if stages.settings(changed, s, model="smollm") != stages.settings(base_config, s, model="smollm")}
+    assert moved == {"act_patch_labels"}  # later stages rerun because their input changed, not their settings
+
+
+def test_task_overrides_of_shared_sections(base_config):
+    override = stages.settings(base_config, "input_ablation_train")
+    assert override["training"]["epochs"] == base_config["input_ablation"]["training"]["epochs"]
+    assert override["input_ablation"] == {"rebalance_train": True, "max_train_examples": None}
+    assert stages.settings(base_config, "act_patch_train")["training"]["epochs"] == base_config["training"]["epochs"]
+    labels = stages.settings(base_config, "input_ablation_labels")["input_ablation"]
+    assert "batch_size" not in labels and "training" not in labels and labels["system_prompt"]
+
+
+def test_a_random_model_depends_on_its_tokenizer_model(base_config):
+    specs = stages.settings(base_config, "prepare_model", model="tiny")["models"]
+    assert set(specs) == {"tiny", "smollm"}
+    assert set(stages.settings(base_config, "prepare_model", model="smollm")["models"]) == {"smollm"}
+
+
+def test_code_closure_follows_imports_but_not_unused_modules():
+    labels = stages.code_closure(stages.STAGES["act_patch_labels"].entry)
+    assert {"pipeline.act_patch", "pipeline.patching", "pipeline.models", "pipeline.facts"} <= set(labels)
+    assert "pipeline.training" not in labels and "pipeline.explainer" not in labels
+    train = stages.code_closure(stages.STAGES["act_patch_train"].entry)
+    assert {"pipeline.training", "pipeline.explainer", "pipeline.act_patch"} <= set(train)
+    assert "pipeline.report" not in train
+
+
+def test_code_hash_changes_when_a_module_in_the_closure_changes(monkeypatch, tmp_path):
+    import shutil
+
+    copy_dir = tmp_path / "pipeline"
+    shutil.copytree(stages.PACKAGE_DIR, copy_dir)
+    monkeypatch.setattr(stages, "PACKAGE_DIR", copy_dir)
+    stages._tree.cache_clear(), stages.code_closure.cache_clear()
+    before = {s: stages.code_hash(s) for s in ("act_patch_labels", "act_patch_train")}
+    with open(copy_dir / "training.py", "a") as handle:
+        handle.write("\n# a change\n")
+    stages._tree.cache_clear(), stages.code_closure.cache_clear()
+    after = {s: stages.code_hash(s) for s in ("act_patch_labels", "act_patch_train")}
+    assert after["act_patch_labels"] == before["act_patch_labels"]
+    assert after["act_patch_train"] != before["act_patch_train"]
+    stages._tree.cache_clear(), stages.code_closure.cache_clear()
