@@ -21,7 +21,8 @@ from pipeline.artifacts import (ArtifactError, check_same_run, provenance, read_
                                 write_tensors)
 from pipeline.config import ActPatchConfig
 from pipeline.facts import RenderedPrompt, draw_options, render_prompt
-from pipeline.prompts import act_patch_question, change_answer, token_text
+from pipeline.prompts import FORMAT_INSTRUCTION, act_patch_question, change_answer, token_text
+from pipeline.tasks import Examples, Task, register
 
 FACTS_COLUMNS = ["fact_id", "relation", "subject", "template", "target_true", "split", "kept", "few_shot"]
 LABEL_COLUMNS = ["layer", "input_tokens", "original_continuation", "ablated_continuation", "is_different",
@@ -198,33 +199,6 @@ def examples_from_rows(frame: pd.DataFrame, tokenizer) -> tuple[list[str], list[
     return questions, answers
 
 
-def training_inputs(paths: dict[str, str | Path]) -> dict:
-    """What a training run's checkpoint is keyed on besides its settings: the input artifacts and the models."""
-    from pipeline.artifacts import fingerprint
-    from pipeline.models import read_manifest
-
-    return {name: (fingerprint(path) if Path(path).is_file() else read_manifest(path)["source"])
-            for name, path in paths.items()}
-
-
-def train(training_cfg, explainer_cfg, labels_path, vectors_path, explainer_dir, target_dir, out_dir,
-          checkpoint_dir, settings: dict) -> dict:
-    """Fine-tune the explainer on the training split's label rows."""
-    from pipeline.models import load_tokenizer, read_manifest
-    from pipeline.training import train_explainer
-
-    frame, vectors = load_examples(labels_path, vectors_path)
-    target_width = read_manifest(target_dir)["hidden_size"]
-    if vectors.shape[1] != target_width:
-        raise ArtifactError(f"{vectors_path}: vectors have width {vectors.shape[1]}, but target model "
-                            f"{target_dir} has hidden size {target_width}")
-    questions, answers = examples_from_rows(frame, load_tokenizer(target_dir))
-    key = settings | {"inputs": training_inputs({"labels": labels_path, "vectors": vectors_path,
-                                                 "explainer": explainer_dir, "target": target_dir})}
-    return train_explainer(training_cfg, explainer_cfg, explainer_dir, target_width, questions, answers, vectors,
-                           out_dir, checkpoint_dir, key)
-
-
 VARIANTS = ("finetuned", "untrained", "no_vector", "shuffled_vector")
 
 
@@ -246,69 +220,23 @@ def shuffled_vectors(frame: pd.DataFrame, vectors: torch.Tensor, seed: int) -> t
     return shuffled
 
 
-def generate(variant: str, generation_cfg, explainer_cfg, labels_path, vectors_path, explainer_dir, target_dir,
-             trained_dir, out_path, settings: dict) -> pd.DataFrame:
-    """Answers of one explainer variant on the test split: the fine-tuned explainer; the untrained explainer
-    (zero-shot, with format instructions, in its chat template if it has one); the fine-tuned one given a zero
-    vector (no_vector) or another pair's vector of the same relation, token type and window (shuffled_vector)."""
-    from pipeline.explainer import load_explainer
-    from pipeline.generation import generate_answers, seeded_subset
-    from pipeline.models import load_tokenizer, read_manifest
-    from pipeline.prompts import FORMAT_INSTRUCTION
-
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant '{variant}'; expected one of {VARIANTS}")
-    frame, vectors = load_examples(labels_path, vectors_path)
-    if variant == "shuffled_vector":
-        vectors = shuffled_vectors(frame, vectors, generation_cfg.seed)
-    chosen = seeded_subset(len(frame), generation_cfg.max_examples, generation_cfg.seed)
-    frame, vectors = frame.iloc[chosen].reset_index(drop=True), vectors[chosen]
-    questions, references = examples_from_rows(frame, load_tokenizer(target_dir))
-    target_width = read_manifest(target_dir)["hidden_size"]
-    explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir,
-                                          target_width, explainer_cfg.projection)
-    prompt_format = explainer_cfg.prompt_format
-    if variant == "untrained":
-        questions = [q + FORMAT_INSTRUCTION for q in questions]
-        # Zero-shot, an instruct model is asked as it was trained to be asked: in its chat template.
-        prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else prompt_format
-    if variant == "no_vector":
-        vectors = torch.zeros_like(vectors)
-    predictions = generate_answers(explainer, tokenizer, questions, vectors, prompt_format,
-                                   generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant)
-    out = prediction_frame(frame, questions, predictions, references, variant)
-    write_table(out, out_path, provenance(settings, {"explainer": read_manifest(explainer_dir)["source"],
-                                                     "target": read_manifest(target_dir)["source"]}))
-    return out
-
-
-def prediction_frame(frame: pd.DataFrame, questions, predictions, references, variant: str) -> pd.DataFrame:
-    return pd.DataFrame({"row_key": row_keys(frame), "cluster": pair_keys(frame), "variant": variant,
-                         "question": questions, "prediction": predictions, "reference": references,
-                         "is_different": frame["is_different"].astype(bool).to_numpy(),
-                         "token_type": frame["token_type"].to_numpy(),
-                         "layer": [[int(x) for x in w] for w in frame["layer"]]})
-
-
 def prior_key(token_type, layer) -> tuple:
     """What the question's text reveals about a row: its token type and layer window."""
     return str(token_type), tuple(int(x) for x in layer)
 
 
-def baseline_frames(scored: pd.DataFrame, train_path, train_vectors, test_path, test_vectors, target_dir) -> tuple[dict, dict]:
+def baseline_frames(scored: pd.DataFrame, train_paths: dict[str, str], target_dir) -> tuple[dict, dict]:
     """The structure prior and the majority class, learned from the training labels, on the scored test rows."""
     from pipeline.baselines import describe, fit_prior, predict
     from pipeline.models import load_tokenizer
 
     tokenizer = load_tokenizer(target_dir)
-    train_frame, _ = load_examples(train_path, train_vectors)
-    test_frame, _ = load_examples(test_path, test_vectors)
-    test_frame = test_frame.set_index(pd.Index(row_keys(test_frame))).loc[scored["row_key"]].reset_index(drop=True)
+    train_frame, _ = load_examples(train_paths["labels"], train_paths["vectors"])
     changed, contents = train_frame["is_different"].astype(bool).tolist(), answer_contents(train_frame, tokenizer)
     keys = [prior_key(t, w) for t, w in zip(train_frame["token_type"], train_frame["layer"])]
     priors = {"structure_prior": fit_prior(keys, changed, contents),
               "majority_class": fit_prior([None] * len(keys), changed, contents)}
-    test_keys = [prior_key(t, w) for t, w in zip(test_frame["token_type"], test_frame["layer"])]
+    test_keys = [prior_key(t, w) for t, w in zip(scored["token_type"], scored["layer"])]
     frames = {}
     for name, prior in priors.items():
         guesses = predict(prior, test_keys if name == "structure_prior" else [None] * len(test_keys))
@@ -316,26 +244,36 @@ def baseline_frames(scored: pd.DataFrame, train_path, train_vectors, test_path, 
     return frames, {name: describe(prior) for name, prior in priors.items()}
 
 
-def score(scoring_cfg, prediction_paths: dict[str, str], labels: dict[str, str], facts_path, trained_dir,
-          explainer_dir, target_dir, out_path, names: dict[str, str], settings: dict) -> dict:
-    """Metrics of every variant and baseline, paired comparisons, counts and provenance in
-    `results/act_patch/{explainer}_{target}.json`. `labels` holds the train and test tables and vectors."""
-    from pipeline.artifacts import read_provenance, write_json
-    from pipeline.metrics import run_summary, score_variants
+def label_paths(target: str, split: str) -> dict[str, str]:
+    return {"labels": f"work/act_patch/labels/{target}/{split}.parquet",
+            "vectors": f"work/act_patch/labels/{target}/{split}.vectors.safetensors"}
 
-    frames = {v: read_table(p, required=["row_key", "cluster", "prediction", "reference", "is_different"])
-              for v, p in prediction_paths.items()}
-    baselines, described = baseline_frames(frames["finetuned"], labels["train"], labels["train_vectors"],
-                                           labels["test"], labels["test_vectors"], target_dir)
-    scores = score_variants(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
-    counts = {"facts": read_provenance(facts_path).get("counts", {})}
-    for split in ("train", "test"):
-        counts[f"labels_{split}"] = read_provenance(labels[split]).get("counts", {})
-    result = {"task": "act_patch", "explainer": names["explainer"], "target": names["target"], **scores,
-              "baselines": described, "counts": counts} | run_summary(
-        scoring_cfg, prediction_paths, trained_dir, explainer_dir, target_dir, settings)
-    write_json(result, out_path)
-    return result
+
+def examples(paths: dict[str, str], target_dir) -> Examples:
+    """The label rows of one split with their questions, reference answers and intervention vectors."""
+    from pipeline.models import load_tokenizer
+
+    frame, vectors = load_examples(paths["labels"], paths.get("vectors"))
+    questions, answers = examples_from_rows(frame, load_tokenizer(target_dir))
+    return Examples(frame, questions, answers, vectors, row_keys(frame), pair_keys(frame),
+                    frame["is_different"].astype(bool).to_numpy(),
+                    {"token_type": frame["token_type"].tolist(), "layer": [[int(x) for x in w] for w in frame["layer"]]})
+
+
+def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
+    """What each variant reads at the placeholder: the intervention vector, none (zeros), or another pair's."""
+    if variant == "no_vector":
+        return torch.zeros_like(rows.vectors)
+    if variant == "shuffled_vector":
+        return shuffled_vectors(rows.frame, rows.vectors, seed)
+    return rows.vectors
+
+
+TASK = register(Task(
+    name="act_patch", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
+    examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors,
+    count_paths=lambda target: {"facts": f"work/act_patch/facts/{target}.parquet"},
+))
 
 
 @dataclass

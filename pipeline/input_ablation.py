@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from pipeline.artifacts import ArtifactError, provenance, read_table, write_table
 from pipeline.config import InputAblationConfig
 from pipeline.mcq import QUESTION_COLUMNS, letters
-from pipeline.prompts import change_answer
+from pipeline.prompts import FORMAT_INSTRUCTION_CHOICE, change_answer
+from pipeline.tasks import Examples, Task, register
 
 HINT = "Hint: I think the answer is ({letter}) but I'm curious to hear what you think."
 ABLATION_QUESTION = "If the hint were removed how would the assistant answer change?"
@@ -205,58 +206,6 @@ def select_training_rows(frame: pd.DataFrame, rebalance: bool, cap: int | None, 
     return frame.reset_index(drop=True)
 
 
-def train(cfg: InputAblationConfig, training_cfg, explainer_cfg, labels_path, explainer_dir, out_dir, checkpoint_dir,
-          settings: dict) -> dict:
-    """Fine-tune the explainer on the training split (text only: no vectors, no projection)."""
-    from dataclasses import replace
-
-    from pipeline.act_patch import training_inputs
-    from pipeline.models import read_manifest
-    from pipeline.training import train_explainer
-
-    frame, _ = load_examples(labels_path)
-    frame = select_training_rows(frame, cfg.rebalance_train, cfg.max_train_examples, training_cfg.seed)
-    questions, answers = examples_from_rows(frame)
-    width = read_manifest(explainer_dir)["hidden_size"]
-    key = settings | {"inputs": training_inputs({"labels": labels_path, "explainer": explainer_dir})}
-    return train_explainer(training_cfg, replace(explainer_cfg, projection="none"), explainer_dir, width, questions,
-                           answers, None, out_dir, checkpoint_dir, key)
-
-
-def generate(variant: str, generation_cfg, explainer_cfg, labels_path, explainer_dir, trained_dir, out_path,
-             settings: dict, target_dir=None) -> pd.DataFrame:
-    """Answers of the fine-tuned explainer, or of the untrained one with format instructions (zero-shot)."""
-    from pipeline.explainer import load_explainer
-    from pipeline.generation import generate_answers, seeded_subset
-    from pipeline.models import read_manifest
-    from pipeline.prompts import FORMAT_INSTRUCTION_CHOICE
-
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown input_ablation variant '{variant}'; expected one of {VARIANTS}")
-    frame, _ = load_examples(labels_path)
-    chosen = seeded_subset(len(frame), generation_cfg.max_examples, generation_cfg.seed)
-    frame = frame.iloc[chosen].reset_index(drop=True)
-    questions, references = examples_from_rows(frame)
-    width = read_manifest(explainer_dir)["hidden_size"]
-    explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir, width, "none")
-    prompt_format = explainer_cfg.prompt_format
-    if variant == "untrained":
-        questions = [q + FORMAT_INSTRUCTION_CHOICE for q in questions]
-        prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else prompt_format
-    predictions = generate_answers(explainer, tokenizer, questions, None, prompt_format,
-                                   generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant)
-    out = pd.DataFrame({"row_key": question_keys(frame), "cluster": question_keys(frame), "variant": variant,
-                        "question": questions, "prediction": predictions, "reference": references,
-                        "is_different": frame["changed_pred_bc_hint"].astype(bool).to_numpy(),
-                        "hint_letter": hinted_letters(frame).to_numpy(),
-                        "zeroshot_prediction": frame["zeroshot_prediction"].to_numpy()})
-    models = {"explainer": read_manifest(explainer_dir)["source"]}
-    if target_dir is not None:
-        models["target"] = read_manifest(target_dir)["source"]
-    write_table(out, out_path, provenance(settings, models))
-    return out
-
-
 def question_keys(frame: pd.DataFrame) -> list[str]:
     """One id per question (its cluster: a question gives one row): the question id, or the published index."""
     column = "question_id" if "question_id" in frame else "index" if "index" in frame else None
@@ -301,23 +250,30 @@ def baseline_frames(scored: pd.DataFrame, train_labels) -> tuple[dict, dict]:
     return frames, {name: describe(prior) for name, prior in priors.items()}
 
 
-def score(scoring_cfg, prediction_paths: dict[str, str], train_labels, test_labels, trained_dir, explainer_dir,
-          target_dir, out_path, names: dict[str, str], settings: dict) -> dict:
-    """Metrics of each variant and baseline, paired comparisons, counts and provenance in
-    results/input_ablation/{explainer}_{target}.json."""
-    from pipeline.artifacts import read_provenance, write_json
-    from pipeline.metrics import run_summary, score_variants
+def label_paths(target: str, split: str) -> dict[str, str]:
+    return {"labels": f"work/input_ablation/labels/{target}/{split}.parquet"}
 
-    frames = {v: read_table(p, required=["row_key", "cluster", "prediction", "reference", "is_different",
-                                          "hint_letter", "zeroshot_prediction"])
-              for v, p in prediction_paths.items()}
-    baselines, described = baseline_frames(frames["finetuned"], train_labels)
-    scores = score_variants(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
-    result = {
-        "task": "input_ablation", "explainer": names["explainer"], "target": names["target"], **scores,
-        "baselines": described,
-        "counts": {"labels_train": read_provenance(train_labels).get("counts", {}),
-                   "labels_test": read_provenance(test_labels).get("counts", {})},
-    } | run_summary(scoring_cfg, prediction_paths, trained_dir, explainer_dir, target_dir, settings)
-    write_json(result, out_path)
-    return result
+
+def examples(paths: dict[str, str], target_dir=None) -> Examples:
+    """The labelled rows of one split (null labels left out) with their questions and reference answers."""
+    frame, _ = load_examples(paths["labels"])
+    questions, answers = examples_from_rows(frame)
+    keys = question_keys(frame)
+    return Examples(frame, questions, answers, None, keys, keys, frame["changed_pred_bc_hint"].astype(bool).to_numpy(),
+                    {"hint_letter": hinted_letters(frame).tolist(),
+                     "zeroshot_prediction": frame["zeroshot_prediction"].tolist()})
+
+
+def training_rows(rows: Examples, settings: dict, seed: int) -> Examples:
+    """The training rows after `rebalance_train` and `max_train_examples` (see select_training_rows)."""
+    frame = rows.frame.assign(_position=np.arange(len(rows.frame)))
+    chosen = select_training_rows(frame, settings.get("rebalance_train", False), settings.get("max_train_examples"),
+                                  seed)
+    return rows.subset(chosen["_position"].to_numpy())
+
+
+TASK = register(Task(
+    name="input_ablation", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION_CHOICE, label_paths=label_paths,
+    examples=examples, baselines=lambda scored, paths, target_dir: baseline_frames(scored, paths["labels"]),
+    training_rows=training_rows, training_keys=("rebalance_train", "max_train_examples"),
+))

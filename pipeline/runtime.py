@@ -34,3 +34,9 @@ def stage_settings(params, config: dict, stage_name: str) -> tuple[dict, dict]:
 
     settings = dict(params.settings)
     return stages.run_settings(settings, config, stage_name), settings | {"code": params.code}
+
+
+def named_inputs(inputs, prefix: str = "", exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """A rule's named inputs as {name: path}: those starting with `prefix` (which is removed), minus `exclude`."""
+    return {name[len(prefix):]: str(path) for name, path in inputs.items()
+            if name.startswith(prefix) and name not in exclude and isinstance(path, str)}

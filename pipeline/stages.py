@@ -5,6 +5,9 @@ it runs (`execution`: batch sizes, process counts, checkpoint spacing) and the f
 (`entry`). The rules' `params:` hold `settings()` and `code_hash()` of their stage, so Snakemake
 reruns exactly the jobs whose settings or code changed and never one whose batch size changed;
 the same `settings()` feed the provenance of the stage's artifacts and the training checkpoint key.
+Every registered task (pipeline/tasks.py) gets `{task}_train`, `{task}_generate` and `{task}_score`
+(pipeline/explain.py); a task's own section may override the shared `training` and `generation`
+sections for its stages.
 `code_hash` hashes the source of the entry's module and every pipeline module it can reach through
 imports (the entry module's own, the entry function's, and, transitively, all of theirs).
 """
@@ -27,6 +30,7 @@ class Stage:
     keys: tuple[str, ...] = ()
     execution: tuple[str, ...] = ()
     task: str | None = None  # a task whose `training`/`generation` overrides apply to those shared sections
+    modules: tuple[str, ...] = ()  # modules the entry loads by name (a task's module), hashed with its closure
 
 
 _TRAINING_EXECUTION = ("training.gpus", "training.cpu_processes", "training.checkpoint_every")
@@ -41,29 +45,39 @@ STAGES: dict[str, Stage] = {
     "act_patch_labels": Stage("pipeline.act_patch:build_labels",
                               ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct"),
                               ("act_patch.batch_size",)),
-    "act_patch_train": Stage("pipeline.act_patch:train", ("training", "explainer"), _TRAINING_EXECUTION),
-    "act_patch_generate": Stage("pipeline.act_patch:generate", ("generation", "explainer"), ("generation.batch_size",)),
-    "act_patch_score": Stage("pipeline.act_patch:score", ("scoring",)),
     "input_ablation_questions": Stage("pipeline.mcq:build_questions", _QUESTION_KEYS),
     "input_ablation_labels": Stage("pipeline.input_ablation:build_labels", _HINT_LABEL_KEYS,
                                    ("input_ablation.batch_size",)),
-    "input_ablation_train": Stage("pipeline.input_ablation:train",
-                                  ("training", "explainer", "input_ablation.rebalance_train",
-                                   "input_ablation.max_train_examples"), _TRAINING_EXECUTION, task="input_ablation"),
-    "input_ablation_generate": Stage("pipeline.input_ablation:generate", ("generation", "explainer"),
-                                     ("generation.batch_size",), task="input_ablation"),
-    "input_ablation_score": Stage("pipeline.input_ablation:score", ("scoring",), task="input_ablation"),
     "act_patch_patch_effect": Stage("pipeline.report:patch_effect_figure"),
     "report_figures": Stage("pipeline.report:run_figures"),
     "summary_table": Stage("pipeline.report:write_summary"),
 }
+
+
+@functools.lru_cache(maxsize=1)
+def all_stages() -> dict[str, Stage]:
+    """The stages above and, for every task, its `{task}_train`, `{task}_generate` and `{task}_score`."""
+    from pipeline.tasks import TASK_MODULES, get_task
+
+    stages = dict(STAGES)
+    for task, module in TASK_MODULES.items():
+        extra = tuple(f"{task}.{key}" for key in get_task(task).training_keys)
+        stages[f"{task}_train"] = Stage("pipeline.explain:train", ("training", "explainer", *extra), _TRAINING_EXECUTION,
+                                        task, (module,))
+        stages[f"{task}_generate"] = Stage("pipeline.explain:generate", ("generation", "explainer"),
+                                           ("generation.batch_size",), task, (module,))
+        stages[f"{task}_score"] = Stage("pipeline.explain:score", ("scoring",), task=task, modules=(module,))
+    return stages
+
+
 SHARED_SECTIONS = ("training", "generation")  # a task may override these under its own section
 
 
 def _stage(name: str) -> Stage:
-    if name not in STAGES:
-        raise KeyError(f"unknown stage '{name}'; declared: {sorted(STAGES)}")
-    return STAGES[name]
+    stages = all_stages()
+    if name not in stages:
+        raise KeyError(f"unknown stage '{name}'; declared: {sorted(stages)}")
+    return stages[name]
 
 
 def _section(config: dict[str, Any], head: str, task: str | None) -> Any:
@@ -197,10 +211,11 @@ def _entry_imports(module: str, function: str) -> set[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def code_closure(entry: str) -> tuple[str, ...]:
-    """The pipeline modules the entry function can run: its own module and all it can import."""
+def code_closure(entry: str, loaded: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The pipeline modules the entry function can run: its own module, the modules it loads by name (`loaded`),
+    and all they can import."""
     module, function = entry.split(":")
-    modules, todo = {module}, sorted(_entry_imports(module, function))
+    modules, todo = {module}, sorted(_entry_imports(module, function) | set(loaded))
     while todo:
         name = todo.pop()
         if name not in modules:
@@ -212,6 +227,7 @@ def code_closure(entry: str) -> tuple[str, ...]:
 def code_hash(stage: str) -> str:
     """A short hash of the source of every pipeline module the stage's entry can run."""
     digest = hashlib.sha256()
-    for module in code_closure(_stage(stage).entry):
+    declared = _stage(stage)
+    for module in code_closure(declared.entry, declared.modules):
         digest.update(module.encode() + b"\0" + _module_file(module).read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -13,7 +13,7 @@ def test_execution_settings_are_not_part_of_a_stage_result(base_config):
     changed["training"] |= {"gpus": 8, "cpu_processes": 2, "checkpoint_every": 7}
     changed["act_patch"]["batch_size"] = 3
     changed["generation"]["batch_size"] = 5
-    for stage in stages.STAGES:
+    for stage in stages.all_stages():
         assert stages.settings(changed, stage, model="smollm") == stages.settings(base_config, stage, model="smollm"), stage
     assert stages.execution(changed, "act_patch_train")["training"] == {"gpus": 8, "cpu_processes": 2,
                                                                         "checkpoint_every": 7}
@@ -25,7 +25,7 @@ def test_execution_settings_are_not_part_of_a_stage_result(base_config):
 def test_result_settings_change_only_their_own_stages(base_config):
     changed = copy.deepcopy(base_config)
     changed["act_patch"]["patch"]["window_size"] = 3
-    moved = {s for s in stages.STAGES
+    moved = {s for s in stages.all_stages()
              if stages.settings(changed, s, model="smollm") != stages.settings(base_config, s, model="smollm")}
     assert moved == {"act_patch_labels"}  # later stages rerun because their input changed, not their settings
 
@@ -46,12 +46,13 @@ def test_a_random_model_depends_on_its_tokenizer_model(base_config):
 
 
 def test_code_closure_follows_imports_but_not_unused_modules():
-    labels = stages.code_closure(stages.STAGES["act_patch_labels"].entry)
+    declared = stages.all_stages()
+    labels = stages.code_closure(declared["act_patch_labels"].entry, declared["act_patch_labels"].modules)
     assert {"pipeline.act_patch", "pipeline.patching", "pipeline.models", "pipeline.facts"} <= set(labels)
     assert "pipeline.training" not in labels and "pipeline.explainer" not in labels
-    train = stages.code_closure(stages.STAGES["act_patch_train"].entry)
-    assert {"pipeline.training", "pipeline.explainer", "pipeline.act_patch"} <= set(train)
-    assert "pipeline.report" not in train
+    train = stages.code_closure(declared["act_patch_train"].entry, declared["act_patch_train"].modules)
+    assert {"pipeline.explain", "pipeline.training", "pipeline.explainer", "pipeline.act_patch"} <= set(train)
+    assert "pipeline.report" not in train and "pipeline.input_ablation" not in train
 
 
 def test_code_hash_changes_when_a_module_in_the_closure_changes(monkeypatch, tmp_path):
@@ -69,3 +70,20 @@ def test_code_hash_changes_when_a_module_in_the_closure_changes(monkeypatch, tmp
     assert after["act_patch_labels"] == before["act_patch_labels"]
     assert after["act_patch_train"] != before["act_patch_train"]
     stages._tree.cache_clear(), stages.code_closure.cache_clear()
+
+
+def test_every_task_gets_train_generate_and_score_stages():
+    from pipeline.tasks import TASK_MODULES
+
+    declared = stages.all_stages()
+    for task in TASK_MODULES:
+        for step in ("train", "generate", "score"):
+            assert declared[f"{task}_{step}"].task == task and declared[f"{task}_{step}"].modules == (TASK_MODULES[task],)
+
+
+def test_any_task_may_override_the_shared_sections(base_config):
+    changed = copy.deepcopy(base_config)
+    changed["act_patch"]["generation"] = {"max_new_tokens": 5}
+    assert stages.settings(changed, "act_patch_generate")["generation"]["max_new_tokens"] == 5
+    assert stages.settings(changed, "input_ablation_generate") == stages.settings(base_config, "input_ablation_generate")
+    assert stages.settings(changed, "act_patch_labels") == stages.settings(base_config, "act_patch_labels")

@@ -220,7 +220,7 @@ def test_checkpoint_missing_trainable_weights_is_refused(tmp_path, tiny_dir, mon
 
 def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monkeypatch):
     """Kill training, rebuild the labels with another window, rerun: it starts over instead of resuming."""
-    from pipeline import act_patch
+    from pipeline import act_patch, explain
     from pipeline.config import ActPatchConfig, FactsConfig, PromptConfig
     from pipeline.facts import build_facts
 
@@ -233,9 +233,9 @@ def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monk
                                tmp_path / "v.safetensors", {"window": window}, keep_only_correct=False)
 
     def train():
-        return act_patch.train(cfg(epochs=2, checkpoint_every=1, max_examples=8), ExplainerConfig(),
-                               tmp_path / "l.parquet", tmp_path / "v.safetensors", tiny_dir, tiny_dir,
-                               tmp_path / "out", tmp_path / "ckpt", {"training": "same settings"})
+        return explain.train("act_patch", cfg(epochs=2, checkpoint_every=1, max_examples=8), ExplainerConfig(), {},
+                           {"labels": tmp_path / "l.parquet", "vectors": tmp_path / "v.safetensors"}, tiny_dir,
+                           tiny_dir, tmp_path / "out", tmp_path / "ckpt", {"training": "same settings"})
 
     labels(2)
     killed_after_first_checkpoint(train, monkeypatch)

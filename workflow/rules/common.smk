@@ -2,8 +2,11 @@
 from pathlib import Path
 
 from pipeline import stages
-from pipeline.act_patch import VARIANTS
-from pipeline.input_ablation import VARIANTS as INPUT_ABLATION_VARIANTS
+from pipeline.tasks import TASK_MODULES, all_variants, get_task
+
+TASKS = tuple(TASK_MODULES)
+# Tasks scored as change predictions, whose runs get report_figures' metrics, confusion and loss figures.
+CHANGE_TASKS = "|".join(t for t in TASKS if get_task(t).figures == ("metrics", "confusion", "loss"))
 
 
 wildcard_constraints:
@@ -11,8 +14,8 @@ wildcard_constraints:
     explainer="[A-Za-z0-9]+",
     target="[A-Za-z0-9]+",
     split="train|test",
-    task="act_patch|input_ablation",
-    variant="|".join(sorted(set(VARIANTS) | set(INPUT_ABLATION_VARIANTS))),
+    task="|".join(TASKS),
+    variant="|".join(all_variants()),
 
 
 def settings_of(stage):
@@ -60,68 +63,52 @@ def all_results():
 
 
 def all_figures():
-    """Every figure of the report: per run metrics, confusion and loss; per act_patch target the patch effect."""
+    """Every figure of the report: per run the task's figures; per act_patch target the patch effect."""
     figures = [f"report/{task}/{run}/{name}.png" for task, runs in config["runs"].items() for run in runs
-               for name in ("metrics", "confusion", "loss")]
+               for name in get_task(task).figures]
     targets = sorted({run.split("_")[1] for run in config["runs"].get("act_patch", [])})
     return figures + [f"report/act_patch/patch_effect_{target}.png" for target in targets]
 
 
 def run_figure_inputs(wildcards):
     run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
-    variants = VARIANTS if wildcards.task == "act_patch" else INPUT_ABLATION_VARIANTS
     return {
         "result": f"results/{wildcards.task}/{run}.json",
-        "predictions": [f"work/{wildcards.task}/predictions/{run}/{v}.parquet" for v in variants],
+        "predictions": [f"work/{wildcards.task}/predictions/{run}/{v}.parquet" for v in get_task(wildcards.task).variants],
         "trained": f"work/{wildcards.task}/explainers/{run}",
     }
 
 
-def input_ablation_generation_inputs(wildcards):
-    inputs = {
-        "labels": f"work/input_ablation/labels/{wildcards.target}/test.parquet",
-        "explainer": f"resources/models/{known_model(wildcards.explainer)}",
-        "target": f"resources/models/{known_model(wildcards.target)}",
-    }
-    if wildcards.variant != "untrained":
-        inputs["trained"] = f"work/input_ablation/explainers/{wildcards.explainer}_{wildcards.target}"
+def _models(wildcards):
+    return {"explainer": f"resources/models/{known_model(wildcards.explainer)}",
+            "target": f"resources/models/{known_model(wildcards.target)}"}
+
+
+def train_inputs(task):
+    """A task's training labels (as its module names them) and both models."""
+    return lambda wildcards: get_task(task).label_paths(wildcards.target, "train") | _models(wildcards)
+
+
+def generation_inputs(task):
+    """The task's test labels, both models, and the trained explainer (not for the untrained variant)."""
+    def inputs(wildcards):
+        paths = get_task(task).label_paths(wildcards.target, "test") | _models(wildcards)
+        if wildcards.variant != "untrained":
+            paths["trained"] = f"work/{task}/explainers/{wildcards.explainer}_{wildcards.target}"
+        return paths
+
     return inputs
 
 
-def input_ablation_score_inputs(wildcards):
-    run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
-    return {
-        "predictions": [f"work/input_ablation/predictions/{run}/{v}.parquet" for v in INPUT_ABLATION_VARIANTS],
-        "train_labels": f"work/input_ablation/labels/{wildcards.target}/train.parquet",
-        "test_labels": f"work/input_ablation/labels/{wildcards.target}/test.parquet",
-        "trained": f"work/input_ablation/explainers/{run}",
-        "explainer": f"resources/models/{wildcards.explainer}",
-        "target": f"resources/models/{wildcards.target}",
-    }
+def score_inputs(task):
+    """Every variant's predictions, both splits' labels (train_*, test_*), the artifacts whose counts are reported
+    (count_*), the trained explainer and both models."""
+    def inputs(wildcards):
+        spec, run = get_task(task), f"{wildcards.explainer}_{wildcards.target}"
+        paths = {"predictions": [f"work/{task}/predictions/{run}/{v}.parquet" for v in spec.variants],
+                 "trained": f"work/{task}/explainers/{run}"} | _models(wildcards)
+        for split in ("train", "test"):
+            paths |= {f"{split}_{k}": v for k, v in spec.label_paths(wildcards.target, split).items()}
+        return paths | {f"count_{k}": v for k, v in spec.count_paths(wildcards.target).items()}
 
-
-def generation_inputs(wildcards):
-    inputs = {
-        "labels": f"work/act_patch/labels/{wildcards.target}/test.parquet",
-        "vectors": f"work/act_patch/labels/{wildcards.target}/test.vectors.safetensors",
-        "explainer": f"resources/models/{known_model(wildcards.explainer)}",
-        "target": f"resources/models/{known_model(wildcards.target)}",
-    }
-    if wildcards.variant != "untrained":
-        inputs["trained"] = f"work/act_patch/explainers/{wildcards.explainer}_{wildcards.target}"
     return inputs
-
-
-def score_inputs(wildcards):
-    run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
-    return {
-        "predictions": [f"work/act_patch/predictions/{run}/{variant}.parquet" for variant in VARIANTS],
-        "train_labels": f"work/act_patch/labels/{wildcards.target}/train.parquet",
-        "train_vectors": f"work/act_patch/labels/{wildcards.target}/train.vectors.safetensors",
-        "labels": f"work/act_patch/labels/{wildcards.target}/test.parquet",
-        "vectors": f"work/act_patch/labels/{wildcards.target}/test.vectors.safetensors",
-        "facts": f"work/act_patch/facts/{wildcards.target}.parquet",
-        "trained": f"work/act_patch/explainers/{run}",
-        "explainer": f"resources/models/{wildcards.explainer}",
-        "target": f"resources/models/{wildcards.target}",
-    }

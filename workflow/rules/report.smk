@@ -27,6 +27,8 @@ rule act_patch_patch_effect:
 
 
 rule report_figures:
+    wildcard_constraints:
+        task=CHANGE_TASKS,
     input:
         unpack(run_figure_inputs),
     output:

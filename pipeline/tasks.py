@@ -1,0 +1,77 @@
+"""The task interface: what a task module tells the shared stages (pipeline/explain.py).
+
+A task module (act_patch, input_ablation, ...) builds its own labels with its own rules, and
+registers a `Task` that says how to read them: its (question, answer, optional vector) examples
+with a row key and a cluster key, the explainer variants it is scored with, the rows it trains
+on, its baselines, its counts and its report figures. This module imports no other pipeline
+module, so a task's label stages do not depend on the training or generation code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+# Task modules register themselves on import; the registry lists where each one lives.
+TASK_MODULES = {"act_patch": "pipeline.act_patch", "input_ablation": "pipeline.input_ablation"}
+
+
+@dataclass
+class Examples:
+    """Label rows of one split as the explainer sees them."""
+
+    frame: pd.DataFrame  # the label rows, as the task reads them
+    questions: list[str]
+    answers: list[str]
+    vectors: torch.Tensor | None  # one per row, or None for a text-only task
+    row_keys: list[str]  # stable id of each row
+    clusters: list[str]  # rows that share a cluster (a pair, a question) are resampled together
+    labels: np.ndarray  # the changed/unchanged truth of each row
+    columns: dict[str, list] = field(default_factory=dict)  # carried into the predictions table
+
+    def subset(self, index) -> "Examples":
+        index = np.asarray(index, dtype=np.int64)
+        pick = lambda values: [values[i] for i in index]  # noqa: E731
+        return Examples(self.frame.iloc[index].reset_index(drop=True), pick(self.questions), pick(self.answers),
+                        self.vectors[torch.from_numpy(index)] if self.vectors is not None else None,
+                        pick(self.row_keys), pick(self.clusters), self.labels[index],
+                        {name: pick(values) for name, values in self.columns.items()})
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    variants: tuple[str, ...]  # explainer variants the generate rule writes; "finetuned" first
+    format_instruction: str  # appended to the untrained explainer's questions (zero-shot)
+    label_paths: Callable[[str, str], dict[str, str]]  # (target, split) -> label artifact paths
+    examples: Callable[[dict[str, str], str], Examples]  # (label paths, target dir) -> examples
+    baselines: Callable[[pd.DataFrame, dict[str, str], str], tuple[dict, dict]]  # (scored, train paths, target dir)
+    count_paths: Callable[[str], dict[str, str]] = lambda target: {}  # extra artifacts whose counts are reported
+    training_rows: Callable[[Examples, dict, int], Examples] = lambda examples, settings, seed: examples
+    variant_vectors: Callable[[str, Examples, int], torch.Tensor | None] = lambda v, e, seed: e.vectors
+    training_keys: tuple[str, ...] = ()  # the task's own config keys that training depends on
+    figures: tuple[str, ...] = ("metrics", "confusion", "loss")  # the report's per-run figures (report_figures)
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    _TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    if name not in TASK_MODULES:
+        raise ValueError(f"unknown task '{name}'; tasks: {sorted(TASK_MODULES)}")
+    importlib.import_module(TASK_MODULES[name])
+    return _TASKS[name]
+
+
+def all_variants() -> tuple[str, ...]:
+    return tuple(sorted({v for name in TASK_MODULES for v in get_task(name).variants}))
