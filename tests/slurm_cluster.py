@@ -93,7 +93,7 @@ def start_cluster(root: Path, timeout: float = 60) -> Cluster:
         "AuthType=auth/munge", "CredType=cred/munge",
         "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
         "AccountingStorageType=accounting_storage/none", "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_Core_Memory", "DefMemPerCPU=1000", "MinJobAge=300", "GresTypes=gpu",
+        "SelectTypeParameters=CR_Core_Memory", "DefMemPerCPU=1000", "MinJobAge=3600", "GresTypes=gpu",
         "ReturnToService=2", "SlurmctldParameters=enable_configless", "SchedulerParameters=sched_interval=2", f"StateSaveLocation={root}/state",
         f"SlurmdSpoolDir={root}/spool", f"SlurmctldPidFile={root}/slurmctld.pid", f"SlurmdPidFile={root}/slurmd.pid",
         f"SlurmctldLogFile={root}/log/slurmctld.log", f"SlurmdLogFile={root}/log/slurmd.log",
