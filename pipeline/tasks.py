@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 # Task modules register themselves on import; the registry lists where each one lives.
-TASK_MODULES = {"act_patch": "pipeline.act_patch", "input_ablation": "pipeline.input_ablation"}
+TASK_MODULES = {"act_patch": "pipeline.act_patch", "input_ablation": "pipeline.input_ablation",
+                "features": "pipeline.features"}
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Examples:
     vectors: torch.Tensor | None  # one per row, or None for a text-only task
     row_keys: list[str]  # stable id of each row
     clusters: list[str]  # rows that share a cluster (a pair, a question) are resampled together
-    labels: np.ndarray  # the changed/unchanged truth of each row
+    labels: np.ndarray | None  # the changed/unchanged truth of each row (None where the task has no verdict)
     columns: dict[str, list] = field(default_factory=dict)  # carried into the predictions table
 
     def subset(self, index) -> "Examples":
@@ -39,7 +40,8 @@ class Examples:
         pick = lambda values: [values[i] for i in index]  # noqa: E731
         return Examples(self.frame.iloc[index].reset_index(drop=True), pick(self.questions), pick(self.answers),
                         self.vectors[torch.from_numpy(index)] if self.vectors is not None else None,
-                        pick(self.row_keys), pick(self.clusters), self.labels[index],
+                        pick(self.row_keys), pick(self.clusters),
+                        self.labels[index] if self.labels is not None else None,
                         {name: pick(values) for name, values in self.columns.items()})
 
 
@@ -50,12 +52,23 @@ class Task:
     format_instruction: str  # appended to the untrained explainer's questions (zero-shot)
     label_paths: Callable[[str, str], dict[str, str]]  # (target, split) -> label artifact paths
     examples: Callable[[dict[str, str], str], Examples]  # (label paths, target dir) -> examples
-    baselines: Callable[[pd.DataFrame, dict[str, str], str], tuple[dict, dict]]  # (scored, train paths, target dir)
+    # (scored rows, train paths, test paths, target dir) -> (baseline prediction frames, their descriptions)
+    baselines: Callable[[pd.DataFrame, dict[str, str], dict[str, str], str], tuple[dict, dict]]
     count_paths: Callable[[str], dict[str, str]] = lambda target: {}  # extra artifacts whose counts are reported
     training_rows: Callable[[Examples, dict, int], Examples] = lambda examples, settings, seed: examples
     variant_vectors: Callable[[str, Examples, int], torch.Tensor | None] = lambda v, e, seed: e.vectors
     training_keys: tuple[str, ...] = ()  # the task's own config keys that training depends on
-    figures: tuple[str, ...] = ("metrics", "confusion", "loss")  # the report's per-run figures (report_figures)
+    figures: tuple[str, ...] = ("metrics.png", "confusion.png", "loss.png")  # the report's files per run
+    # Variants the task answers itself, not with the explainer: variant -> fn(examples, generation_cfg,
+    # explainer_cfg, explainer_dir, target_dir) -> predictions table (row_key, cluster, prediction, reference, ...).
+    custom_variants: dict[str, Callable] = field(default_factory=dict)
+    # (frames by variant and baseline, bootstrap samples, seed, settings=the task's section, inputs=score_inputs)
+    # -> {"metrics", "comparisons", ...}; None: the change-prediction metrics of pipeline/metrics.py.
+    score_frames: Callable[..., dict] | None = None
+    score_keys: tuple[str, ...] = ()  # the task's own config keys its scores depend on
+    score_execution: tuple[str, ...] = ()  # ... and those that only change how scoring runs
+    # (target, the task's config section) -> extra input files of the score rule (a simulator model, ...)
+    score_inputs: Callable[[str, dict], dict[str, str]] = lambda target, section: {}
 
 
 _TASKS: dict[str, Task] = {}

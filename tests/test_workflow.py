@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from chat_server import ChatServer
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -19,11 +20,12 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 600) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 600, env: dict | None = None
+              ) -> subprocess.CompletedProcess:
     command = ["timeout", "-k", "10", str(timeout), *SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                "--cores", "2", *args,  # targets before --configfile, which takes every value after it
                "--configfile", str(REPO / "tests" / "config_tiny.yaml"), *map(str, configfiles)]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)} | (env or {})
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
 
 
@@ -218,7 +220,8 @@ def test_input_ablation_training_override_reruns_training_but_not_labels(input_a
 
 
 def test_report_figures_summary_and_html_report(finished_run, tmp_path):
-    only_act_patch = override(tmp_path, "runs.yaml", {"runs": {"act_patch": ["tiny_tiny"], "input_ablation": []}})
+    only_act_patch = override(tmp_path, "runs.yaml", {"runs": {"act_patch": ["tiny_tiny"], "input_ablation": [],
+                                                               "features": []}})
     plan = planned_jobs(snakemake(finished_run, "-n", "all", configfiles=[only_act_patch]))
     plan.pop("act_patch_score", None)  # rescored when an earlier test here left other scoring settings behind
     assert plan == {"act_patch_patch_effect": 1, "report_figures": 1, "summary_table": 1, "all": 1}
@@ -236,3 +239,84 @@ def test_report_figures_summary_and_html_report(finished_run, tmp_path):
     report = snakemake(finished_run, "--report", str(finished_run / "report.html"), configfiles=[only_act_patch])
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     assert (finished_run / "report.html").stat().st_size > 10_000
+
+
+JUDGE_KEY = "sk-test-NEVER-IN-A-FILE-7731"
+
+
+@pytest.fixture(scope="module")
+def judge_server():
+    with ChatServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def features_run(tmp_path_factory, judge_server):
+    """The features task on tiny: SAEs on fact sentences, exemplars, offline descriptions, explainer, the offline
+    judge, the LM judge (a real local OpenAI-compatible server, the key in the environment) and the simulator."""
+    workdir = tmp_path_factory.mktemp("features")
+    tiny = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())["features"]["judge"]
+    judge = override(workdir, "judge.yaml", {"features": {"judge": tiny | {"base_url": judge_server.base_url}}})
+    result = snakemake(workdir, "results/features/tiny_tiny.json", "report/features/tiny_tiny/examples.html",
+                       configfiles=[judge], timeout=900, env={"OPENAI_API_KEY": JUDGE_KEY})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, judge
+
+
+def test_features_results_hold_variants_baselines_and_sae_quality(features_run):
+    workdir, _ = features_run
+    result = json.loads((workdir / "results/features/tiny_tiny.json").read_text())
+    assert result["task"] == "features" and result["judge"]["name"] == "embedding_similarity"
+    best = max(result["selfie_mean_by_scale"], key=result["selfie_mean_by_scale"].get)
+    assert set(result["metrics"]) == {"finetuned", "untrained", "no_vector", "nearest_neighbor",
+                                      "nearest_neighbor_layer", "structure_prior", "selfie_oracle_scale",
+                                      f"selfie_scale_{best}", "reference"}
+    n = result["metrics"]["finetuned"]["overall"]["n"]
+    assert n > 0 and all(m["overall"]["n"] == n for m in result["metrics"].values())
+    assert set(result["selfie_mean_by_scale"]) == {"1", "5", "10", "25", "50"}
+    assert [q["layer"] for q in result["counts"]["labels_train"]["sae_quality"]] == [1, 3]
+    assert (workdir / "work/features/sae/tiny/layers.1/cfg.json").exists()
+    page = (workdir / "report/features/tiny_tiny/examples.html").read_text()
+    assert "reference" in page and result["examples"][0]["feature_id"] in page
+    for table in ("work/features/corpus.parquet", "work/features/exemplars/tiny.parquet",
+                  "work/features/descriptions/tiny/test.parquet", "work/features/predictions/tiny_tiny/selfie.parquet"):
+        assert len(pd.read_parquet(workdir / table)) > 0, table
+    simulator = result["judges"]["simulator"]
+    assert simulator["enabled"] and simulator["features"] == min(6, n)
+    assert result["metrics"]["finetuned"]["overall"]["simulator_top"]["n"] == simulator["features"]
+
+
+def test_lm_judge_scores_through_a_local_server_caches_and_never_writes_the_key(features_run, judge_server):
+    workdir, judge = features_run
+    result = json.loads((workdir / "results/features/tiny_tiny.json").read_text())
+    lm = result["judges"]["lm_judge"]
+    assert lm["configured"] and lm["accounting"]["failed"] == 0 and lm["accounting"]["answered"] > 0
+    assert lm["accounting"]["requests"] == judge_server.requests and set(judge_server.answered.values()) == {1}
+    assert all(m["overall"]["lm_judge"]["n"] == m["overall"]["n"] for name, m in result["metrics"].items()
+               if name != "reference")
+    before = judge_server.requests
+    rerun = snakemake(workdir, "results/features/tiny_tiny.json", "--forcerun", "features_score",
+                      configfiles=[judge], env={"OPENAI_API_KEY": JUDGE_KEY})
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    again = json.loads((workdir / "results/features/tiny_tiny.json").read_text())["judges"]["lm_judge"]["accounting"]
+    assert judge_server.requests == before and again["requests"] == 0  # the second run asked nothing
+    assert again["cached"] == lm["accounting"]["answered"] + lm["accounting"]["cached"]
+    leaks = [str(path) for path in workdir.rglob("*") if path.is_file() and JUDGE_KEY.encode() in path.read_bytes()]
+    assert leaks == []  # not in logs, artifacts, caches, results or Snakemake's metadata
+    assert all(h.get("authorization") == f"Bearer {JUDGE_KEY}" for h in judge_server.headers)
+
+
+def test_features_description_change_reruns_descriptions_onward_only(features_run, tmp_path):
+    config = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())
+    changed = override(tmp_path, "describe.yaml", {"features": {"descriptions": config["features"]["descriptions"]
+                                                                | {"features_per_layer": 10}}})
+    plan = planned_jobs(snakemake(features_run[0], "-n", "results/features/tiny_tiny.json",
+                                  configfiles=[features_run[1], changed]))
+    assert plan == {"features_descriptions": 1, "features_train": 1, "features_generate": 4, "features_score": 1}
+
+
+def test_features_paper_run_plans_from_the_archive_without_saes(tmp_path):
+    plan = planned_jobs(snakemake(tmp_path, "-n", "results/features/llama_llama.json",
+                                  configfiles=[REPO / "config.paper.yaml"]))
+    assert plan == {"prepare_model": 1, "features_descriptions": 1, "features_train": 1, "features_generate": 4,
+                    "features_score": 1}

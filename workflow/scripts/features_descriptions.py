@@ -1,0 +1,14 @@
+"""Snakemake script: reference descriptions and decoder directions of the features, split train/test by feature."""
+from pipeline.describe import build_descriptions, paper_descriptions
+from pipeline.models import read_manifest
+from pipeline.runtime import stage, stage_settings
+
+inputs, outputs = snakemake.input, snakemake.output
+with stage(snakemake.log[0], snakemake.threads):
+    run, prov = stage_settings(snakemake.params, snakemake.config, snakemake.rule)
+    width, out = read_manifest(inputs.target)["hidden_size"], dict(outputs.items())
+    if run["features"]["source"] == "paper":
+        paper_descriptions(run["features"]["paper_dir"] or "features.paper_dir is unset", width, out, prov)
+    else:
+        build_descriptions(inputs.exemplars, inputs.stats, inputs.sae, inputs.quality,
+                           run["features"]["descriptions"], width, out, prov)
