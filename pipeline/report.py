@@ -182,8 +182,8 @@ def features_metrics_figure(result: dict, out_path) -> None:
     plt = _pyplot()
     scores = [c for c in ("embedding_similarity", "lm_judge", "simulator_top", "simulator_top_random")
               if any(c in m["overall"] for m in result["metrics"].values())]
-    figure, axes = plt.subplots(len(scores), 1, figsize=(1.1 * len(result["metrics"]) + 2, 3.6 * len(scores)),
-                                squeeze=False)
+    figure, axes = plt.subplots(len(scores), 1, figsize=(1.1 * len(result["metrics"]) + 2, 4.2 * len(scores)),
+                                squeeze=False, layout="constrained")
     for axis, score in zip(axes[:, 0], scores):
         names = [n for n, m in result["metrics"].items() if score in m["overall"]]
         values = np.array([result["metrics"][n]["overall"][score]["value"] for n in names])
