@@ -1,8 +1,8 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1 for the LM judge's tests.
 
-It answers `POST /v1/chat/completions` the way the judge's prompt asks: a rating from 1 to 5 of the
-pair at the end of the prompt (5 when predicted and expected are the same text, else 1 plus the number of
-shared words, at most 4). It counts every request and every answered prompt, and injects faults: a queue
+It answers `POST /v1/chat/completions` with `reply(prompt)`, by default the way the judge's prompt asks: a
+rating from 1 to 5 of the pair at the end of the prompt (5 when predicted and expected are the same text, else 1 plus the number of
+shared words, at most 4). It records every request (path and body), counts every answered prompt, and injects faults: a queue
 consumed one per request (`401`, `429`, `500`, `502`, `timeout`: answer after the client gave up, `garbage`: a reply
 that is not a rating), and per predicted text a fault on every request for it (`always`).
 """
@@ -26,7 +26,9 @@ def rating(prompt: str) -> int:
 
 
 class ChatServer:
-    def __init__(self, slow_seconds: float = 2.0):
+    def __init__(self, slow_seconds: float = 2.0, reply=rating):
+        self.reply = reply
+        self.bodies: list[dict] = []  # {"path", "body"} of every request
         self.faults: list[str] = []
         self.always: dict[str, str] = {}  # predicted text -> fault on every request for it
         self.requests = 0
@@ -46,6 +48,7 @@ class ChatServer:
                 with server._lock:
                     server.requests += 1
                     server.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    server.bodies.append({"path": self.path, "body": body})
                     fault = server.faults.pop(0) if server.faults else None
                     predicted = re.findall(r"^Predicted: (.*)$", prompt, re.M)
                     fault = server.always.get(predicted[-1].strip() if predicted else "", fault)
@@ -61,7 +64,7 @@ class ChatServer:
                     return
                 if fault == "timeout":
                     time.sleep(server.slow_seconds)
-                content = "I would say it is fairly similar" if fault == "garbage" else str(rating(prompt))
+                content = "I would say it is fairly similar" if fault == "garbage" else str(server.reply(prompt))
                 if fault != "garbage" and fault != "timeout":
                     with server._lock:
                         server.answered[prompt] += 1

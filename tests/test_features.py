@@ -7,13 +7,13 @@ import io
 import json
 import pickle
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from chat_server import ChatServer
 
 from pipeline.artifacts import ArtifactError, read_provenance
 
@@ -221,44 +221,16 @@ def test_paper_archive_loads_with_counted_skips(tmp_path):
         paper_descriptions(tmp_path / "nowhere", 8, out, {})
 
 
-class ChatServer(BaseHTTPRequestHandler):
-    """A real OpenAI-compatible chat-completions endpoint on 127.0.0.1 that records what it is asked."""
-    requests: list = []
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ChatServer.requests.append({"path": self.path, "body": body})
-        reply = {"id": "1", "object": "chat.completion", "created": 0, "model": body["model"],
-                 "choices": [{"index": 0, "finish_reason": "stop",
-                              "message": {"role": "assistant", "content": ' "archaic second-person pronouns"\n'}}],
-                 "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_openai_compatible_describer_against_a_local_server(monkeypatch, tmp_path):
     from pipeline.describe import openai_descriptions
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)  # no .env here
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        top = pd.DataFrame({"tokens": [[" I", " love", " thee"]], "window_index": [2], "activation": [1.0]})
-        base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        described = openai_descriptions({(3, 7): top}, "local-model", base_url)
-    finally:
-        server.shutdown()
+    top = pd.DataFrame({"tokens": [[" I", " love", " thee"]], "window_index": [2], "activation": [1.0]})
+    with ChatServer(reply=lambda prompt: ' "archaic second-person pronouns"\n') as server:
+        described = openai_descriptions({(3, 7): top}, "local-model", server.base_url)
     assert described == {(3, 7): "archaic second-person pronouns"}
-    request = ChatServer.requests[-1]
+    request = server.bodies[-1]
     assert request["path"] == "/v1/chat/completions" and request["body"]["model"] == "local-model"
     assert request["body"]["temperature"] == 0 and "I love<< thee>>" in request["body"]["messages"][0]["content"]
     with pytest.raises(ValueError, match="OPENAI_API_KEY is set neither in the environment nor in .env"):
