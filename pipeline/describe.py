@@ -4,7 +4,8 @@ Describers (which one wrote a description is the `describer` column):
 - `offline`: deterministic; states what the top exemplars share: their most frequent activating tokens
   and the context of the strongest one, e.g. `"thee", "thou" and "thy", as in "I do beseech thee"`.
 - `openai`: any OpenAI-compatible chat model (`base_url`, `model`; key from OPENAI_API_KEY or `.env`), given
-  the exemplars with the activating token marked and asked for a short phrase, at temperature 0.
+  the exemplars with the activating token marked and asked for a short phrase, at temperature 0; its calls are
+  cached in SQLite, retried and counted by pipeline/llm.py.
 `build_descriptions` picks a seeded sample of live features per layer, splits them into train and test by a
 hash of (layer, feature) so no feature is in both, and writes per split a table and the features' decoder
 directions (unit norm) keyed by row id. `paper_descriptions` reads the paper's released archive instead
@@ -52,10 +53,11 @@ def offline_description(top: pd.DataFrame) -> str:
     return f'{listed}, as in "{_snippet(strongest["tokens"], int(strongest["window_index"]))}"'
 
 
-def openai_descriptions(exemplars: dict, model: str, base_url: str | None, max_tokens: int = 40) -> dict:
-    """{key: description} from an OpenAI-compatible chat model, one call per feature, temperature 0."""
-    from openai import OpenAI
-
+def openai_descriptions(exemplars: dict, model: str, base_url: str | None, cache_path, max_tokens: int = 40,
+                        concurrency: int = 8) -> dict:
+    """{key: description} from an OpenAI-compatible chat model, one call per feature at temperature 0, through
+    pipeline/llm.py (cached in SQLite at `cache_path`, retried, bounded; an empty reply is asked again)."""
+    from pipeline.llm import CachedChat, ChatSettings
     from pipeline.secrets import get_secret
 
     key = get_secret("OPENAI_API_KEY")
@@ -63,16 +65,21 @@ def openai_descriptions(exemplars: dict, model: str, base_url: str | None, max_t
         raise ValueError("features.descriptions.describer is 'openai' but OPENAI_API_KEY is set neither in the "
                          "environment nor in .env; set it, or point features.descriptions.base_url at a local "
                          "OpenAI-compatible server")
-    client = OpenAI(api_key=key or "unused", base_url=base_url, max_retries=3, timeout=60)
-    out = {}
+    chat = CachedChat(ChatSettings(model=model, base_url=base_url, max_tokens=max_tokens, concurrency=concurrency),
+                      cache_path, key)
+    calls = {}
     for name, top in exemplars.items():
         examples = "\n".join(f"{i + 1}. {_snippet(t, int(w), before=12, mark=True)}"
                              for i, (t, w) in enumerate(zip(top["tokens"], top["window_index"])))
-        reply = client.chat.completions.create(
-            model=model, temperature=0, max_tokens=max_tokens,
-            messages=[{"role": "user", "content": DESCRIBE_PROMPT.format(examples=examples)}])
-        out[name] = (reply.choices[0].message.content or "").strip().strip('"').strip()
-    return out
+        calls[name] = [{"role": "user", "content": DESCRIBE_PROMPT.format(examples=examples)}]
+    ids = {f"L{layer}/F{feature}": name for name, (layer, feature) in zip(calls, calls)}
+    try:
+        replies = chat.ask_many({call: calls[name] for call, name in ids.items()},
+                                lambda text: text.strip().strip('"').strip() or None, "describer")
+    finally:
+        chat.cache.close()
+    print(f"describer calls: {chat.report()}")
+    return {name: replies[call] or "" for call, name in ids.items()}
 
 
 def feature_split(layer: int, feature: int, test_fraction: float, seed: int) -> str:
@@ -117,7 +124,7 @@ def build_descriptions(exemplars_path, stats_path, sae_dir, quality_path, cfg: d
         raise ArtifactError(f"{exemplars_path}: no live feature has {cfg['min_exemplars']} top exemplars")
     by_feature = {key: part for key, part in top.groupby(["layer", "feature"]) if key in set(chosen)}
     if cfg["describer"] == "openai":
-        texts = openai_descriptions({k: by_feature[k] for k in chosen}, cfg["model"], cfg.get("base_url"))
+        texts = openai_descriptions({k: by_feature[k] for k in chosen}, cfg["model"], cfg.get("base_url"), cfg["cache"])
         describer = f"openai:{cfg['model']}"
     else:
         texts = {k: offline_description(by_feature[k]) for k in chosen}

@@ -38,20 +38,26 @@ def _firings(model, saes: dict, chunks: torch.Tensor, batch_size: int) -> dict[i
     return {layer: pd.concat(parts, ignore_index=True) for layer, parts in collected.items()}
 
 
-def _window(tokenizer, chunk: list[int], position: int, before: int, after: int) -> tuple[list[str], int]:
-    """The tokens around `position` as text; the separator between passages (a special token) reads as empty."""
-    start = max(1, position - before)
-    ids = chunk[start:position + after + 1]
-    return [tokenizer.decode([i], skip_special_tokens=True) for i in ids], position - start
+def window_bounds(positions, before: int, after: int, length: int):
+    """[start, end) of the window around each token position of a chunk: `before` tokens before it and `after`
+    after it, never the chunk's opening separator (position 0) nor past its `length`."""
+    positions = np.asarray(positions)
+    return np.maximum(1, positions - before), np.minimum(length, positions + after + 1)
+
+
+def window_tokens(tokenizer, chunk: list[int], position: int, before: int, after: int) -> tuple[list[str], int]:
+    """The tokens of the window around `position` as text, and the position's index in it; the separator
+    between passages (a special token) reads as empty."""
+    start, end = (int(v) for v in window_bounds(position, before, after, len(chunk)))
+    return [tokenizer.decode([i], skip_special_tokens=True) for i in chunk[start:end]], position - start
 
 
 def _window_activations(frame: pd.DataFrame, fired: pd.DataFrame, before: int, after: int, length: int) -> list:
     """Per exemplar row (of one layer): its feature's activation at each token of its window (0 where it did
-    not fire), the window being the one `_window` cuts."""
+    not fire), the window being the one `window_tokens` cuts."""
     if frame.empty:
         return []
-    starts = np.maximum(1, frame["token_index"].to_numpy() - before)
-    ends = np.minimum(length, frame["token_index"].to_numpy() + after + 1)
+    starts, ends = window_bounds(frame["token_index"].to_numpy(), before, after, length)
     sizes = ends - starts
     row = np.repeat(np.arange(len(frame)), sizes)
     offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
@@ -97,7 +103,7 @@ def build_exemplars(model_dir, sae_dir, corpus_path, cfg: dict, layers: list[int
                                                       chunks.shape[1])
             picked.append(part)
     frame = pd.concat(picked, ignore_index=True).sort_values(["layer", "feature", "kind", "rank"], ignore_index=True)
-    windows = [_window(tokenizer, chunks[s].tolist(), p, cfg["window_before"], cfg["window_after"])
+    windows = [window_tokens(tokenizer, chunks[s].tolist(), p, cfg["window_before"], cfg["window_after"])
                for s, p in zip(frame["sequence"], frame["token_index"])]
     frame["tokens"] = [w[0] for w in windows]
     frame["window_index"] = [w[1] for w in windows]

@@ -21,6 +21,8 @@ import pandas as pd
 import torch
 
 from pipeline.artifacts import ArtifactError, check_same_run, read_table, read_tensors
+from pipeline.ood import SETS as OOD_SETS
+from pipeline.ood import set_paths
 from pipeline.prompts import phrasing
 from pipeline.tasks import Examples, Task, register
 
@@ -42,6 +44,9 @@ EXAMPLES_SHOWN = 12  # random test features shown side by side in the report
 
 
 def label_paths(target: str, split: str) -> dict[str, str]:
+    """The features of a split ("train", "test") or of an out-of-distribution set (pipeline/ood.py)."""
+    if split in OOD_SETS:
+        return {k: v for k, v in set_paths(target, split).items() if k != "exemplars"}
     return {"labels": f"work/features/descriptions/{target}/{split}.parquet",
             "vectors": f"work/features/descriptions/{target}/{split}.vectors.safetensors"}
 
@@ -64,7 +69,9 @@ def examples(paths: dict[str, str], target_dir=None) -> Examples:
     columns = {"layer": frame["layer"].astype(int).tolist(), "feature": frame["feature"].astype(int).tolist()}
     if "context" in frame:
         columns["context"] = frame["context"].astype(str).tolist()
-    return Examples(frame, questions, frame["description"].astype(str).tolist(), vectors, keys, keys, None, columns)
+    # Vectors of one origin (an ood_diff pair, an ood_fw token) at several layers are resampled together.
+    clusters = frame["cluster"].astype(str).tolist() if "cluster" in frame else keys
+    return Examples(frame, questions, frame["description"].astype(str).tolist(), vectors, keys, clusters, None, columns)
 
 
 def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
@@ -201,12 +208,21 @@ def lm_judge_scores(aligned: dict[str, pd.DataFrame], cfg: dict) -> dict:
     return {"configured": True, "name": judge.name, "description": judge.description, "accounting": judge.accounting()}
 
 
-def simulator_scores(aligned: dict[str, pd.DataFrame], cfg: dict, simulator_dir, exemplars_path, seed: int) -> dict:
-    """Simulator correlations (columns `simulator_top`, `simulator_top_signed`, `simulator_top_random`) on a seeded
-    sample of `cfg['max_features']` scored features, for every frame and for the reference descriptions
-    themselves (a frame `reference`: the ceiling a description reaches with this simulator)."""
-    from pipeline.artifacts import read_table
-    from pipeline.simulator import Simulator, feature_windows, score_descriptions
+SIMULATOR_COLUMNS = ("top", "top_signed", "top_random")
+
+
+def open_simulator(cfg: dict, inputs: dict):
+    """The simulator the score rule was given: a released checkpoint (config), or the model folder of its input."""
+    from pipeline.simulator import Simulator
+
+    return Simulator(cfg.get("checkpoint") or inputs["simulator"], cfg["batch_size"], cfg["cache"])
+
+
+def simulate_frames(aligned: dict[str, pd.DataFrame], simulator, exemplars_path, cfg: dict, seed: int) -> dict:
+    """Simulator correlations (columns `simulator_top`, `simulator_top_signed`, `simulator_top_random`) of every
+    frame's descriptions, on a seeded sample of `cfg['max_features']` of its features that have exemplars.
+    The paper's code scores an empty description 0 without simulating it."""
+    from pipeline.simulator import feature_windows, score_descriptions
 
     exemplars = read_table(exemplars_path, required=["layer", "feature", "kind", "rank", "tokens", "window_index",
                                                      "activations"])
@@ -216,49 +232,62 @@ def simulator_scores(aligned: dict[str, pd.DataFrame], cfg: dict, simulator_dir,
     usable = [i for i, key in enumerate(keys) if key in windows]
     take = min(len(usable), cfg["max_features"] or len(usable))
     chosen = sorted(np.random.default_rng(seed).choice(usable, take, replace=False).tolist()) if usable else []
+    for frame in aligned.values():
+        described = [i for i in chosen if str(frame["prediction"].iloc[i]).strip()]
+        scores = score_descriptions(simulator, [(frame["prediction"].iloc[i], keys[i]) for i in described], windows)
+        for column in SIMULATOR_COLUMNS:
+            values = np.full(len(frame), np.nan)
+            values[chosen] = 0.0
+            values[described] = scores[column].to_numpy()
+            frame[f"simulator_{column}"] = values
+    return {"features": take, "of": len(base), "without_exemplars": len(keys) - len(usable)}
+
+
+def simulator_scores(aligned: dict[str, pd.DataFrame], cfg: dict, simulator, exemplars_path, seed: int) -> dict:
+    """Simulator correlations of every frame and of the reference descriptions themselves (a frame `reference`:
+    the ceiling a description reaches with this simulator on this data)."""
+    base = aligned["finetuned"]
     aligned["reference"] = base.assign(prediction=base["reference"])
-    simulator = Simulator(simulator_dir, cfg["batch_size"], cfg["cache"])
-    columns = ("top", "top_signed", "top_random")
-    try:
-        for name, frame in aligned.items():
-            # The paper's code scores an empty description 0 without simulating it.
-            described = [i for i in chosen if str(frame["prediction"].iloc[i]).strip()]
-            scores = score_descriptions(simulator, [(frame["prediction"].iloc[i], keys[i]) for i in described], windows)
-            for column in columns:
-                values = np.full(len(frame), np.nan)
-                values[chosen] = 0.0
-                values[described] = scores[column].to_numpy()
-                frame[f"simulator_{column}"] = values
-    finally:
-        if simulator.cache is not None:
-            simulator.cache.close()
-    return {"model": simulator.source, "features": take, "of": len(base),
-            "without_exemplars": len(keys) - len(usable), "windows": {"top": cfg["top"], "random": cfg["random"],
-                                                                 "tokens_before": cfg["tokens_before"]},
-            "format": "all-at-once expected value over the single-token numbers of '0'..'10'",
-            "numbers": [int(v) for v in simulator.values.tolist()], "calls": dict(simulator.calls),
-            "scores": {"simulator_top": "|pooled Pearson r| on the top exemplars (the paper's reported score)",
-                       "simulator_top_signed": "pooled Pearson r on the top exemplars",
-                       "simulator_top_random": "pooled Pearson r on top and random exemplars 1:1 (OpenAI's method)"}}
+    sampled = simulate_frames(aligned, simulator, exemplars_path, cfg, seed)
+    return {"model": simulator.source, "format": simulator.format} | sampled | {
+        "windows": {"top": cfg["top"], "random": cfg["random"], "tokens_before": cfg["tokens_before"]},
+        "readout": "expected value over the single-token numbers of '0'..'10'",
+        "numbers": [int(v) for v in simulator.values.tolist()],
+        "scores": {"simulator_top": "|pooled Pearson r| on the top exemplars (the paper's reported score)",
+                   "simulator_top_signed": "pooled Pearson r on the top exemplars",
+                   "simulator_top_random": "pooled Pearson r on top and random exemplars 1:1 (OpenAI's method)"}}
 
 
-SCORE_COLUMNS = ("embedding_similarity", "lm_judge", "simulator_top", "simulator_top_signed", "simulator_top_random")
+def ood_scores(name: str, inputs: dict, cfg: dict, simulator, selfie_scale, samples: int, seed: int) -> dict:
+    """One out-of-distribution set: every variant's descriptions of its vectors (SelfIE at the best single scale
+    on the test features) and the baselines that apply (nearest training feature, the layer prior), scored by
+    the simulator against the vectors' own activations."""
+    frames = {}
+    for variant in VARIANTS:
+        path = inputs.get(f"pred_{name}_{variant}")
+        if path:
+            frames[variant] = read_table(path, required=["row_key", "cluster", "prediction", "layer"])
+    if "selfie" in frames:
+        table = frames.pop("selfie")
+        scale = selfie_scale if selfie_scale is not None else int(table["scale"].max())
+        frames[f"selfie_scale_{scale}"] = table[table["scale"] == scale]
+    paths = {"labels": inputs[f"{name}_labels"], "vectors": inputs[f"{name}_vectors"]}
+    train = {"labels": inputs["train_labels"], "vectors": inputs["train_vectors"]}
+    baselines, _ = baseline_frames(frames["finetuned"], train, paths)
+    order = frames["finetuned"]["row_key"].tolist()
+    aligned = {key: frame.assign(prediction=[first_line(p) for p in frame["prediction"]]).set_index("row_key")
+               .loc[order].reset_index() for key, frame in (frames | baselines).items()}
+    sampled = simulate_frames(aligned, simulator, inputs[f"{name}_exemplars"], cfg, seed)
+    metrics, comparisons = summarise(aligned, samples, seed)
+    return {"vectors": len(order), **sampled, "metrics": metrics, "comparisons": comparisons,
+            "per_feature": per_feature(aligned)}
 
 
-def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, settings: dict | None = None,
-                 inputs: dict | None = None) -> dict:
-    """Every variant and baseline scored by the offline judge, the LM judge (when configured) and the simulator
-    (when enabled): mean with 95% bootstrap interval and standard error over features, and paired differences of
-    the fine-tuned explainer against each."""
+def summarise(aligned: dict[str, pd.DataFrame], samples: int, seed: int) -> tuple[dict, dict]:
+    """Per frame and score column: mean with 95% bootstrap interval and standard error over the features that
+    have the score; paired differences of the fine-tuned explainer against every other frame."""
     from pipeline.metrics import mean_with_interval, paired_mean_difference
 
-    settings, inputs = settings or {}, inputs or {}
-    aligned, offline = _judged(frames)
-    lm_judge = lm_judge_scores(aligned, settings["judge"]) if settings.get("judge") else {"configured": False}
-    simulator = {"enabled": False}
-    if settings.get("simulator", {}).get("enabled") and "simulator" in inputs:
-        simulator = {"enabled": True} | simulator_scores(aligned, settings["simulator"], inputs["simulator"],
-                                                         inputs["exemplars"], seed)
     metrics, comparisons = {}, {}
     finetuned = aligned["finetuned"]
     for name, frame in aligned.items():
@@ -280,6 +309,59 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
                 comparisons[f"finetuned - {name}"]["overall"][column] = paired_mean_difference(
                     finetuned[column].to_numpy(dtype=float)[scored], values, frame["cluster"].to_numpy()[scored],
                     samples, seed)
+    return metrics, comparisons
+
+
+def per_feature(aligned: dict[str, pd.DataFrame]) -> dict:
+    return {name: {column: {key: value for key, value in zip(frame["row_key"], frame[column].round(4))
+                            if not np.isnan(value)} for column in SCORE_COLUMNS if column in frame}
+            for name, frame in aligned.items()}
+
+
+def ceiling_ratios(metrics: dict) -> dict:
+    """Each frame's simulator score as a share of the reference descriptions' (the ceiling on this data)."""
+    ceiling = metrics.get("reference", {}).get("overall", {})
+    ratios = {}
+    for name, entry in metrics.items():
+        if name == "reference":
+            continue
+        for column, summary in entry["overall"].items():
+            top = ceiling.get(column, {}).get("value") if isinstance(ceiling.get(column), dict) else None
+            if column.startswith("simulator") and isinstance(summary, dict) and top:
+                ratios.setdefault(name, {})[column] = summary["value"] / top
+    return ratios
+
+
+SCORE_COLUMNS = ("embedding_similarity", "lm_judge", "simulator_top", "simulator_top_signed", "simulator_top_random")
+
+
+def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, settings: dict | None = None,
+                 inputs: dict | None = None) -> dict:
+    """Every variant and baseline scored by the offline judge, the LM judge (when configured) and the simulator
+    (when enabled): mean with 95% bootstrap interval and standard error over features, and paired differences of
+    the fine-tuned explainer against each; the simulator scores each out-of-distribution set given in `inputs`."""
+    settings, inputs = settings or {}, inputs or {}
+    aligned, offline = _judged(frames)
+    lm_judge = lm_judge_scores(aligned, settings["judge"]) if settings.get("judge") else {"configured": False}
+    simulator_cfg = settings.get("simulator", {})
+    simulator, ood = {"enabled": False}, {}
+    if simulator_cfg.get("enabled") and ("simulator" in inputs or simulator_cfg.get("checkpoint")):
+        model = open_simulator(simulator_cfg, inputs)
+        try:
+            simulator = {"enabled": True} | simulator_scores(aligned, simulator_cfg, model, inputs["exemplars"], seed)
+            by_scale = offline["selfie_mean_by_scale"]
+            best = int(max(by_scale, key=by_scale.get)) if by_scale else None
+            for name in OOD_SETS:
+                if f"{name}_labels" in inputs:
+                    ood[name] = ood_scores(name, inputs, simulator_cfg, model, best, samples, seed)
+            simulator["calls"] = dict(model.calls)
+        finally:
+            if model.cache is not None:
+                model.cache.close()
+    metrics, comparisons = summarise(aligned, samples, seed)
+    if simulator.get("enabled"):
+        simulator["ratio_to_reference"] = ceiling_ratios(metrics)
+    finetuned = aligned["finetuned"]
     order = finetuned["row_key"].tolist()
     shown = sorted(np.random.default_rng(seed).choice(order, min(EXAMPLES_SHOWN, len(order)), replace=False))
     base = finetuned.set_index("row_key")
@@ -290,26 +372,48 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
     judges = {offline["name"]: offline["description"], "lm_judge": lm_judge, "simulator": simulator}
     return {"judge": {"name": offline["name"], "description": offline["description"]}, "judges": judges,
             "metrics": metrics, "examples": examples, "comparisons": comparisons,
-            "selfie_mean_by_scale": offline["selfie_mean_by_scale"],
-            "per_feature": {name: {column: {key: value for key, value in zip(frame["row_key"], frame[column].round(4))
-                                            if not np.isnan(value)} for column in SCORE_COLUMNS if column in frame}
-                            for name, frame in aligned.items()}}
+            "selfie_mean_by_scale": offline["selfie_mean_by_scale"], "ood": ood, "per_feature": per_feature(aligned)}
+
+
+def simulator_input(target: str, simulator: dict) -> dict[str, str]:
+    """The simulator the score rule reads: a released checkpoint's local folder, the one trained for this target
+    (rule features_simulator), or the untrained model; a hub id is no file (the job loads it)."""
+    from pathlib import Path
+
+    if simulator.get("checkpoint"):
+        return {"simulator": simulator["checkpoint"]} if Path(simulator["checkpoint"]).is_dir() else {}
+    if simulator.get("train"):
+        return {"simulator": f"work/features/simulator/{target}"}
+    return {"simulator": f"resources/models/{simulator['model']}"}
+
+
+def eval_sets(section: dict) -> tuple[str, ...]:
+    """The out-of-distribution sets the run describes: configured, and only for the pipeline's own features."""
+    if section.get("source", "pipeline") != "pipeline" or not section.get("simulator", {}).get("enabled"):
+        return ()
+    return tuple(section.get("ood", {}).get("sets") or ())
 
 
 def score_inputs(target: str, section: dict) -> dict[str, str]:
-    """The simulator's model and the target's exemplars (with per-token activations), when the simulator is on
-    and the features are the pipeline's own (the paper's archive is scored by the judges only)."""
+    """The simulator, the target's exemplars (with per-token activations) and each out-of-distribution set's
+    labels, vectors and exemplars (with the training features for its nearest-neighbour baseline), when the
+    simulator is on and the features are the pipeline's own (the paper's archive is scored by the judges only)."""
     simulator = section.get("simulator", {})
     if not simulator.get("enabled") or section.get("source", "pipeline") != "pipeline":
         return {}
-    return {"simulator": f"resources/models/{simulator['model']}", "exemplars": f"work/features/exemplars/{target}.parquet"}
+    paths = simulator_input(target, simulator) | {"exemplars": f"work/features/exemplars/{target}.parquet"}
+    for name in eval_sets(section):
+        paths |= {f"{name}_{kind}": path for kind, path in set_paths(target, name).items()}
+    if eval_sets(section):
+        paths |= {f"train_{kind}": path for kind, path in label_paths(target, "train").items()}
+    return paths
 
 
 TASK = register(Task(
     name="features", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors,
     figures=("metrics.png", "loss.png", "examples.html"), custom_variants={"selfie": selfie}, score_frames=score_frames,
-    score_keys=("judge", "simulator"), score_inputs=score_inputs,
+    score_keys=("judge", "simulator", "ood"), score_inputs=score_inputs, eval_set_names=OOD_SETS, eval_sets=eval_sets,
     score_execution=("judge.concurrency", "judge.timeout", "judge.retries", "judge.cache", "simulator.batch_size",
-                     "simulator.cache"),
+                     "simulator.cache", "ood.batch_size"),
 ))

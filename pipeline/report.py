@@ -177,23 +177,25 @@ if __name__ == "__main__":
 
 
 def features_metrics_figure(result: dict, out_path) -> None:
-    """Per score (offline judge, LM judge, simulator), every variant's and baseline's mean with its 95% bootstrap
-    interval over features."""
+    """Per score (offline judge, LM judge, simulator) on the test features, and the simulator's on each
+    out-of-distribution set: every variant's and baseline's mean with its 95% bootstrap interval over features."""
     plt = _pyplot()
-    scores = [c for c in ("embedding_similarity", "lm_judge", "simulator_top", "simulator_top_random")
-              if any(c in m["overall"] for m in result["metrics"].values())]
-    figure, axes = plt.subplots(len(scores), 1, figsize=(1.1 * len(result["metrics"]) + 2, 4.2 * len(scores)),
+    panels = [(result["metrics"], score, "test features") for score in
+              ("embedding_similarity", "lm_judge", "simulator_top", "simulator_top_random")
+              if any(score in m["overall"] for m in result["metrics"].values())]
+    panels += [(ood["metrics"], "simulator_top", f"{name} vectors") for name, ood in result.get("ood", {}).items()]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(1.1 * len(result["metrics"]) + 2, 4.2 * len(panels)),
                                 squeeze=False, layout="constrained")
-    for axis, score in zip(axes[:, 0], scores):
-        names = [n for n, m in result["metrics"].items() if score in m["overall"]]
-        values = np.array([result["metrics"][n]["overall"][score]["value"] for n in names])
-        intervals = np.array([result["metrics"][n]["overall"][score]["ci"] or [v, v] for n, v in zip(names, values)])
+    for axis, (metrics, score, what) in zip(axes[:, 0], panels):
+        names = [n for n, m in metrics.items() if score in m["overall"]]
+        values = np.array([metrics[n]["overall"][score]["value"] for n in names])
+        intervals = np.array([metrics[n]["overall"][score]["ci"] or [v, v] for n, v in zip(names, values)])
         axis.bar(range(len(names)), values, yerr=np.clip(np.stack([values - intervals[:, 0], intervals[:, 1] - values]),
                                                          0, None), capsize=3, color="tab:blue")
         axis.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=30, ha="right")
-        n = result["metrics"]["finetuned"]["overall"][score]["n"]
+        n = metrics["finetuned"]["overall"][score]["n"]
         axis.set_ylabel(f"{score}\n(95% bootstrap interval)")
-        axis.set_title(f"features: {result['explainer']} explains {result['target']}, {score} (n={n} test features)")
+        axis.set_title(f"features: {result['explainer']} explains {result['target']}, {score} (n={n} {what})")
     _save(figure, out_path)
 
 

@@ -142,15 +142,21 @@ def load_saes(sae_dir, layers, width: int) -> dict:
 
 
 @torch.no_grad()
-def encode_layers(model, saes: dict, chunks: torch.Tensor, batch_size: int, desc: str = "encoding"):
-    """Yield (chunk offset, hidden states by layer [B, T, d], TopK codes by layer (acts, indices) [B, T, k])."""
+def residual_states(model, chunks: torch.Tensor, layers, batch_size: int, desc: str = "encoding"):
+    """Yield (chunk offset, {layer: the output of decoder layer `layer`, [B, T, d] float32}) per batch of chunks."""
     from pipeline.models import input_device
 
     device = input_device(model)
     for start in tqdm(range(0, len(chunks), batch_size), desc=desc, unit="batch", mininterval=5):
         ids = chunks[start:start + batch_size].to(device)
         hidden = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1).hidden_states
-        states = {layer: hidden[layer + 1].float() for layer in saes}
+        yield start, {layer: hidden[layer + 1].float() for layer in layers}
+
+
+@torch.no_grad()
+def encode_layers(model, saes: dict, chunks: torch.Tensor, batch_size: int, desc: str = "encoding"):
+    """Yield (chunk offset, hidden states by layer [B, T, d], TopK codes by layer (acts, indices) [B, T, k])."""
+    for start, states in residual_states(model, chunks, list(saes), batch_size, desc):
         codes = {}
         for layer, sae in saes.items():
             encoded = sae.encode(states[layer].flatten(0, 1))

@@ -1,10 +1,15 @@
 """The simulator: how well a description predicts where its feature fires.
 
-As in openai/automated-interpretability's all-at-once simulator (which the paper's released simulator
-follows), a local causal LM reads the description and then a feature's exemplar windows, one token per
-line as `token<TAB>unknown`; at each token its next-token probabilities on the activation tokens
-"0".."10" give the expected activation. Only the numbers that are single tokens of the simulator's
-tokenizer count (for SmolLM2 and Gemma, "0".."9": a Pearson correlation does not depend on the scale).
+A local causal LM reads a description and a feature's exemplar windows and predicts each token's activation
+as the expected value over its next-token probabilities on the number tokens "0".."10" (the method of
+openai/automated-interpretability, which the paper's released simulator follows). Only the numbers that are
+single tokens of the simulator's tokenizer count (for SmolLM2 and Gemma, "0".."9": a Pearson correlation does
+not depend on the scale). Two prompt formats:
+- `all_at_once` (the paper's and OpenAI's, for an untrained or a released simulator): the paper's system prompt,
+  then one token per line as `token<TAB>unknown`; the prediction is read where "unknown" would come.
+- `compact` (the simulator this workflow fine-tunes, `train_simulator`): the description, then each window's
+  tokens as they are; the prediction is read at each token. About a fifth of the tokens, so training and
+  scoring fit a 2-core machine.
 A description's score is the Pearson correlation between simulated and true activations (negative ones
 clipped to 0) pooled over every token of the scored windows, on two sets: the top-activating exemplars
 (the paper's code scores its top 20 and reports |r|) and top and random exemplars 1:1 (the OpenAI
@@ -30,7 +35,9 @@ Prior to this, you have studied neuron activation patterns given a large corpus 
 
 The activation format is token<tab>activation, activations go from 0 to 10, "unknown" indicates an unknown activation. Most activations will be 0.
 """
-FORMAT_VERSION = "unk_base/all_at_once/v1"  # part of the cache key: change it when the prompt changes
+FORMAT_VERSIONS = {"all_at_once": "unk_base/all_at_once/v1", "compact": "compact/v1"}  # cache keys: bump on change
+FORMAT_FILE = "simulator.json"  # in a trained simulator's folder: its format and how it was trained
+COMPACT_HEADER = "Feature description: {description}\nActivation of the feature at each token:"
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -41,28 +48,86 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def number_tokens(tokenizer) -> dict[int, int]:
+    """{value: token id} for the numbers 0..10 that are single tokens of the tokenizer."""
+    numbers = {}
+    for value in range(11):
+        ids = tokenizer(str(value), add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            numbers[value] = ids[0]
+    if len(numbers) < 2:
+        raise ValueError("fewer than two of the numbers '0'..'10' are single tokens of the simulator's tokenizer")
+    return numbers
+
+
+def _load(model_dir: str):
+    """(model, tokenizer, source, format) from a prepared model folder (manifest.json), a simulator this workflow
+    trained (also simulator.json), or a released checkpoint: any other local folder or a hub id."""
+    from pathlib import Path
+
+    from pipeline.models import MANIFEST, load_model, read_manifest
+
+    folder = Path(model_dir)
+    if (folder / MANIFEST).is_file():
+        model, tokenizer = load_model(folder)
+        trained = folder / FORMAT_FILE
+        fmt = json.loads(trained.read_text())["format"] if trained.is_file() else "all_at_once"
+        return model, tokenizer, read_manifest(folder)["source"], fmt
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except OSError as error:
+        raise ValueError(f"features.simulator.checkpoint: cannot load {model_dir!r} as a released simulator (a local "
+                         f"folder or a hub id of a causal LM): {error}") from error
+    if torch.cuda.is_available():
+        model.to("cuda")
+    model.eval()
+    return model, tokenizer, {"checkpoint": str(model_dir)}, "all_at_once"
+
+
+def number_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
+                  positions: torch.Tensor, number_ids: torch.Tensor) -> torch.Tensor:
+    """The next-token logits on the number tokens at (rows[i], positions[i]): [len(rows), len(number_ids)]. The
+    output layer is applied only there and only to those tokens (a full vocabulary at every position would cost
+    more than the model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[rows, positions]
+    weight = base.get_output_embeddings().weight[number_ids.to(hidden.device)]
+    logits = hidden.float() @ weight.float().T
+    cap = getattr(base.config, "final_logit_softcapping", None) or getattr(
+        getattr(base.config, "text_config", None), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _pad_right(encoded: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in encoded)
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(encoded):
+        ids[row, :len(seq)] = torch.tensor(seq)
+        mask[row, :len(seq)] = 1
+    return ids, mask
+
+
 class Simulator:
     def __init__(self, model_dir, batch_size: int = 8, cache_path=None):
         from pipeline.llm import ReplyCache
-        from pipeline.models import input_device, load_model, read_manifest
+        from pipeline.models import input_device
 
-        self.model, self.tokenizer = load_model(model_dir)
+        self.model, self.tokenizer, self.source, self.format = _load(str(model_dir))
         self.device = input_device(self.model)
         self.batch_size = batch_size
-        self.source = read_manifest(model_dir)["source"]
         self.cache = ReplyCache(cache_path) if cache_path else None
-        numbers = {}
-        for value in range(11):
-            ids = self.tokenizer(str(value), add_special_tokens=False)["input_ids"]
-            if len(ids) == 1:
-                numbers[value] = ids[0]
-        if len(numbers) < 2:
-            raise ValueError(f"simulator {model_dir}: fewer than two of '0'..'10' are single tokens")
+        numbers = number_tokens(self.tokenizer)
         self.values = torch.tensor(list(numbers), dtype=torch.float32)
         self.number_ids = torch.tensor(list(numbers.values()))
         self.calls = {"simulated": 0, "cached": 0}
 
     def _prefix(self, description: str) -> list[int]:
+        if self.format == "compact":
+            return self.tokenizer(COMPACT_HEADER.format(description=description))["input_ids"]
         user = f"Neuron 1\nDescription of neuron selectivity: {description}"
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
@@ -71,11 +136,18 @@ class Simulator:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(f"{SYSTEM_PROMPT}\n{user}\nActivations:")["input_ids"]
 
-    def _encode(self, description: str, windows: list[list[str]]) -> tuple[list[int], list[int]]:
-        """Token ids of the prompt and the positions whose next token is a window token's activation."""
+    def encode(self, description: str, windows: list[list[str]]) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt and, per window token in order, the position whose next-token distribution
+        is read as its activation."""
         piece = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         ids, positions = self._prefix(description), []
         for window in windows:
+            if self.format == "compact":
+                ids += piece("\n")
+                for token in window:
+                    ids += piece(token) or piece(" ")
+                    positions.append(len(ids) - 1)
+                continue
             ids += piece("\n<start>\n")
             for token in window:
                 ids += piece(f"{token}\t")
@@ -85,28 +157,26 @@ class Simulator:
         return ids, positions
 
     def _key(self, description: str, windows: list[list[str]]) -> str:
-        blob = json.dumps({"simulator": self.source, "format": FORMAT_VERSION, "description": description,
+        blob = json.dumps({"simulator": self.source, "format": FORMAT_VERSIONS[self.format], "description": description,
                            "windows": windows}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     @torch.no_grad()
     def _run(self, jobs: list[tuple[str, list[list[str]]]]) -> list[np.ndarray]:
-        encoded = [self._encode(d, w) for d, w in jobs]
+        encoded = [self.encode(d, w) for d, w in jobs]
         order = sorted(range(len(jobs)), key=lambda i: len(encoded[i][0]))
         out: list[np.ndarray] = [np.empty(0)] * len(jobs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            width = max(len(encoded[i][0]) for i in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(chunk):
-                ids[row, :len(encoded[i][0])] = torch.tensor(encoded[i][0])
-                mask[row, :len(encoded[i][0])] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.float().cpu()
-            for row, i in enumerate(chunk):
-                at = logits[row, encoded[i][1]][:, self.number_ids]
-                out[i] = (at.softmax(-1) @ self.values).numpy()
+            ids, mask = _pad_right([encoded[i][0] for i in chunk], pad)
+            rows = torch.cat([torch.full((len(encoded[i][1]),), row) for row, i in enumerate(chunk)])
+            positions = torch.cat([torch.tensor(encoded[i][1], dtype=torch.long) for i in chunk])
+            logits = number_logits(self.model, ids.to(self.device), mask.to(self.device), rows.to(self.device),
+                                   positions.to(self.device), self.number_ids).cpu()
+            expected = (logits.softmax(-1) @ self.values).numpy()
+            for part, i in zip(np.split(expected, np.cumsum([len(encoded[i][1]) for i in chunk])[:-1]), chunk):
+                out[i] = part
         return out
 
     def simulate(self, jobs: list[tuple[str, list[list[str]]]]) -> list[np.ndarray]:
@@ -171,3 +241,82 @@ def score_descriptions(simulator: Simulator, items: list[tuple[str, tuple[int, i
     simulated = simulator.simulate([(description, windows[feature]["windows"]) for description, feature in items])
     return pd.DataFrame([pooled_correlations(values, windows[feature]) for (_, feature), values in zip(items, simulated)],
                         columns=["top", "top_signed", "top_random"])
+
+
+def activation_levels(truth: list[np.ndarray], top: int) -> np.ndarray:
+    """True activations of one feature's windows as the classes 0..top the simulator is trained to predict:
+    clipped at 0 and scaled so the feature's largest activation is `top` (OpenAI's discretisation to 0..10,
+    with `top` the largest number that is one token)."""
+    values = np.clip(np.concatenate(truth), 0, None)
+    scale = values.max()
+    return np.zeros(len(values), dtype=np.int64) if scale <= 0 else np.rint(values / scale * top).astype(np.int64)
+
+
+def train_simulator(base_dir, labels_path, exemplars_path, cfg: dict, out_dir, settings: dict) -> dict:
+    """Fine-tune `base_dir` (LoRA on its top `cfg['lora_layers']` layers) to predict, in the compact format, the
+    activation class of every token of a training feature's windows from its reference description; save the
+    merged model as a prepared model folder with `simulator.json` (format, settings, loss history)."""
+    from peft import LoraConfig, get_peft_model
+
+    from pipeline.artifacts import atomic_dir, config_hash, read_table
+    from pipeline.models import MANIFEST, load_model, read_manifest
+
+    torch.manual_seed(cfg["seed"])
+    labels = read_table(labels_path, required=["layer", "feature", "description"])
+    exemplars = read_table(exemplars_path, required=["layer", "feature", "kind", "rank", "tokens", "window_index",
+                                                     "activations"])
+    windows = feature_windows(exemplars, cfg["top"], cfg["random"], cfg["tokens_before"])
+    items = [(str(d), windows[(int(layer), int(feature))]) for layer, feature, d in
+             zip(labels["layer"], labels["feature"], labels["description"]) if (int(layer), int(feature)) in windows]
+    if not items:
+        raise ValueError(f"{labels_path}: no training feature has exemplars in {exemplars_path} to train on")
+    manifest = read_manifest(base_dir)
+    model, tokenizer = load_model(base_dir, trainable=True)
+    simulator = Simulator.__new__(Simulator)  # only its encoding: the model is trained here
+    simulator.tokenizer, simulator.format = tokenizer, "compact"
+    numbers = number_tokens(tokenizer)
+    number_ids, top = torch.tensor(list(numbers.values())), max(numbers)
+    if list(numbers) != list(range(top + 1)):
+        raise ValueError(f"{base_dir}: the simulator needs the numbers 0..{top} as single tokens, found {list(numbers)}")
+    layers = manifest["num_layers"]
+    model = get_peft_model(model, LoraConfig(
+        r=cfg["lora_r"], lora_alpha=2 * cfg["lora_r"], lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj",
+        "o_proj", "gate_proj", "up_proj", "down_proj"],
+        layers_to_transform=list(range(max(0, layers - cfg["lora_layers"]), layers))))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10))
+    from pipeline.models import input_device
+
+    device, pad = input_device(model), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = np.random.default_rng(cfg["seed"]).permutation(len(items))
+    history = []
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(cfg["steps"]), desc="simulator training", mininterval=10):
+        batch = [items[order[(step * cfg["batch_size"] + j) % len(items)]] for j in range(cfg["batch_size"])]
+        encoded = [simulator.encode(description, entry["windows"]) for description, entry in batch]
+        ids, mask = _pad_right([e[0] for e in encoded], pad)
+        rows = torch.cat([torch.full((len(e[1]),), row) for row, e in enumerate(encoded)])
+        positions = torch.cat([torch.tensor(e[1], dtype=torch.long) for e in encoded])
+        target = torch.from_numpy(np.concatenate([activation_levels(entry["truth"], top) for _, entry in batch]))
+        logits = number_logits(model, ids.to(device), mask.to(device), rows.to(device), positions.to(device), number_ids)
+        loss = torch.nn.functional.cross_entropy(logits, target.to(logits.device))
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        history.append(round(loss.item(), 5))
+    merged = model.merge_and_unload()
+    merged.eval()
+    with atomic_dir(out_dir) as folder:
+        merged.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        source = {"simulator_of": manifest["source"], "trained": config_hash(settings)}
+        (folder / MANIFEST).write_text(json.dumps({
+            "key": "simulator", "source": source, "location": ".", "hidden_size": manifest["hidden_size"],
+            "num_layers": layers, "architecture": manifest["architecture"]}, indent=2) + "\n")
+        record = {"format": "compact", "base": manifest["source"], "settings": settings, "features": len(items),
+                  "numbers": list(numbers), "loss": history}
+        (folder / FORMAT_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(f"simulator: {len(items)} training features, loss {history[0]:.3f} -> {np.mean(history[-10:]):.3f}")
+    return record

@@ -54,7 +54,14 @@ STAGES: dict[str, Stage] = {
                                 ("features.exemplars", "features.sae.layers", "features.sae.context",
                                  "features.sae.always_on_fraction"), ("features.exemplars.batch_size",)),
     "features_descriptions": Stage("pipeline.describe:build_descriptions",
-                                   ("features.source", "features.paper_dir", "features.descriptions")),
+                                   ("features.source", "features.paper_dir", "features.descriptions"),
+                                   ("features.descriptions.cache",)),
+    "features_simulator": Stage("pipeline.simulator:train_simulator",
+                                ("features.simulator.model", "features.simulator.training", "features.simulator.top",
+                                 "features.simulator.random", "features.simulator.tokens_before")),
+    "features_ood": Stage("pipeline.ood:build_ood", ("features.ood", "features.sae.layers", "features.sae.context",
+                                                     "features.exemplars.window_before", "features.exemplars.window_after"),
+                          ("features.ood.batch_size",)),
     "features_figures": Stage("pipeline.report:features_figures"),
     "act_patch_patch_effect": Stage("pipeline.report:patch_effect_figure"),
     "report_figures": Stage("pipeline.report:run_figures"),
@@ -75,6 +82,8 @@ def all_stages() -> dict[str, Stage]:
         stages[f"{task}_generate"] = Stage("pipeline.explain:generate", ("generation", "explainer"),
                                            ("generation.batch_size",), task, (module,))
         spec = get_task(task)
+        for name in spec.eval_set_names:  # the same stage on another evaluation set
+            stages[f"{task}_generate_{name}"] = stages[f"{task}_generate"]
         stages[f"{task}_score"] = Stage("pipeline.explain:score", ("scoring", *(f"{task}.{k}" for k in spec.score_keys)),
                                         tuple(f"{task}.{k}" for k in spec.score_execution), task, (module,))
     return stages

@@ -69,6 +69,10 @@ class Task:
     score_execution: tuple[str, ...] = ()  # ... and those that only change how scoring runs
     # (target, the task's config section) -> extra input files of the score rule (a simulator model, ...)
     score_inputs: Callable[[str, dict], dict[str, str]] = lambda target, section: {}
+    # Evaluation sets besides the test split (features: the out-of-distribution sets), each answered by every
+    # variant (rule {task}_generate_{set}) and scored by the task: all it can have, and those a config section runs.
+    eval_set_names: tuple[str, ...] = ()
+    eval_sets: Callable[[dict], tuple[str, ...]] = lambda section: ()
 
 
 _TASKS: dict[str, Task] = {}

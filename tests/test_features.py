@@ -227,14 +227,18 @@ def test_openai_compatible_describer_against_a_local_server(monkeypatch, tmp_pat
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)  # no .env here
     top = pd.DataFrame({"tokens": [[" I", " love", " thee"]], "window_index": [2], "activation": [1.0]})
+    cache = tmp_path / "describer.sqlite"
     with ChatServer(reply=lambda prompt: ' "archaic second-person pronouns"\n') as server:
-        described = openai_descriptions({(3, 7): top}, "local-model", server.base_url)
+        described = openai_descriptions({(3, 7): top}, "local-model", server.base_url, cache)
+        assert server.requests == 1
+        assert openai_descriptions({(3, 7): top}, "local-model", server.base_url, cache) == described
+        assert server.requests == 1  # the second run is served from the cache
     assert described == {(3, 7): "archaic second-person pronouns"}
     request = server.bodies[-1]
     assert request["path"] == "/v1/chat/completions" and request["body"]["model"] == "local-model"
     assert request["body"]["temperature"] == 0 and "I love<< thee>>" in request["body"]["messages"][0]["content"]
     with pytest.raises(ValueError, match="OPENAI_API_KEY is set neither in the environment nor in .env"):
-        openai_descriptions({(3, 7): top}, "gpt-4.1-mini", None)
+        openai_descriptions({(3, 7): top}, "gpt-4.1-mini", None, cache)
 
 
 def test_embedding_similarity_judge_orders_descriptions():
@@ -271,7 +275,7 @@ def test_simulator_reads_an_expected_activation_at_every_token_and_caches(tiny_d
 
     simulator = Simulator(tiny_dir, batch_size=2, cache_path=tmp_path / "sim.sqlite")
     windows = [[" The", " king", " is", " dead"], [" long", " live", " the", " king", "!"]]
-    ids, positions = simulator._encode("the word king", windows)
+    ids, positions = simulator.encode("the word king", windows)
     assert len(positions) == 9
     assert all(simulator.tokenizer.decode(ids[p]).endswith("\t") for p in positions)
     assert [simulator.tokenizer.decode(ids[p + 1:p + 3]) for p in positions[:1]] == ["unknown\n"]
@@ -327,3 +331,101 @@ def test_scorer_runs_the_simulator_on_a_sample_with_the_reference_ceiling(traine
     assert "embedding_similarity" not in result["metrics"]["reference"]["overall"]
     assert "simulator_top" in result["comparisons"]["finetuned - no_vector"]["overall"]
     assert len(result["per_feature"]["finetuned"]["simulator_top"]) == 5
+
+
+def synthetic_features(folder, count=8):
+    """Features that fire (5.0) exactly on " king" in windows of ordinary words, with one description each."""
+    rng = np.random.default_rng(0)
+    words = [" the", " old", " man", " sat", " by", " a", " fire", " and", " sang"]
+    rows, labels = [], []
+    for feature in range(count):
+        for kind, rank in [("top", r) for r in range(3)] + [("random", r) for r in range(3)]:
+            tokens = list(rng.choice(words, 6))
+            centre = 3
+            if kind == "top":
+                tokens[centre] = " king"
+            rows.append({"layer": 1, "feature": feature, "kind": kind, "rank": rank, "sequence": 0, "token_index": 1,
+                         "tokens": tokens, "window_index": centre, "activation": 5.0 if kind == "top" else 0.0,
+                         "activations": [5.0 if t == " king" else 0.0 for t in tokens]})
+        labels.append({"row_id": feature, "feature_id": f"L1/F{feature}", "layer": 1, "feature": feature,
+                       "description": "the word king"})
+    pd.DataFrame(rows).to_parquet(folder / "exemplars.parquet")
+    pd.DataFrame(labels).to_parquet(folder / "train.parquet")
+    return folder / "train.parquet", folder / "exemplars.parquet"
+
+
+def test_trained_simulator_learns_where_features_fire_and_loads_in_its_own_format(tiny_dir, tmp_path):
+    from pipeline.simulator import Simulator, activation_levels, feature_windows, score_descriptions, train_simulator
+
+    assert activation_levels([np.array([0.0, 2.5, -1.0]), np.array([5.0])], 9).tolist() == [0, 4, 0, 9]
+    labels, exemplars = synthetic_features(tmp_path)
+    cfg = {"steps": 40, "batch_size": 4, "learning_rate": 1e-2, "lora_r": 8, "lora_layers": 4, "seed": 0, "top": 3,
+           "random": 3, "tokens_before": None}
+    record = train_simulator(tiny_dir, labels, exemplars, cfg, tmp_path / "simulator", {"simulator": "test"})
+    assert record["features"] == 8 and record["format"] == "compact"
+    assert np.mean(record["loss"][-5:]) < 0.7 * np.mean(record["loss"][:5])  # a tiny random model saturates early
+    untrained = Simulator(tiny_dir, batch_size=4)
+    trained = Simulator(tmp_path / "simulator", batch_size=4)
+    assert trained.format == "compact" and untrained.format == "all_at_once" and trained.source != untrained.source
+    windows = feature_windows(pd.read_parquet(exemplars), 3, 3)
+    ids, positions = trained.encode("the word king", windows[(1, 0)]["windows"])
+    tokens = [t for w in windows[(1, 0)]["windows"] for t in w]
+    assert len(positions) == len(tokens) and trained.tokenizer.decode(ids[positions[3]]) == " king"
+    scored = score_descriptions(trained, [("the word king", (1, f)) for f in range(8)], windows)
+    assert (scored["top_random"] > 0.9).all()  # it learned to find " king"; the untrained model cannot
+    assert (score_descriptions(untrained, [("the word king", (1, 0))], windows)["top_random"] < 0.9).all()
+
+
+def test_ood_sets_hold_unit_vectors_whose_exemplars_are_their_projections(trained_saes, tiny, tiny_dir, tmp_path):
+    from pipeline.facts import countryinfo_facts
+    from pipeline.features import examples
+    from pipeline.ood import build_ood
+    from pipeline.sae import corpus_texts, separator_id, token_chunks
+
+    folder, _, _ = trained_saes
+    facts = countryinfo_facts(("capital",)).head(30).assign(kept=True)
+    facts.to_parquet(tmp_path / "facts.parquet")
+    outputs = {name: {kind: str(tmp_path / f"{name}.{kind}.{'safetensors' if kind == 'vectors' else 'parquet'}")
+                      for kind in ("labels", "vectors", "exemplars")} for name in ("ood_fw", "ood_diff")}
+    cfg = {"vectors_per_layer": 3, "tokens": 800, "top": 3, "random": 2, "seed": 0, "batch_size": 16, "context": 16,
+           "window_before": 4, "window_after": 1}
+    counts = build_ood(tiny_dir, folder / "corpus.parquet", tmp_path / "facts.parquet", cfg, [1, 3], outputs, {})
+    assert counts["ood_fw"]["vectors"] == counts["ood_diff"]["vectors"] == 6
+    model, tokenizer = tiny
+    for name, paths in outputs.items():
+        rows = examples({"labels": paths["labels"], "vectors": paths["vectors"]})
+        assert torch.allclose(rows.vectors.norm(dim=-1), torch.ones(6), atol=1e-5)
+        assert set(rows.answers) == {""} and len(set(rows.clusters)) == 3  # one origin across both layers
+        exemplars = pd.read_parquet(paths["exemplars"])
+        assert set(map(tuple, exemplars[["layer", "feature"]].drop_duplicates().to_numpy())) == {
+            (layer, f) for layer in (1, 3) for f in range(3)}
+        assert np.allclose([a[i] for a, i in zip(exemplars["activations"], exemplars["window_index"])],
+                           exemplars["activation"], atol=1e-5)
+        for _, group in exemplars.groupby(["layer", "feature"]):
+            top = group[group["kind"] == "top"]["activation"]
+            assert top.is_monotonic_decreasing and (group[group["kind"] == "random"]["activation"] <= top.min() + 1e-5).all()
+        # An exemplar's activation is the projection of its token's residual stream onto the unit vector.
+        chunks = token_chunks(tokenizer, corpus_texts(folder / "corpus.parquet", "train"), 16, 800, 0)
+        for _, row in exemplars[exemplars["rank"] == 0].head(4).iterrows():
+            with torch.no_grad():
+                hidden = model(input_ids=chunks[[row["sequence"]]], output_hidden_states=True).hidden_states
+            vector = rows.vectors[rows.row_keys.index(f"{name}:{row['layer']}:{row['feature']}")]
+            assert float(hidden[row["layer"] + 1][0, row["token_index"]] @ vector) == pytest.approx(row["activation"],
+                                                                                                    abs=1e-3)
+    # ood_diff: the first vector is the difference of the two facts' residual streams at the subject's last token.
+    from pipeline.act_patch import make_pairs
+
+    original, counter = make_pairs(facts, 0, tokenizer)[0]
+    states = []
+    for fact in (original, counter):
+        text = fact["template"].replace("{}", fact["subject"])
+        encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        end = fact["template"].index("{}") + len(fact["subject"])
+        last = 1 + max(i for i, (a, b) in enumerate(encoded["offset_mapping"]) if b > a and a < end)
+        ids = [separator_id(tokenizer)] + encoded["input_ids"]  # as every corpus chunk opens
+        with torch.no_grad():
+            hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        states.append(hidden[2][0, last])
+    expected = states[1] - states[0]
+    stored = examples({"labels": outputs["ood_diff"]["labels"], "vectors": outputs["ood_diff"]["vectors"]}).vectors[0]
+    assert torch.allclose(stored, expected / expected.norm(), atol=1e-4)

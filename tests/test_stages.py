@@ -87,3 +87,18 @@ def test_any_task_may_override_the_shared_sections(base_config):
     assert stages.settings(changed, "act_patch_generate")["generation"]["max_new_tokens"] == 5
     assert stages.settings(changed, "input_ablation_generate") == stages.settings(base_config, "input_ablation_generate")
     assert stages.settings(changed, "act_patch_labels") == stages.settings(base_config, "act_patch_labels")
+
+
+def test_features_simulator_and_ood_settings_move_only_their_stages(base_config):
+    def moved(edit):
+        changed = copy.deepcopy(base_config)
+        edit(changed["features"])
+        return {s for s in stages.all_stages()
+                if stages.settings(changed, s, model="smollm") != stages.settings(base_config, s, model="smollm")}
+
+    assert moved(lambda f: f["simulator"]["training"].update(steps=7)) == {"features_simulator", "features_score"}
+    assert moved(lambda f: f["ood"].update(vectors_per_layer=3)) == {"features_ood", "features_score"}
+    assert moved(lambda f: f["ood"].update(batch_size=3)) == set()
+    assert moved(lambda f: f["simulator"].update(max_features=3)) == {"features_score"}
+    declared = stages.all_stages()
+    assert declared["features_generate_ood_fw"] == declared["features_generate"]  # one stage, another set

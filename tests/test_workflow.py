@@ -284,6 +284,20 @@ def test_features_results_hold_variants_baselines_and_sae_quality(features_run):
     simulator = result["judges"]["simulator"]
     assert simulator["enabled"] and simulator["features"] == min(6, n)
     assert result["metrics"]["finetuned"]["overall"]["simulator_top"]["n"] == simulator["features"]
+    # The simulator was fine-tuned for this target (rule features_simulator) and scores in its compact format.
+    assert simulator["format"] == "compact" and simulator["model"]["simulator_of"]["source"] == "random"
+    assert json.loads((workdir / "work/features/simulator/tiny/simulator.json").read_text())["features"] > 0
+    assert set(simulator["ratio_to_reference"]) == set(result["metrics"]) - {"reference"}
+    # Each out-of-distribution set: every variant (SelfIE at the test split's best scale) and the baselines that
+    # apply, scored by the simulator against the vectors' own projections.
+    for name in ("ood_fw", "ood_diff"):
+        ood = result["ood"][name]
+        assert ood["vectors"] == 4 and ood["features"] == 4
+        assert set(ood["metrics"]) == {"finetuned", "untrained", "no_vector", f"selfie_scale_{best}", "nearest_neighbor",
+                                       "nearest_neighbor_layer", "structure_prior"}
+        assert all(m["overall"]["simulator_top"]["n"] == 4 for m in ood["metrics"].values())
+        assert "simulator_top" in ood["comparisons"]["finetuned - no_vector"]["overall"]
+        assert len(pd.read_parquet(workdir / f"work/features/predictions/tiny_tiny/{name}/finetuned.parquet")) == 4
 
 
 def test_lm_judge_scores_through_a_local_server_caches_and_never_writes_the_key(features_run, judge_server):
@@ -306,13 +320,20 @@ def test_lm_judge_scores_through_a_local_server_caches_and_never_writes_the_key(
     assert all(h.get("authorization") == f"Bearer {JUDGE_KEY}" for h in judge_server.headers)
 
 
-def test_features_description_change_reruns_descriptions_onward_only(features_run, tmp_path):
+def test_features_changes_rerun_exactly_the_jobs_they_affect(features_run, tmp_path):
     config = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())
     changed = override(tmp_path, "describe.yaml", {"features": {"descriptions": config["features"]["descriptions"]
                                                                 | {"features_per_layer": 10}}})
     plan = planned_jobs(snakemake(features_run[0], "-n", "results/features/tiny_tiny.json",
                                   configfiles=[features_run[1], changed]))
-    assert plan == {"features_descriptions": 1, "features_train": 1, "features_generate": 4, "features_score": 1}
+    # The out-of-distribution vectors do not depend on descriptions; their answers do (a new explainer).
+    assert plan == {"features_descriptions": 1, "features_simulator": 1, "features_train": 1, "features_generate": 4,
+                    "features_generate_ood_fw": 4, "features_generate_ood_diff": 4, "features_score": 1}
+    steps = override(tmp_path, "simulator.yaml", {"features": {"simulator": config["features"]["simulator"] | {
+        "training": config["features"]["simulator"]["training"] | {"steps": 3}}}})
+    plan = planned_jobs(snakemake(features_run[0], "-n", "results/features/tiny_tiny.json",
+                                  configfiles=[features_run[1], steps]))
+    assert plan == {"features_simulator": 1, "features_score": 1}
 
 
 def test_features_paper_run_plans_from_the_archive_without_saes(tmp_path):

@@ -112,12 +112,12 @@ def train_inputs(task):
     return lambda wildcards: get_task(task).label_paths(wildcards.target, "train") | _models(wildcards)
 
 
-def generation_inputs(task):
-    """The task's test labels, both models, and the trained explainer (not for the untrained variant, nor for the
-    variants the task answers without the explainer, such as SelfIE)."""
+def generation_inputs(task, split="test"):
+    """The task's labels of `split` (the test split or an evaluation set), both models, and the trained explainer
+    (not for the untrained variant, nor for the variants the task answers without the explainer, such as SelfIE)."""
     def inputs(wildcards):
         spec = get_task(task)
-        paths = spec.label_paths(wildcards.target, "test") | _models(wildcards)
+        paths = spec.label_paths(wildcards.target, split) | _models(wildcards)
         if wildcards.variant != "untrained" and wildcards.variant not in spec.custom_variants:
             paths["trained"] = f"work/{task}/explainers/{wildcards.explainer}_{wildcards.target}"
         return paths
@@ -127,8 +127,8 @@ def generation_inputs(task):
 
 def score_inputs(task):
     """Every variant's predictions, both splits' labels (train_*, test_*), the artifacts whose counts are reported
-    (count_*), the task's own scoring inputs (extra_*: the features simulator), the trained explainer and both
-    models."""
+    (count_*), the task's own scoring inputs and every variant's predictions on its evaluation sets (extra_*: the
+    features simulator, the out-of-distribution sets), the trained explainer and both models."""
     def inputs(wildcards):
         spec, run = get_task(task), f"{wildcards.explainer}_{wildcards.target}"
         paths = {"predictions": [f"work/{task}/predictions/{run}/{v}.parquet" for v in spec.variants],
@@ -136,6 +136,31 @@ def score_inputs(task):
         for split in ("train", "test"):
             paths |= {f"{split}_{k}": v for k, v in spec.label_paths(wildcards.target, split).items()}
         paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, config.get(task, {})).items()}
+        for name in spec.eval_sets(config.get(task, {})):
+            paths |= {f"extra_pred_{name}_{v}": f"work/{task}/predictions/{run}/{name}/{v}.parquet" for v in spec.variants}
         return paths | {f"count_{k}": v for k, v in spec.count_paths(wildcards.target).items()}
 
     return inputs
+
+
+def simulator_training_inputs(wildcards):
+    """The simulator's base model, and the target's training features with their exemplars."""
+    target = known_model(wildcards.target)
+    return {"base": f"resources/models/{known_model(config['features']['simulator']['model'])}",
+            "labels": f"work/features/descriptions/{target}/train.parquet",
+            "exemplars": f"work/features/exemplars/{target}.parquet"}
+
+
+def ood_inputs(wildcards):
+    """The target, the corpus, and act_patch's kept facts of the target when ood_diff is asked for."""
+    target = known_model(wildcards.target)
+    paths = {"target": f"resources/models/{target}", "corpus": "work/features/corpus.parquet"}
+    if "ood_diff" in config["features"]["ood"]["sets"]:
+        paths["facts"] = f"work/act_patch/facts/{target}.parquet"
+    return paths
+
+
+def ood_outputs():
+    return {f"{name}_{kind}": f"work/features/ood/{{target}}/{name}{suffix}" for name in config["features"]["ood"]["sets"]
+            for kind, suffix in (("labels", ".parquet"), ("vectors", ".vectors.safetensors"),
+                                 ("exemplars", ".exemplars.parquet"))}

@@ -94,3 +94,49 @@ rule features_descriptions:
         "../../envs/pipeline.yaml"
     script:
         "../scripts/features_descriptions.py"
+
+
+rule features_simulator:
+    input:
+        unpack(simulator_training_inputs),
+    output:
+        directory("work/features/simulator/{target}"),
+    params:
+        settings=settings_of("features_simulator"),
+        code=code_of("features_simulator"),
+    log:
+        "logs/features_simulator/{target}.log",
+    benchmark:
+        "benchmarks/features_simulator/{target}.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/features_simulator.py"
+
+
+rule features_ood:
+    input:
+        unpack(ood_inputs),
+    output:
+        **ood_outputs(),
+    params:
+        settings=settings_of("features_ood"),
+        code=code_of("features_ood"),
+    log:
+        "logs/features_ood/{target}.log",
+    benchmark:
+        "benchmarks/features_ood/{target}.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=60,
+        gpu=1,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/features_ood.py"
