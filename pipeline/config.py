@@ -147,6 +147,7 @@ class InputAblationConfig:
 class ExplainerConfig:
     prompt_format: str = "plain"
     projection: str = "linear"
+    inject: str = "embedding"  # or "layer": write the vector at the layer it came from (explainer = target)
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "ExplainerConfig":

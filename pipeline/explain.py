@@ -37,6 +37,21 @@ def _explainer_width(examples: Examples, explainer_dir, target_dir) -> tuple[int
     return width, None
 
 
+def vector_layers(examples: Examples, explainer_cfg, explainer_dir, target_dir) -> list[int] | None:
+    """For `explainer.inject: layer`, the layer each row's vector was taken from (the first of an act_patch window;
+    a feature's layer), after checking that the explainer is the target model; None for embedding injection."""
+    from pipeline.models import read_manifest
+
+    if explainer_cfg.inject != "layer" or examples.vectors is None:
+        return None
+    if read_manifest(explainer_dir)["source"] != read_manifest(target_dir)["source"]:
+        raise ValueError(f"explainer.inject is 'layer', but explainer {explainer_dir} is not target {target_dir}: a "
+                         f"layer reads only its own model's states; use inject: embedding for this pair")
+    if "layer" not in examples.columns:
+        raise ValueError("explainer.inject is 'layer', but this task's rows do not say which layer a vector came from")
+    return [int(layer[0]) if isinstance(layer, (list, tuple)) else int(layer) for layer in examples.columns["layer"]]
+
+
 def train(task: str, training_cfg, explainer_cfg, task_settings: dict, label_paths: dict[str, str], explainer_dir,
           target_dir, out_dir, checkpoint_dir, settings: dict) -> dict:
     """Fine-tune the explainer on the task's training rows; the checkpoint key names the inputs too."""
@@ -51,7 +66,8 @@ def train(task: str, training_cfg, explainer_cfg, task_settings: dict, label_pat
         explainer_cfg = replace(explainer_cfg, projection=projection)
     key = settings | {"inputs": training_inputs(dict(label_paths) | {"explainer": explainer_dir, "target": target_dir})}
     return train_explainer(training_cfg, explainer_cfg, explainer_dir, width, examples.questions, examples.answers,
-                           examples.vectors, out_dir, checkpoint_dir, key)
+                           examples.vectors, out_dir, checkpoint_dir, key,
+                           vector_layers=vector_layers(examples, explainer_cfg, explainer_dir, target_dir))
 
 
 def prediction_frame(examples: Examples, questions: list[str], predictions: list[str], variant: str) -> pd.DataFrame:
@@ -83,14 +99,15 @@ def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths
         return out
     width, projection = _explainer_width(examples, explainer_dir, target_dir)
     explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir, width,
-                                          projection or explainer_cfg.projection)
+                                          projection or explainer_cfg.projection, explainer_cfg.inject)
     questions, prompt_format = examples.questions, explainer_cfg.prompt_format
     if variant == "untrained":
         questions = [q + spec.format_instruction for q in questions]
         # Zero-shot, an instruct model is asked as it was trained to be asked: in its chat template.
         prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else prompt_format
     predictions = generate_answers(explainer, tokenizer, questions, examples.vectors, prompt_format,
-                                   generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant)
+                                   generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant,
+                                   vector_layers=vector_layers(examples, explainer_cfg, explainer_dir, target_dir))
     out = prediction_frame(examples, questions, predictions, variant)
     write_table(out, out_path, provenance(settings, {"explainer": read_manifest(explainer_dir)["source"],
                                                      "target": read_manifest(target_dir)["source"]}))

@@ -6,12 +6,17 @@ uses; Gemma 3's `<unused0>`), otherwise `<|vector|>` added as a special token wi
 embedding row (never generated). The vector (a target-model hidden state) is normalised, mapped
 to the explainer's width by a trainable linear projection (identity-initialised when widths
 match) and scaled to the mean norm of what the explainer's embedding layer returns (Gemma's
-layer multiplies its rows by sqrt(width), so the raw weights would be ~25x too small). Saved
-folders hold the peft adapter (or full weights), `projection.safetensors` and `explainer.json`.
+layer multiplies its rows by sqrt(width), so the raw weights would be ~25x too small).
+With `inject="layer"` (explainer = target, as Patchscopes and SelfIE read a model's own states) the
+placeholder keeps its embedding and the vector instead replaces the placeholder's output of the decoder
+layer it was taken from, scaled to the mean norm of the row's other tokens there (the first token, an
+attention sink, left out); no projection. Saved folders hold the peft adapter (or full weights),
+`projection.safetensors` and `explainer.json`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.models import decoder_layers
 from pipeline.prompts import VECTOR
 
 EXPLAINER_META = "explainer.json"
@@ -67,13 +73,22 @@ def embedding_norm(lm: nn.Module, skip: set[int] = frozenset(), chunk: int = 163
 
 
 class ContinuousTokenExplainer(nn.Module):
-    def __init__(self, lm: nn.Module, target_width: int, placeholder_id: int, projection: str = "linear"):
+    def __init__(self, lm: nn.Module, target_width: int, placeholder_id: int, projection: str = "linear",
+                 inject: str = "embedding"):
         super().__init__()
         self.lm = lm
         embeddings = lm.get_input_embeddings().weight
         width = embeddings.shape[1]
         self.target_width = target_width
         self.placeholder_id = placeholder_id
+        if inject not in ("embedding", "layer"):
+            raise ValueError(f"explainer.inject: expected 'embedding' or 'layer', got {inject!r}")
+        self.inject = inject
+        if inject == "layer":
+            if target_width != width:
+                raise WidthError(f"explainer.inject is 'layer' but target width {target_width} != explainer width "
+                                 f"{width}: a layer reads only its own model's states")
+            projection = "none"
         if projection == "none":
             if target_width != width:
                 raise WidthError(f"explainer.projection is 'none' but target width {target_width} != explainer width "
@@ -89,17 +104,22 @@ class ContinuousTokenExplainer(nn.Module):
             self.projection.to(embeddings.device)
         self.register_buffer("embed_norm", embedding_norm(lm, {placeholder_id}).to(embeddings.device), persistent=False)
 
-    def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None):
-        """Input embeddings with row b's placeholder replaced by the scaled, projected vectors[b]."""
-        embeds = self.lm.get_input_embeddings()(input_ids)
-        if vectors is None:
-            return embeds
+    def _placeholders(self, input_ids: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         if vectors.shape[-1] != self.target_width:
             raise WidthError(f"vectors have width {vectors.shape[-1]} but this explainer reads width {self.target_width}")
         found = input_ids == self.placeholder_id
         if not bool((found.sum(dim=1) == 1).all()):
             raise ValueError(f"every prompt given a vector must hold the placeholder token (id {self.placeholder_id}) "
                              f"exactly once; found counts {found.sum(dim=1).tolist()}")
+        return found
+
+    def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None):
+        """Input embeddings with row b's placeholder replaced by the scaled, projected vectors[b] (embedding
+        injection; with layer injection the embeddings are left as they are)."""
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        if vectors is None or self.inject == "layer":
+            return embeds
+        found = self._placeholders(input_ids, vectors)
         unit = vectors.float() / vectors.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
         mapped = self.projection(unit) if self.projection is not None else unit
         mapped = (mapped * self.embed_norm).to(embeds.dtype)
@@ -107,17 +127,63 @@ class ContinuousTokenExplainer(nn.Module):
         embeds[found] = mapped
         return embeds
 
-    def forward(self, input_ids, attention_mask, vectors=None, labels=None):
+    @contextlib.contextmanager
+    def injected(self, input_ids, attention_mask, vectors, vector_layers):
+        """With layer injection: while inside, decoder layer L's output at row b's placeholder is vectors[b]'s
+        direction at the mean norm of the row's other tokens there, for every row b with vector_layers[b] == L.
+        Only the pass over the whole prompt is changed (later generation steps read it from the cache)."""
+        if vectors is None or self.inject != "layer":
+            yield
+            return
+        if vector_layers is None or len(vector_layers) != len(vectors):
+            raise ValueError("explainer.inject is 'layer': every vector needs the layer it was taken from")
+        found = self._placeholders(input_ids, vectors)
+        positions = found.float().argmax(dim=1)
+        width = input_ids.shape[1]
+        real = attention_mask.bool() & ~found
+        real[torch.arange(len(real)), attention_mask.float().argmax(dim=1)] = False  # the first token: a sink
+        unit = vectors.float() / vectors.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        base = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        blocks = decoder_layers(base)
+        layers = torch.as_tensor(vector_layers, device=input_ids.device)
+
+        def hook_for(rows):
+            def hook(module, args, output):
+                hidden = output[0] if isinstance(output, tuple) else output
+                if hidden.shape[1] != width:
+                    return None
+                norms = hidden[rows].detach().float().norm(dim=-1)
+                scale = (norms * real[rows]).sum(dim=1) / real[rows].sum(dim=1).clamp_min(1)
+                hidden = hidden.clone()
+                hidden[rows, positions[rows]] = (unit[rows] * scale[:, None]).to(hidden.dtype)
+                return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+            return hook
+
+        handles = []
+        try:
+            for layer in sorted(set(layers.tolist())):
+                if not 0 <= layer < len(blocks):
+                    raise ValueError(f"vector layer {layer} is not a layer of the explainer (it has {len(blocks)})")
+                rows = (layers == layer).nonzero().squeeze(-1)
+                handles.append(blocks[layer].register_forward_hook(hook_for(rows)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def forward(self, input_ids, attention_mask, vectors=None, labels=None, vector_layers=None):
         embeds = self.embed(input_ids, vectors)
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+        with self.injected(input_ids, attention_mask, vectors, vector_layers):
+            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, vectors=None, max_new_tokens=24, pad_token_id=None,
-                 eos_token_id=None):
+                 eos_token_id=None, vector_layers=None):
         embeds = self.embed(input_ids, vectors)
-        return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                                suppress_tokens=[self.placeholder_id])
+        with self.injected(input_ids, attention_mask, vectors, vector_layers):
+            return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                    do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                                    suppress_tokens=[self.placeholder_id])
 
 
 @dataclass
@@ -153,8 +219,9 @@ def encode_example(tokenizer, question: str, answer: str | None, prompt_format: 
     return Encoded(ids, labels, bool(marker))
 
 
-def collate(batch: list[Encoded], vectors: torch.Tensor | None, pad_id: int, device) -> dict:
-    """Left-padded tensors for training (labels) or generation."""
+def collate(batch: list[Encoded], vectors: torch.Tensor | None, pad_id: int, device,
+            vector_layers: list[int] | None = None) -> dict:
+    """Left-padded tensors for training (labels) or generation; each vector's source layer where given."""
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -166,7 +233,8 @@ def collate(batch: list[Encoded], vectors: torch.Tensor | None, pad_id: int, dev
         mask[row, shift:] = 1
     has_vectors = vectors is not None and all(e.has_vector for e in batch)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
-            "vectors": vectors.to(device) if has_vectors else None}
+            "vectors": vectors.to(device) if has_vectors else None,
+            "vector_layers": list(vector_layers) if has_vectors and vector_layers is not None else None}
 
 
 def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict) -> None:
@@ -174,7 +242,8 @@ def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict
 
     from peft import PeftModel
 
-    meta = meta | {"embed_norm": float(explainer.embed_norm), "placeholder_id": explainer.placeholder_id}
+    meta = meta | {"embed_norm": float(explainer.embed_norm), "placeholder_id": explainer.placeholder_id,
+                   "inject": explainer.inject}
     if isinstance(explainer.lm, PeftModel):
         # The adapter alone: the placeholder's embedding row is recreated (zero) wherever the explainer loads.
         explainer.lm.save_pretrained(folder, save_embedding_layers=False)
@@ -186,7 +255,7 @@ def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict
 
 
 def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target_width: int,
-                   projection: str = "linear") -> tuple[ContinuousTokenExplainer, object]:
+                   projection: str = "linear", inject: str = "embedding") -> tuple[ContinuousTokenExplainer, object]:
     """A trained explainer from `folder`, or the untrained base explainer when `folder` is None."""
     from safetensors.torch import load_file
 
@@ -201,7 +270,7 @@ def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target
 
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
     explainer = ContinuousTokenExplainer(model, meta.get("target_width", target_width), placeholder,
-                                         meta.get("projection", projection))
+                                         meta.get("projection", projection), meta.get("inject", inject))
     if folder and explainer.projection is not None:
         explainer.projection.weight.data.copy_(load_file(str(Path(folder) / PROJECTION_FILE))["weight"])
     if "embed_norm" in meta:  # the scale training used (full fine-tuning moves the embeddings a little)

@@ -20,7 +20,7 @@ def seeded_subset(count: int, limit: int | None, seed: int) -> np.ndarray:
 @torch.no_grad()
 def generate_answers(explainer: ContinuousTokenExplainer, tokenizer, questions: list[str],
                      vectors: torch.Tensor | None, prompt_format: str, max_new_tokens: int, batch_size: int,
-                     desc: str = "generating") -> list[str]:
+                     desc: str = "generating", vector_layers: list[int] | None = None) -> list[str]:
     device = input_device(explainer.lm)
     encoded = [encode_example(tokenizer, q, None, prompt_format, explainer.placeholder_id) for q in questions]
     # Similar lengths share a batch, so less padding is computed.
@@ -29,10 +29,11 @@ def generate_answers(explainer: ContinuousTokenExplainer, tokenizer, questions: 
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", mininterval=5):
         index = order[start:start + batch_size]
         batch = collate([encoded[i] for i in index], vectors[index] if vectors is not None else None,
-                        tokenizer.pad_token_id, device)
+                        tokenizer.pad_token_id, device,
+                        [vector_layers[i] for i in index] if vector_layers is not None else None)
         generated = explainer.generate(batch["input_ids"], batch["attention_mask"], batch["vectors"],
-                                       max_new_tokens=max_new_tokens,
-                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                       max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                       eos_token_id=tokenizer.eos_token_id, vector_layers=batch["vector_layers"])
         for i, ids in zip(index, generated.tolist()):
             outputs[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     return outputs

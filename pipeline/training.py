@@ -109,12 +109,13 @@ def _deepspeed_engine(explainer, optimizer, scheduler, cfg: TrainingConfig, micr
 def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_model_dir: str | Path,
                     target_width: int, questions: list[str], answers: list[str], vectors: torch.Tensor | None,
                     out_dir: str | Path, checkpoint_dir: str | Path, settings: dict,
-                    first_step_gradients: str | Path | None = None) -> dict:
+                    first_step_gradients: str | Path | None = None, vector_layers: list[int] | None = None) -> dict:
     """Train, write the explainer folder atomically (rank 0), and return the training log.
 
     `settings` is the checkpoint key (and the explainer's provenance): it must name everything the result
     depends on. `first_step_gradients`, when given, receives the trainable gradients of the first step as
-    they are applied (summed over processes), for checking multi-process training."""
+    they are applied (summed over processes), for checking multi-process training. `vector_layers`: each
+    vector's source layer, for an explainer that injects at that layer (`explainer.inject: layer`)."""
     _init_process_group()
     rank, size = world()
     if cfg.batch_size % size:
@@ -128,7 +129,8 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
 
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                                  target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
-    explainer = ContinuousTokenExplainer(model, target_width, placeholder, explainer_cfg.projection)
+    explainer = ContinuousTokenExplainer(model, target_width, placeholder, explainer_cfg.projection,
+                                         explainer_cfg.inject)
     device = input_device(model)
 
     encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format, placeholder)
@@ -166,7 +168,8 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         for micro in range(cfg.grad_accum):
             index = order[(step * cfg.grad_accum + micro) * cfg.batch_size:][:cfg.batch_size][rank::size]
             batch = collate([encoded[i] for i in index], vectors[index] if vectors is not None else None,
-                            tokenizer.pad_token_id, device)
+                            tokenizer.pad_token_id, device,
+                            [vector_layers[i] for i in index] if vector_layers is not None else None)
             tokens_seen += int(batch["attention_mask"].sum())
             labels = batch.pop("labels")
             loss_sum, count = answer_loss_sum((engine or explainer)(**batch).logits, labels)
@@ -203,7 +206,9 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
            "tokens_per_second": float(_all_sum(tokens_seen)) / max(elapsed, 1e-9),
            "seconds": elapsed, "losses": history}
     meta = {"method": cfg.method, "base_model": read_manifest(base_model_dir)["source"], "target_width": target_width,
-            "projection": explainer_cfg.projection, "prompt_format": explainer_cfg.prompt_format,
+            "projection": explainer_cfg.projection if explainer.projection is not None else "none",
+            "inject": explainer_cfg.inject,
+            "prompt_format": explainer_cfg.prompt_format,
             "provenance": provenance(settings)}
     if rank == 0:
         with atomic_dir(out_dir) as folder:

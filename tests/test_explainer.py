@@ -96,3 +96,46 @@ def test_widths_bridge_or_fail_clearly(tiny_dir):
         wide.embed(batch["input_ids"], torch.randn(1, 576))
     with pytest.raises(WidthError, match="projection is 'none' but target width 640 != explainer width 64"):
         ContinuousTokenExplainer(model, 640, placeholder, projection="none")
+
+
+def test_layer_injection_writes_each_vector_at_its_own_layer_in_the_prompt_pass_only(tiny_dir):
+    model, tokenizer = load_model(tiny_dir)
+    placeholder = placeholder_token_id(tokenizer, model)
+    explainer = ContinuousTokenExplainer(model, 64, placeholder, "linear", inject="layer")
+    assert explainer.projection is None  # a layer reads its own model's states as they are
+    examples = [encode_example(tokenizer, q, None, "plain", placeholder)
+                for q in ("What does <vector> mean at layer 1?", "Say what <vector> is, at layer 2, briefly.")]
+    vectors = torch.randn(2, 64)
+    batch = collate(examples, vectors, tokenizer.pad_token_id, "cpu", [1, 2])
+    seen = {}
+    blocks = model.model.layers
+    hooks = [blocks[i + 1].register_forward_pre_hook(lambda m, args, i=i: seen.setdefault(i, []).append(args[0].clone()))
+             for i in (0, 1, 2)]
+    with torch.no_grad():
+        explainer(batch["input_ids"], batch["attention_mask"], batch["vectors"], vector_layers=batch["vector_layers"])
+        plain_embeds = model.get_input_embeddings()(batch["input_ids"])
+    for hook in hooks:
+        hook.remove()
+    position = (batch["input_ids"] == placeholder).float().argmax(dim=1)
+    mask = batch["attention_mask"].bool() & (batch["input_ids"] != placeholder)
+    for row, layer in enumerate((1, 2)):
+        state = seen[layer][0][row]
+        real = mask[row].clone()
+        real[int(batch["attention_mask"][row].float().argmax())] = False  # the sink is left out of the scale
+        scale = state[real].norm(dim=-1).mean()
+        written = state[position[row]]
+        assert torch.allclose(written, vectors[row] / vectors[row].norm() * scale, atol=1e-4)
+        other = seen[0][0][row][position[row]]  # layer 0's output is left alone for both rows
+        assert not torch.allclose(other / other.norm(), vectors[row] / vectors[row].norm(), atol=1e-2)
+    assert torch.equal(explainer.embed(batch["input_ids"], batch["vectors"]), plain_embeds)  # no embedding swap
+    # Generation: the vector changes what is said, and a zero vector writes zeros, not the plain state.
+    said = explainer.generate(batch["input_ids"], batch["attention_mask"], batch["vectors"], max_new_tokens=4,
+                              pad_token_id=tokenizer.pad_token_id, vector_layers=[1, 2])
+    zero = explainer.generate(batch["input_ids"], batch["attention_mask"], torch.zeros_like(vectors), max_new_tokens=4,
+                              pad_token_id=tokenizer.pad_token_id, vector_layers=[1, 2])
+    assert said.shape[1] <= 4 and not torch.equal(said, zero)
+    assert all(len(h) == 0 for h in (b._forward_hooks for b in blocks))  # nothing is left hooked
+    with pytest.raises(ValueError, match="needs the layer it was taken from"):
+        explainer(batch["input_ids"], batch["attention_mask"], batch["vectors"])
+    with pytest.raises(WidthError, match="a layer reads only its own model's states"):
+        ContinuousTokenExplainer(model, 32, placeholder, "linear", inject="layer")

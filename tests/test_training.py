@@ -242,3 +242,25 @@ def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monk
     assert (tmp_path / "ckpt" / training.STATE_FILE).exists()
     labels(1)  # the same training settings, other labels
     assert train()["resumed_from_step"] == 0
+
+
+def test_layer_injection_trains_to_read_the_vector_and_reloads_as_such(tmp_path, tiny_dir):
+    """The same task with the vector written at layer 1's output: training learns to read it there, and the saved
+    explainer reloads with its injection (whatever the caller asks)."""
+    questions, answers, vectors = toy_examples(48, same_question=True)
+    # Read at layer 1 of 4 the vector takes longer to learn than at the embedding (8 epochs do not suffice there).
+    config = cfg(method="full", epochs=20, batch_size=8, learning_rate=1e-2, checkpoint_every=1000)
+    training.train_explainer(config, ExplainerConfig(inject="layer"), tiny_dir, 64, questions, answers, vectors,
+                             tmp_path / "layer", tmp_path / "layer.ckpt", {"c": "layer"}, vector_layers=[1] * 48)
+    explainer, tokenizer = load_explainer(tmp_path / "layer", tiny_dir, 64)
+    assert explainer.inject == "layer" and explainer.projection is None
+    held_q, held_a, held_v = toy_examples(32, seed=1, same_question=True)
+    shuffled = held_v[torch.randperm(len(held_v), generator=torch.Generator().manual_seed(0))]
+
+    @torch.no_grad()
+    def loss(vectors):
+        batch = collate([encode_example(tokenizer, q, a, "plain", explainer.placeholder_id)
+                         for q, a in zip(held_q, held_a)], vectors, tokenizer.pad_token_id, "cpu", [1] * 32)
+        return explainer(**batch).loss.item()
+
+    assert loss(held_v) < 0.8 * loss(shuffled), (loss(held_v), loss(shuffled))
