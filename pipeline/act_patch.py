@@ -270,6 +270,7 @@ def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
 
 
 TASK = register(Task(
+    headline=("is_different=True", "exact_match"),  # names the counterfactual's answer: reads the vector
     name="act_patch", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train, target_dir),
     variant_vectors=variant_vectors,

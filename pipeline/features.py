@@ -410,6 +410,7 @@ def score_inputs(target: str, section: dict) -> dict[str, str]:
 
 
 TASK = register(Task(
+    headline=("overall", "embedding_similarity"),
     name="features", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors,
     figures=("metrics.png", "loss.png", "examples.html"), custom_variants={"selfie": selfie}, score_frames=score_frames,

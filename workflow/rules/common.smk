@@ -164,3 +164,14 @@ def ood_outputs():
     return {f"{name}_{kind}": f"work/features/ood/{{target}}/{name}{suffix}" for name in config["features"]["ood"]["sets"]
             for kind, suffix in (("labels", ".parquet"), ("vectors", ".vectors.safetensors"),
                                  ("exemplars", ".exemplars.parquet"))}
+
+
+def matrix_inputs(wildcards):
+    """Every explainer x target pair of matrix.models: its results file and its fine-tuned explainer's answers."""
+    models = [known_model(m) for m in config["matrix"]["models"]]
+    paths = {}
+    for explainer in models:
+        for target in models:
+            paths[f"result_{explainer}_{target}"] = f"results/{wildcards.task}/{explainer}_{target}.json"
+            paths[f"pred_{explainer}_{target}"] = f"work/{wildcards.task}/predictions/{explainer}_{target}/finetuned.parquet"
+    return paths
