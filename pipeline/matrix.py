@@ -18,11 +18,14 @@ from pipeline.tasks import get_task
 
 
 def _headline(result: dict, split: str, metric: str, path) -> dict:
-    try:
-        entry = result["metrics"]["finetuned"][split]
-        summary = entry[metric]
-    except KeyError as error:
-        raise ArtifactError(f"{path}: no finetuned {split} {metric} in its metrics") from error
+    """The finetuned explainer's headline; a split with no rows (no patch changed a random model's answer) is
+    NaN with n = 0, not an error."""
+    if "finetuned" not in result.get("metrics", {}):
+        raise ArtifactError(f"{path}: no finetuned metrics")
+    entry = result["metrics"]["finetuned"].get(split)
+    if entry is None or metric not in entry:
+        return {"value": np.nan, "ci": None, "n": 0}
+    summary = entry[metric]
     return {"value": summary["value"], "ci": summary.get("ci"), "n": int(summary.get("n", entry.get("n", 0)))}
 
 
@@ -37,7 +40,8 @@ def self_minus_other(task: str, own: tuple, other: tuple, samples: int, seed: in
         raise ArtifactError(f"{own[1]} and {other[1]}: the two explainers answered different test rows")
     second = second.set_index("row_key").loc[first["row_key"]].reset_index()
     if get_task(task).score_frames is None:
-        return paired_differences(first, second, samples, seed)[split][metric]
+        return paired_differences(first, second, samples, seed).get(split, {}).get(
+            metric, {"difference": np.nan, "ci": None})
     scores = [read_json(path)["per_feature"]["finetuned"][metric] for path, _ in (own, other)]
     keys = [k for k in first["row_key"] if k in scores[0] and k in scores[1]]
     clusters = first.set_index("row_key").loc[keys, "cluster"].to_numpy()
@@ -86,7 +90,8 @@ def heat_map(frame: pd.DataFrame, out_path) -> None:
     for i, explainer in enumerate(explainers):
         for j, target in enumerate(targets):
             cell = frame[(frame["explainer"] == explainer) & (frame["target"] == target)].iloc[0]
-            text = f"{cell['value']:.3f}\n[{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
+            text = (f"{cell['value']:.3f}\n[{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]" if cell["n"] else
+                    "no rows")
             axis.text(j, i, text, ha="center", va="center", color="white" if cell["self"] else "black",
                       fontweight="bold" if cell["self"] else "normal", fontsize=9)
     axis.set_xticks(range(len(targets)), targets)

