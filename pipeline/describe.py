@@ -72,7 +72,7 @@ def openai_descriptions(exemplars: dict, model: str, base_url: str | None, cache
         examples = "\n".join(f"{i + 1}. {_snippet(t, int(w), before=12, mark=True)}"
                              for i, (t, w) in enumerate(zip(top["tokens"], top["window_index"])))
         calls[name] = [{"role": "user", "content": DESCRIBE_PROMPT.format(examples=examples)}]
-    ids = {f"L{layer}/F{feature}": name for name, (layer, feature) in zip(calls, calls)}
+    ids = {f"L{layer}/F{feature}": (layer, feature) for layer, feature in calls}
     try:
         replies = chat.ask_many({call: calls[name] for call, name in ids.items()},
                                 lambda text: text.strip().strip('"').strip() or None, "describer")

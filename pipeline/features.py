@@ -222,11 +222,9 @@ def simulate_frames(aligned: dict[str, pd.DataFrame], simulator, exemplars_path,
     """Simulator correlations (columns `simulator_top`, `simulator_top_signed`, `simulator_top_random`) of every
     frame's descriptions, on a seeded sample of `cfg['max_features']` of its features that have exemplars.
     The paper's code scores an empty description 0 without simulating it."""
-    from pipeline.simulator import feature_windows, score_descriptions
+    from pipeline.simulator import read_windows, score_descriptions
 
-    exemplars = read_table(exemplars_path, required=["layer", "feature", "kind", "rank", "tokens", "window_index",
-                                                     "activations"])
-    windows = feature_windows(exemplars, cfg["top"], cfg["random"], cfg["tokens_before"])
+    windows = read_windows(exemplars_path, cfg)
     base = aligned["finetuned"]
     keys = [(int(layer), int(feature)) for layer, feature in zip(base["layer"], base["feature"])]
     usable = [i for i, key in enumerate(keys) if key in windows]

@@ -37,8 +37,8 @@ def _unit(vectors: torch.Tensor) -> torch.Tensor:
     return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
-def full_activation_vectors(model, tokenizer, corpus_path, layers: list[int], count: int, context: int, seed: int,
-                            batch_size: int) -> tuple[dict[int, torch.Tensor], list[str]]:
+def full_activation_vectors(model, tokenizer, corpus_path, layers: list[int], count: int, context: int,
+                            seed: int) -> tuple[dict[int, torch.Tensor], list[str]]:
     """Per layer, the residual stream at `count` random tokens of held-out text (the same tokens at every layer),
     and each token in its context."""
     chunks = token_chunks(tokenizer, corpus_texts(corpus_path, "eval"), context, None, seed)
@@ -60,8 +60,8 @@ def full_activation_vectors(model, tokenizer, corpus_path, layers: list[int], co
     return {layer: states[layer][rows, positions] for layer in layers}, contexts
 
 
-def difference_vectors(model, tokenizer, facts_path, layers: list[int], count: int, seed: int,
-                       batch_size: int) -> tuple[dict[int, torch.Tensor], list[str]]:
+def difference_vectors(model, tokenizer, facts_path, layers: list[int], count: int,
+                       seed: int) -> tuple[dict[int, torch.Tensor], list[str]]:
     """Per layer, residual(counterfactual fact) - residual(original fact) at the subject's last token, for `count`
     counterfactual pairs of kept facts (the fact sentences after the separator token, no few-shot prefix)."""
     from pipeline.act_patch import make_pairs, token_positions
@@ -146,12 +146,11 @@ def build_ood(model_dir, corpus_path, facts_path, cfg: dict, layers: list[int], 
     for name in outputs:
         if name == "ood_fw":
             made[name] = full_activation_vectors(model, tokenizer, corpus_path, layers, cfg["vectors_per_layer"],
-                                                 cfg["context"], cfg["seed"], cfg["batch_size"])
+                                                 cfg["context"], cfg["seed"])
         elif name == "ood_diff":
             if not facts_path:
                 raise ValueError("features.ood.sets: ood_diff needs act_patch's facts of the target")
-            made[name] = difference_vectors(model, tokenizer, facts_path, layers, cfg["vectors_per_layer"], cfg["seed"],
-                                            cfg["batch_size"])
+            made[name] = difference_vectors(model, tokenizer, facts_path, layers, cfg["vectors_per_layer"], cfg["seed"])
         else:
             raise ValueError(f"features.ood.sets: unknown set '{name}'; expected some of {SETS}")
     # One pass over the corpus measures every set's projections; feature f of set i is column i * n + f.

@@ -111,6 +111,39 @@ def _pad_right(encoded: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
+def _prefix(tokenizer, fmt: str, description: str) -> list[int]:
+    if fmt == "compact":
+        return tokenizer(COMPACT_HEADER.format(description=description))["input_ids"]
+    user = f"Neuron 1\nDescription of neuron selectivity: {description}"
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
+                    {"role": "assistant", "content": "Activations:"}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(f"{SYSTEM_PROMPT}\n{user}\nActivations:")["input_ids"]
+
+
+def encode_prompt(tokenizer, fmt: str, description: str, windows: list[list[str]]) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt in format `fmt` and, per window token in order, the position whose next-token
+    distribution is read as its activation."""
+    piece = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ids, positions = _prefix(tokenizer, fmt, description), []
+    for window in windows:
+        if fmt == "compact":
+            ids += piece("\n")
+            for token in window:
+                ids += piece(token) or piece(" ")
+                positions.append(len(ids) - 1)
+            continue
+        ids += piece("\n<start>\n")
+        for token in window:
+            ids += piece(f"{token}\t")
+            positions.append(len(ids) - 1)
+            ids += piece("unknown\n")
+        ids += piece("<end>")
+    return ids, positions
+
+
 class Simulator:
     def __init__(self, model_dir, batch_size: int = 8, cache_path=None):
         from pipeline.llm import ReplyCache
@@ -125,36 +158,8 @@ class Simulator:
         self.number_ids = torch.tensor(list(numbers.values()))
         self.calls = {"simulated": 0, "cached": 0}
 
-    def _prefix(self, description: str) -> list[int]:
-        if self.format == "compact":
-            return self.tokenizer(COMPACT_HEADER.format(description=description))["input_ids"]
-        user = f"Neuron 1\nDescription of neuron selectivity: {description}"
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
-                        {"role": "assistant", "content": "Activations:"}]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(f"{SYSTEM_PROMPT}\n{user}\nActivations:")["input_ids"]
-
     def encode(self, description: str, windows: list[list[str]]) -> tuple[list[int], list[int]]:
-        """Token ids of the prompt and, per window token in order, the position whose next-token distribution
-        is read as its activation."""
-        piece = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        ids, positions = self._prefix(description), []
-        for window in windows:
-            if self.format == "compact":
-                ids += piece("\n")
-                for token in window:
-                    ids += piece(token) or piece(" ")
-                    positions.append(len(ids) - 1)
-                continue
-            ids += piece("\n<start>\n")
-            for token in window:
-                ids += piece(f"{token}\t")
-                positions.append(len(ids) - 1)
-                ids += piece("unknown\n")
-            ids += piece("<end>")
-        return ids, positions
+        return encode_prompt(self.tokenizer, self.format, description, windows)
 
     def _key(self, description: str, windows: list[list[str]]) -> str:
         blob = json.dumps({"simulator": self.source, "format": FORMAT_VERSIONS[self.format], "description": description,
@@ -223,6 +228,16 @@ def feature_windows(exemplars: pd.DataFrame, top: int, random: int, before: int 
     return out
 
 
+def read_windows(exemplars_path, cfg: dict) -> dict[tuple[int, int], dict]:
+    """feature_windows of an exemplars table (the SAE's or an out-of-distribution set's), as `cfg` (top, random,
+    tokens_before) sizes them."""
+    from pipeline.artifacts import read_table
+
+    exemplars = read_table(exemplars_path, required=["layer", "feature", "kind", "rank", "tokens", "window_index",
+                                                     "activations"])
+    return feature_windows(exemplars, cfg["top"], cfg["random"], cfg["tokens_before"])
+
+
 def pooled_correlations(simulated: np.ndarray, entry: dict) -> dict[str, float]:
     """Pearson r of simulated against true activations, pooled over every token of each scored set's windows
     (not averaged per window): `top` (|r|, as the paper reports it), `top_signed` and `top_random`."""
@@ -263,17 +278,13 @@ def train_simulator(base_dir, labels_path, exemplars_path, cfg: dict, out_dir, s
 
     torch.manual_seed(cfg["seed"])
     labels = read_table(labels_path, required=["layer", "feature", "description"])
-    exemplars = read_table(exemplars_path, required=["layer", "feature", "kind", "rank", "tokens", "window_index",
-                                                     "activations"])
-    windows = feature_windows(exemplars, cfg["top"], cfg["random"], cfg["tokens_before"])
+    windows = read_windows(exemplars_path, cfg)
     items = [(str(d), windows[(int(layer), int(feature))]) for layer, feature, d in
              zip(labels["layer"], labels["feature"], labels["description"]) if (int(layer), int(feature)) in windows]
     if not items:
         raise ValueError(f"{labels_path}: no training feature has exemplars in {exemplars_path} to train on")
     manifest = read_manifest(base_dir)
     model, tokenizer = load_model(base_dir, trainable=True)
-    simulator = Simulator.__new__(Simulator)  # only its encoding: the model is trained here
-    simulator.tokenizer, simulator.format = tokenizer, "compact"
     numbers = number_tokens(tokenizer)
     number_ids, top = torch.tensor(list(numbers.values())), max(numbers)
     if list(numbers) != list(range(top + 1)):
@@ -294,7 +305,7 @@ def train_simulator(base_dir, labels_path, exemplars_path, cfg: dict, out_dir, s
 
     for step in tqdm(range(cfg["steps"]), desc="simulator training", mininterval=10):
         batch = [items[order[(step * cfg["batch_size"] + j) % len(items)]] for j in range(cfg["batch_size"])]
-        encoded = [simulator.encode(description, entry["windows"]) for description, entry in batch]
+        encoded = [encode_prompt(tokenizer, "compact", description, entry["windows"]) for description, entry in batch]
         ids, mask = _pad_right([e[0] for e in encoded], pad)
         rows = torch.cat([torch.full((len(e[1]),), row) for row, e in enumerate(encoded)])
         positions = torch.cat([torch.tensor(e[1], dtype=torch.long) for e in encoded])

@@ -72,9 +72,9 @@ class Task:
     # Evaluation sets besides the test split (features: the out-of-distribution sets), each answered by every
     # variant (rule {task}_generate_{set}) and scored by the task: all it can have, and those a config section runs.
     eval_set_names: tuple[str, ...] = ()
+    eval_sets: Callable[[dict], tuple[str, ...]] = lambda section: ()
     # (split, metric) of the results file's finetuned metrics that the self-versus-other matrix compares
     headline: tuple[str, str] = ("overall", "is_changed_f1")
-    eval_sets: Callable[[dict], tuple[str, ...]] = lambda section: ()
 
 
 _TASKS: dict[str, Task] = {}
