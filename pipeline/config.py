@@ -134,6 +134,8 @@ class InputAblationConfig:
     answer_prefix: str = "Answer: ("
     max_new_tokens: int = 2
     batch_size: int = 32
+    keep: str = "all"  # or "known": only questions the target answers correctly without the hint
+    min_confidence: float = 0.0  # with keep: known, the least probability of that answer among the letters
     rebalance_train: bool = False
     max_train_examples: int | None = None
 

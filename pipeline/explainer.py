@@ -171,10 +171,11 @@ class ContinuousTokenExplainer(nn.Module):
             for handle in handles:
                 handle.remove()
 
-    def forward(self, input_ids, attention_mask, vectors=None, labels=None, vector_layers=None):
+    def forward(self, input_ids, attention_mask, vectors=None, labels=None, vector_layers=None, logits_to_keep=0):
         embeds = self.embed(input_ids, vectors)
         with self.injected(input_ids, attention_mask, vectors, vector_layers):
-            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                           logits_to_keep=logits_to_keep)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, vectors=None, max_new_tokens=24, pad_token_id=None,

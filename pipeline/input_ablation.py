@@ -69,10 +69,22 @@ def reference_answer(zeroshot: str, hinted: str) -> str:
     return change_answer(changed, f"Answer: {zeroshot if changed else hinted}")
 
 
+def letter_token_ids(tokenizer, answer_prefix: str, choice_letters: str) -> list[int]:
+    """The token each choice letter starts with when written right after `answer_prefix` (the reply's first token)."""
+    prefix = tokenizer.encode(answer_prefix, add_special_tokens=False)
+    ids = []
+    for letter in choice_letters:
+        full = tokenizer.encode(answer_prefix + letter, add_special_tokens=False)
+        ids.append(full[len(prefix)] if full[:len(prefix)] == prefix and len(full) > len(prefix)
+                   else tokenizer.encode(letter, add_special_tokens=False)[0])
+    return ids
+
+
 @torch.no_grad()
 def greedy_replies(model, tokenizer, texts: list[str], add_special_tokens: bool, max_new_tokens: int,
-                   batch_size: int, desc: str) -> list[str]:
-    """The target's greedy continuation of each prompt (batched, left-padded, similar lengths together)."""
+                   batch_size: int, desc: str, letter_ids: list[int] | None = None) -> tuple[list[str], np.ndarray | None]:
+    """The target's greedy continuation of each prompt (batched, left-padded, similar lengths together), and with
+    `letter_ids` the probability of each of those tokens as the reply's first token (rows x letters)."""
     from pipeline.models import input_device
     from pipeline.patching import pad_left
 
@@ -80,14 +92,18 @@ def greedy_replies(model, tokenizer, texts: list[str], add_special_tokens: bool,
     encoded = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     replies = [""] * len(texts)
+    probs = np.zeros((len(texts), len(letter_ids or [])), dtype=np.float32)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", mininterval=5):
         index = order[start:start + batch_size]
         ids, mask, _ = pad_left([encoded[i] for i in index], tokenizer.pad_token_id, device)
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-        for i, row in zip(index, out[:, ids.shape[1]:].tolist()):
+                             pad_token_id=tokenizer.pad_token_id, output_logits=bool(letter_ids),
+                             return_dict_in_generate=True)
+        for i, row in zip(index, out.sequences[:, ids.shape[1]:].tolist()):
             replies[i] = tokenizer.decode(row, skip_special_tokens=True)
-    return replies
+        if letter_ids:
+            probs[index] = out.logits[0].float().softmax(-1)[:, letter_ids].cpu().numpy()
+    return replies, (probs if letter_ids else None)
 
 
 def _hint_token_ids(tokenizer, text: str, hint: str, add_special_tokens: bool) -> tuple[list[int], int]:
@@ -139,8 +155,10 @@ def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir
         raise ArtifactError(f"{questions_path}: every question of split '{split}' is longer than the context of "
                             f"{model_dir} ({context} tokens)")
     # `special` is the same for every prompt: it depends only on whether the tokenizer has a chat template.
-    replies = greedy_replies(model, tokenizer, originals + hinted, special, cfg.max_new_tokens, cfg.batch_size,
-                             desc=f"answers ({split})")
+    choice_letters = letters(max(len(r["choices"]) for r in rows))
+    replies, probs = greedy_replies(model, tokenizer, originals + hinted, special, cfg.max_new_tokens, cfg.batch_size,
+                                    desc=f"answers ({split})",
+                                    letter_ids=letter_token_ids(tokenizer, cfg.answer_prefix, choice_letters))
     frame = pd.DataFrame(rows)
     frame["zeroshot_output"], frame["hint_output"] = replies[:len(rows)], replies[len(rows):]
     frame["zeroshot_prediction"] = [parse_letter(r, len(c)) for r, c in zip(frame["zeroshot_output"], frame["choices"])]
@@ -148,11 +166,35 @@ def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir
     answered = frame["zeroshot_prediction"].notna() & frame["random_hint_prediction"].notna()
     frame["changed_pred_bc_hint"] = pd.array([bool(a != b) if ok else None for a, b, ok in zip(
         frame["zeroshot_prediction"], frame["random_hint_prediction"], answered)], dtype="boolean")
-    counts = label_counts(frame) | {"skipped": skipped}
+    zeroshot_probs = probs[:len(rows)]
+    frame["zeroshot_letter_probs"] = [p[:len(c)].tolist() for p, c in zip(zeroshot_probs, frame["choices"])]
+    frame["zeroshot_confidence"] = [confidence(p, z, len(c)) for p, z, c in zip(
+        frame["zeroshot_letter_probs"], frame["zeroshot_prediction"], frame["choices"])]
+    frame["known"] = (frame["zeroshot_prediction"] == frame["correct_answer"]) & (
+        frame["zeroshot_confidence"].fillna(0.0) >= cfg.min_confidence)
+    counts = {"all_questions": label_counts(frame), "skipped": skipped, "keep": cfg.keep,
+              "min_confidence": cfg.min_confidence}
+    if cfg.keep == "known":
+        frame = frame[frame["known"]].reset_index(drop=True)
+        frame["index"] = range(len(frame))
+    counts |= label_counts(frame)
     print(f"labels ({split}): {counts}")
+    if frame.empty:
+        raise ArtifactError(f"input_ablation.keep: known leaves no question in split '{split}': the target "
+                            f"({model_dir}) answers none correctly with letter probability >= "
+                            f"input_ablation.min_confidence = {cfg.min_confidence} (it answers "
+                            f"{counts['all_questions']['correct_without_hint']} of {len(rows)} correctly)")
     prov = provenance(settings | {"split": split}, {"target": read_manifest(model_dir)["source"]})
     write_table(frame, out_path, prov | {"counts": counts})
     return frame
+
+
+def confidence(letter_probs, prediction: str | None, n_choices: int) -> float | None:
+    """The probability of the predicted letter among the choices' letters (as MMLU scores a reply), or None."""
+    if prediction is None or prediction not in letters(n_choices):
+        return None
+    total = float(sum(letter_probs))
+    return float(letter_probs[letters(n_choices).index(prediction)]) / total if total > 0 else None
 
 
 def hinted_letters(frame: pd.DataFrame) -> pd.Series:
@@ -167,7 +209,12 @@ def label_counts(frame: pd.DataFrame) -> dict:
             "changed_share": float(labelled.mean()) if len(labelled) else None,
             "hint_followed": int((frame["random_hint_prediction"] == hinted_letters(frame)).sum()),
             "correct_without_hint": int((frame["zeroshot_prediction"] == frame["correct_answer"]).sum()),
-            "correct_with_hint": int((frame["random_hint_prediction"] == frame["correct_answer"]).sum())}
+            "correct_with_hint": int((frame["random_hint_prediction"] == frame["correct_answer"]).sum()),
+            "hint_follow_rate": float((frame["random_hint_prediction"] == hinted_letters(frame)).mean())
+            if len(frame) else None,
+            "zeroshot_answers": {str(k): int(v) for k, v in frame["zeroshot_prediction"].value_counts().items()},
+            "median_confidence": float(frame["zeroshot_confidence"].median())
+            if "zeroshot_confidence" in frame and frame["zeroshot_confidence"].notna().any() else None}
 
 
 def load_examples(table_path: str | Path) -> tuple[pd.DataFrame, dict]:

@@ -37,7 +37,8 @@ _TRAINING_EXECUTION = ("training.gpus", "training.cpu_processes", "training.chec
 _QUESTION_KEYS = tuple(f"input_ablation.{k}" for k in
                        ("source", "path", "relations", "n_choices", "max_questions_per_relation", "test_fraction", "seed"))
 _HINT_LABEL_KEYS = tuple(f"input_ablation.{k}" for k in
-                         ("seed", "system_prompt", "choice_format", "answer_prefix", "max_new_tokens"))
+                         ("seed", "system_prompt", "choice_format", "answer_prefix", "max_new_tokens", "keep",
+                          "min_confidence"))
 
 STAGES: dict[str, Stage] = {
     "prepare_model": Stage("pipeline.models:prepare_model", ("models.{model}", "models.{tokenizer_from}")),

@@ -76,9 +76,20 @@ def _init_process_group() -> None:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
-def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over answer tokens, and their count."""
-    shifted, targets = logits[:, :-1].float(), labels[:, 1:]
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose next token is an answer token in some row of the batch: the only logits the loss reads.
+    Passed to the model as `logits_to_keep`, the output layer runs there alone (Gemma's is 262k wide)."""
+    return (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
+
+
+def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor,
+                    positions: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over answer tokens, and their count. `logits` are at every position, or
+    only at `positions` (see answer_positions)."""
+    if positions is None:
+        shifted, targets = logits[:, :-1].float(), labels[:, 1:]
+    else:
+        shifted, targets = logits.float(), labels[:, positions + 1]
     loss = torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1),
                                              ignore_index=-100, reduction="sum")
     return loss, int((targets != -100).sum())
@@ -172,7 +183,9 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
                             [vector_layers[i] for i in index] if vector_layers is not None else None)
             tokens_seen += int(batch["attention_mask"].sum())
             labels = batch.pop("labels")
-            loss_sum, count = answer_loss_sum((engine or explainer)(**batch).logits, labels)
+            positions = answer_positions(labels)
+            logits = (engine or explainer)(**batch, logits_to_keep=positions).logits
+            loss_sum, count = answer_loss_sum(logits, labels, positions)
             global_count = float(_all_sum(count))
             # Each process's share of the global mean; DeepSpeed averages gradients over processes, so scale by size.
             loss = loss_sum / global_count * (size if engine is not None else 1)

@@ -182,3 +182,42 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tmp_path, tiny_
     skipped = read_provenance(tmp_path / "labels.parquet")["counts"]["skipped"]["too_long"]
     train_questions = (pd.read_parquet(questions_path)["split"] == "train").sum()
     assert skipped > 0 and len(frame) + skipped == train_questions
+
+
+def test_letter_probabilities_are_the_first_reply_tokens_and_keep_known_fails_clearly(tmp_path, tiny_dir):
+    """Each row records the probability of every choice letter as the reply's first token (recomputed here by a
+    forward pass); `keep: known` keeps only questions answered correctly, and says so when none is."""
+    import torch
+
+    from pipeline.input_ablation import letter_token_ids
+    from pipeline.models import load_model
+
+    questions_path = tmp_path / "q.parquet"
+    build_questions("countryinfo", None, ("capital",), 4, 12, 0.5, 0, questions_path)
+    cfg = InputAblationConfig(max_new_tokens=2, batch_size=8)
+    frame = build_labels(cfg, questions_path, tiny_dir, "train", tmp_path / "labels.parquet", {})
+    model, tokenizer = load_model(tiny_dir)
+    ids = letter_token_ids(tokenizer, cfg.answer_prefix, "ABCD")
+    assert len(set(ids)) == 4 and tokenizer.decode(ids[1]).strip() == "B"
+    row = frame.iloc[0]
+    encoded = tokenizer(row["original_prompt_full"], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        expected = model(**encoded).logits[0, -1].softmax(-1)[ids]
+    assert torch.allclose(torch.tensor(list(row["zeroshot_letter_probs"])), expected, rtol=1e-3, atol=1e-7)
+    # The random model names no letter: no confidence, nothing known, and keep: known refuses to write a table.
+    assert frame["zeroshot_confidence"].isna().all() and not frame["known"].any()
+    counts = read_provenance(tmp_path / "labels.parquet")["counts"]
+    assert counts["all_questions"]["questions"] == counts["questions"] == len(frame)
+    with pytest.raises(ArtifactError, match="min_confidence = 0.5"):
+        build_labels(InputAblationConfig(max_new_tokens=2, batch_size=8, keep="known", min_confidence=0.5),
+                     questions_path, tiny_dir, "train", tmp_path / "known.parquet", {})
+    assert not (tmp_path / "known.parquet").exists()
+
+
+def test_confidence_is_the_answer_share_of_the_letters():
+    from pipeline.input_ablation import confidence
+
+    assert confidence([0.1, 0.6, 0.2, 0.1], "B", 4) == pytest.approx(0.6)
+    assert confidence([0.05, 0.3, 0.1, 0.05], "B", 4) == pytest.approx(0.6)
+    assert confidence([0.1, 0.6, 0.2, 0.1], None, 4) is None
+    assert confidence([0.1, 0.6, 0.2, 0.1], "E", 4) is None

@@ -264,3 +264,30 @@ def test_layer_injection_trains_to_read_the_vector_and_reloads_as_such(tmp_path,
         return explainer(**batch).loss.item()
 
     assert loss(held_v) < 0.8 * loss(shuffled), (loss(held_v), loss(shuffled))
+
+
+@pytest.mark.parametrize("model", ["tiny_dir", "tiny_gemma_dir"])
+def test_loss_from_answer_positions_alone_equals_the_full_loss_and_its_gradient(model, request):
+    """Training runs the output layer only where an answer token is predicted (Gemma's is 262k wide); the loss and
+    its gradient must be those of the full logits, right padding and Gemma's soft-capping included."""
+    model_dir = request.getfixturevalue(model)
+    explainer, tokenizer = load_explainer(None, model_dir, 64)
+    questions, answers, vectors = toy_examples(n=3)
+    answers[1] = "A much longer answer, so that the rows' answer positions differ. " * 2
+    batch = collate([encode_example(tokenizer, q, a, "plain", explainer.placeholder_id)
+                     for q, a in zip(questions, answers)], vectors, tokenizer.pad_token_id, "cpu")
+    labels = batch.pop("labels")
+    positions = training.answer_positions(labels)
+    assert 0 < len(positions) < labels.shape[1] - 1  # the prompt's positions are left out
+    results = []
+    for keep in (None, positions):
+        explainer.zero_grad()
+        out = explainer(**batch, **({} if keep is None else {"logits_to_keep": keep}))
+        loss, count = training.answer_loss_sum(out.logits, labels, keep)
+        loss.backward()
+        grads = [p.grad.clone() for p in explainer.parameters() if p.grad is not None]
+        results.append((loss.detach(), count, out.logits.shape[1], grads))
+    (full, n_full, width_full, g_full), (kept, n_kept, width_kept, g_kept) = results
+    assert n_full == n_kept and width_kept == len(positions) < width_full
+    assert torch.allclose(full, kept, rtol=1e-5)
+    assert g_full and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g_full, g_kept))
