@@ -15,12 +15,10 @@ import time
 
 import torch
 
-from peft import LoraConfig, get_peft_model
-
 from pipeline.config import TrainingConfig
 from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
 from pipeline.models import load_model, read_manifest
-from pipeline.training import answer_loss_sum, answer_positions
+from pipeline.training import answer_loss_sum, answer_positions, with_lora
 
 QUESTION = ("Here is a prompt: 'Fact: The official language of {} is'. If the hidden state at <vector> were patched "
             "into layers 6 to 9 at the last token of the subject, what would the next token be? Answer with the "
@@ -50,9 +48,7 @@ def main() -> None:
     width = read_manifest(args.model_dir)["hidden_size"]
     model, tokenizer = load_model(args.model_dir, trainable=True)
     placeholder = placeholder_token_id(tokenizer, model)
-    cfg = TrainingConfig()  # the training section's LoRA defaults
-    model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                             target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
+    model = with_lora(model, TrainingConfig())  # the training section's LoRA defaults
     explainer = ContinuousTokenExplainer(model, width, placeholder)
     countries = ["France", "Peru", "Japan", "Kenya", "Norway", "Chile", "Egypt", "Nepal"]
     answers = [f"The most likely output would change to <<< {c}>>>." for c in countries]

@@ -7,6 +7,8 @@ in the published layout with the vectors inline in `patch_position`.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import random
 from dataclasses import dataclass
@@ -159,16 +161,11 @@ def load_examples(table_path: str | Path, vectors_path: str | Path | None = None
     return frame, vectors.float()
 
 
-_VOCABULARIES: dict[int, tuple[object, frozenset]] = {}
-
-
+@functools.lru_cache(maxsize=4)
 def _vocabulary(tokenizer) -> frozenset:
-    """The tokenizer's token strings, built once per tokenizer: `get_vocab()` builds a new dict on every call, 0.1 s
-    for Gemma's 262k tokens, which per row of a label table took minutes."""
-    cached = _VOCABULARIES.get(id(tokenizer))
-    if cached is None or cached[0] is not tokenizer:
-        cached = _VOCABULARIES[id(tokenizer)] = (tokenizer, frozenset(tokenizer.get_vocab()))
-    return cached[1]
+    """The tokenizer's token strings, built once per tokenizer: `get_vocab()` builds a new dict on every call (0.09 s
+    for SmolLM2, 0.53 s for Gemma's 262k tokens), which per row of a label table took minutes."""
+    return frozenset(tokenizer.get_vocab())
 
 
 def tokens_text(tokenizer, tokens) -> str:

@@ -204,14 +204,14 @@ def hinted_letters(frame: pd.DataFrame) -> pd.Series:
 
 def label_counts(frame: pd.DataFrame) -> dict:
     labelled = frame["changed_pred_bc_hint"].dropna().astype(bool)
+    followed = int((frame["random_hint_prediction"] == hinted_letters(frame)).sum())
     return {"questions": int(len(frame)), "null_label": int(frame["changed_pred_bc_hint"].isna().sum()),
             "changed": int(labelled.sum()), "unchanged": int((~labelled).sum()),
             "changed_share": float(labelled.mean()) if len(labelled) else None,
-            "hint_followed": int((frame["random_hint_prediction"] == hinted_letters(frame)).sum()),
+            "hint_followed": followed,
             "correct_without_hint": int((frame["zeroshot_prediction"] == frame["correct_answer"]).sum()),
             "correct_with_hint": int((frame["random_hint_prediction"] == frame["correct_answer"]).sum()),
-            "hint_follow_rate": float((frame["random_hint_prediction"] == hinted_letters(frame)).mean())
-            if len(frame) else None,
+            "hint_follow_rate": followed / len(frame) if len(frame) else None,
             "zeroshot_answers": {str(k): int(v) for k, v in frame["zeroshot_prediction"].value_counts().items()},
             "median_confidence": float(frame["zeroshot_confidence"].median())
             if "zeroshot_confidence" in frame and frame["zeroshot_confidence"].notna().any() else None}

@@ -95,6 +95,14 @@ def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor,
     return loss, int((targets != -100).sum())
 
 
+def with_lora(model, cfg: TrainingConfig):
+    """The model with the training section's LoRA adapter attached (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
+
+
 def _deepspeed_engine(explainer, optimizer, scheduler, cfg: TrainingConfig, micro_batch: int):
     import deepspeed
 
@@ -136,10 +144,7 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
     model, tokenizer = load_model(base_model_dir, trainable=True)
     placeholder = placeholder_token_id(tokenizer, model)
     if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                 target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
+        model = with_lora(model, cfg)
     explainer = ContinuousTokenExplainer(model, target_width, placeholder, explainer_cfg.projection,
                                          explainer_cfg.inject)
     device = input_device(model)

@@ -269,7 +269,8 @@ def test_layer_injection_trains_to_read_the_vector_and_reloads_as_such(tmp_path,
 @pytest.mark.parametrize("model", ["tiny_dir", "tiny_gemma_dir"])
 def test_loss_from_answer_positions_alone_equals_the_full_loss_and_its_gradient(model, request):
     """Training runs the output layer only where an answer token is predicted (Gemma's is 262k wide); the loss and
-    its gradient must be those of the full logits, right padding and Gemma's soft-capping included."""
+    its gradient must be those of the full logits, with answers of different lengths in one left-padded batch and
+    Gemma's soft-capping included."""
     model_dir = request.getfixturevalue(model)
     explainer, tokenizer = load_explainer(None, model_dir, 64)
     questions, answers, vectors = toy_examples(n=3)
