@@ -21,6 +21,7 @@ include: "workflow/rules/generate.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/matrix.smk"
+include: "workflow/rules/interpbench.smk"
 
 
 rule all:

@@ -65,6 +65,8 @@ STAGES: dict[str, Stage] = {
                           ("features.ood.batch_size",)),
     "features_figures": Stage("pipeline.report:features_figures"),
     "matrix": Stage("pipeline.matrix:build_matrix", ("matrix", "scoring")),
+    "interpbench_case": Stage("pipeline.interpbench:build_case", ("interpbench.build",)),
+    "interpbench_cases": Stage("pipeline.interpbench:summarize", ("interpbench.cases",)),
     "act_patch_patch_effect": Stage("pipeline.report:patch_effect_figure"),
     "report_figures": Stage("pipeline.report:run_figures"),
     "summary_table": Stage("pipeline.report:write_summary"),

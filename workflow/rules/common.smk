@@ -1,7 +1,7 @@
 # Wildcard constraints and input functions shared by the rule files.
 from pathlib import Path
 
-from pipeline import stages
+from pipeline import interpbench, stages
 from pipeline.tasks import TASK_MODULES, all_variants, get_task
 
 TASKS = tuple(TASK_MODULES)
@@ -16,6 +16,20 @@ wildcard_constraints:
     split="train|test",
     task="|".join(TASKS),
     variant="|".join(all_variants()),
+    case="[A-Za-z0-9_]+",
+
+
+# InterpBench: the configured cases that build here, and the skipped ones with what they need. An unknown case id or
+# a metadata entry that cannot be built is an error now, before any job runs.
+INTERPBENCH_BUILD, INTERPBENCH_SKIPPED = interpbench.plan(config["interpbench"]["metadata"], config["interpbench"]["cases"])
+
+
+def interpbench_case_dir(key):
+    """The case folder a model key `ib{case}` names, for rules that take an InterpBench case as their target."""
+    case = interpbench.case_key(key)
+    if case not in INTERPBENCH_BUILD:
+        raise ValueError(f"model key '{key}': not an InterpBench case this config builds ({INTERPBENCH_BUILD})")
+    return f"resources/interpbench/{case}"
 
 
 def settings_of(stage):
@@ -33,6 +47,11 @@ def model_settings(wildcards):
 
 
 def known_model(key):
+    case = interpbench.case_key(key)
+    if case is not None:
+        raise ValueError(f"model key '{key}' is InterpBench case {case} (resources/interpbench/{case}/, built by the "
+                         f"interpbench_case job): its inputs are token sequences over the case's vocabulary, not "
+                         f"text, so the act_patch, input_ablation and features rules cannot take it as a model")
     if key not in config["models"]:
         raise ValueError(f"unknown model key '{key}': config.yaml defines {sorted(config['models'])}")
     return key

@@ -1,0 +1,44 @@
+rule interpbench_case:
+    input:
+        metadata=config["interpbench"]["metadata"],
+    output:
+        case=directory("resources/interpbench/{case}"),
+        stats="work/interpbench/{case}.json",
+    params:
+        settings=settings_of("interpbench_case"),
+        code=code_of("interpbench_case"),
+    log:
+        "logs/interpbench_case/{case}.log",
+    benchmark:
+        "benchmarks/interpbench_case/{case}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/interpbench_case.py"
+
+
+rule interpbench_cases:
+    input:
+        stats=expand("work/interpbench/{case}.json", case=INTERPBENCH_BUILD),
+    output:
+        "results/interpbench/cases.parquet",
+    params:
+        settings=settings_of("interpbench_cases"),
+        code=code_of("interpbench_cases"),
+        skipped=INTERPBENCH_SKIPPED,
+    log:
+        "logs/interpbench_cases/cases.log",
+    benchmark:
+        "benchmarks/interpbench_cases/cases.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/interpbench_cases.py"
