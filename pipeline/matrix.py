@@ -80,9 +80,9 @@ def build_matrix(task: str, models: list[str], results: dict[tuple[str, str], st
 
 def heat_map(frame: pd.DataFrame, out_path) -> None:
     """Explainer (rows) x target (columns): the headline value with its interval in each cell."""
-    from pipeline.report import _pyplot, _save
+    from pipeline.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     explainers, targets = list(dict.fromkeys(frame["explainer"])), list(dict.fromkeys(frame["target"]))
     grid = frame.pivot(index="explainer", columns="target", values="value").loc[explainers, targets]
     figure, axis = plt.subplots(figsize=(2.2 * len(targets) + 2, 1.6 * len(explainers) + 1.5), layout="constrained")
@@ -101,4 +101,4 @@ def heat_map(frame: pd.DataFrame, out_path) -> None:
     task, split, metric = frame["task"].iloc[0], frame["split"].iloc[0], frame["metric"].iloc[0]
     axis.set_title(f"{task}: {metric} ({split}), 95% interval; bold = explains itself")
     figure.colorbar(image, ax=axis)
-    _save(figure, out_path)
+    save_figure(figure, out_path)

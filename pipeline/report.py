@@ -19,7 +19,8 @@ from pipeline.metrics import METRICS
 from pipeline.prompts import parse_answer
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display on a cluster node)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,10 +29,11 @@ def _pyplot():
     return plt
 
 
-def _save(figure, out_path) -> None:
+def save_figure(figure, out_path) -> None:
+    """Write a figure atomically in the format its suffix names, then close it."""
     with atomic_path(out_path) as tmp:
         figure.savefig(tmp, format=Path(out_path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
-    _pyplot().close(figure)
+    pyplot().close(figure)
 
 
 def patch_effect(label_paths: list[str]) -> pd.DataFrame:
@@ -45,7 +47,7 @@ def patch_effect(label_paths: list[str]) -> pd.DataFrame:
 
 
 def patch_effect_figure(label_paths: list[str], out_path, title: str) -> pd.DataFrame:
-    plt = _pyplot()
+    plt = pyplot()
     table = patch_effect(label_paths)
     figure, axis = plt.subplots(figsize=(1.1 * len(table.columns) + 3, 0.7 * len(table) + 1.8))
     image = axis.imshow(table.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -56,12 +58,12 @@ def patch_effect_figure(label_paths: list[str], out_path, title: str) -> pd.Data
     axis.set_xlabel("patched layer window")
     axis.set_title(title)
     figure.colorbar(image, ax=axis, label="share of next tokens changed")
-    _save(figure, out_path)
+    save_figure(figure, out_path)
     return table
 
 
 def metrics_figure(result_path, out_path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     result = read_json(result_path)
     variants = list(result["metrics"])
     figure, axis = plt.subplots(figsize=(9, 4))
@@ -78,7 +80,7 @@ def metrics_figure(result_path, out_path) -> None:
     axis.set_ylabel("score (95% cluster-bootstrap interval)")
     axis.set_title(f"{result['task']}: {result['explainer']} explains {result['target']}")
     axis.legend(fontsize=8)
-    _save(figure, out_path)
+    save_figure(figure, out_path)
 
 
 def confusion(frame: pd.DataFrame) -> np.ndarray:
@@ -91,7 +93,7 @@ def confusion(frame: pd.DataFrame) -> np.ndarray:
 
 
 def confusion_figure(prediction_paths: list[str], out_path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(prediction_paths), figsize=(3.6 * len(prediction_paths), 3.2), squeeze=False)
     for axis, path in zip(axes[0], prediction_paths):
         frame = read_table(path, required=["prediction", "is_different"])
@@ -103,11 +105,11 @@ def confusion_figure(prediction_paths: list[str], out_path, title: str) -> None:
         axis.set_yticks(range(2), ["changed", "unchanged"])
         axis.set_title(Path(path).stem)
     figure.suptitle(title)
-    _save(figure, out_path)
+    save_figure(figure, out_path)
 
 
 def loss_figure(training_log_path, out_path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     log = read_json(training_log_path)
     steps = [e["step"] for e in log["losses"]]
     losses = [e["loss"] for e in log["losses"]]
@@ -122,7 +124,7 @@ def loss_figure(training_log_path, out_path, title: str) -> None:
     axis.set_yscale("log")
     axis.set_title(title)
     axis.legend()
-    _save(figure, out_path)
+    save_figure(figure, out_path)
 
 
 def run_figures(result_path, prediction_paths: list[str], training_log_path, metrics_png, confusion_png,
@@ -179,7 +181,7 @@ if __name__ == "__main__":
 def features_metrics_figure(result: dict, out_path) -> None:
     """Per score (offline judge, LM judge, simulator) on the test features, and the simulator's on each
     out-of-distribution set: every variant's and baseline's mean with its 95% bootstrap interval over features."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [(result["metrics"], score, "test features") for score in
               ("embedding_similarity", "lm_judge", "simulator_top", "simulator_top_random")
               if any(score in m["overall"] for m in result["metrics"].values())]
@@ -196,7 +198,7 @@ def features_metrics_figure(result: dict, out_path) -> None:
         n = metrics["finetuned"]["overall"][score]["n"]
         axis.set_ylabel(f"{score}\n(95% bootstrap interval)")
         axis.set_title(f"features: {result['explainer']} explains {result['target']}, {score} (n={n} {what})")
-    _save(figure, out_path)
+    save_figure(figure, out_path)
 
 
 def features_examples_page(result: dict, out_path) -> None:

@@ -212,3 +212,15 @@ def test_summary_has_a_row_per_case_and_says_what_skipped_ones_need(built_case, 
     frame = read_table(tmp_path / "cases.parquet").set_index("case")
     assert frame.loc["24", "status"] == "built" and frame.loc["24", "behavior_accuracy"] == stats["behavior_accuracy"]
     assert frame.loc["ioi", "status"] == "skipped" and "GPT-2" in frame.loc["ioi", "skip_reason"]
+
+
+def test_workflow_plans_every_case_from_another_directory_and_refuses_an_unknown_one(tmp_path):
+    """The metadata is found from any working directory; an unknown case stops Snakemake before any job."""
+    from tests.test_workflow import override, planned_jobs, snakemake
+
+    plan = planned_jobs(snakemake(tmp_path, "-n", "results/interpbench/cases.parquet"))
+    assert plan == {"interpbench_case": 16, "interpbench_cases": 1}
+    bad = override(tmp_path, "bad.yaml", {"interpbench": {"cases": ["24", "99"]}})
+    run = snakemake(tmp_path, "-n", "results/interpbench/cases.parquet", configfiles=[bad])
+    assert run.returncode != 0 and "interpbench.cases: unknown case '99'" in run.stdout + run.stderr
+    assert not (tmp_path / "resources").exists()

@@ -21,7 +21,11 @@ wildcard_constraints:
 
 # InterpBench: the configured cases that build here, and the skipped ones with what they need. An unknown case id or
 # a metadata entry that cannot be built is an error now, before any job runs.
-INTERPBENCH_BUILD, INTERPBENCH_SKIPPED = interpbench.plan(config["interpbench"]["metadata"], config["interpbench"]["cases"])
+# A relative metadata path not found in the working directory is the workflow's own copy.
+INTERPBENCH_METADATA = config["interpbench"]["metadata"]
+if not Path(INTERPBENCH_METADATA).is_absolute() and not Path(INTERPBENCH_METADATA).exists():
+    INTERPBENCH_METADATA = str(Path(workflow.basedir) / INTERPBENCH_METADATA)
+INTERPBENCH_BUILD, INTERPBENCH_SKIPPED = interpbench.plan(INTERPBENCH_METADATA, config["interpbench"]["cases"])
 
 
 def interpbench_case_dir(key):

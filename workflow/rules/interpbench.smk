@@ -1,6 +1,6 @@
 rule interpbench_case:
     input:
-        metadata=config["interpbench"]["metadata"],
+        metadata=INTERPBENCH_METADATA,
     output:
         case=directory("resources/interpbench/{case}"),
         stats="work/interpbench/{case}.json",
