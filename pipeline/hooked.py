@@ -84,10 +84,12 @@ class Block(nn.Module):
 
     def forward(self, resid: torch.Tensor) -> torch.Tensor:
         resid = self.hook_resid_pre(resid)
-        per_head = resid.unsqueeze(2).expand(-1, -1, self.n_heads, -1)
-        result = self.attn(self.hook_q_input(per_head), self.hook_k_input(per_head), self.hook_v_input(per_head))
+        # Each input is its own tensor, as TransformerLens makes them, so a hook that edits one in place (an
+        # edge patch) changes only that input, not the residual stream or the other heads' inputs.
+        per_head = lambda: resid.unsqueeze(2).repeat(1, 1, self.n_heads, 1)  # noqa: E731
+        result = self.attn(self.hook_q_input(per_head()), self.hook_k_input(per_head()), self.hook_v_input(per_head()))
         resid = self.hook_resid_mid(resid + self.hook_attn_out(result.sum(2) + self.attn.b_O))
-        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.hook_mlp_in(resid))))
+        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.hook_mlp_in(resid.clone()))))
 
 
 class HookedTransformer(nn.Module):

@@ -5,10 +5,17 @@ the greedy next token. `patched_next_tokens` runs a batch of prompts where every
 one vector (the intervention, as the paper's published tables define it) into its own token
 position at every layer of its own set of layers, and returns the greedy next token of every
 row; rows with no patch give the clean answer. One forward pass serves many pairs and windows.
+
+A target adapter says how the engine reaches a model: `HFDecoder` (a Hugging Face decoder LM: layers at
+`model.layers`, logits kept for the last position) or `HookedTarget` (pipeline.hooked's TransformerLens-style
+models: layers are `blocks`, components are hook points by name). `wrap` picks one, so both kinds go through
+the same functions. `run_components` is the component-level form for hooked models: save named hook points,
+replace (or add to) a component's output with another input's, return every position's output.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -58,35 +65,137 @@ def greedy_next_tokens(model, tokenizer, prompts, batch_size: int = 64, desc: st
     return answers
 
 
-def wrap(model) -> NNsight:
-    return NNsight(model)
+class HFDecoder:
+    """A Hugging Face decoder LM: decoder layers at `model.layers`, logits computed for the last position only."""
+
+    def __init__(self, model):
+        config = getattr(model, "config", None)
+        text = getattr(config, "text_config", None) or config
+        self.depth, self.width = text.num_hidden_layers, text.hidden_size
+
+    def inputs(self, ids: torch.Tensor, mask: torch.Tensor | None) -> dict:
+        return {"input_ids": ids, "attention_mask": mask, "logits_to_keep": 1}
+
+    def layer(self, traced: NNsight, index: int):
+        return traced.model.layers[index]
+
+    def next_logits(self, traced: NNsight):
+        return traced.output.logits[:, -1]
+
+
+class HookedTarget:
+    """pipeline.hooked's TransformerLens-style model: layers are `blocks`, components are hook points by name
+    (`blocks.1.attn.hook_result`, `blocks.0.hook_mlp_out`, ...). It has no padding: every row has the same length."""
+
+    # The order in which a block runs its hook points (nnsight must reach modules in execution order).
+    BLOCK_ORDER = ("hook_resid_pre", "hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_q", "attn.hook_k",
+                   "attn.hook_v", "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out",
+                   "hook_resid_mid", "hook_mlp_in", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out",
+                   "hook_resid_post")
+
+    def __init__(self, model):
+        self.depth, self.width = model.cfg["n_layers"], model.cfg["d_model"]
+
+    def inputs(self, ids: torch.Tensor, mask: torch.Tensor | None) -> dict:
+        if mask is not None and not bool(mask.all()):
+            raise ValueError("a TransformerLens-style target takes no padding: give rows of equal length")
+        return {"tokens": ids}
+
+    def layer(self, traced: NNsight, index: int):
+        return traced.blocks[index]
+
+    def next_logits(self, traced: NNsight):
+        return traced.output[:, -1]
+
+    def module(self, traced: NNsight, hook: str):
+        envoy = traced
+        for part in hook.split("."):
+            envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+        return envoy
+
+    def rank(self, hook: str) -> tuple:
+        """Execution order of a hook point: embeddings first, then block by block in BLOCK_ORDER."""
+        if not hook.startswith("blocks."):
+            return (-1, ("hook_embed", "hook_pos_embed").index(hook))
+        _, layer, rest = hook.split(".", 2)
+        return (int(layer), self.BLOCK_ORDER.index(rest))
+
+
+@dataclass
+class Traced:
+    """A model wrapped for patching: the nnsight wrapper and the adapter that finds its parts."""
+
+    nn: NNsight
+    target: HFDecoder | HookedTarget
+
+
+def wrap(model) -> Traced:
+    from pipeline.hooked import HookedTransformer
+
+    target = HookedTarget(model) if isinstance(model, HookedTransformer) else HFDecoder(model)
+    return Traced(NNsight(model), target)
 
 
 @torch.no_grad()
-def capture_states(traced: NNsight, layers: Sequence[int], ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
+def capture_states(traced: Traced, layers: Sequence[int], ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
                    positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The outputs of `layers` at (rows[i], positions[i]), a tensor [len(rows), len(layers), d], and each
     prompt's greedy next-token id."""
-    saved = []
-    with traced.trace(input_ids=ids, attention_mask=mask, logits_to_keep=1):
+    saved, nn, target = [], traced.nn, traced.target
+    with nn.trace(**target.inputs(ids, mask)):
         for layer in sorted(set(layers)):  # module accesses follow execution order
-            saved.append((layer, traced.model.layers[layer].output[rows, positions].save()))
-        next_ids = traced.output.logits[:, -1].argmax(-1).save()
+            saved.append((layer, target.layer(nn, layer).output[rows, positions].save()))
+        next_ids = target.next_logits(nn).argmax(-1).save()
     by_layer = {layer: value.detach() for layer, value in saved}
     return torch.stack([by_layer[layer] for layer in layers], dim=1), next_ids.detach()
 
 
 @torch.no_grad()
-def patched_next_tokens(traced: NNsight, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+def patched_next_tokens(traced: Traced, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                         layer_mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Greedy next-token ids when row b's output at positions[b] is replaced by the one vector values[b]
     at every layer k with layer_mask[b, k]; rows without any patch run clean."""
-    num_layers = layer_mask.shape[1]
-    with traced.trace(input_ids=ids, attention_mask=mask, logits_to_keep=1):
+    num_layers, nn, target = layer_mask.shape[1], traced.nn, traced.target
+    with nn.trace(**target.inputs(ids, mask)):
         for layer in range(num_layers):
             rows = layer_mask[:, layer].nonzero().squeeze(-1)
             if rows.numel():
-                output = traced.model.layers[layer].output
+                output = target.layer(nn, layer).output
                 output[rows, positions[rows]] = values[rows].to(output.dtype)
-        next_ids = traced.output.logits[:, -1].argmax(-1).save()
+        next_ids = target.next_logits(nn).argmax(-1).save()
     return next_ids.detach()
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Replace (or, with add=True, add to) a hook point's output: the head slice `head` of a per-head hook, or
+    the whole output where head is None. `value` has the hook output's shape (without the head axis for a head)."""
+
+    hook: str
+    head: int | None
+    value: torch.Tensor
+    add: bool = False
+
+
+@torch.no_grad()
+def run_components(traced: Traced, ids: torch.Tensor, patches: Sequence[Patch] = (),
+                   save: Sequence[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Every position's output with `patches` applied, and the (patched-run) outputs of the hook points in `save`."""
+    nn, target = traced.nn, traced.target
+    by_hook: dict[str, list[Patch]] = {}
+    for patch in patches:
+        by_hook.setdefault(patch.hook, []).append(patch)
+    saved = {}
+    with nn.trace(**target.inputs(ids, None)):
+        for hook in sorted(set(by_hook) | set(save), key=target.rank):
+            output = target.module(nn, hook).output
+            for patch in by_hook.get(hook, ()):
+                where = (slice(None), slice(None), patch.head) if patch.head is not None else (...,)
+                if patch.add:
+                    output[where] += patch.value
+                else:
+                    output[where] = patch.value
+            if hook in save:
+                saved[hook] = output.save()
+        out = nn.output.save()
+    return out.detach(), {hook: value.detach() for hook, value in saved.items()}

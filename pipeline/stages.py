@@ -67,6 +67,8 @@ STAGES: dict[str, Stage] = {
     "matrix": Stage("pipeline.matrix:build_matrix", ("matrix", "scoring")),
     "interpbench_case": Stage("pipeline.interpbench:build_case", ("interpbench.build",)),
     "interpbench_cases": Stage("pipeline.interpbench:summarize", ("interpbench.cases",)),
+    "interpbench_patching": Stage("pipeline.circuits:discover", ("interpbench.patching",)),
+    "interpbench_summary": Stage("pipeline.circuits:write_summary"),
     "act_patch_patch_effect": Stage("pipeline.report:patch_effect_figure"),
     "report_figures": Stage("pipeline.report:run_figures"),
     "summary_table": Stage("pipeline.report:write_summary"),

@@ -42,3 +42,54 @@ rule interpbench_cases:
         "../../envs/pipeline.yaml"
     script:
         "../scripts/interpbench_cases.py"
+
+
+rule interpbench_patching:
+    input:
+        case="resources/interpbench/{case}",
+        metadata=INTERPBENCH_METADATA,
+    output:
+        "results/interpbench/{case}.json",
+    params:
+        settings=settings_of("interpbench_patching"),
+        code=code_of("interpbench_patching"),
+    log:
+        "logs/interpbench_patching/{case}.log",
+    benchmark:
+        "benchmarks/interpbench_patching/{case}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/interpbench_patching.py"
+
+
+rule interpbench_summary:
+    input:
+        results=expand("results/interpbench/{case}.json", case=INTERPBENCH_BUILD),
+    output:
+        table="results/interpbench/summary.parquet",
+        figure=report(
+            "report/interpbench/circuits.png",
+            caption="../report/interpbench.rst",
+            category="InterpBench",
+            labels={"figure": "circuits"},
+        ),
+    params:
+        settings=settings_of("interpbench_summary"),
+        code=code_of("interpbench_summary"),
+    log:
+        "logs/interpbench_summary/summary.log",
+    benchmark:
+        "benchmarks/interpbench_summary/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/interpbench_summary.py"
