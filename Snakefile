@@ -22,6 +22,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/matrix.smk"
 include: "workflow/rules/interpbench.smk"
+include: "workflow/rules/circuits.smk"
 
 
 rule all:

@@ -220,9 +220,10 @@ def summarize(paths: list[str | Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def circuits_figure(results: list[dict[str, Any]], out_path) -> None:
+def circuits_figure(results: list[dict[str, Any]], out_path, explainer: dict[str, dict] | None = None) -> None:
     """One panel per case: layers (rows) x heads and MLP (columns), coloured by the patching score (scaled to the
-    case's largest), the known circuit framed, the components patching finds marked with a dot."""
+    case's largest), the known circuit framed, the components patching finds marked with a dot, and those the
+    explainer says change the output on at least half of its questions about them marked with a cross."""
     from pipeline.report import pyplot, save_figure
 
     plt = pyplot()
@@ -245,22 +246,36 @@ def circuits_figure(results: list[dict[str, Any]], out_path) -> None:
                 axis.add_patch(plt.Rectangle((col - 0.5, layer - 0.5), 1, 1, fill=False, lw=2.5, color="black"))
             if node["change_rate"] > result["found_above"]:
                 axis.plot(col, layer, "o", color="white", markeredgecolor="black", markersize=6)
+            said = (explainer or {}).get(str(result["case"]), {}).get(name)
+            if said is not None and said["said_changed"] >= 0.5:
+                axis.plot(col, layer, "x", color="blue", markersize=9, markeredgewidth=2)
         axis.imshow(grid, vmin=0, vmax=1, cmap="Reds", aspect="auto")
         axis.set_xticks(range(heads + 1), [f"h{h}" for h in range(heads)] + ["MLP"])
         axis.set_yticks(range(layers), [f"L{layer}" for layer in range(layers)])
         auroc = result["nodes"]["auroc"]
         axis.set_title(f"case {result['case']}: node AUROC {auroc:.2f}" if auroc is not None else
                        f"case {result['case']}", fontsize=9)
-    figure.suptitle("Patching vs the known circuit (frame: known; colour: patching score; dot: found)")
+    figure.suptitle("Known circuit (frame) vs patching (colour: score; dot: found) vs the explainer (cross: says "
+                    "changed on at least half its questions)")
     save_figure(figure, out_path)
 
 
-def write_summary(paths: list[str | Path], out_path, figure_path, prov: dict[str, Any]) -> pd.DataFrame:
-    """results/interpbench/summary.parquet (one row per case) and the report's circuit figure."""
+def write_summary(paths: list[str | Path], out_path, figure_path, prov: dict[str, Any],
+                  explainer_result: str | Path | None = None) -> pd.DataFrame:
+    """results/interpbench/summary.parquet (one row per case: patching's node and edge recovery and, given a
+    circuits results file, the explainer's is_changed F1 and circuit-recovery AUROC on that case) and the report's
+    circuit figure."""
     from pipeline.artifacts import write_table
 
     frame = pd.DataFrame(summarize(paths))
+    rates = None
+    if explainer_result:
+        from pipeline.circuit_task import per_case
+
+        explainer = pd.DataFrame.from_dict(per_case(explainer_result), orient="index")
+        frame = frame.merge(explainer, left_on="case", right_index=True, how="left")
+        rates = json.loads(Path(explainer_result).read_text()).get("component_rates")
     write_table(frame, out_path, prov)
-    circuits_figure([json.loads(Path(p).read_text()) for p in paths], figure_path)
+    circuits_figure([json.loads(Path(p).read_text()) for p in paths], figure_path, rates)
     print(frame.to_string(), flush=True)
     return frame

@@ -109,9 +109,19 @@ def circuit_edges(nodes: list[dict[str, Any]], sink: str, last_layer: int) -> li
             writer.setdefault(label, []).append(out)
     edges: list[tuple[str, str]] = []
 
+    def before(up: str, into: str) -> bool:
+        """Whether `up` writes the residual stream before `into` reads it (a node never feeds itself: tracr's
+        selector-width MLP writes the attention output space it reads, to clean it)."""
+        if not up.startswith("blocks."):
+            return True
+        up_layer, into_layer = int(up.split(".")[1]), int(into.split(".")[1])
+        if into.endswith("hook_mlp_in"):
+            return up_layer < into_layer or (up_layer == into_layer and ".attn." in up)
+        return up_layer < into_layer or into.endswith("hook_resid_post")
+
     def feed(labels, into):
         for label in labels:
-            edges.extend((up, into) for up in writer.get(label, []) if (up, into) not in edges)
+            edges.extend((up, into) for up in writer.get(label, []) if (up, into) not in edges and before(up, into))
 
     for node in nodes:
         layer = node["layer"]

@@ -19,7 +19,7 @@ import torch
 
 # Task modules register themselves on import; the registry lists where each one lives.
 TASK_MODULES = {"act_patch": "pipeline.act_patch", "input_ablation": "pipeline.input_ablation",
-                "features": "pipeline.features"}
+                "features": "pipeline.features", "circuits": "pipeline.circuit_task"}
 
 
 @dataclass
@@ -75,6 +75,9 @@ class Task:
     eval_sets: Callable[[dict], tuple[str, ...]] = lambda section: ()
     # (split, metric) of the results file's finetuned metrics that the self-versus-other matrix compares
     headline: tuple[str, str] = ("overall", "is_changed_f1")
+    # target key -> the folder the shared stages read as the target (its manifest.json gives hidden_size and
+    # source); None: the language model resources/models/{target}
+    target_dir: Callable[[str], str] | None = None
 
 
 _TASKS: dict[str, Task] = {}

@@ -161,3 +161,123 @@ def test_discover_scores_a_built_case_and_refuses_foreign_edges(tmp_path):
     with pytest.raises(ValueError, match="edges.pkl"):
         circuits.discover("11", bad, METADATA, settings, tmp_path / "bad.json", {})
     assert not (tmp_path / "bad.json").exists()
+
+
+@pytest.fixture(scope="module")
+def compiled_case(tmp_path_factory):
+    """Case 11's compiled tracr model written in the released layout: a model that is exactly its circuit."""
+    import pickle
+
+    from pipeline import circuits
+    from pipeline.interpbench import circuit_edges, read_metadata
+
+    entry = read_metadata(METADATA)["11"]
+    _, _, compiled = circuits.case_inputs("11", METADATA, 10, 0)
+    folder = tmp_path_factory.mktemp("cases") / "11"
+    folder.mkdir()
+    torch.save(compiled.model.state_dict(), folder / "ll_model_510.pth")
+    with (folder / "ll_model_cfg_510.pkl").open("wb") as fh:
+        pickle.dump(dict(compiled.model.cfg), fh)
+    (folder / "meta_510.json").write_text(json.dumps(entry["training_args"]))
+    with (folder / "edges.pkl").open("wb") as fh:
+        pickle.dump(circuit_edges(compiled.nodes, compiled.sink, compiled.model.cfg["n_layers"] - 1), fh)
+    return folder
+
+
+def test_circuit_labels_ask_every_component_and_only_the_circuit_changes_the_output(compiled_case, tmp_path):
+    """Each pair asks about every head and MLP once; on a model that is exactly its circuit no other component
+    changes the output; answers carry the verdict; vectors are padded to the width; test inputs are not train's."""
+    from pipeline.circuit_task import build_labels, examples, training_rows
+    from pipeline.prompts import VECTOR, parse_answer
+
+    settings = {"pairs_per_case": {"train": 12, "test": 4, "heldout_cases": 4}, "width": 32, "seed": 0}
+    paths = {}
+    for split in ("train", "test"):
+        paths[split] = {"labels": tmp_path / f"{split}.parquet", "vectors": tmp_path / f"{split}.vectors.safetensors"}
+        build_labels(split, ["11"], [str(compiled_case)], METADATA, settings, paths[split]["labels"],
+                     paths[split]["vectors"], {"test": True})
+    from pipeline.circuits import components as all_components
+    from pipeline.interpbench import load_case
+
+    train = examples(paths["train"], None)
+    cfg = load_case(compiled_case)["cfg"]
+    components = len(all_components(cfg))
+    assert len(train.questions) == 12 * components and train.vectors.shape == (12 * components, 32)
+    frame = train.frame
+    assert (frame.groupby("pair_id")["component"].nunique() == components).all()
+    assert not frame.loc[~frame["in_circuit"], "is_different"].any()
+    assert frame.loc[frame["in_circuit"], "is_different"].any()
+    assert (frame["output_position"] >= frame["position"]).all()    # causal: only later outputs can move
+    assert all(q.count(VECTOR) == 1 for q in train.questions)
+    assert [parse_answer(a).changed for a in train.answers] == frame["is_different"].tolist()
+    assert cfg["d_model"] < 32 and float(train.vectors[:, cfg["d_model"]:].abs().max()) == 0.0   # zero-padded
+    test = examples(paths["test"], None)
+    assert not set(test.frame["input_tokens"]) & set(frame["input_tokens"])
+    balanced = training_rows(train, {"balance": 1.0}, 0)
+    changed = int(frame["is_different"].sum())
+    assert int(balanced.labels.sum()) == changed and len(balanced.labels) == 2 * changed
+
+
+def test_circuit_scores_recover_the_circuit_from_verdicts(compiled_case, tmp_path):
+    """score_frames on answers that repeat the truth: change F1 1.0 per case, and ranking components by how often
+    they are said to change recovers the known circuit exactly (AUROC 1.0), as the true labels do; a no-vector
+    control that always says "unchanged" recovers nothing (AUROC 0.5)."""
+    from pipeline.circuit_task import baseline_frames, build_labels, examples, score_frames
+    from pipeline.explain import prediction_frame
+    from pipeline.prompts import change_answer
+
+    settings = {"pairs_per_case": {"train": 12, "test": 12, "heldout_cases": 4}, "width": 32, "seed": 0}
+    paths = {split: {"labels": tmp_path / f"{split}.parquet", "vectors": tmp_path / f"{split}.vectors.safetensors"}
+             for split in ("train", "test")}
+    for split, p in paths.items():
+        build_labels(split, ["11"], [str(compiled_case)], METADATA, settings, p["labels"], p["vectors"], {})
+    test = examples(paths["test"], None)
+    right = prediction_frame(test, test.questions, test.answers, "finetuned")
+    silent = prediction_frame(test, test.questions, [change_answer(False, "x")] * len(test.answers), "no_vector")
+    baselines, described = baseline_frames(right, paths["train"], paths["test"], None)
+    scores = score_frames({"finetuned": right, "no_vector": silent} | baselines, 50, 0)
+    assert scores["per_case_f1"]["test"]["finetuned"] == {"11": 1.0}
+    recovery = scores["circuit_recovery"]["test"]
+    assert recovery["finetuned"] == {"11": 1.0} and recovery["labels"] == {"11": 1.0}
+    assert recovery["no_vector"] == {"11": 0.5}
+    rates = scores["component_rates"]["11"]
+    assert all(r["said_changed"] == r["changed"] for r in rates.values())   # the answers are the truth
+    in_circuit = set(test.frame.loc[test.frame["in_circuit"], "component"])
+    assert all(rates[c]["changed"] == 0.0 for c in rates if c not in in_circuit)
+    assert set(baselines) == {"structure_prior", "majority_class"} and described["majority_class"]
+
+
+@pytest.mark.slow
+def test_workflow_builds_patches_and_explains_small_cases(tmp_path):
+    """`snakemake results/interpbench/summary.parquet` at a tiny size: cases built, patched and scored against their
+    circuits, the circuits task trained on two cases and tested on a third, one summary row per case holding
+    patching's and the explainer's figures; a target other than `ib` is refused before any job."""
+    import pandas as pd
+
+    from tests.test_workflow import override, planned_jobs, snakemake
+
+    small = override(tmp_path, "small.yaml", {
+        "interpbench": {"cases": ["3", "11", "24"],
+                        "build": {"inputs": 80, "test_fraction": 0.25, "min_train": 80, "max_epochs": 2,
+                                  "eval_every": 1, "batch_size": 64, "compile_check": 10, "seed": 0},
+                        "patching": {"inputs": 16, "found_above": 0.01, "atol": 0.05, "seed": 0}},
+        "circuits": {"train_cases": ["11", "24"], "heldout_cases": ["3"],
+                     "pairs_per_case": {"train": 6, "test": 2, "heldout_cases": 2}, "balance": 1.0, "width": 32,
+                     "seed": 0, "explainer": "tiny", "generation": {"max_examples": 12, "max_new_tokens": 8},
+                     "training": {"max_length": 160}}})
+    plan = planned_jobs(snakemake(tmp_path, "-n", "results/interpbench/summary.parquet", configfiles=[small]))
+    assert plan["interpbench_case"] == 3 and plan["interpbench_patching"] == 3 and plan["circuits_labels"] == 3
+    assert plan["circuits_generate"] == 3 and plan["circuits_generate_heldout_cases"] == 3
+    run = snakemake(tmp_path, "results/interpbench/summary.parquet", configfiles=[small], timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = pd.read_parquet(tmp_path / "results" / "interpbench" / "summary.parquet")
+    assert sorted(summary["case"]) == ["11", "24", "3"]
+    assert summary["node_auroc"].notna().all() and summary["edge_candidates"].gt(0).all()
+    assert set(summary.loc[summary["case"] == "3", "explainer_set"]) == {"heldout_cases"}
+    assert set(summary.loc[summary["case"] != "3", "explainer_set"]) == {"test"}
+    result = json.loads((tmp_path / "results" / "circuits" / "tiny_ib.json").read_text())
+    assert {"structure_prior", "majority_class", "finetuned", "no_vector", "untrained"} <= set(result["metrics"])
+    assert set(result["heldout_cases"]["metrics"]) == {"finetuned", "untrained", "no_vector"}
+    assert (tmp_path / "report" / "interpbench" / "circuits.png").stat().st_size > 0
+    refused = snakemake(tmp_path, "-n", "results/circuits/tiny_tiny.json", configfiles=[small])
+    assert refused.returncode != 0 and "the target is 'ib'" in refused.stdout + refused.stderr

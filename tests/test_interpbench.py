@@ -53,6 +53,15 @@ def test_compiled_model_computes_the_rasp_program(case, metadata):
         assert agreement["compile_agreement"] < 1.0
     else:
         assert agreement == {"compile_agreement": 1.0, "compile_position_agreement": 1.0}
+    # The known circuit's edges are paths of the residual stream: each writer comes before its reader, none
+    # feeds itself (tracr's selector-width MLP writes the space it reads).
+    from pipeline.circuits import _inner, candidate_edges
+    from pipeline.interpbench import circuit_edges
+
+    cfg = compiled.model.cfg
+    edges = circuit_edges(compiled.nodes, compiled.sink, cfg["n_layers"] - 1)
+    paths = set(candidate_edges(cfg))
+    assert edges and all(edge in paths or _inner(edge) for edge in edges), edges
 
 
 def test_weight_suffix_names_the_released_files(metadata):

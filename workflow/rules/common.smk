@@ -28,6 +28,32 @@ if not Path(INTERPBENCH_METADATA).is_absolute() and not Path(INTERPBENCH_METADAT
 INTERPBENCH_BUILD, INTERPBENCH_SKIPPED = interpbench.plan(INTERPBENCH_METADATA, config["interpbench"]["cases"])
 
 
+def circuit_cases(split):
+    """The InterpBench case folders the circuits task reads for a split (train/test: circuits.train_cases;
+    heldout_cases: circuits.heldout_cases); each must be a case this config builds."""
+    section = config["circuits"]
+    cases = [str(c) for c in section["heldout_cases" if split == "heldout_cases" else "train_cases"]]
+    unknown = [c for c in cases if c not in INTERPBENCH_BUILD]
+    if unknown:
+        raise ValueError(f"circuits: cases {unknown} are not InterpBench cases this config builds "
+                         f"(interpbench.cases: {INTERPBENCH_BUILD})")
+    return cases
+
+
+def circuit_label_inputs(wildcards):
+    return {"cases": [f"resources/interpbench/{c}" for c in circuit_cases(wildcards.split)],
+            "metadata": INTERPBENCH_METADATA}
+
+
+def interpbench_summary_inputs(wildcards):
+    """Each built case's patching results and, when circuits.explainer is set, that explainer's circuits run."""
+    paths = {"results": expand("results/interpbench/{case}.json", case=INTERPBENCH_BUILD)}
+    explainer = config["circuits"].get("explainer")
+    if explainer:
+        paths["explainer"] = f"results/circuits/{known_model(explainer)}_ib.json"
+    return paths
+
+
 def interpbench_case_dir(key):
     """The case folder a model key `ib{case}` names, for rules that take an InterpBench case as their target."""
     case = interpbench.case_key(key)
@@ -117,7 +143,8 @@ def all_figures():
 
 
 def run_figure_inputs(wildcards):
-    run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
+    _models(wildcards, wildcards.task)  # checks both keys
+    run = f"{wildcards.explainer}_{wildcards.target}"
     return {
         "result": f"results/{wildcards.task}/{run}.json",
         "predictions": [f"work/{wildcards.task}/predictions/{run}/{v}.parquet" for v in get_task(wildcards.task).variants],
@@ -125,14 +152,17 @@ def run_figure_inputs(wildcards):
     }
 
 
-def _models(wildcards):
+def _models(wildcards, task):
+    """The explainer's model folder and the target's: a language model, or the folder the task names for its
+    target (circuits: the InterpBench cases)."""
+    target_dir = get_task(task).target_dir
     return {"explainer": f"resources/models/{known_model(wildcards.explainer)}",
-            "target": f"resources/models/{known_model(wildcards.target)}"}
+            "target": target_dir(wildcards.target) if target_dir else f"resources/models/{known_model(wildcards.target)}"}
 
 
 def train_inputs(task):
     """A task's training labels (as its module names them) and both models."""
-    return lambda wildcards: get_task(task).label_paths(wildcards.target, "train") | _models(wildcards)
+    return lambda wildcards: get_task(task).label_paths(wildcards.target, "train") | _models(wildcards, task)
 
 
 def generation_inputs(task, split="test"):
@@ -140,7 +170,7 @@ def generation_inputs(task, split="test"):
     (not for the untrained variant, nor for the variants the task answers without the explainer, such as SelfIE)."""
     def inputs(wildcards):
         spec = get_task(task)
-        paths = spec.label_paths(wildcards.target, split) | _models(wildcards)
+        paths = spec.label_paths(wildcards.target, split) | _models(wildcards, task)
         if wildcards.variant != "untrained" and wildcards.variant not in spec.custom_variants:
             paths["trained"] = f"work/{task}/explainers/{wildcards.explainer}_{wildcards.target}"
         return paths
@@ -155,7 +185,7 @@ def score_inputs(task):
     def inputs(wildcards):
         spec, run = get_task(task), f"{wildcards.explainer}_{wildcards.target}"
         paths = {"predictions": [f"work/{task}/predictions/{run}/{v}.parquet" for v in spec.variants],
-                 "trained": f"work/{task}/explainers/{run}"} | _models(wildcards)
+                 "trained": f"work/{task}/explainers/{run}"} | _models(wildcards, task)
         for split in ("train", "test"):
             paths |= {f"{split}_{k}": v for k, v in spec.label_paths(wildcards.target, split).items()}
         paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, config.get(task, {})).items()}

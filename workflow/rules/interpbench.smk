@@ -50,6 +50,8 @@ rule interpbench_patching:
         metadata=INTERPBENCH_METADATA,
     output:
         "results/interpbench/{case}.json",
+    wildcard_constraints:
+        case=r"\d+",
     params:
         settings=settings_of("interpbench_patching"),
         code=code_of("interpbench_patching"),
@@ -69,7 +71,7 @@ rule interpbench_patching:
 
 rule interpbench_summary:
     input:
-        results=expand("results/interpbench/{case}.json", case=INTERPBENCH_BUILD),
+        unpack(interpbench_summary_inputs),
     output:
         table="results/interpbench/summary.parquet",
         figure=report(

@@ -4,4 +4,5 @@ from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):
     _, prov = stage_settings(snakemake.params, snakemake.config, snakemake.rule)
-    write_summary(list(snakemake.input.results), snakemake.output.table, snakemake.output.figure, prov)
+    write_summary(list(snakemake.input.results), snakemake.output.table, snakemake.output.figure, prov,
+                  snakemake.input.get("explainer"))

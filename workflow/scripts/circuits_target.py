@@ -1,0 +1,7 @@
+"""Snakemake script: the circuits task's target folder (which InterpBench cases, how wide their vectors are)."""
+from pipeline.circuit_task import write_target
+from pipeline.runtime import stage, stage_settings
+
+with stage(snakemake.log[0], snakemake.threads):
+    run, _ = stage_settings(snakemake.params, snakemake.config, snakemake.rule)
+    write_target(list(snakemake.params.cases), run["circuits"]["width"], snakemake.output[0])
