@@ -5,9 +5,9 @@ layer L) at position p is replaced by its value on input B, how does the output 
 replaced value (the component's output at p on input B, zero-padded to `circuits.width`) reaches the explainer as
 a continuous token; the answer is in act_patch's form ("unchanged from X" / "change to Y", X and Y the case's
 output labels; numeric cases print the value to two decimals, and a change is one larger than the case's atol).
-Every pair of inputs asks about every component once, with a seeded random p and q (q >= p under causal
-attention). Splits: `train` and `test` take disjoint inputs of `circuits.train_cases`; the evaluation set
-`heldout_cases` asks the same questions about `circuits.heldout_cases`, cases the explainer never saw.
+Every pair of inputs asks about every component once, with a seeded random p, and q = p for half the questions,
+else a seeded later position (q >= p under causal attention). Splits: `train` and `test` take disjoint inputs of
+`circuits.train_cases`; the evaluation set `heldout_cases` asks the same questions about `circuits.heldout_cases`, cases the explainer never saw.
 The target key `ib` names this collection of cases (its folder, work/circuits/target/ib, says the vector width).
 Scores: act_patch's change metrics on both sets, and circuit recovery per case: components ranked by how often
 the explainer says that patching them changes the output, against the known circuit (ROC AUC), beside the same
@@ -86,10 +86,9 @@ def case_rows(case: str, case_dir: str | Path, metadata_path: str | Path, split:
     n, positions = len(x), x.shape[1]
     rng = random.Random(f"{seed}:{case}:{split}")
     traced = wrap(model)
-    clean, _ = run_components(traced, x)
     names = components(cfg)
     hooks = sorted({split_name(c)[0] for c in names})
-    _, clean_values = run_components(traced, x, save=hooks)
+    clean, clean_values = run_components(traced, x, save=hooks)
     _, source_values = run_components(traced, source, save=hooks)
     circuit = circuit_components(loaded["edges"])
     text = [" ".join(str(compiled.vocab[int(t)]) for t in row[1:]) for row in x]
@@ -97,7 +96,9 @@ def case_rows(case: str, case_dir: str | Path, metadata_path: str | Path, split:
     for name in names:
         hook, head = split_name(name)
         pos = [rng.randrange(1, positions) for _ in range(n)]
-        out_pos = [rng.randrange(p if causal else 1, positions) for p in pos]
+        # Half the questions ask about the patched position itself (where an MLP's or a head's write lands
+        # first), the others about a seeded later position (any position under bidirectional attention).
+        out_pos = [p if rng.random() < 0.5 else rng.randrange(p if causal else 1, positions) for p in pos]
         value = clean_values[hook].clone()
         index = torch.arange(n), torch.tensor(pos)
         if head is None:
@@ -275,6 +276,8 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
     for name, frame in frames.items():
         recovery["test"][name] = circuit_recovery(frame, said_changed(frame))
     held = {v: read_table(inputs[f"pred_heldout_cases_{v}"]) for v in VARIANTS if f"pred_heldout_cases_{v}" in inputs}
+    if held and "train_labels" in inputs:   # the training cases' prior, applied to cases it never saw
+        held |= baseline_frames(held["finetuned"], {"labels": inputs["train_labels"]}, None, None)[0]
     if held:
         scored = score_variants(held, samples, seed)
         result["heldout_cases"] = {"metrics": scored["metrics"], "comparisons": scored["comparisons"]}
@@ -298,7 +301,8 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
 
 
 def score_inputs(target: str, section: dict) -> dict[str, str]:
-    return {}
+    """The training labels, from which the prior of the held-out cases is learned."""
+    return {"train_labels": label_paths(target, "train")["labels"]} if section.get("heldout_cases") else {}
 
 
 def eval_sets(section: dict) -> tuple[str, ...]:
@@ -309,7 +313,8 @@ TASK = register(Task(
     name="circuits", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors, score_frames=score_frames,
     training_rows=training_rows, training_keys=("balance",),
-    eval_set_names=EVAL_SETS, eval_sets=eval_sets, figures=("metrics.png", "confusion.png", "loss.png"),
+    score_inputs=score_inputs, eval_set_names=EVAL_SETS, eval_sets=eval_sets,
+    figures=("metrics.png", "confusion.png", "loss.png"),
     headline=("overall", "is_changed_f1"), target_dir=lambda target: f"work/circuits/target/{target}",
 ))
 

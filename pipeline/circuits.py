@@ -229,7 +229,8 @@ def circuits_figure(results: list[dict[str, Any]], out_path, explainer: dict[str
     plt = pyplot()
     columns = 4
     rows = max(1, -(-len(results) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.4 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.7 * rows), squeeze=False,
+                                gridspec_kw={"hspace": 0.45, "wspace": 0.25})
     for axis in axes.flat[len(results):]:
         axis.axis("off")
     for axis, result in zip(axes.flat, results):

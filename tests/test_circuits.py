@@ -235,7 +235,16 @@ def test_circuit_scores_recover_the_circuit_from_verdicts(compiled_case, tmp_pat
     right = prediction_frame(test, test.questions, test.answers, "finetuned")
     silent = prediction_frame(test, test.questions, [change_answer(False, "x")] * len(test.answers), "no_vector")
     baselines, described = baseline_frames(right, paths["train"], paths["test"], None)
-    scores = score_frames({"finetuned": right, "no_vector": silent} | baselines, 50, 0)
+    from pipeline.artifacts import write_table
+
+    held = {}
+    for variant, frame in (("finetuned", right), ("no_vector", silent)):   # the same rows, as a held-out set
+        held[f"pred_heldout_cases_{variant}"] = tmp_path / f"held_{variant}.parquet"
+        write_table(frame, held[f"pred_heldout_cases_{variant}"], {})
+    scores = score_frames({"finetuned": right, "no_vector": silent} | baselines, 50, 0,
+                          inputs=held | {"train_labels": str(paths["train"]["labels"])})
+    assert set(scores["heldout_cases"]["metrics"]) == {"finetuned", "no_vector", "structure_prior", "majority_class"}
+    assert scores["heldout_cases"]["metrics"]["structure_prior"] == scores["metrics"]["structure_prior"]
     assert scores["per_case_f1"]["test"]["finetuned"] == {"11": 1.0}
     recovery = scores["circuit_recovery"]["test"]
     assert recovery["finetuned"] == {"11": 1.0} and recovery["labels"] == {"11": 1.0}
@@ -277,7 +286,8 @@ def test_workflow_builds_patches_and_explains_small_cases(tmp_path):
     assert set(summary.loc[summary["case"] != "3", "explainer_set"]) == {"test"}
     result = json.loads((tmp_path / "results" / "circuits" / "tiny_ib.json").read_text())
     assert {"structure_prior", "majority_class", "finetuned", "no_vector", "untrained"} <= set(result["metrics"])
-    assert set(result["heldout_cases"]["metrics"]) == {"finetuned", "untrained", "no_vector"}
+    assert set(result["heldout_cases"]["metrics"]) == {"finetuned", "untrained", "no_vector", "structure_prior",
+                                                       "majority_class"}
     assert (tmp_path / "report" / "interpbench" / "circuits.png").stat().st_size > 0
     refused = snakemake(tmp_path, "-n", "results/circuits/tiny_tiny.json", configfiles=[small])
     assert refused.returncode != 0 and "the target is 'ib'" in refused.stdout + refused.stderr
