@@ -56,20 +56,18 @@ def case_rows(case: str, case_dir: str | Path, metadata_path: str | Path, split:
               width: int, seed: int) -> tuple[pd.DataFrame, torch.Tensor]:
     """One case's label rows of `split` (sizes[split] input pairs, each asking about every component) and their
     vectors [rows, width]. Train and test inputs are disjoint where the case has enough distinct inputs."""
-    from pipeline.circuits import circuit_components, components, split_name
-    from pipeline.interpbench import inputs, load_case, read_metadata
-    from pipeline.interpbench_programs import PROGRAMS
+    from pipeline.circuits import circuit_components, compile_case, components, split_name
+    from pipeline.interpbench import inputs, load_case
     from pipeline.patching import Patch, run_components, wrap
-    from pipeline.tracr_torch import BOS, compile_program
+    from pipeline.tracr_torch import BOS
 
-    entry = read_metadata(metadata_path)[case]
     loaded = load_case(case_dir)
     model, cfg = loaded["model"], loaded["cfg"]
     if cfg["d_model"] > width:
         raise ValueError(f"{case_dir}: d_model {cfg['d_model']} is wider than circuits.width {width}")
+    entry, compiled = compile_case(case, metadata_path)
     length = int(entry["max_seq_len"]) - 1
     causal = cfg.get("attention_dir", "causal") == "causal"
-    compiled = compile_program(PROGRAMS[case](), list(entry["vocab"]), length, causal=causal)
     atol = float(loaded["meta"].get("atol", 0.05))
     # One seeded draw of distinct inputs for train and test: train takes the first, test the next ones.
     train, test = 2 * int(sizes["train"]), 2 * int(sizes["test"])

@@ -135,17 +135,25 @@ def recovery(scores: dict, truth: set, found_above: float) -> dict[str, Any]:
             "in_circuit": int(labels.sum()), "candidates": len(keys)}
 
 
-def case_inputs(case: str, metadata_path: str | Path, count: int, seed: int):
-    """(token ids [count, n_ctx] with BOS first, whether the output is categorical, the compiled program)."""
-    from pipeline.interpbench import inputs, read_metadata
+def compile_case(case: str, metadata_path: str | Path):
+    """(the case's metadata entry, its compiled RASP program): the encoder of its inputs and the labels of its
+    outputs, under the metadata's attention direction."""
+    from pipeline.interpbench import read_metadata
     from pipeline.interpbench_programs import PROGRAMS
-    from pipeline.tracr_torch import BOS, compile_program
+    from pipeline.tracr_torch import compile_program
 
     entry = read_metadata(metadata_path)[case]
-    length = int(entry["max_seq_len"]) - 1
     causal = entry["transformer_cfg"].get("attention_dir", "causal") == "causal"
-    compiled = compile_program(PROGRAMS[case](), list(entry["vocab"]), length, causal=causal)
-    seqs = inputs(list(entry["vocab"]), length, count, seed)
+    return entry, compile_program(PROGRAMS[case](), list(entry["vocab"]), int(entry["max_seq_len"]) - 1, causal=causal)
+
+
+def case_inputs(case: str, metadata_path: str | Path, count: int, seed: int):
+    """(token ids [count, n_ctx] with BOS first, whether the output is categorical, the compiled program)."""
+    from pipeline.interpbench import inputs
+    from pipeline.tracr_torch import BOS
+
+    entry, compiled = compile_case(case, metadata_path)
+    seqs = inputs(list(entry["vocab"]), int(entry["max_seq_len"]) - 1, count, seed)
     return compiled.encode([[BOS] + s for s in seqs]), compiled.categorical, compiled
 
 

@@ -9,7 +9,7 @@ rule circuits_labels:
     params:
         settings=settings_of("circuits_labels"),
         code=code_of("circuits_labels"),
-        cases=lambda wildcards: circuit_cases(wildcards.split),
+        cases=circuit_split_cases,
     log:
         "logs/circuits_labels/{split}.log",
     benchmark:
@@ -26,13 +26,13 @@ rule circuits_labels:
 
 rule circuits_target:
     input:
-        cases=lambda wildcards: [f"resources/interpbench/{c}" for c in circuit_cases("train") + circuit_cases("heldout_cases")],
+        cases=circuit_target_inputs,
     output:
         directory("work/circuits/target/ib"),
     params:
         settings=settings_of("circuits_target"),
         code=code_of("circuits_target"),
-        cases=lambda wildcards: circuit_cases("train") + circuit_cases("heldout_cases"),
+        cases=circuit_target_cases,
     log:
         "logs/circuits_target/ib.log",
     benchmark:

@@ -40,9 +40,22 @@ def circuit_cases(split):
     return cases
 
 
+def circuit_split_cases(wildcards):
+    return circuit_cases(wildcards.split)
+
+
 def circuit_label_inputs(wildcards):
     return {"cases": [f"resources/interpbench/{c}" for c in circuit_cases(wildcards.split)],
             "metadata": INTERPBENCH_METADATA}
+
+
+def circuit_target_cases(wildcards):
+    """Every case of the circuits task: its training cases, then its held-out ones."""
+    return circuit_cases("train") + circuit_cases("heldout_cases")
+
+
+def circuit_target_inputs(wildcards):
+    return [f"resources/interpbench/{c}" for c in circuit_target_cases(wildcards)]
 
 
 def interpbench_summary_inputs(wildcards):
