@@ -301,13 +301,16 @@ class PatchRun:
 
 
 def run_patches(model, tokenizer, rendered: list[tuple[RenderedPrompt, RenderedPrompt]], windows: list[list[int]],
-                types: list[str], batch_size: int, desc: str = "") -> PatchRun:
+                types: list[str], batch_size: int, desc: str = "", reuse_prefix: bool = True) -> PatchRun:
     """Greedy next tokens of every pair's original prompt, clean and patched at each token type x window.
 
     The patch writes one vector, the counterfactual's output of the window's first layer at the token type's
-    position, into every layer of the window at the original prompt's position of that token type."""
+    position, into every layer of the window at the original prompt's position of that token type. With
+    `reuse_prefix` (the default) a patched row computes only the columns from its token on, on top of the clean
+    run's cache; without it every row is a full forward (the reference the fast path is tested against)."""
     from pipeline.models import input_device
-    from pipeline.patching import capture_states, encode, pad_left, patched_next_tokens, wrap
+    from pipeline.patching import (capture_states, clean_prefix, encode, pad_left, patched_next_tokens,
+                                   patched_suffix_next_tokens, wrap)
 
     special = rendered[0][0].add_special_tokens
     orig_enc = encode(tokenizer, [r[0].text for r in rendered], special)
@@ -331,12 +334,35 @@ def run_patches(model, tokenizer, rendered: list[tuple[RenderedPrompt, RenderedP
         cf_answers.append(next_ids.cpu())
     states = torch.cat(cf_states).view(len(rendered), len(types), len(windows), -1)
 
-    # Patched runs: whole pairs per batch (a clean row plus every token type x window), so a pair's
-    # clean and patched answers always come from the same forward pass.
     jobs_per_pair = [(None, None)] + [(t, w) for t in range(len(types)) for w in range(len(windows))]
-    pairs_per_batch = max(1, batch_size // len(jobs_per_pair))
     answers = np.zeros((len(rendered), len(jobs_per_pair)), dtype=np.int64)
     width = states.shape[-1]
+    if reuse_prefix:
+        # Clean runs once per pair with their caches; then, per token type, every window of the chunk's pairs in
+        # one run over the columns from the type's first position on (the columns before are the clean run's).
+        pairs_per_batch = max(1, batch_size // len(windows))
+        for start in tqdm(range(0, len(rendered), pairs_per_batch), desc=f"patching {desc}", unit="batch",
+                          mininterval=5):
+            chunk = list(range(start, min(start + pairs_per_batch, len(rendered))))
+            ids, mask, shifts = pad_left([orig_enc[i]["input_ids"] for i in chunk], tokenizer.pad_token_id, device)
+            prefix = clean_prefix(traced, ids, mask)
+            answers[chunk, 0] = prefix.next_ids.cpu().numpy()
+            for type_index, token_type in enumerate(types):
+                rows = [(r, w) for r in range(len(chunk)) for w in range(len(windows))]
+                layer_mask = torch.zeros(len(rows), num_layers, dtype=torch.bool)
+                for b, (_, w) in enumerate(rows):
+                    layer_mask[b, windows[w]] = True
+                positions = torch.tensor([shifts[r] + orig_pos[chunk[r]][token_type] for r, _ in rows], device=device)
+                values = torch.stack([states[chunk[r], type_index, w] for r, w in rows]).to(device)
+                next_ids = patched_suffix_next_tokens(traced, prefix, torch.tensor([r for r, _ in rows], device=device),
+                                                      positions, layer_mask.to(device), values)
+                jobs = [jobs_per_pair.index((type_index, w)) for w in range(len(windows))]
+                answers[np.ix_(chunk, jobs)] = next_ids.view(len(chunk), len(windows)).cpu().numpy()
+        return PatchRun(types, jobs_per_pair, orig_enc, cf_enc, orig_pos, cf_pos, states, answers,
+                        torch.cat(cf_answers).numpy())
+
+    # Full forwards: whole pairs per batch (a clean row plus every token type x window).
+    pairs_per_batch = max(1, batch_size // len(jobs_per_pair))
     for start in tqdm(range(0, len(rendered), pairs_per_batch), desc=f"patching {desc}", unit="batch", mininterval=5):
         chunk = list(range(start, min(start + pairs_per_batch, len(rendered))))
         sequences, positions, layer_mask, values = [], [], [], []

@@ -6,6 +6,11 @@ one vector (the intervention, as the paper's published tables define it) into it
 position at every layer of its own set of layers, and returns the greedy next token of every
 row; rows with no patch give the clean answer. One forward pass serves many pairs and windows.
 
+`clean_prefix` and `patched_suffix_next_tokens` do the same without repeating the clean run's work: under
+causal attention every column before a row's patched token is the clean run's at every layer, so a patched
+row starts from the clean run's keys and values (a transformers cache) and computes only the columns from
+its batch's first patched token on. Greedy tokens equal the full patched forward's (logits to about 1e-5).
+
 A target adapter says how the engine reaches a model: `HFDecoder` (a Hugging Face decoder LM: layers at
 `model.layers`, logits kept for the last position) or `HookedTarget` (pipeline.hooked's TransformerLens-style
 models: layers are `blocks`, components are hook points by name). `wrap` picks one, so both kinds go through
@@ -83,6 +88,12 @@ class HFDecoder:
         return traced.output.logits[:, -1]
 
 
+    def suffix_inputs(self, ids: torch.Tensor, mask: torch.Tensor, cache, start: int) -> dict:
+        """Columns `start`.. of `ids` on top of `cache` (the clean keys and values of the columns before)."""
+        return {"input_ids": ids[:, start:], "attention_mask": mask, "past_key_values": cache, "logits_to_keep": 1,
+                "cache_position": torch.arange(start, ids.shape[1], device=ids.device)}
+
+
 class HookedTarget:
     """pipeline.hooked's TransformerLens-style model: layers are `blocks`, components are hook points by name
     (`blocks.1.attn.hook_result`, `blocks.0.hook_mlp_out`, ...). It has no padding: every row has the same length."""
@@ -127,13 +138,14 @@ class Traced:
 
     nn: NNsight
     target: HFDecoder | HookedTarget
+    model: torch.nn.Module  # the wrapped model itself, for plain forwards
 
 
 def wrap(model) -> Traced:
     from pipeline.hooked import HookedTransformer
 
     target = HookedTarget(model) if isinstance(model, HookedTransformer) else HFDecoder(model)
-    return Traced(NNsight(model), target)
+    return Traced(NNsight(model), target, model)
 
 
 @torch.no_grad()
@@ -162,6 +174,48 @@ def patched_next_tokens(traced: Traced, ids: torch.Tensor, mask: torch.Tensor, p
             if rows.numel():
                 output = target.layer(nn, layer).output
                 output[rows, positions[rows]] = values[rows].to(output.dtype)
+        next_ids = target.next_logits(nn).argmax(-1).save()
+    return next_ids.detach()
+
+
+@dataclass
+class Prefix:
+    """A clean batch run once: its inputs, greedy next-token ids and every layer's keys and values."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    next_ids: torch.Tensor
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values [rows, kv heads, columns, head dim]
+
+
+@torch.no_grad()
+def clean_prefix(traced: Traced, ids: torch.Tensor, mask: torch.Tensor) -> Prefix:
+    """Run a left-padded batch clean, keeping the cache the patched rows start from."""
+    output = traced.model(**traced.target.inputs(ids, mask), use_cache=True)
+    kv = [(layer.keys, layer.values) for layer in output.past_key_values.layers]
+    return Prefix(ids, mask, output.logits[:, -1].argmax(-1), kv)
+
+
+@torch.no_grad()
+def patched_suffix_next_tokens(traced: Traced, prefix: Prefix, rows: torch.Tensor, positions: torch.Tensor,
+                               layer_mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`patched_next_tokens` for copies of the prefix's rows (`rows[b]` is the clean row patched row b
+    starts from), computing only the columns from min(positions) on."""
+    from transformers import DynamicCache
+
+    start = int(positions.min())
+    if start < 1:
+        raise ValueError("a suffix run needs at least one clean column before the first patched token")
+    nn, target = traced.nn, traced.target
+    cache = DynamicCache(ddp_cache_data=[(k[rows, :, :start], v[rows, :, :start]) for k, v in prefix.kv],
+                         config=traced.model.config)
+    local = positions - start
+    with nn.trace(**target.suffix_inputs(prefix.ids[rows], prefix.mask[rows], cache, start)):
+        for layer in range(layer_mask.shape[1]):
+            patched = layer_mask[:, layer].nonzero().squeeze(-1)
+            if patched.numel():
+                output = target.layer(nn, layer).output
+                output[patched, local[patched]] = values[patched].to(output.dtype)
         next_ids = target.next_logits(nn).argmax(-1).save()
     return next_ids.detach()
 

@@ -46,3 +46,13 @@ def tiny_gemma_dir(tmp_path_factory, base_config) -> Path:
     specs = base_config["models"] | {"tiny_gemma": base_config["models"]["tiny"] | {"architecture": "gemma3"}}
     prepare_model("tiny_gemma", specs, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm_dir(tmp_path_factory, base_config) -> Path:
+    """The real SmolLM2-135M-Instruct, prepared from its wheel (about a minute): for slow tests only."""
+    from pipeline.models import prepare_model
+
+    out = tmp_path_factory.mktemp("models") / "smollm"
+    prepare_model("smollm", base_config["models"], out)
+    return out

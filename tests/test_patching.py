@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from pipeline.models import decoder_layers
@@ -72,7 +73,8 @@ def rendered_pairs(tokenizer, count=5):
     from pipeline.config import PromptConfig
     from pipeline.facts import render_prompt
 
-    subjects = ["Japan", "South Korea", "Peru", "New Zealand", "Chile", "Kenya", "Mexico", "Finland"]
+    subjects = ["Japan", "South Korea", "Peru", "New Zealand", "Chile", "Kenya", "Mexico", "Finland", "Argentina",
+                "Egypt", "Norway", "Thailand", "Portugal", "Ghana", "Vietnam", "Ireland", "Bolivia", "Iceland"]
     prompt = PromptConfig()
     return [tuple(render_prompt("The capital of {} is the city of", s, None, prompt, tokenizer, [])
                   for s in (subjects[i], subjects[-1 - i])) for i in range(count)]
@@ -107,3 +109,37 @@ def test_batched_patching_with_padding_equals_running_pairs_one_by_one(tiny):
         assert np.array_equal(alone.answers[0], batched.answers[i])
         assert torch.allclose(alone.states[0], batched.states[i], atol=1e-5)
     assert pd.Series(batched.answers[:, 1:].ravel()).nunique() > 1  # patches change answers in different ways
+
+
+def assert_prefix_reuse_equals_full_forwards(model, tokenizer, pairs, windows, types):
+    from pipeline.act_patch import run_patches
+
+    assert len({len(tokenizer(p[0].text)["input_ids"]) for p in pairs}) > 1  # left padding in play
+    full = run_patches(model, tokenizer, pairs, windows, types, batch_size=64, reuse_prefix=False)
+    for batch_size in (64, len(windows)):  # many pairs per clean batch, and one
+        fast = run_patches(model, tokenizer, pairs, windows, types, batch_size=batch_size)
+        assert np.array_equal(fast.answers, full.answers)
+        assert torch.equal(fast.states, full.states)
+    assert pd.Series(full.answers[:, 1:].ravel()).nunique() > 1  # the comparison is not vacuous
+    assert (full.answers[:, 1:] != full.answers[:, :1]).any()
+
+
+def test_prefix_reuse_equals_full_forwards(tiny, tiny_gemma_dir):
+    from pipeline.models import load_model
+
+    model, tokenizer = tiny
+    windows, types = [[0, 1], [2, 3], [1], [3]], ["last_subject_token", "relation_suffix", "last_token"]
+    assert_prefix_reuse_equals_full_forwards(model, tokenizer, rendered_pairs(tokenizer, 9), windows, types)
+    gemma, gemma_tokenizer = load_model(tiny_gemma_dir)  # sliding-window cache layers
+    assert_prefix_reuse_equals_full_forwards(gemma, gemma_tokenizer, rendered_pairs(gemma_tokenizer, 5), windows, types)
+
+
+@pytest.mark.slow
+def test_prefix_reuse_equals_full_forwards_on_smollm(smollm_dir, base_config):
+    from pipeline.config import ActPatchConfig
+    from pipeline.models import load_model
+
+    model, tokenizer = load_model(smollm_dir)
+    windows = ActPatchConfig.from_dict(base_config["act_patch"]).windows(model.config.num_hidden_layers)
+    assert_prefix_reuse_equals_full_forwards(model, tokenizer, rendered_pairs(tokenizer, 12), windows,
+                                             ["last_subject_token", "relation_suffix", "last_token"])
