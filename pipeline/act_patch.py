@@ -65,13 +65,16 @@ def make_pairs(facts: pd.DataFrame, seed: int, tokenizer) -> list[tuple[pd.Serie
     return pairs
 
 
-def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | Path, split: str,
-                 out_table: str | Path, out_vectors: str | Path, settings: dict,
-                 keep_only_correct: bool = True) -> pd.DataFrame:
-    """Patch every (pair, token type, layer window) and record greedy next tokens with and without it.
+PAIR_COLUMNS = ["pair_id", "relation", "subject", "target_true", "counterfactual_subject", "counterfactual_target",
+                "text", "subject_span", "sentence_end", "counterfactual_text", "counterfactual_subject_span",
+                "counterfactual_sentence_end", "add_special_tokens"]
 
-    The intervention is one vector, the counterfactual prompt's output of the window's first layer at the
-    token, written into every layer of the window: the vector the explainer is shown is the intervention."""
+
+def choose_pairs(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | Path, split: str, out: str | Path,
+                 settings: dict, keep_only_correct: bool = True) -> pd.DataFrame:
+    """The split's (original, counterfactual) pairs, rendered, whose original prompt the target answers
+    correctly (with keep_only_correct), the first `pairs[split]` of a seeded order. A shortfall is logged and
+    kept in the provenance; below `pairs.min_fraction` of what was asked it is an error."""
     from pipeline.facts import answer_matches
     from pipeline.models import load_model, read_manifest
     from pipeline.patching import greedy_next_tokens
@@ -81,8 +84,6 @@ def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
     if facts.empty:
         raise ArtifactError(f"{facts_path}: no kept facts in split '{split}'")
     model, tokenizer = load_model(model_dir)
-    manifest = read_manifest(model_dir)
-    windows = cfg.windows(manifest["num_layers"])
     candidates = make_pairs(facts, cfg.pair_seed, tokenizer)
     rng = random.Random(cfg.pair_seed)
     rendered = []
@@ -96,17 +97,70 @@ def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
     clean = greedy_next_tokens(model, tokenizer, [r[0] for r in rendered], cfg.batch_size, desc="clean check")
     passed = [i for i, ((original, _), answer) in enumerate(zip(candidates, clean))
               if not keep_only_correct or answer_matches(answer, original["target_true"])]
-    failed = len(candidates) - len(passed)
-    chosen = passed[:cfg.pairs[split]]
-    if not chosen:
-        raise ArtifactError(f"{facts_path}: no pair of split '{split}' whose original prompt {model_dir} answers "
-                            f"correctly ({failed} of {len(candidates)} failed the clean check)")
-    pairs, rendered = [candidates[i] for i in chosen], [rendered[i] for i in chosen]
-    run = run_patches(model, tokenizer, rendered, windows, list(cfg.token_types), cfg.batch_size, desc=split)
-    types, orig_enc, cf_enc, orig_pos, cf_pos = run.types, run.orig_enc, run.cf_enc, run.orig_pos, run.cf_pos
+    failed, asked = len(candidates) - len(passed), cfg.pairs[split]
+    chosen = passed[:asked]
+    counts = {"facts": len(facts), "candidate_pairs": len(candidates), "clean_check_failed": failed, "asked": asked,
+              "pairs": len(chosen), "shortfall": asked - len(chosen)}
+    where = (f"{facts_path}, split '{split}': {len(facts)} kept facts give {len(candidates)} candidate pairs (one per "
+             f"original fact), {failed} of them fail the clean check of {model_dir}")
+    if len(chosen) < cfg.min_fraction * asked or not chosen:
+        raise ArtifactError(f"{where}, leaving {len(chosen)} pairs of the {asked} act_patch.pairs.{split} asks "
+                            f"(below pairs.min_fraction {cfg.min_fraction}); use more facts (facts.source: counterfact "
+                            f"with its path, more relations) or ask for fewer pairs")
+    if len(chosen) < asked:
+        print(f"WARNING: {where}: {len(chosen)} pairs instead of the {asked} asked")
+    print(f"pairs ({split}): {counts}")
+    frame = pd.DataFrame([{
+        "pair_id": pair_id, "relation": original["relation"], "subject": original["subject"],
+        "target_true": original["target_true"], "counterfactual_subject": counter["subject"],
+        "counterfactual_target": counter["target_true"], "text": orig.text, "subject_span": list(orig.subject_span),
+        "sentence_end": orig.sentence_end, "counterfactual_text": cf.text,
+        "counterfactual_subject_span": list(cf.subject_span), "counterfactual_sentence_end": cf.sentence_end,
+        "add_special_tokens": orig.add_special_tokens,
+    } for pair_id, ((original, counter), (orig, cf)) in enumerate(
+        (candidates[i], rendered[i]) for i in chosen)])
+    prov = provenance(settings | {"split": split}, {"target": read_manifest(model_dir)["source"]})
+    prov["counts"] = counts
+    write_table(frame, out, prov)
+    return frame
+
+
+def chunk_count(cfg: ActPatchConfig, split: str) -> int:
+    """How many label chunks a split's pairs are patched in (the last ones may be empty after a shortfall)."""
+    return max(1, -(-cfg.pairs[split] // cfg.chunk_pairs))
+
+
+def build_label_chunk(cfg: ActPatchConfig, pairs_path: str | Path, model_dir: str | Path, split: str, chunk: int,
+                      out_table: str | Path, out_vectors: str | Path, settings: dict) -> pd.DataFrame:
+    """Patch every (pair, token type, layer window) of one chunk of pairs (`chunk_pairs` of them) and record
+    greedy next tokens with and without it. Row ids are global (pair_id x patches per pair + patch), so the
+    chunks concatenate into the split's table whatever their size.
+
+    The intervention is one vector, the counterfactual prompt's output of the window's first layer at the
+    token, written into every layer of the window: the vector the explainer is shown is the intervention."""
+    from pipeline.models import load_model, read_manifest
+
+    pairs = read_table(pairs_path, required=PAIR_COLUMNS)
+    pairs = pairs.iloc[chunk * cfg.chunk_pairs:(chunk + 1) * cfg.chunk_pairs]
+    model, tokenizer = load_model(model_dir)
+    manifest = read_manifest(model_dir)
+    windows, types = cfg.windows(manifest["num_layers"]), list(cfg.token_types)
+    per_pair = len(types) * len(windows)
+    prov = provenance(settings | {"split": split, "chunk": chunk}, {"target": manifest["source"]})
+    if pairs.empty:  # a chunk past the pairs a shortfall left
+        print(f"label chunk {chunk}: no pairs")
+        write_tensors({"intervention_vector": torch.zeros(0, manifest["hidden_size"]),
+                       "row_id": torch.zeros(0, dtype=torch.long)}, out_vectors, prov)
+        write_table(pd.DataFrame(columns=["row_id", "pair_id"]), out_table, prov)
+        return pd.DataFrame()
+    rendered = [tuple(RenderedPrompt(p[f"{side}text"], tuple(p[f"{side}subject_span"]), int(p[f"{side}sentence_end"]),
+                                     bool(p["add_special_tokens"])) for side in ("", "counterfactual_"))
+                for p in pairs.to_dict("records")]
+    run = run_patches(model, tokenizer, rendered, windows, types, cfg.batch_size, desc=f"chunk {chunk}")
+    orig_enc, cf_enc, orig_pos, cf_pos = run.orig_enc, run.cf_enc, run.orig_pos, run.cf_pos
 
     rows, vectors = [], []
-    for i, (original, counter) in enumerate(pairs):
+    for i, pair in enumerate(pairs.to_dict("records")):
         input_tokens = tokenizer.convert_ids_to_tokens(orig_enc[i]["input_ids"])
         cf_tokens = tokenizer.convert_ids_to_tokens(cf_enc[i]["input_ids"])
         clean_token = tokenizer.decode([int(run.answers[i, 0])])
@@ -115,9 +169,10 @@ def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
             patched = tokenizer.decode([int(run.answers[i, job])])
             o_pos, c_pos = orig_pos[i][token_type], cf_pos[i][token_type]
             rows.append({
-                "row_id": len(rows), "pair_id": i, "split": split, "relation": original["relation"],
-                "subject": original["subject"], "counterfactual_subject": counter["subject"],
-                "input_text": rendered[i][0].text,
+                "row_id": int(pair["pair_id"]) * per_pair + job - 1, "pair_id": int(pair["pair_id"]),
+                "split": split, "relation": pair["relation"],
+                "subject": pair["subject"], "counterfactual_subject": pair["counterfactual_subject"],
+                "input_text": pair["text"],
                 "layer": [int(x) for x in window], "input_tokens": input_tokens,
                 "original_continuation": [clean_token], "ablated_continuation": [patched],
                 "counterfactual_continuation": [tokenizer.decode([int(run.cf_answers[i])])],
@@ -125,19 +180,69 @@ def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
                 "patch_position": {"counterfact_pos": c_pos, "counterfact_text_token": cf_tokens[c_pos],
                                    "orig_pos": o_pos, "orig_text_token": input_tokens[o_pos],
                                    "orig_text_decoded": tokenizer.decode([orig_enc[i]["input_ids"][o_pos]])},
-                "counterfactual_text": rendered[i][1].text,
-                "gt_original_target": original["target_true"], "gt_counterfactual_target": counter["target_true"],
+                "counterfactual_text": pair["counterfactual_text"],
+                "gt_original_target": pair["target_true"], "gt_counterfactual_target": pair["counterfactual_target"],
                 "layer_hashable": [int(x) for x in window], "token_type": token_type,
             })
             vectors.append(run.states[i, type_index, window_index])
     frame = pd.DataFrame(rows)
-    prov = provenance(settings | {"split": split}, {"target": manifest["source"]})
-    prov["counts"] = {"candidate_pairs": len(candidates), "clean_check_failed": failed, "pairs": len(pairs),
-                      "rows": len(frame), "changed": int(frame["is_different"].sum())}
-    print(f"labels ({split}): {prov['counts']}")
-    write_tensors({"intervention_vector": torch.stack(vectors), "row_id": torch.arange(len(frame))}, out_vectors, prov)
+    print(f"label chunk {chunk}: {len(pairs)} pairs, {len(frame)} rows, {int(frame['is_different'].sum())} changed")
+    write_tensors({"intervention_vector": torch.stack(vectors), "row_id": torch.tensor(frame["row_id"].to_numpy())},
+                  out_vectors, prov)
     write_table(frame, out_table, prov)
     return frame
+
+
+def gather_labels(pairs_path: str | Path, chunk_tables: list[str], chunk_vectors: list[str], split: str,
+                  out_table: str | Path, out_vectors: str | Path, settings: dict) -> pd.DataFrame:
+    """The split's labels and vectors from its chunks (in row-id order; row i of the vectors is row_id i)."""
+    from pipeline.artifacts import read_provenance
+
+    tables, vectors = [], []
+    for table_path, vectors_path in zip(chunk_tables, chunk_vectors):
+        check_same_run(table_path, vectors_path)
+        table = read_table(table_path, allow_empty=True)
+        tensors = read_tensors(vectors_path)
+        if len(table) != len(tensors["intervention_vector"]):
+            raise ArtifactError(f"{vectors_path}: {len(tensors['intervention_vector'])} vectors for {len(table)} rows "
+                                f"of {table_path}; rerun that chunk")
+        if len(table):
+            tables.append(table)
+            vectors.append(tensors["intervention_vector"])
+    if not tables:
+        raise ArtifactError(f"{pairs_path}: every label chunk of split '{split}' is empty")
+    frame = pd.concat(tables, ignore_index=True)
+    if not np.array_equal(frame["row_id"].to_numpy(), np.arange(len(frame))):
+        raise ArtifactError(f"label chunks {chunk_tables}: row ids are not 0..{len(frame) - 1} in order; rerun them")
+    pair_prov = read_provenance(pairs_path)
+    prov = provenance(settings | {"split": split}, pair_prov.get("models"))
+    prov["counts"] = pair_prov.get("counts", {}) | {"rows": len(frame), "changed": int(frame["is_different"].sum()),
+                                                    "chunks": len(chunk_tables)}
+    print(f"labels ({split}): {prov['counts']}")
+    write_tensors({"intervention_vector": torch.cat(vectors), "row_id": torch.arange(len(frame))}, out_vectors, prov)
+    write_table(frame, out_table, prov)
+    return frame
+
+
+def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | Path, split: str,
+                 out_table: str | Path, out_vectors: str | Path, settings: dict,
+                 keep_only_correct: bool = True) -> pd.DataFrame:
+    """The three label stages in one call (pairs, every chunk, gather), for use outside Snakemake; the pairs
+    and chunks go to a scratch folder beside `out_table` that is removed afterwards."""
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix=".labels-", dir=Path(out_table).parent))
+    try:
+        choose_pairs(cfg, facts_path, model_dir, split, scratch / "pairs.parquet", settings, keep_only_correct)
+        chunks = range(chunk_count(cfg, split))
+        tables = [scratch / f"chunk{c}.parquet" for c in chunks]
+        vectors = [scratch / f"chunk{c}.vectors.safetensors" for c in chunks]
+        for c in chunks:
+            build_label_chunk(cfg, scratch / "pairs.parquet", model_dir, split, c, tables[c], vectors[c], settings)
+        return gather_labels(scratch / "pairs.parquet", tables, vectors, split, out_table, out_vectors, settings)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def load_examples(table_path: str | Path, vectors_path: str | Path | None = None) -> tuple[pd.DataFrame, torch.Tensor]:

@@ -90,7 +90,9 @@ class ActPatchConfig:
     last_layer: int | None = None
     pairs: dict[str, int] = field(default_factory=lambda: {"train": 240, "test": 100})
     pair_seed: int = 0
+    min_fraction: float = 0.5  # fewer chosen pairs than this share of `pairs` is an error
     batch_size: int = 64
+    chunk_pairs: int = 1000  # pairs per label job (scattered, then gathered)
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "ActPatchConfig":
@@ -104,19 +106,25 @@ class ActPatchConfig:
             last_layer=patch.get("last_layer"),
             pairs={"train": pairs["train"], "test": pairs["test"]},
             pair_seed=pairs["seed"],
+            min_fraction=pairs.get("min_fraction", 0.5),
             batch_size=section["batch_size"],
+            chunk_pairs=section.get("chunk_pairs", 1000),
         )
 
     def windows(self, num_layers: int) -> list[list[int]]:
-        """Consecutive layer windows across the depth, e.g. [[0..5], [6..11], ...]."""
+        """Full windows of `window_size` consecutive layers starting every `window_stride` layers, e.g. [[0..5],
+        [6..11], ...]; a window that would run past the last layer is left out (stride 4, size 8 on 32 layers
+        ends with [24..31]), as in the published tables."""
         last = num_layers - 1 if self.last_layer is None else min(self.last_layer, num_layers - 1)
         if self.first_layer > last:
             raise ConfigError(
                 f"act_patch.patch: first_layer {self.first_layer} is beyond the model's last layer {last}"
             )
-        windows = []
-        for start in range(self.first_layer, last + 1, self.window_stride):
-            windows.append(list(range(start, min(start + self.window_size, last + 1))))
+        windows = [list(range(start, start + self.window_size))
+                   for start in range(self.first_layer, last + 1, self.window_stride) if start + self.window_size - 1 <= last]
+        if not windows:
+            raise ConfigError(f"act_patch.patch: window_size {self.window_size} from first_layer {self.first_layer} "
+                              f"does not fit below the last layer {last}")
         return windows
 
 

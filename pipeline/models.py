@@ -185,6 +185,20 @@ def load_tokenizer(model_dir: str | Path):
     return tokenizer
 
 
+def placement(spec: dict, environ=None, cuda: bool | None = None) -> tuple[str | dict | None, str | None]:
+    """(device_map for from_pretrained, device to move the model to). One process: the config's device_map
+    (e.g. "auto" spreads an 8B model over every GPU), else the GPU if there is one. Several processes (torchrun
+    sets WORLD_SIZE): each rank holds its whole model on its own GPU, cuda:LOCAL_RANK, whatever device_map says;
+    spreading every rank over all GPUs would put WORLD_SIZE copies on each."""
+    environ = os.environ if environ is None else environ
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if int(environ.get("WORLD_SIZE", "1")) > 1:
+        return None, f"cuda:{int(environ.get('LOCAL_RANK', '0'))}" if cuda else None
+    if spec.get("device_map"):
+        return spec["device_map"], None
+    return None, "cuda" if cuda else None
+
+
 def load_model(model_dir: str | Path, trainable: bool = False, weights: str | Path | None = None):
     """(model, tokenizer) from a prepared folder, in the dtype and device map the config asked for;
     `weights` loads other weights of the same model (a fully fine-tuned explainer) the same way."""
@@ -193,11 +207,12 @@ def load_model(model_dir: str | Path, trainable: bool = False, weights: str | Pa
     manifest = read_manifest(model_dir)
     spec = manifest["source"]
     kwargs: dict[str, Any] = {"dtype": DTYPES[spec.get("dtype", "float32")]}
-    if spec.get("device_map"):
-        kwargs["device_map"] = spec["device_map"]
+    device_map, device = placement(spec)
+    if device_map:
+        kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(str(weights or manifest["weights"]), **kwargs)
-    if not spec.get("device_map") and torch.cuda.is_available():
-        model.to("cuda")
+    if device:
+        model.to(device)
     model.train(trainable)
     return model, load_tokenizer(model_dir)
 

@@ -4,6 +4,7 @@ assemble its settings (result settings from the rule's params, execution setting
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -12,7 +13,7 @@ from typing import Iterator
 def stage(log_path: str | None, threads: int = 1) -> Iterator[None]:
     import torch
 
-    torch.set_num_threads(max(1, int(threads)))
+    torch.set_num_threads(usable_threads(threads))
     if not log_path:
         yield
         return
@@ -25,6 +26,32 @@ def stage(log_path: str | None, threads: int = 1) -> Iterator[None]:
 
             traceback.print_exc(file=log)
             raise
+
+
+def visible_gpus() -> int:
+    """GPUs this machine shows (CUDA_VISIBLE_DEVICES where set, else `nvidia-smi -L`), without importing torch."""
+    import shutil
+    import subprocess
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return len([d for d in listed.split(",") if d.strip() and d.strip() != "-1"])
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        found = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in found.stdout.splitlines()) if found.returncode == 0 else 0
+
+
+def usable_threads(threads: int) -> int:
+    """`threads`, but no more than the CPUs this process may run on (a SLURM allocation, taskset, a container)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    return max(1, min(int(threads), available))
 
 
 def stage_settings(params, config: dict, stage_name: str) -> tuple[dict, dict]:

@@ -43,9 +43,14 @@ _HINT_LABEL_KEYS = tuple(f"input_ablation.{k}" for k in
 STAGES: dict[str, Stage] = {
     "prepare_model": Stage("pipeline.models:prepare_model", ("models.{model}", "models.{tokenizer_from}")),
     "act_patch_facts": Stage("pipeline.facts:build_facts", ("facts", "act_patch.prompt"), ("act_patch.batch_size",)),
-    "act_patch_labels": Stage("pipeline.act_patch:build_labels",
+    "act_patch_pairs": Stage("pipeline.act_patch:choose_pairs",
+                             ("act_patch.prompt", "act_patch.pairs", "facts.keep_only_correct"), ("act_patch.batch_size",)),
+    "act_patch_label_chunk": Stage("pipeline.act_patch:build_label_chunk",
+                                   ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct"),
+                                   ("act_patch.batch_size", "act_patch.chunk_pairs")),
+    "act_patch_labels": Stage("pipeline.act_patch:gather_labels",
                               ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct"),
-                              ("act_patch.batch_size",)),
+                              ("act_patch.chunk_pairs",)),
     "input_ablation_questions": Stage("pipeline.mcq:build_questions", _QUESTION_KEYS),
     "input_ablation_labels": Stage("pipeline.input_ablation:build_labels", _HINT_LABEL_KEYS,
                                    ("input_ablation.batch_size",)),
@@ -223,7 +228,14 @@ def _tree(module: str) -> ast.Module:
     return ast.parse(_module_file(module).read_text())
 
 
-def _entry_imports(module: str, function: str) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _module_imports(module: str) -> frozenset[str]:
+    """Every pipeline module a module imports anywhere in its source (walked once per module)."""
+    return frozenset(_pipeline_imports([_tree(module)]))
+
+
+@functools.lru_cache(maxsize=None)
+def _entry_imports(module: str, function: str) -> frozenset[str]:
     """Imports of the module's top level, of `function`, and of the module's functions it refers to."""
     tree = _tree(module)
     defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))}
@@ -237,7 +249,7 @@ def _entry_imports(module: str, function: str) -> set[str]:
             continue
         seen.add(name)
         todo += [n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name) and n.id in defs]
-    return _pipeline_imports(top + [defs[n] for n in seen])
+    return frozenset(_pipeline_imports(top + [defs[n] for n in seen]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -250,7 +262,7 @@ def code_closure(entry: str, loaded: tuple[str, ...] = ()) -> tuple[str, ...]:
         name = todo.pop()
         if name not in modules:
             modules.add(name)
-            todo += sorted(_pipeline_imports([_tree(name)]) - modules)
+            todo += sorted(_module_imports(name) - modules)
     return tuple(sorted(modules))
 
 

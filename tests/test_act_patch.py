@@ -123,7 +123,7 @@ def test_clean_check_runs_on_the_patched_prompt(tmp_path, constrained_labels, ti
     from pipeline.act_patch import build_labels
 
     folder, _, cfg = constrained_labels
-    with pytest.raises(ArtifactError, match=r"no pair .* answers correctly \((\d+) of \1 failed the clean check\)"):
+    with pytest.raises(ArtifactError, match=r"give (\d+) candidate pairs .* \1 of them fail the clean check .* leaving 0"):
         build_labels(cfg, folder / "facts.parquet", tiny_dir, "train", tmp_path / "t.parquet",
                      tmp_path / "t.safetensors", {}, keep_only_correct=True)
     assert not (tmp_path / "t.parquet").exists() and not (tmp_path / "t.safetensors").exists()
@@ -158,3 +158,36 @@ def test_shuffled_vectors_come_from_another_pair_of_the_same_group(constrained_l
         assert donor["pair_id"] != row["pair_id"]
         assert (donor["relation"], donor["token_type"], list(donor["layer"])) == (
             row["relation"], row["token_type"], list(row["layer"]))
+
+
+def test_label_chunks_gather_into_the_same_labels_and_a_shortfall_is_said(tmp_path, constrained_labels, tiny_dir):
+    """Chunks of one pair give the table and vectors of one chunk; asking for more pairs than the facts give is
+    logged and kept in the provenance, and below pairs.min_fraction it is an error."""
+    import dataclasses
+
+    from pipeline.act_patch import build_labels
+    from pipeline.artifacts import read_provenance
+
+    folder, _, cfg = constrained_labels
+    chunked = dataclasses.replace(cfg, chunk_pairs=1)
+    build_labels(chunked, folder / "facts.parquet", tiny_dir, "train", tmp_path / "c.parquet",
+                 tmp_path / "c.safetensors", {"act_patch": "test"}, keep_only_correct=False)
+    whole, vectors = load_examples(folder / "train.parquet", folder / "train.vectors.safetensors")
+    parts, part_vectors = load_examples(tmp_path / "c.parquet", tmp_path / "c.safetensors")
+    pd.testing.assert_frame_equal(whole, parts)
+    assert torch.allclose(vectors, part_vectors, atol=1e-5)  # other batches: other padding, the last bits differ
+    assert read_provenance(tmp_path / "c.parquet")["counts"]["chunks"] == 4
+    assert not list(tmp_path.glob(".labels-*"))  # the scratch folder is gone
+
+    candidates = read_provenance(folder / "train.parquet")["counts"]["candidate_pairs"]
+    short = dataclasses.replace(cfg, pairs={"train": candidates + 5, "test": 2}, min_fraction=0.0, chunk_pairs=8)
+    build_labels(short, folder / "facts.parquet", tiny_dir, "train", tmp_path / "s.parquet",
+                 tmp_path / "s.safetensors", {}, keep_only_correct=False)
+    counts = read_provenance(tmp_path / "s.parquet")["counts"]
+    assert counts["pairs"] == candidates and counts["shortfall"] == 5 and counts["asked"] == candidates + 5
+    assert counts["chunks"] > -(-candidates // 8)  # the chunks past the pairs are empty and gathered as such
+    strict = dataclasses.replace(short, min_fraction=1.0)
+    with pytest.raises(ArtifactError, match=rf"leaving {candidates} pairs of the {candidates + 5} .*pairs.min_fraction 1.0\)"):
+        build_labels(strict, folder / "facts.parquet", tiny_dir, "train", tmp_path / "r.parquet",
+                     tmp_path / "r.safetensors", {}, keep_only_correct=False)
+    assert not (tmp_path / "r.parquet").exists()

@@ -52,7 +52,11 @@ def test_layer_windows_cover_the_depth(base_config):
     windows = cfg.windows(30)
     assert windows[0] == [0, 1, 2, 3, 4, 5] and windows[-1] == [24, 25, 26, 27, 28, 29]
     assert sorted(x for w in windows for x in w) == list(range(30))
-    assert cfg.windows(8)[-1] == [6, 7]  # a short last window at the top
+    assert cfg.windows(8)[-1] == [0, 1, 2, 3, 4, 5]  # no short window at the top: windows are full
+    paper = ActPatchConfig(window_size=8, window_stride=4)
+    assert paper.windows(32)[-1] == list(range(24, 32)) and all(len(w) == 8 for w in paper.windows(32))
+    with pytest.raises(ConfigError, match="window_size 8"):
+        paper.windows(6)
     with pytest.raises(ConfigError, match="first_layer"):
         ActPatchConfig(first_layer=40).windows(30)
 

@@ -83,3 +83,14 @@ def test_gemma_wheel_converts_when_installed(tmp_path, base_config):
     manifest = read_manifest(tmp_path / "gemma")
     assert (manifest["hidden_size"], manifest["num_layers"]) == (640, 18)
     assert not list((tmp_path / "gemma").glob("*.gguf"))  # the assembled GGUF is not kept
+
+
+def test_each_torchrun_rank_holds_its_model_on_its_own_gpu():
+    from pipeline.models import placement
+
+    auto = {"device_map": "auto"}
+    assert placement(auto, {}, cuda=True) == ("auto", None)  # one process: spread over every GPU
+    assert placement({}, {}, cuda=True) == (None, "cuda") and placement({}, {}, cuda=False) == (None, None)
+    ranks = [placement(auto, {"WORLD_SIZE": "2", "LOCAL_RANK": str(r)}, cuda=True) for r in (0, 1)]
+    assert ranks == [(None, "cuda:0"), (None, "cuda:1")]  # device_map is not applied under torchrun
+    assert placement(auto, {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, cuda=False) == (None, None)

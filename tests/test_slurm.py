@@ -17,7 +17,7 @@ from slurm_cluster import PARTITION, missing_tools, start_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = "results/act_patch/tiny_tiny.json"
-GPU_RULES = {"act_patch_facts", "act_patch_labels", "act_patch_train", "act_patch_generate"}
+GPU_RULES = {"act_patch_facts", "act_patch_pairs", "act_patch_label_chunk", "act_patch_train", "act_patch_generate"}
 
 pytestmark = pytest.mark.slow
 
@@ -76,15 +76,16 @@ def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path
     assert len(submitted) >= 10, output[-3000:]
     logs = {part.removeprefix("rule_") for p in (slurm_dir / "logs/slurm").rglob("*.log")
             for part in p.relative_to(slurm_dir / "logs/slurm").parts if part.startswith("rule_")}
-    assert {"prepare_model", "act_patch_facts", "act_patch_labels", "act_patch_train", "act_patch_generate",
-            "act_patch_score"} <= logs
+    assert {"prepare_model", "act_patch_facts", "act_patch_pairs", "act_patch_label_chunk", "act_patch_labels",
+            "act_patch_train", "act_patch_generate"} <= logs
+    assert "act_patch_score" not in logs  # a localrule: it ran beside Snakemake, without sbatch
     gpu_jobs = 0
     for slurm_id in submitted.values():
         job = cluster.run("scontrol", "show", "job", slurm_id).stdout
         assert "JobState=COMPLETED" in job, job
         if "gres:gpu" in job:
             gpu_jobs += 1
-    assert gpu_jobs == 1 + 2 + 1 + 4  # facts, labels x2, train, generate x4
+    assert gpu_jobs == 1 + 2 + 3 + 1 + 4  # facts, pairs x2, label chunks (2 train, 1 test), train, generate x4
 
     local, local_seconds = snakemake(local_dir, os.environ.copy(), "--cores", "2", timeout=900)
     assert local.returncode == 0, (local.stdout + local.stderr)[-4000:]

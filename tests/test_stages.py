@@ -12,6 +12,7 @@ def test_execution_settings_are_not_part_of_a_stage_result(base_config):
     changed = copy.deepcopy(base_config)
     changed["training"] |= {"gpus": 8, "cpu_processes": 2, "checkpoint_every": 7}
     changed["act_patch"]["batch_size"] = 3
+    changed["act_patch"]["chunk_pairs"] = 7
     changed["generation"]["batch_size"] = 5
     for stage in stages.all_stages():
         assert stages.settings(changed, stage, model="smollm") == stages.settings(base_config, stage, model="smollm"), stage
@@ -27,7 +28,8 @@ def test_result_settings_change_only_their_own_stages(base_config):
     changed["act_patch"]["patch"]["window_size"] = 3
     moved = {s for s in stages.all_stages()
              if stages.settings(changed, s, model="smollm") != stages.settings(base_config, s, model="smollm")}
-    assert moved == {"act_patch_labels"}  # later stages rerun because their input changed, not their settings
+    # the chunks and their gather; the pairs do not depend on the windows, later stages rerun because their input changed
+    assert moved == {"act_patch_label_chunk", "act_patch_labels"}
 
 
 def test_task_overrides_of_shared_sections(base_config):

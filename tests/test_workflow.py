@@ -101,7 +101,9 @@ def test_window_change_reruns_labels_and_everything_after(finished_run, tmp_path
     patch = config["act_patch"]["patch"] | {"window_size": 3}
     changed = override(tmp_path, "window.yaml", {"act_patch": {"patch": patch}})
     plan = planned_jobs(snakemake(finished_run, "-n", "results/act_patch/tiny_tiny.json", configfiles=[changed]))
-    assert plan == {"act_patch_labels": 2, "act_patch_train": 1, "act_patch_generate": 4, "act_patch_score": 1}
+    # the pairs stay; each chunk is patched again and gathered (tiny: 2 train chunks, 1 test chunk)
+    assert plan == {"act_patch_label_chunk": 3, "act_patch_labels": 2, "act_patch_train": 1, "act_patch_generate": 4,
+                    "act_patch_score": 1}
 
 
 def test_execution_settings_rerun_nothing(finished_run, tmp_path):
@@ -164,8 +166,11 @@ def test_self_versus_other_matrix_pairs_every_explainer_with_every_target(finish
 
 def test_paper_run_plans_every_job_and_fails_early_without_weights(tmp_path, monkeypatch):
     plan = planned_jobs(snakemake(tmp_path, "-n", "results/act_patch/llama_llama.json"))
-    assert plan == {"prepare_model": 1, "act_patch_facts": 1, "act_patch_labels": 2, "act_patch_train": 1,
-                    "act_patch_generate": 4, "act_patch_score": 1}
+    assert plan == {"prepare_model": 1, "act_patch_facts": 1, "act_patch_pairs": 2, "act_patch_label_chunk": 2 + 1,
+                    "act_patch_labels": 2, "act_patch_train": 1, "act_patch_generate": 4, "act_patch_score": 1}
+    paper = planned_jobs(snakemake(tmp_path, "-n", "results/act_patch/llama_llama.json",
+                                   configfiles=[REPO / "config.paper.yaml"]))
+    assert paper["act_patch_label_chunk"] == 20 + 2  # 20,000 and 2,000 pairs in chunks of 1,000
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty cache, whatever this machine holds
     run = snakemake(tmp_path, "results/act_patch/llama_llama.json", timeout=300)
     assert run.returncode != 0

@@ -1,10 +1,22 @@
 # Wildcard constraints and input functions shared by the rule files.
 from pathlib import Path
 
-from pipeline import interpbench, stages
+from pipeline import interpbench, runtime, stages
 from pipeline.tasks import TASK_MODULES, all_variants, get_task
 
 TASKS = tuple(TASK_MODULES)
+# Heavy jobs (models, labels, training, generation) take every core they are given: Snakemake lowers this to --cores
+# (or --max-threads) on one machine; on a cluster profiles/slurm's set-threads match each rule's cpus_per_task, and
+# pipeline.runtime.stage never uses more threads than the CPUs the process may run on.
+JOB_THREADS = 256
+# GPU jobs on one machine never outnumber its GPUs: where none is given with --resources gpu=N (profiles/slurm gives
+# the cluster's), the GPUs present are the cap. Without GPUs nothing is capped (the "GPU" jobs run on the CPU).
+if "gpu" not in workflow.global_resources and runtime.visible_gpus():
+    workflow.register_resource("gpu", runtime.visible_gpus())
+# Tasks whose scoring is heavy (judge API calls, the simulator LM): sent to the cluster like the GPU stages. Every
+# other task's scoring, and the figures, tables and summaries, are `localrule`s: on a cluster they run beside
+# Snakemake instead of paying an sbatch round trip each.
+HEAVY_SCORE_TASKS = ("features",)
 # Tasks scored as change predictions, whose runs get report_figures' metrics, confusion and loss figures.
 CHANGE_TASKS = "|".join(t for t in TASKS if get_task(t).figures == ("metrics.png", "confusion.png", "loss.png"))
 
@@ -17,6 +29,7 @@ wildcard_constraints:
     task="|".join(TASKS),
     variant="|".join(all_variants()),
     case="[A-Za-z0-9_]+",
+    chunk="[0-9]+",
 
 
 # InterpBench: the configured cases that build here, and the skipped ones with what they need. An unknown case id or
@@ -73,6 +86,18 @@ def interpbench_case_dir(key):
     if case not in INTERPBENCH_BUILD:
         raise ValueError(f"model key '{key}': not an InterpBench case this config builds ({INTERPBENCH_BUILD})")
     return f"resources/interpbench/{case}"
+
+
+def label_chunks(wildcards):
+    """The act_patch label chunks of a split (act_patch.pairs over act_patch.chunk_pairs of them) and its pairs."""
+    from pipeline.act_patch import chunk_count
+    from pipeline.config import ActPatchConfig
+
+    chunks = range(chunk_count(ActPatchConfig.from_dict(config["act_patch"]), wildcards.split))
+    stem = f"work/act_patch/labels/{wildcards.target}/{wildcards.split}"
+    return {"pairs": f"work/act_patch/pairs/{wildcards.target}/{wildcards.split}.parquet",
+            "tables": [f"{stem}/chunk{c}.parquet" for c in chunks],
+            "vectors": [f"{stem}/chunk{c}.vectors.safetensors" for c in chunks]}
 
 
 def settings_of(stage):

@@ -10,7 +10,7 @@ rule act_patch_facts:
         "logs/act_patch_facts/{target}.log",
     benchmark:
         "benchmarks/act_patch_facts/{target}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=60,
@@ -34,6 +34,7 @@ rule input_ablation_questions:
     benchmark:
         "benchmarks/input_ablation_questions/questions.tsv"
     threads: 1
+    localrule: True
     resources:
         mem_mb=2000,
         runtime=10,

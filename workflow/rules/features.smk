@@ -34,7 +34,7 @@ rule features_sae:
         "logs/features_sae/{target}.log",
     benchmark:
         "benchmarks/features_sae/{target}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=240,
@@ -60,7 +60,7 @@ rule features_exemplars:
         "logs/features_exemplars/{target}.log",
     benchmark:
         "benchmarks/features_exemplars/{target}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=120,
@@ -108,7 +108,7 @@ rule features_simulator:
         "logs/features_simulator/{target}.log",
     benchmark:
         "benchmarks/features_simulator/{target}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=120,
@@ -131,7 +131,7 @@ rule features_ood:
         "logs/features_ood/{target}.log",
     benchmark:
         "benchmarks/features_ood/{target}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=16000,
         runtime=60,

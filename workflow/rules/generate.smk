@@ -15,7 +15,7 @@ for task in TASKS:
             f"logs/{task}_generate/{{explainer}}_{{target}}_{{variant}}.log",
         benchmark:
             f"benchmarks/{task}_generate/{{explainer}}_{{target}}_{{variant}}.tsv"
-        threads: 2
+        threads: JOB_THREADS
         resources:
             mem_mb=16000,
             runtime=120,
@@ -44,7 +44,7 @@ for task in TASKS:
                 f"logs/{task}_generate/{{explainer}}_{{target}}_{eval_set}_{{variant}}.log",
             benchmark:
                 f"benchmarks/{task}_generate/{{explainer}}_{{target}}_{eval_set}_{{variant}}.tsv"
-            threads: 2
+            threads: JOB_THREADS
             resources:
                 mem_mb=16000,
                 runtime=120,

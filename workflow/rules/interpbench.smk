@@ -35,6 +35,7 @@ rule interpbench_cases:
     benchmark:
         "benchmarks/interpbench_cases/cases.tsv"
     threads: 1
+    localrule: True
     resources:
         mem_mb=1000,
         runtime=5,
@@ -88,6 +89,7 @@ rule interpbench_summary:
     benchmark:
         "benchmarks/interpbench_summary/summary.tsv"
     threads: 1
+    localrule: True
     resources:
         mem_mb=2000,
         runtime=5,

@@ -18,6 +18,7 @@ rule matrix:
     benchmark:
         "benchmarks/matrix/{task}.tsv"
     threads: 1
+    localrule: True
     resources:
         mem_mb=4000,
         runtime=20,

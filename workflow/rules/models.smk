@@ -10,7 +10,7 @@ rule prepare_model:
         "logs/prepare_model/{model}.log",
     benchmark:
         "benchmarks/prepare_model/{model}.tsv"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=60,

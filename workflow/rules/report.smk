@@ -17,6 +17,7 @@ rule act_patch_patch_effect:
     benchmark:
         "benchmarks/act_patch_patch_effect/{target}.tsv"
     threads: 1
+    localrule: True
     resources:
         mem_mb=2000,
         runtime=10,
@@ -60,6 +61,7 @@ rule report_figures:
     benchmark:
         "benchmarks/report_figures/{task}_{explainer}_{target}.tsv"
     threads: 1
+    localrule: True
     resources:
         mem_mb=2000,
         runtime=10,
@@ -102,6 +104,7 @@ rule features_figures:
     benchmark:
         "benchmarks/features_figures/{explainer}_{target}.tsv"
     threads: 1
+    localrule: True
     resources:
         mem_mb=2000,
         runtime=10,
@@ -123,6 +126,7 @@ rule summary_table:
     benchmark:
         "benchmarks/summary_table/summary.tsv"
     threads: 1
+    localrule: True
     resources:
         mem_mb=2000,
         runtime=10,

@@ -16,6 +16,7 @@ for task in TASKS:
         benchmark:
             f"benchmarks/{task}_score/{{explainer}}_{{target}}.tsv"
         threads: 2
+        localrule: task not in HEAVY_SCORE_TASKS
         resources:
             mem_mb=4000,
             runtime=60,

@@ -16,7 +16,7 @@ for task in TASKS:
             f"logs/{task}_train/{{explainer}}_{{target}}.log",
         benchmark:
             f"benchmarks/{task}_train/{{explainer}}_{{target}}.tsv"
-        threads: 2
+        threads: JOB_THREADS
         resources:
             mem_mb=20000,
             runtime=600,

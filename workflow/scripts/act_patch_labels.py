@@ -1,10 +1,8 @@
-"""Snakemake script: activation-patching labels (Parquet) and intervention vectors (safetensors)."""
-from pipeline.act_patch import build_labels
-from pipeline.config import ActPatchConfig
+"""Snakemake script: a split's activation-patching labels (Parquet) and vectors (safetensors), gathered from chunks."""
+from pipeline.act_patch import gather_labels
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):
     run, prov = stage_settings(snakemake.params, snakemake.config, snakemake.rule)
-    build_labels(ActPatchConfig.from_dict(run["act_patch"]), snakemake.input.facts, snakemake.input.target,
-                 snakemake.wildcards.split, snakemake.output.table, snakemake.output.vectors, prov,
-                 run["facts"]["keep_only_correct"])
+    gather_labels(snakemake.input.pairs, snakemake.input.tables, snakemake.input.vectors, snakemake.wildcards.split,
+                  snakemake.output.table, snakemake.output.vectors, prov)

@@ -1,0 +1,10 @@
+"""Snakemake script: activation-patching labels and intervention vectors of one chunk of pairs."""
+from pipeline.act_patch import build_label_chunk
+from pipeline.config import ActPatchConfig
+from pipeline.runtime import stage, stage_settings
+
+with stage(snakemake.log[0], snakemake.threads):
+    run, prov = stage_settings(snakemake.params, snakemake.config, snakemake.rule)
+    build_label_chunk(ActPatchConfig.from_dict(run["act_patch"]), snakemake.input.pairs, snakemake.input.target,
+                      snakemake.wildcards.split, int(snakemake.wildcards.chunk), snakemake.output.table,
+                      snakemake.output.vectors, prov)
