@@ -96,13 +96,15 @@ class ActPatchConfig:
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "ActPatchConfig":
-        patch, pairs = section["patch"], section["pairs"]
+        """From the config's act_patch section, or the part of it a stage's settings hold (the pairs stage has no
+        `patch`: what is missing keeps its default)."""
+        patch, pairs = section.get("patch", {}), section["pairs"]
         return cls(
             prompt=PromptConfig.from_dict(section["prompt"]),
-            token_types=tuple(patch["token_types"]),
-            window_size=patch["window_size"],
-            window_stride=patch["window_stride"],
-            first_layer=patch["first_layer"],
+            token_types=tuple(patch.get("token_types", cls.token_types)),
+            window_size=patch.get("window_size", cls.window_size),
+            window_stride=patch.get("window_stride", cls.window_stride),
+            first_layer=patch.get("first_layer", cls.first_layer),
             last_layer=patch.get("last_layer"),
             pairs={"train": pairs["train"], "test": pairs["test"]},
             pair_seed=pairs["seed"],
@@ -186,6 +188,9 @@ class TrainingConfig:
     deepspeed: bool = False
     zero_stage: int = 2
     precision: str = "fp32"
+    group_by_length: bool = False  # batches of similar lengths (less padding; another order than random batches)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
+    fsdp: str | None = None  # the Trainer's FSDP option, e.g. "full_shard auto_wrap" (instead of DeepSpeed)
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "TrainingConfig":
@@ -195,7 +200,7 @@ class TrainingConfig:
         speed = flat.pop("deepspeed", None) or {}
         flat["deepspeed"] = bool(speed.get("enabled", False))
         flat["zero_stage"] = speed.get("zero_stage", cls.zero_stage)
-        flat["precision"] = speed.get("precision", cls.precision)
+        flat["precision"] = flat.get("precision") or speed.get("precision", cls.precision)
         return _build(cls, flat)
 
 

@@ -121,7 +121,8 @@ class ContinuousTokenExplainer(nn.Module):
             return embeds
         found = self._placeholders(input_ids, vectors)
         unit = vectors.float() / vectors.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        mapped = self.projection(unit) if self.projection is not None else unit
+        # The projection is fp32, unless an engine cast the whole module (DeepSpeed bf16): meet it in its dtype.
+        mapped = self.projection(unit.to(self.projection.weight.dtype)) if self.projection is not None else unit
         mapped = (mapped * self.embed_norm).to(embeds.dtype)
         embeds = embeds.clone()
         embeds[found] = mapped
@@ -170,6 +171,12 @@ class ContinuousTokenExplainer(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False):
+        """Recompute the language model's activations in the backward pass (the Trainer calls this)."""
+        self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                every_n_layers=every_n_layers, offload=offload)
 
     def forward(self, input_ids, attention_mask, vectors=None, labels=None, vector_layers=None, logits_to_keep=0):
         embeds = self.embed(input_ids, vectors)
@@ -238,20 +245,24 @@ def collate(batch: list[Encoded], vectors: torch.Tensor | None, pad_id: int, dev
             "vector_layers": list(vector_layers) if has_vectors and vector_layers is not None else None}
 
 
-def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict) -> None:
+def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict, state: dict | None = None) -> None:
+    """The explainer's folder: the peft adapter (or the whole fine-tuned model), the projection and its metadata.
+    `state`, where given, is the explainer's whole state dict gathered from partitioned weights (ZeRO-3)."""
     from safetensors.torch import save_file
 
     from peft import PeftModel
 
     meta = meta | {"embed_norm": float(explainer.embed_norm), "placeholder_id": explainer.placeholder_id,
                    "inject": explainer.inject}
+    lm_state = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")} if state else None
     if isinstance(explainer.lm, PeftModel):
         # The adapter alone: the placeholder's embedding row is recreated (zero) wherever the explainer loads.
-        explainer.lm.save_pretrained(folder, save_embedding_layers=False)
+        explainer.lm.save_pretrained(folder, save_embedding_layers=False, state_dict=lm_state)
     else:
-        explainer.lm.save_pretrained(folder)
+        explainer.lm.save_pretrained(folder, state_dict=lm_state)
     if explainer.projection is not None:
-        save_file({"weight": explainer.projection.weight.detach().cpu().contiguous()}, str(folder / PROJECTION_FILE))
+        weight = state["projection.weight"] if state else explainer.projection.weight
+        save_file({"weight": weight.detach().float().cpu().contiguous()}, str(folder / PROJECTION_FILE))
     (folder / EXPLAINER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 

@@ -33,7 +33,8 @@ class Stage:
     modules: tuple[str, ...] = ()  # modules the entry loads by name (a task's module), hashed with its closure
 
 
-_TRAINING_EXECUTION = ("training.gpus", "training.cpu_processes", "training.checkpoint_every")
+_TRAINING_EXECUTION = ("training.gpus", "training.cpu_processes", "training.checkpoint_every",
+                       "training.gradient_checkpointing", "training.fsdp")
 _QUESTION_KEYS = tuple(f"input_ablation.{k}" for k in
                        ("source", "path", "relations", "n_choices", "max_questions_per_relation", "test_fraction", "seed"))
 _HINT_LABEL_KEYS = tuple(f"input_ablation.{k}" for k in

@@ -5,10 +5,12 @@ The loss covers only the answer tokens. A checkpoint of the trainable state is w
 stage's result settings plus the identity of its inputs (label tables by provenance, models by spec),
 so a checkpoint trained on other labels is discarded, and a checkpoint missing any trainable weight
 is refused.
-With `deepspeed.enabled` the same loop runs through a DeepSpeed ZeRO engine. Under torchrun
-(see pipeline/launch.py) every process takes its share of each global batch of `batch_size`
-examples; the loss is summed over answer tokens and divided by the global batch's token count,
-so gradients summed across processes equal single-process training on the same batch.
+Training runs on the Hugging Face Trainer (`ExplainerTrainer`): it brings torchrun and DeepSpeed (ZeRO 0-3,
+weights gathered on save under ZeRO-3) or FSDP, resume from checkpoint, gradient accumulation and checkpointing,
+bf16, length-grouped batches and TensorBoard event files (copied into the explainer folder beside
+training_log.json). What stays ours: the continuous-token explainer as the model, the answer-only loss divided
+by the answer tokens of the whole accumulated global batch (so several processes train as one does), the
+projection's own learning rate, and checkpoints keyed by the run's settings that hold the trainable weights alone.
 """
 
 from __future__ import annotations
@@ -17,29 +19,18 @@ import json
 import math
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.artifacts import ArtifactError, atomic_dir, atomic_path, config_hash, provenance
 from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id, save_explainer
 from pipeline.generation import seeded_subset
-from pipeline.models import input_device, load_model, read_manifest
-
-STATE_FILE = "trainer_state.pt"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from pipeline.models import load_model, read_manifest
 
 def world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) without a process group."""
@@ -103,42 +94,190 @@ def with_lora(model, cfg: TrainingConfig):
                                             target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
 
 
-def _deepspeed_engine(explainer, optimizer, scheduler, cfg: TrainingConfig, micro_batch: int):
-    import deepspeed
+TRAINABLE_FILE = "trainable.safetensors"  # a checkpoint's trainable weights (LoRA and projection, or all of a full run)
+KEY_FILE = "run_key.json"  # the checkpoint key a checkpoint folder was written under
 
-    # One process without a launcher: a gloo group of one, as `deepspeed.initialize` expects.
+
+def deepspeed_config(cfg: TrainingConfig) -> dict:
+    """The DeepSpeed config the Trainer runs with ("auto" values are filled in from its arguments). ZeRO-3 gathers
+    the 16-bit weights when a checkpoint or the explainer is saved, so what is written is whole."""
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.zero_stage == 3:
+        zero |= {"stage3_gather_16bit_weights_on_model_save": True}
+    return {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto", "zero_optimization": zero, "bf16": {"enabled": "auto"},
+            "zero_allow_untested_optimizer": True}
+
+
+def trainer_class():
+    from transformers import Trainer
+
+    class ExplainerTrainer(Trainer):
+        """The continuous-token explainer on the Hugging Face Trainer: answer-only loss normalised by the answer
+        tokens of the whole accumulated global batch, two learning rates, checkpoints of the trainable weights."""
+
+        loss_is_scaled_for_ga = True  # compute_loss divides by the accumulated batch's token count itself
+
+        def __init__(self, *args, lm_lr: float, projection_lr: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lm_lr, self.projection_lr, self.tokens_seen = lm_lr, projection_lr, 0
+            self.model_accepts_loss_kwargs = True  # so the Trainer counts answer tokens over the global batch
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            self.tokens_seen += int(inputs["attention_mask"].sum())
+            positions = answer_positions(labels)
+            outputs = model(**inputs, logits_to_keep=positions)
+            loss_sum, count = answer_loss_sum(outputs.logits, labels, positions)
+            total = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
+            # DDP and DeepSpeed average gradients over processes: scale each process's share back up.
+            loss = loss_sum / total * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                explainer = self.model
+                groups = [{"params": [p for p in explainer.lm.parameters() if p.requires_grad], "lr": self.lm_lr}]
+                if explainer.projection is not None:
+                    groups.append({"params": list(explainer.projection.parameters()), "lr": self.projection_lr})
+                self.optimizer = torch.optim.AdamW(groups, lr=self.lm_lr, weight_decay=0.0)
+            return self.optimizer
+
+        def _save(self, output_dir=None, state_dict=None):
+            """A checkpoint holds the trainable weights alone (the base model is in resources/models)."""
+            from safetensors.torch import save_file
+
+            if not self.args.should_save:
+                return
+            names = trainable_names(self.model)
+            state = state_dict if state_dict else self.model.state_dict()
+            os.makedirs(output_dir, exist_ok=True)
+            save_file({n: t.detach().cpu().contiguous() for n, t in state.items() if n in names},
+                      os.path.join(output_dir, TRAINABLE_FILE))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            from safetensors.torch import load_file
+
+            path = Path(resume_from_checkpoint) / TRAINABLE_FILE
+            if not path.exists():
+                raise ArtifactError(f"{path}: the checkpoint has no trainable weights; delete {path.parent.parent}")
+            state = load_file(str(path))
+            expected = trainable_names(self.model)
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            if missing or unexpected:
+                raise ArtifactError(f"{path}: checkpoint does not fit this explainer: missing {missing[:5]} "
+                                    f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}); delete "
+                                    f"{path.parent.parent}")
+            self.model.load_state_dict(state, strict=False)
+            print(f"resuming training from {resume_from_checkpoint}", file=sys.stderr)
+
+    return ExplainerTrainer
+
+
+def trainable_names(explainer) -> set[str]:
+    return {name for name, p in explainer.named_parameters() if p.requires_grad}
+
+
+def checkpoint_written(folder: str) -> None:
+    """Called once a checkpoint is complete on disk (tests interrupt training here)."""
+
+
+def _callbacks(first_step_gradients, tensorboard_dir: Path) -> list:
+    """The checkpoint and first-step hooks, and (on rank 0) TensorBoard event files in `tensorboard_dir`."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import TrainerCallback
+    from transformers.integrations import TensorBoardCallback
+
+    class Hooks(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint_written(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if first_step_gradients and state.global_step == 0 and args.process_index == 0:
+                named = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+                with atomic_path(first_step_gradients) as tmp:
+                    torch.save(named, tmp)
+
+    return [Hooks()] + ([TensorBoardCallback(SummaryWriter(log_dir=str(tensorboard_dir)))] if world()[0] == 0 else [])
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Example indices with their token ids (the length-grouped sampler reads `input_ids`)."""
+
+    def __init__(self, encoded, chosen):
+        self.encoded, self.chosen = encoded, [int(i) for i in chosen]
+
+    def __len__(self):
+        return len(self.chosen)
+
+    def __getitem__(self, item):
+        index = self.chosen[item]
+        return {"index": index, "input_ids": self.encoded[index].input_ids}
+
+
+def _single_process_group_env() -> None:
+    """DeepSpeed wants a process group; without a launcher, that of one process over gloo (else it looks for MPI).
+    On CPU the shared-memory collective op is JIT-compiled (~76 s) and only helps several processes: skipped."""
+    import socket
+
+    import deepspeed  # noqa: F401
+
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if not torch.cuda.is_available():
-        # The CPU shared-memory collective is JIT-compiled (~76 s) and only speeds up multi-process runs on one host.
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
-    config = {
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": cfg.zero_stage},
-        "bf16": {"enabled": cfg.precision == "bf16"},
-        "zero_allow_untested_optimizer": True,
-    }
-    engine, _, _, _ = deepspeed.initialize(model=explainer, optimizer=optimizer, lr_scheduler=scheduler, config=config)
-    return engine
+
+
+def _checkpoint_to_resume(checkpoint_dir: Path, run_hash: str) -> str | None:
+    """The newest checkpoint written under this run's key; checkpoints of other settings are deleted."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    key_file = checkpoint_dir / KEY_FILE
+    if checkpoint_dir.exists():
+        written = json.loads(key_file.read_text()).get("run_hash") if key_file.exists() else None
+        if written != run_hash:
+            print(f"ignoring checkpoint {checkpoint_dir}: it was written with other settings", file=sys.stderr)
+            _barrier()
+            if world()[0] == 0:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            _barrier()
+    _barrier()
+    if world()[0] == 0:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(key_file) as tmp:
+            tmp.write_text(json.dumps({"run_hash": run_hash}) + "\n")
+    _barrier()
+    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
 
 
 def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_model_dir: str | Path,
                     target_width: int, questions: list[str], answers: list[str], vectors: torch.Tensor | None,
                     out_dir: str | Path, checkpoint_dir: str | Path, settings: dict,
                     first_step_gradients: str | Path | None = None, vector_layers: list[int] | None = None) -> dict:
-    """Train, write the explainer folder atomically (rank 0), and return the training log.
+    """Train with the Hugging Face Trainer, write the explainer folder atomically (rank 0), return the training log.
 
     `settings` is the checkpoint key (and the explainer's provenance): it must name everything the result
     depends on. `first_step_gradients`, when given, receives the trainable gradients of the first step as
-    they are applied (summed over processes), for checking multi-process training. `vector_layers`: each
-    vector's source layer, for an explainer that injects at that layer (`explainer.inject: layer`)."""
+    they are applied (averaged over processes, which equals one process's), for checking multi-process training.
+    `vector_layers`: each vector's source layer, for an explainer that injects at that layer (`explainer.inject:
+    layer`)."""
+    from transformers import TrainingArguments
+
+    from accelerate.state import AcceleratorState
+
     _init_process_group()
     rank, size = world()
     if cfg.batch_size % size:
         raise ValueError(f"training.batch_size {cfg.batch_size} must be divisible by the {size} training processes")
+    # Accelerate keeps its state per process and marks DeepSpeed in the environment: a second training in one
+    # process (tests, notebooks) starts afresh.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    for key in [k for k in os.environ if k.startswith(("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_"))]:
+        del os.environ[key]
     torch.manual_seed(cfg.seed)
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     model, tokenizer = load_model(base_model_dir, trainable=True)
@@ -147,7 +286,6 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         model = with_lora(model, cfg)
     explainer = ContinuousTokenExplainer(model, target_width, placeholder, explainer_cfg.projection,
                                          explainer_cfg.inject)
-    device = input_device(model)
 
     encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format, placeholder)
                for q, a in zip(questions, answers)]
@@ -158,133 +296,54 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         raise ValueError(f"no training example fits training.max_length={cfg.max_length}")
     per_step = cfg.batch_size * cfg.grad_accum
     total_steps = max(1, math.ceil(len(chosen) * cfg.epochs / per_step))
-    rng = np.random.default_rng(cfg.seed)
-    epochs_needed = math.ceil(total_steps * per_step / len(chosen))
-    order = np.concatenate([rng.permutation(chosen) for _ in range(epochs_needed)])
 
-    lm_params = [p for p in explainer.lm.parameters() if p.requires_grad]
-    groups = [{"params": lm_params, "lr": cfg.learning_rate}]
-    if explainer.projection is not None:
-        groups.append({"params": list(explainer.projection.parameters()), "lr": cfg.projection_learning_rate})
-    trainable = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    warmup = min(cfg.warmup_steps, total_steps // 2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)) * max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    engine = _deepspeed_engine(explainer, optimizer, scheduler, cfg, cfg.batch_size // size) if cfg.deepspeed else None
+    def collator(items):
+        index = [item["index"] for item in items]
+        return collate([encoded[i] for i in index], vectors[index] if vectors is not None else None,
+                       tokenizer.pad_token_id, "cpu", [vector_layers[i] for i in index] if vector_layers else None)
 
+    if cfg.deepspeed:
+        _single_process_group_env()
     run_hash = config_hash(settings)
-    start_step, history = _resume(checkpoint_dir, run_hash, explainer, optimizer, scheduler, engine)
-    explainer.train()
-    tokens_seen, started = 0, time.time()
-    progress = tqdm(range(start_step, total_steps), desc="training", unit="step", initial=start_step,
-                    total=total_steps, mininterval=5, disable=rank != 0)
-    for step in progress:
-        step_loss = 0.0
-        for micro in range(cfg.grad_accum):
-            index = order[(step * cfg.grad_accum + micro) * cfg.batch_size:][:cfg.batch_size][rank::size]
-            batch = collate([encoded[i] for i in index], vectors[index] if vectors is not None else None,
-                            tokenizer.pad_token_id, device,
-                            [vector_layers[i] for i in index] if vector_layers is not None else None)
-            tokens_seen += int(batch["attention_mask"].sum())
-            labels = batch.pop("labels")
-            positions = answer_positions(labels)
-            logits = (engine or explainer)(**batch, logits_to_keep=positions).logits
-            loss_sum, count = answer_loss_sum(logits, labels, positions)
-            global_count = float(_all_sum(count))
-            # Each process's share of the global mean; DeepSpeed averages gradients over processes, so scale by size.
-            loss = loss_sum / global_count * (size if engine is not None else 1)
-            if engine is not None:
-                engine.backward(loss)
-                engine.step()
-            else:
-                (loss / cfg.grad_accum).backward()
-            step_loss += float(_all_sum(loss_sum.detach())) / global_count / cfg.grad_accum
-        if engine is None:
-            if size > 1:
-                for p in trainable:
-                    torch.distributed.all_reduce(p.grad)
-            if first_step_gradients and step == start_step == 0 and rank == 0:
-                named = {n: p.grad.detach().cpu().clone() for n, p in explainer.named_parameters() if p.requires_grad}
-                with atomic_path(first_step_gradients) as tmp:
-                    torch.save(named, tmp)
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        history.append({"step": step + 1, "loss": step_loss, "lr": scheduler.get_last_lr()[0]})
-        progress.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_seen * size / (time.time() - started):.0f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
-            _save_checkpoint(checkpoint_dir, run_hash, step + 1, history, explainer, optimizer, scheduler, engine)
-
-    explainer.eval()
+    resume = _checkpoint_to_resume(checkpoint_dir, run_hash)
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir), max_steps=total_steps, per_device_train_batch_size=cfg.batch_size // size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, weight_decay=0.0,
+        lr_scheduler_type="linear", warmup_steps=min(cfg.warmup_steps, total_steps // 2), max_grad_norm=1.0,
+        seed=cfg.seed, data_seed=cfg.seed, bf16=cfg.precision == "bf16", use_cpu=not torch.cuda.is_available(),
+        logging_strategy="steps", logging_steps=1, report_to="none", save_strategy="steps", save_steps=cfg.checkpoint_every, save_total_limit=1,
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=rank != 0,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        deepspeed=deepspeed_config(cfg) if cfg.deepspeed else None, fsdp=cfg.fsdp or "",
+        ddp_find_unused_parameters=False)
+    trainer = trainer_class()(model=explainer, args=args, train_dataset=_Rows(encoded, chosen), data_collator=collator,
+                              callbacks=_callbacks(first_step_gradients, checkpoint_dir / "tensorboard"), lm_lr=cfg.learning_rate,
+                              projection_lr=cfg.projection_learning_rate)
+    started = time.time()
+    trainer.train(resume_from_checkpoint=resume)
     elapsed = time.time() - started
+    start_step = int(resume.rsplit("-", 1)[1]) if resume else 0
+    history = [{"step": e["step"], "loss": e["loss"], "lr": e["learning_rate"]}
+               for e in trainer.state.log_history if "loss" in e]
     log = {"steps": total_steps, "resumed_from_step": start_step, "examples": int(len(chosen)),
            "skipped_too_long": int((~fits).sum()), "processes": size,
-           "tokens_per_second": float(_all_sum(tokens_seen)) / max(elapsed, 1e-9),
+           "tokens_per_second": float(_all_sum(trainer.tokens_seen)) / max(elapsed, 1e-9),
            "seconds": elapsed, "losses": history}
     meta = {"method": cfg.method, "base_model": read_manifest(base_model_dir)["source"], "target_width": target_width,
             "projection": explainer_cfg.projection if explainer.projection is not None else "none",
             "inject": explainer_cfg.inject,
             "prompt_format": explainer_cfg.prompt_format,
             "provenance": provenance(settings)}
+    # Under ZeRO-3 the weights are partitioned: gather them (every process takes part), then rank 0 writes.
+    state = trainer.accelerator.get_state_dict(trainer.deepspeed) if cfg.deepspeed and cfg.zero_stage == 3 else None
     if rank == 0:
         with atomic_dir(out_dir) as folder:
-            module = engine.module if engine is not None else explainer
-            save_explainer(module, folder, meta)
+            save_explainer(explainer, folder, meta, state)
             (folder / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
+            if (checkpoint_dir / "tensorboard").exists():
+                shutil.copytree(checkpoint_dir / "tensorboard", folder / "tensorboard")
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _barrier()
     return log
-
-
-def _trainable_state(explainer) -> dict:
-    return {name: p.detach().cpu().clone() for name, p in explainer.named_parameters() if p.requires_grad}
-
-
-def _save_checkpoint(folder: Path, run_hash, step, history, explainer, optimizer, scheduler, engine) -> None:
-    """DeepSpeed writes its (possibly sharded) state from every process; then rank 0 writes the state file,
-    atomically and last, so a checkpoint only counts once all of it is on disk."""
-    tag = f"step{step}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if engine is not None:
-        engine.save_checkpoint(str(folder / "deepspeed"), tag=tag)
-    _barrier()
-    if world()[0] == 0:
-        state = {"run_hash": run_hash, "step": step, "tag": tag, "history": history,
-                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
-        if engine is None:
-            state |= {"trainable": _trainable_state(explainer), "optimizer": optimizer.state_dict()}
-        with atomic_path(folder / STATE_FILE) as tmp:
-            torch.save(state, tmp)
-        for old in (folder / "deepspeed").glob("step*"):
-            if old.name != tag:
-                shutil.rmtree(old, ignore_errors=True)
-    _barrier()
-
-
-def _resume(folder: Path, run_hash, explainer, optimizer, scheduler, engine) -> tuple[int, list]:
-    path = folder / STATE_FILE
-    if not path.exists():
-        return 0, []
-    state = torch.load(path, weights_only=False)
-    if state.get("run_hash") != run_hash:
-        print(f"ignoring checkpoint {folder}: it was written with other settings", file=sys.stderr)
-        _barrier()
-        if world()[0] == 0:
-            shutil.rmtree(folder, ignore_errors=True)
-        return 0, []
-    if engine is not None:
-        engine.load_checkpoint(str(folder / "deepspeed"), tag=state["tag"])
-    else:
-        expected = {name for name, p in explainer.named_parameters() if p.requires_grad}
-        missing, unexpected = sorted(expected - set(state["trainable"])), sorted(set(state["trainable"]) - expected)
-        if missing or unexpected:
-            raise ArtifactError(f"{path}: checkpoint does not fit this explainer: missing {missing[:5]} "
-                                f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}); delete {folder}")
-        explainer.load_state_dict(state["trainable"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    print(f"resuming training from step {state['step']} ({folder})", file=sys.stderr)
-    return state["step"], state["history"]

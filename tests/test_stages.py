@@ -8,16 +8,17 @@ from pipeline import stages
 def test_execution_settings_are_not_part_of_a_stage_result(base_config):
     train = stages.settings(base_config, "act_patch_train")
     assert set(train) == {"training", "explainer"}
-    assert not {"gpus", "cpu_processes", "checkpoint_every"} & set(train["training"])
+    assert not {"gpus", "cpu_processes", "checkpoint_every", "gradient_checkpointing", "fsdp"} & set(train["training"])
     changed = copy.deepcopy(base_config)
-    changed["training"] |= {"gpus": 8, "cpu_processes": 2, "checkpoint_every": 7}
+    changed["training"] |= {"gpus": 8, "cpu_processes": 2, "checkpoint_every": 7, "gradient_checkpointing": True,
+                            "fsdp": "full_shard"}
     changed["act_patch"]["batch_size"] = 3
     changed["act_patch"]["chunk_pairs"] = 7
     changed["generation"]["batch_size"] = 5
     for stage in stages.all_stages():
         assert stages.settings(changed, stage, model="smollm") == stages.settings(base_config, stage, model="smollm"), stage
-    assert stages.execution(changed, "act_patch_train")["training"] == {"gpus": 8, "cpu_processes": 2,
-                                                                        "checkpoint_every": 7}
+    assert stages.execution(changed, "act_patch_train")["training"] == {
+        "gpus": 8, "cpu_processes": 2, "checkpoint_every": 7, "gradient_checkpointing": True, "fsdp": "full_shard"}
     # What the stage runs with has them back.
     run = stages.run_settings(train, changed, "act_patch_train")
     assert run["training"]["gpus"] == 8 and run["training"]["learning_rate"] == base_config["training"]["learning_rate"]

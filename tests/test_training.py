@@ -69,6 +69,8 @@ def test_lora_training_saves_a_peft_folder_that_reloads(tmp_path, tiny_dir):
     assert {"adapter_model.safetensors", "adapter_config.json", "projection.safetensors", "explainer.json",
             "training_log.json"} <= {p.name for p in folder.iterdir()}
     assert not (tmp_path / "lora.ckpt").exists()  # the checkpoint goes once training is done
+    events = list((folder / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard's logs beside the JSON log
+    assert events and events[0].stat().st_size > 0
     adapter = load_file(str(folder / "adapter_model.safetensors"))
     assert any("lora_B" in name and tensor.abs().max() > 0 for name, tensor in adapter.items())  # B starts at zero
     base, _ = load_model(tiny_dir)
@@ -82,15 +84,12 @@ def test_lora_training_saves_a_peft_folder_that_reloads(tmp_path, tiny_dir):
 
 
 def killed_after_first_checkpoint(train, monkeypatch):
-    """Run `train()` until its first checkpoint is written, then die as a killed job would."""
-    save = training._save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        save(*args, **kwargs)
-        raise KeyboardInterrupt("killed after the first checkpoint")
+    """Run `train()` until its first checkpoint is on disk, then die as a killed job would."""
+    def die(folder):
+        raise KeyboardInterrupt(f"killed after writing {folder}")
 
     with monkeypatch.context() as patch:
-        patch.setattr(training, "_save_checkpoint", save_then_die)
+        patch.setattr(training, "checkpoint_written", die)
         with pytest.raises(KeyboardInterrupt):
             train()
 
@@ -173,7 +172,7 @@ def test_vector_alone_decides_the_answer_and_training_learns_to_read_it(tmp_path
     """Every question has the same text; only the vector says which answer is right. After training, the loss
     with each example's own vector falls well below the loss with the vectors shuffled among examples."""
     train_set = toy_examples(48, same_question=True)
-    run(tmp_path, tiny_dir, "reads", cfg(method="full", epochs=8, batch_size=8, learning_rate=1e-2,
+    run(tmp_path, tiny_dir, "reads", cfg(method="full", epochs=12, batch_size=8, learning_rate=1e-2,
                                          projection_learning_rate=1e-2, checkpoint_every=1000), train_set)
     explainer, tokenizer = load_explainer(tmp_path / "reads", tiny_dir, 64)
     held_out = toy_examples(32, seed=1, same_question=True)
@@ -210,10 +209,12 @@ def test_checkpoint_missing_trainable_weights_is_refused(tmp_path, tiny_dir, mon
 
     examples = toy_examples(8)
     interrupted_run(tmp_path, tiny_dir, "m", cfg(epochs=2, checkpoint_every=1), examples, monkeypatch)
-    state_path = tmp_path / "m.ckpt" / training.STATE_FILE
-    state = torch.load(state_path, weights_only=False)
-    state["trainable"].pop(next(iter(state["trainable"])))
-    torch.save(state, state_path)
+    from safetensors.torch import load_file, save_file
+
+    state_path = tmp_path / "m.ckpt" / "checkpoint-1" / training.TRAINABLE_FILE
+    state = load_file(str(state_path))
+    state.pop(next(iter(state)))
+    save_file(state, str(state_path))
     with pytest.raises(ArtifactError, match="checkpoint does not fit this explainer: missing"):
         run(tmp_path, tiny_dir, "m", cfg(epochs=2, checkpoint_every=1), examples)
 
@@ -239,7 +240,7 @@ def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monk
 
     labels(2)
     killed_after_first_checkpoint(train, monkeypatch)
-    assert (tmp_path / "ckpt" / training.STATE_FILE).exists()
+    assert (tmp_path / "ckpt" / "checkpoint-1" / training.TRAINABLE_FILE).exists()
     labels(1)  # the same training settings, other labels
     assert train()["resumed_from_step"] == 0
 
@@ -292,3 +293,62 @@ def test_loss_from_answer_positions_alone_equals_the_full_loss_and_its_gradient(
     assert n_full == n_kept and width_kept == len(positions) < width_full
     assert torch.allclose(full, kept, rtol=1e-5)
     assert g_full and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g_full, g_kept))
+
+
+def test_deepspeed_zero3_full_fine_tuning_matches_plain_and_saves_gathered_weights(tmp_path, tiny_dir):
+    """ZeRO-3 partitions the weights: what is saved must be the whole trained model, equal to plain training's."""
+    pytest.importorskip("deepspeed")
+    from safetensors.torch import load_file
+
+    examples = toy_examples(8)
+    config = cfg(method="full", learning_rate=1e-3, epochs=2, checkpoint_every=100)
+    plain = run(tmp_path, tiny_dir, "plain", config, examples)
+    zero3 = run(tmp_path, tiny_dir, "zero3", cfg(method="full", learning_rate=1e-3, epochs=2, checkpoint_every=100,
+                                                deepspeed=True, zero_stage=3), examples)
+    assert [e["loss"] for e in zero3["losses"]] == pytest.approx([e["loss"] for e in plain["losses"]], rel=1e-3)
+    one, three = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("plain", "zero3"))
+    assert one.keys() == three.keys() and all(t.numel() > 0 for t in three.values())
+    base = load_file(str(next(tiny_dir.glob("**/model.safetensors"))))
+    moved = [n for n in one if n in base and not torch.equal(one[n], base[n])]
+    assert moved  # training changed the weights, and ZeRO-3 saved the same changes
+    for name in one:
+        assert torch.allclose(one[name], three[name], rtol=1e-3, atol=1e-5), name
+    assert torch.allclose(load_file(str(tmp_path / "plain" / "projection.safetensors"))["weight"],
+                          load_file(str(tmp_path / "zero3" / "projection.safetensors"))["weight"], atol=1e-5)
+
+
+def test_deepspeed_bf16_trains_on_cpu(tmp_path, tiny_dir):
+    """The paper config's DeepSpeed precision: bf16 losses track fp32 ones and fall."""
+    pytest.importorskip("deepspeed")
+    examples = toy_examples(8)
+    fp32 = run(tmp_path, tiny_dir, "fp32", cfg(epochs=3, checkpoint_every=100), examples)
+    bf16 = run(tmp_path, tiny_dir, "bf16", cfg(epochs=3, checkpoint_every=100, deepspeed=True, zero_stage=2,
+                                               precision="bf16"), examples)
+    low = [e["loss"] for e in bf16["losses"]]
+    assert all(map(torch.isfinite, map(torch.tensor, low))) and low[-1] < low[0]
+    assert low == pytest.approx([e["loss"] for e in fp32["losses"]], rel=5e-2)
+    assert (tmp_path / "bf16" / "adapter_model.safetensors").exists()
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path, tiny_dir):
+    """Two micro-batches of 2 accumulate into the step one batch of 4 takes: same first-step gradients."""
+    examples = toy_examples(8)
+    big = _train_kwargs(tmp_path, tiny_dir, "big", cfg(epochs=1, checkpoint_every=100), examples)
+    small = _train_kwargs(tmp_path, tiny_dir, "small", cfg(epochs=1, checkpoint_every=100, batch_size=2, grad_accum=2),
+                          examples)
+    training.train_explainer(**big, first_step_gradients=tmp_path / "big.pt")
+    log = training.train_explainer(**small, first_step_gradients=tmp_path / "small.pt")
+    assert log["steps"] == 2  # 8 examples, 4 per step
+    one, two = torch.load(tmp_path / "big.pt"), torch.load(tmp_path / "small.pt")
+    assert any(g.abs().max() > 0 for g in one.values())
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_length_grouped_batches_and_gradient_checkpointing_train(tmp_path, tiny_dir):
+    questions, answers, vectors = toy_examples(16)
+    questions = [q + " Tell me more." * (i % 4) for i, q in enumerate(questions)]  # lengths to group by
+    log = run(tmp_path, tiny_dir, "grouped", cfg(epochs=3, group_by_length=True, gradient_checkpointing=True),
+              (questions, answers, vectors))
+    losses = [e["loss"] for e in log["losses"]]
+    assert losses[-1] < losses[0] and (tmp_path / "grouped" / "adapter_model.safetensors").exists()

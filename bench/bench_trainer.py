@@ -1,0 +1,92 @@
+"""Training throughput: the explainer on the Hugging Face Trainer against the hand-written loop it replaced.
+
+Measured side by side in one run on the same model, LoRA adapter, examples (act_patch-shaped: a ~130-token
+question, a ~15-token answer, a vector) and batch:
+  loop:    the core of the loop pipeline.training ran before the Trainer (collate, forward with logits at
+           answer positions, answer-only loss, backward, clip, AdamW step), without its checkpointing;
+  trainer: `pipeline.training.train_explainer` as the workflow runs it (Trainer, logging every step,
+           TensorBoard, the explainer folder written at the end).
+Both count the tokens of their batches (padding included) over the time of their training steps.
+Usage: python bench/bench_trainer.py [--model-dir resources/models/smollm] [--steps 6] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import ExplainerConfig, TrainingConfig
+from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
+from pipeline.models import load_model, read_manifest
+from pipeline.training import answer_loss_sum, answer_positions, train_explainer, with_lora
+
+QUESTION = ("Here is a prompt: 'Fact: The official language of {} is'. If the hidden state at <vector> were patched "
+            "into layers 6 to 9 at the last token of the subject, what would the next token be? Answer with the "
+            "most likely next token, or say that the output would remain unchanged. Patching replaces the hidden state of "
+            "the original prompt with the one from a counterfactual prompt about another country, at the layers "
+            "named, and the model then continues from the patched state to its next token.")
+COUNTRIES = ["France", "Peru", "Japan", "Kenya", "Norway", "Chile", "Egypt", "Nepal", "Ghana", "Spain", "Italy", "Laos"]
+
+
+def examples(count: int, width: int):
+    questions = [QUESTION.replace("{}", COUNTRIES[i % len(COUNTRIES)]) for i in range(count)]
+    answers = [f"The most likely output would change to <<< {COUNTRIES[(i + 3) % len(COUNTRIES)]}>>>." for i in range(count)]
+    return questions, answers, torch.randn(count, width, generator=torch.Generator().manual_seed(0))
+
+
+def loop_tokens_per_second(cfg: TrainingConfig, model_dir: str, width: int, questions, answers, vectors) -> float:
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(model_dir, trainable=True)
+    placeholder = placeholder_token_id(tokenizer, model)
+    explainer = ContinuousTokenExplainer(with_lora(model, cfg), width, placeholder)
+    encoded = [encode_example(tokenizer, q, a, "plain", placeholder) for q, a in zip(questions, answers)]
+    groups = [{"params": [p for p in explainer.lm.parameters() if p.requires_grad], "lr": cfg.learning_rate},
+              {"params": list(explainer.projection.parameters()), "lr": cfg.projection_learning_rate}]
+    trainable = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    explainer.train()
+    tokens, started = 0, time.perf_counter()
+    for start in range(0, len(encoded), cfg.batch_size):
+        index = list(range(start, start + cfg.batch_size))
+        batch = collate([encoded[i] for i in index], vectors[index], tokenizer.pad_token_id, "cpu")
+        tokens += int(batch["attention_mask"].sum())
+        labels = batch.pop("labels")
+        positions = answer_positions(labels)
+        loss_sum, count = answer_loss_sum(explainer(**batch, logits_to_keep=positions).logits, labels, positions)
+        (loss_sum / count).backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return tokens / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default="resources/models/smollm")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    width = read_manifest(args.model_dir)["hidden_size"]
+    cfg = TrainingConfig(batch_size=args.batch_size, epochs=1, max_examples=None, warmup_steps=0,
+                         checkpoint_every=10 ** 6, max_length=512)
+    questions, answers, vectors = examples(args.steps * args.batch_size, width)
+    loop = loop_tokens_per_second(cfg, args.model_dir, width, questions, answers, vectors)
+    with tempfile.TemporaryDirectory() as scratch:
+        log = train_explainer(cfg, ExplainerConfig(), args.model_dir, width, questions, answers, vectors,
+                              Path(scratch) / "out", Path(scratch) / "ckpt", {"bench": True})
+    trainer = log["tokens_per_second"]
+    print(f"model {args.model_dir}: LoRA r={cfg.lora_r} on {len(cfg.lora_target_modules)} projections, "
+          f"{args.steps} steps of {args.batch_size} examples, {args.threads} threads")
+    print(f"hand-written loop:  {loop:8.1f} tokens/s")
+    print(f"Trainer:            {trainer:8.1f} tokens/s")
+    print(f"trainer / loop = {trainer / loop:.2f}   (goal >= 1.00)")
+
+
+if __name__ == "__main__":
+    main()
