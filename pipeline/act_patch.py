@@ -16,15 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
+from pipeline.lazy import lazy_import
 from pipeline.artifacts import (ArtifactError, check_same_run, provenance, read_table, read_tensors, write_table,
                                 write_tensors)
 from pipeline.config import ActPatchConfig
 from pipeline.facts import RenderedPrompt, draw_options, render_prompt
 from pipeline.prompts import FORMAT_INSTRUCTION, act_patch_question, change_answer, token_text
 from pipeline.tasks import Examples, Task, register
+
+torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
 FACTS_COLUMNS = ["fact_id", "relation", "subject", "template", "target_true", "split", "kept", "few_shot"]
 LABEL_COLUMNS = ["layer", "input_tokens", "original_continuation", "ablated_continuation", "is_different",

@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from pipeline.lazy import lazy_import
 from pipeline.artifacts import ArtifactError, provenance, read_table, read_tensors, write_table, write_tensors
 from pipeline.prompts import FORMAT_INSTRUCTION, VECTOR, change_answer, parse_answer
 from pipeline.tasks import Examples, Task, register
+
+torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
 TARGET = "ib"
 VARIANTS = ("finetuned", "untrained", "no_vector")

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
+from pipeline.lazy import lazy_import
 from pipeline.artifacts import provenance, write_table
 from pipeline.sae import corpus_texts, encode_layers, load_saes, token_chunks
+
+torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
 EXEMPLAR_COLUMNS = ["layer", "feature", "kind", "rank", "sequence", "token_index", "tokens", "window_index", "activation",
                     "activations"]

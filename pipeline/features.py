@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
+from pipeline.lazy import lazy_import, no_grad
 from pipeline.artifacts import ArtifactError, check_same_run, read_table, read_tensors
 from pipeline.ood import SETS as OOD_SETS
 from pipeline.ood import set_paths
 from pipeline.prompts import phrasing
 from pipeline.tasks import Examples, Task, register
+
+torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
 FEATURE_QUESTIONS = (
     "At layer {layer}, <vector> encodes",
@@ -78,7 +80,7 @@ def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
     return torch.zeros_like(rows.vectors) if variant == "no_vector" else rows.vectors
 
 
-@torch.no_grad()
+@no_grad
 def selfie(rows: Examples, generation_cfg, explainer_cfg, explainer_dir, target_dir) -> pd.DataFrame:
     """The untrained target's own reading of each vector, written at the embedding of 'X' at every scale."""
     from pipeline.models import input_device, load_model

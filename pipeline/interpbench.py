@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
+from pipeline.lazy import lazy_import
 from pipeline.artifacts import ArtifactError, atomic_dir, write_json, write_table
-from pipeline.hooked import HookedTransformer, load_state_dict
-from pipeline import siit
+
+torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
 # Cases that need more than tracr: GPT-2's config and tokenizer, and a GPU-sized training budget.
 NEEDS = {"ioi": "GPT-2's config and tokenizer from the model hub and a GPU-sized SIIT budget (the IOI task's "
@@ -158,6 +158,8 @@ def load_case(folder: str | Path) -> dict[str, Any]:
     """A case folder in InterpBench's released layout -> {model, cfg, meta, edges, suffix}. A folder with no model,
     a state dict that does not match its config, or edges naming nodes the model lacks is an error naming the case
     folder and the file."""
+    from pipeline.hooked import HookedTransformer, load_state_dict  # here: torch's modules load on use
+
     folder = Path(folder)
     models = sorted(folder.glob("ll_model_*.pth"))
     if len(models) != 1:
@@ -208,6 +210,8 @@ def _compile_agreement(compiled, program, sequences) -> dict[str, float]:
 def build_case(case: str, metadata_path: str | Path, settings: dict[str, Any], out_dir: str | Path,
                stats_path: str | Path, prov: dict[str, Any]) -> dict[str, Any]:
     """Compile, check, train by SIIT and write one case; returns (and writes to `stats_path`) its measurements."""
+    from pipeline import siit
+    from pipeline.hooked import HookedTransformer
     from pipeline.interpbench_programs import PROGRAMS
     from pipeline.tracr_torch import BOS, compile_program
 

@@ -19,11 +19,13 @@ import json
 
 import numpy as np
 import pandas as pd
-import torch
 
+from pipeline.lazy import lazy_import
 from pipeline.artifacts import ArtifactError, provenance, read_table, write_table, write_tensors
 from pipeline.exemplars import EXEMPLAR_COLUMNS, window_bounds, window_tokens
 from pipeline.sae import corpus_texts, residual_states, separator_id, token_chunks
+
+torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
 SETS = ("ood_fw", "ood_diff")
 

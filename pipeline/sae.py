@@ -17,10 +17,12 @@ import random
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
+from pipeline.lazy import lazy_import, no_grad
 from pipeline.artifacts import ArtifactError, atomic_dir, provenance, read_table, write_table
+
+torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
 PROVENANCE_FILE = "provenance.json"
 
@@ -141,7 +143,7 @@ def load_saes(sae_dir, layers, width: int) -> dict:
     return saes
 
 
-@torch.no_grad()
+@no_grad
 def residual_states(model, chunks: torch.Tensor, layers, batch_size: int, desc: str = "encoding"):
     """Yield (chunk offset, {layer: the output of decoder layer `layer`, [B, T, d] float32}) per batch of chunks."""
     from pipeline.models import input_device
@@ -153,7 +155,7 @@ def residual_states(model, chunks: torch.Tensor, layers, batch_size: int, desc: 
         yield start, {layer: hidden[layer + 1].float() for layer in layers}
 
 
-@torch.no_grad()
+@no_grad
 def encode_layers(model, saes: dict, chunks: torch.Tensor, batch_size: int, desc: str = "encoding"):
     """Yield (chunk offset, hidden states by layer [B, T, d], TopK codes by layer (acts, indices) [B, T, k])."""
     for start, states in residual_states(model, chunks, list(saes), batch_size, desc):
@@ -165,7 +167,7 @@ def encode_layers(model, saes: dict, chunks: torch.Tensor, batch_size: int, desc
         yield start, states, codes
 
 
-@torch.no_grad()
+@no_grad
 def sae_quality(model_dir, sae_dir, corpus_path, cfg: dict, out_path, settings: dict) -> pd.DataFrame:
     """Per layer, on held-out chunks: variance explained, L0, dead and always-on fractions, loss increase."""
     from pipeline.models import decoder_layers, load_model, read_manifest

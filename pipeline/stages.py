@@ -267,10 +267,59 @@ def code_closure(entry: str, loaded: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(sorted(modules))
 
 
+_HASHES: dict[str, dict] = {}  # this process's cache: source fingerprint -> {stage: hash}
+
+
+def _hash_cache_file() -> Path:
+    return PACKAGE_DIR / "__pycache__" / "stage-code-hashes.json"
+
+
+def _source_fingerprint() -> str:
+    """Every pipeline source file's path, size and modification time: what the cached hashes were computed from."""
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(PACKAGE_DIR.glob("*.py"))]
+    return hashlib.sha256(repr(stats).encode()).hexdigest()
+
+
+def _hash_cache() -> dict:
+    """Stage code hashes of an earlier parse, kept while no pipeline source changed (walking every module's
+    syntax tree is most of a no-op `snakemake` run's time otherwise)."""
+    import json
+
+    fingerprint = _source_fingerprint()
+    if fingerprint not in _HASHES:
+        try:
+            cached = json.loads(_hash_cache_file().read_text())
+        except (OSError, ValueError):
+            cached = {}
+        hashes = cached.get("hashes", {}) if cached.get("fingerprint") == fingerprint else {}
+        _HASHES.clear()
+        _HASHES[fingerprint] = hashes
+    return {"fingerprint": fingerprint, "hashes": _HASHES[fingerprint]}
+
+
+def _store_hash_cache(cache: dict) -> None:
+    import json
+    import os
+
+    path = _hash_cache_file()
+    try:
+        path.parent.mkdir(exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(cache))
+        partial.replace(path)
+    except OSError:  # a read-only install: hash every time
+        pass
+
+
 def code_hash(stage: str) -> str:
     """A short hash of the source of every pipeline module the stage's entry can run."""
+    cache = _hash_cache()
+    if stage in cache["hashes"]:
+        return cache["hashes"][stage]
     digest = hashlib.sha256()
     declared = _stage(stage)
     for module in code_closure(declared.entry, declared.modules):
         digest.update(module.encode() + b"\0" + _module_file(module).read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    cache["hashes"][stage] = digest.hexdigest()[:16]
+    _store_hash_cache(cache)
+    return cache["hashes"][stage]

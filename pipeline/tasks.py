@@ -15,7 +15,10 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
+
+from pipeline.lazy import lazy_import
+
+torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
 # Task modules register themselves on import; the registry lists where each one lives.
 TASK_MODULES = {"act_patch": "pipeline.act_patch", "input_ablation": "pipeline.input_ablation",

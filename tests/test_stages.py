@@ -64,15 +64,23 @@ def test_code_hash_changes_when_a_module_in_the_closure_changes(monkeypatch, tmp
     copy_dir = tmp_path / "pipeline"
     shutil.copytree(stages.PACKAGE_DIR, copy_dir)
     monkeypatch.setattr(stages, "PACKAGE_DIR", copy_dir)
-    stages._tree.cache_clear(), stages.code_closure.cache_clear()
+    caches = (stages._tree, stages.code_closure, stages._module_imports, stages._entry_imports)
+    for cache in caches:
+        cache.cache_clear()
     before = {s: stages.code_hash(s) for s in ("act_patch_labels", "act_patch_train")}
     with open(copy_dir / "training.py", "a") as handle:
         handle.write("\n# a change\n")
-    stages._tree.cache_clear(), stages.code_closure.cache_clear()
+    for cache in caches:
+        cache.cache_clear()
     after = {s: stages.code_hash(s) for s in ("act_patch_labels", "act_patch_train")}
     assert after["act_patch_labels"] == before["act_patch_labels"]
     assert after["act_patch_train"] != before["act_patch_train"]
-    stages._tree.cache_clear(), stages.code_closure.cache_clear()
+    assert (copy_dir / "__pycache__" / "stage-code-hashes.json").exists()  # kept for the next parse
+    with open(copy_dir / "training.py", "a") as handle:
+        handle.write("# another change\n")
+    assert stages.code_hash("act_patch_train") != after["act_patch_train"]  # the kept hashes go with the change
+    for cache in caches:
+        cache.cache_clear()
 
 
 def test_every_task_gets_train_generate_and_score_stages():

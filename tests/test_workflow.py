@@ -74,7 +74,7 @@ def test_every_stage_table_opens_in_pandas_and_datasets(finished_run):
     import datasets
 
     tables = sorted((finished_run / "work").rglob("*.parquet"))
-    assert len(tables) == 7  # facts, two label splits, four prediction variants
+    assert len(tables) == 12  # facts, two pair tables, three label chunks, two label splits, four prediction variants
     for path in tables:
         assert len(pd.read_parquet(path)) > 0
         assert datasets.load_dataset("parquet", data_files=str(path), split="train").num_rows > 0
