@@ -26,6 +26,17 @@ def lazy_import(name: str) -> ModuleType:
 def no_grad(function):
     """`@torch.no_grad()` for modules that load torch lazily (the decorator would import it at definition)."""
     import functools
+    import inspect
+
+    if inspect.isgeneratorfunction(function):  # the context must hold while the generator runs, not while it is made
+        @functools.wraps(function)
+        def generator(*args, **kwargs):
+            import torch
+
+            with torch.no_grad():
+                yield from function(*args, **kwargs)
+
+        return generator
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
