@@ -1,7 +1,7 @@
 """Fine-tune an explainer (peft LoRA or full) on (question, answer, vector) examples.
 
 The loss covers only the answer tokens. A checkpoint of the trainable state is written every
-`checkpoint_every` steps beside the output; a rerun resumes from it only when its key matches: the
+`checkpoint_every` steps in the checkpoint folder; a rerun resumes from it only when its key matches: the
 stage's result settings plus the identity of its inputs (label tables by provenance, models by spec),
 so a checkpoint trained on other labels is discarded, and a checkpoint missing any trainable weight
 is refused.
@@ -31,6 +31,7 @@ from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id, save_explainer
 from pipeline.generation import seeded_subset
 from pipeline.models import load_model, read_manifest
+
 
 def world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) without a process group."""

