@@ -113,3 +113,18 @@ def test_features_simulator_and_ood_settings_move_only_their_stages(base_config)
     assert moved(lambda f: f["simulator"].update(max_features=3)) == {"features_score"}
     declared = stages.all_stages()
     assert declared["features_generate_ood_fw"] == declared["features_generate"]  # one stage, another set
+
+
+def test_gpu_count_and_threads_follow_what_the_process_is_given(monkeypatch):
+    import os
+
+    from pipeline import runtime
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,3")
+    assert runtime.visible_gpus() == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert runtime.visible_gpus() == 0
+    allowed = len(os.sched_getaffinity(0))
+    assert runtime.usable_threads(256) == allowed and runtime.usable_threads(1) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # as under a one-CPU SLURM allocation
+    assert runtime.usable_threads(256) == 1

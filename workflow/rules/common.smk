@@ -6,13 +6,14 @@ from pipeline.tasks import TASK_MODULES, all_variants, get_task
 
 TASKS = tuple(TASK_MODULES)
 # Heavy jobs (models, labels, training, generation) take every core they are given: Snakemake lowers this to --cores
-# (or --max-threads) on one machine; on a cluster profiles/slurm's set-threads match each rule's cpus_per_task, and
-# pipeline.runtime.stage never uses more threads than the CPUs the process may run on.
+# (or --max-threads) on one machine; a SLURM job step runs with --cores all on its node, and pipeline.runtime.stage
+# never gives torch more threads than the CPUs the process may run on (its cpus_per_task).
 JOB_THREADS = 256
 # GPU jobs on one machine never outnumber its GPUs: where none is given with --resources gpu=N (profiles/slurm gives
 # the cluster's), the GPUs present are the cap. Without GPUs nothing is capped (the "GPU" jobs run on the CPU).
-if "gpu" not in workflow.global_resources and runtime.visible_gpus():
-    workflow.register_resource("gpu", runtime.visible_gpus())
+LOCAL_GPUS = runtime.visible_gpus()
+if "gpu" not in workflow.global_resources and LOCAL_GPUS:
+    workflow.register_resource("gpu", LOCAL_GPUS)
 # Tasks whose scoring is heavy (judge API calls, the simulator LM): sent to the cluster like the GPU stages. Every
 # other task's scoring, and the figures, tables and summaries, are `localrule`s: on a cluster they run beside
 # Snakemake instead of paying an sbatch round trip each.
