@@ -352,3 +352,25 @@ def test_length_grouped_batches_and_gradient_checkpointing_train(tmp_path, tiny_
               (questions, answers, vectors))
     losses = [e["loss"] for e in log["losses"]]
     assert losses[-1] < losses[0] and (tmp_path / "grouped" / "adapter_model.safetensors").exists()
+
+
+def test_fsdp_across_two_processes_matches_one_process(tmp_path, tiny_dir):
+    """The Trainer's FSDP (full_shard), two gloo processes on CPU: the losses and the saved full fine-tuned weights
+    are one process's plain training's."""
+    from safetensors.torch import load_file
+
+    from pipeline import launch
+
+    examples = toy_examples(8)
+    settings = dict(method="full", learning_rate=1e-3, epochs=2, checkpoint_every=100)
+    plain = run(tmp_path, tiny_dir, "plain", cfg(**settings), examples)
+    launch.run("pipeline.training.train_explainer",
+               _train_kwargs(tmp_path, tiny_dir, "fsdp", cfg(**settings, fsdp="full_shard"), examples),
+               processes=2, threads=2, timeout=600)
+    sharded = json.loads((tmp_path / "fsdp" / "training_log.json").read_text())
+    assert sharded["processes"] == 2
+    assert [e["loss"] for e in sharded["losses"]] == pytest.approx([e["loss"] for e in plain["losses"]], rel=1e-3)
+    one, two = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("plain", "fsdp"))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=1e-3, atol=1e-5), name
