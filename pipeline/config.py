@@ -108,9 +108,9 @@ class ActPatchConfig:
             last_layer=patch.get("last_layer"),
             pairs={"train": pairs["train"], "test": pairs["test"]},
             pair_seed=pairs["seed"],
-            min_fraction=pairs.get("min_fraction", 0.5),
+            min_fraction=pairs.get("min_fraction", cls.min_fraction),
             batch_size=section["batch_size"],
-            chunk_pairs=section.get("chunk_pairs", 1000),
+            chunk_pairs=section.get("chunk_pairs", cls.chunk_pairs),
         )
 
     def windows(self, num_layers: int) -> list[list[int]]:

@@ -87,7 +87,6 @@ class HFDecoder:
     def next_logits(self, traced: NNsight):
         return traced.output.logits[:, -1]
 
-
     def suffix_inputs(self, ids: torch.Tensor, mask: torch.Tensor, cache, start: int) -> dict:
         """Columns `start`.. of `ids` on top of `cache` (the clean keys and values of the columns before)."""
         return {"input_ids": ids[:, start:], "attention_mask": mask, "past_key_values": cache, "logits_to_keep": 1,
@@ -167,9 +166,16 @@ def patched_next_tokens(traced: Traced, ids: torch.Tensor, mask: torch.Tensor, p
                         layer_mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Greedy next-token ids when row b's output at positions[b] is replaced by the one vector values[b]
     at every layer k with layer_mask[b, k]; rows without any patch run clean."""
-    num_layers, nn, target = layer_mask.shape[1], traced.nn, traced.target
-    with nn.trace(**target.inputs(ids, mask)):
-        for layer in range(num_layers):
+    return _patched_trace(traced, traced.target.inputs(ids, mask), positions, layer_mask, values)
+
+
+def _patched_trace(traced: Traced, inputs: dict, positions: torch.Tensor, layer_mask: torch.Tensor,
+                   values: torch.Tensor) -> torch.Tensor:
+    """One traced forward of `inputs` writing values[b] at column positions[b] of every layer in layer_mask[b];
+    the greedy next-token ids."""
+    nn, target = traced.nn, traced.target
+    with nn.trace(**inputs):
+        for layer in range(layer_mask.shape[1]):
             rows = layer_mask[:, layer].nonzero().squeeze(-1)
             if rows.numel():
                 output = target.layer(nn, layer).output
@@ -206,18 +212,10 @@ def patched_suffix_next_tokens(traced: Traced, prefix: Prefix, rows: torch.Tenso
     start = int(positions.min())
     if start < 1:
         raise ValueError("a suffix run needs at least one clean column before the first patched token")
-    nn, target = traced.nn, traced.target
     cache = DynamicCache(ddp_cache_data=[(k[rows, :, :start], v[rows, :, :start]) for k, v in prefix.kv],
                          config=traced.model.config)
-    local = positions - start
-    with nn.trace(**target.suffix_inputs(prefix.ids[rows], prefix.mask[rows], cache, start)):
-        for layer in range(layer_mask.shape[1]):
-            patched = layer_mask[:, layer].nonzero().squeeze(-1)
-            if patched.numel():
-                output = target.layer(nn, layer).output
-                output[patched, local[patched]] = values[patched].to(output.dtype)
-        next_ids = target.next_logits(nn).argmax(-1).save()
-    return next_ids.detach()
+    inputs = traced.target.suffix_inputs(prefix.ids[rows], prefix.mask[rows], cache, start)
+    return _patched_trace(traced, inputs, positions - start, layer_mask, values)
 
 
 @dataclass(frozen=True)

@@ -245,7 +245,6 @@ def _checkpoint_to_resume(checkpoint_dir: Path, run_hash: str) -> str | None:
             _barrier()
             if world()[0] == 0:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            _barrier()
     _barrier()
     if world()[0] == 0:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
