@@ -15,6 +15,7 @@ projection's own learning rate, and checkpoints keyed by the run's settings that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -216,21 +217,41 @@ class _Rows(torch.utils.data.Dataset):
         return {"index": index, "input_ids": self.encoded[index].input_ids}
 
 
-def _single_process_group_env() -> None:
-    """DeepSpeed wants a process group; without a launcher, that of one process over gloo (else it looks for MPI).
-    On CPU the shared-memory collective op is JIT-compiled (~76 s) and only helps several processes: skipped."""
+LAUNCHER_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def _deepspeed_scope():
+    """What DeepSpeed needs around one training, and nothing left behind after it.
+
+    Without a launcher DeepSpeed wants a process group (else it looks for MPI): that of one process over gloo on a
+    free port. The group itself stays for the life of the process (DeepSpeed caches its groups; a later training
+    reuses it), but the launcher variables are restored on exit, so a workflow this process starts next (as the
+    test suite does) does not inherit a MASTER_PORT this process still listens on. The transformers ZeRO-3 flag is
+    cleared too, else a later model load in this process would be partitioned. On CPU the shared-memory collective
+    op is JIT-compiled (~76 s) and only helps several processes: skipped."""
     import socket
 
     import deepspeed  # noqa: F401
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    if "MASTER_PORT" not in os.environ:
+    saved = {key: os.environ.get(key) for key in LAUNCHER_KEYS}
+    if not ("WORLD_SIZE" in os.environ and "MASTER_PORT" in os.environ):  # no launcher: one process of our own
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
+            port = str(sock.getsockname()[1])
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     if not torch.cuda.is_available():
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _checkpoint_to_resume(checkpoint_dir: Path, run_hash: str) -> str | None:
@@ -302,48 +323,47 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         return collate([encoded[i] for i in index], vectors[index] if vectors is not None else None,
                        tokenizer.pad_token_id, "cpu", [vector_layers[i] for i in index] if vector_layers else None)
 
-    if cfg.deepspeed:
-        _single_process_group_env()
-    run_hash = config_hash(settings)
-    resume = _checkpoint_to_resume(checkpoint_dir, run_hash)
-    args = TrainingArguments(
-        output_dir=str(checkpoint_dir), max_steps=total_steps, per_device_train_batch_size=cfg.batch_size // size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, weight_decay=0.0,
-        lr_scheduler_type="linear", warmup_steps=min(cfg.warmup_steps, total_steps // 2), max_grad_norm=1.0,
-        seed=cfg.seed, data_seed=cfg.seed, bf16=cfg.precision == "bf16", use_cpu=not torch.cuda.is_available(),
-        logging_strategy="steps", logging_steps=1, report_to="none", save_strategy="steps", save_steps=cfg.checkpoint_every, save_total_limit=1,
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=rank != 0,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        activation_checkpointing=cfg.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-        deepspeed=deepspeed_config(cfg) if cfg.deepspeed else None, fsdp=cfg.fsdp or "",
-        ddp_find_unused_parameters=False)
-    trainer = trainer_class()(model=explainer, args=args, train_dataset=_Rows(encoded, chosen), data_collator=collator,
-                              callbacks=_callbacks(first_step_gradients, checkpoint_dir / "tensorboard"), lm_lr=cfg.learning_rate,
-                              projection_lr=cfg.projection_learning_rate)
-    started = time.time()
-    trainer.train(resume_from_checkpoint=resume)
-    elapsed = time.time() - started
-    start_step = int(resume.rsplit("-", 1)[1]) if resume else 0
-    history = [{"step": e["step"], "loss": e["loss"], "lr": e["learning_rate"]}
-               for e in trainer.state.log_history if "loss" in e]
-    log = {"steps": total_steps, "resumed_from_step": start_step, "examples": int(len(chosen)),
-           "skipped_too_long": int((~fits).sum()), "processes": size,
-           "tokens_per_second": float(_all_sum(trainer.tokens_seen)) / max(elapsed, 1e-9),
-           "seconds": elapsed, "losses": history}
-    meta = {"method": cfg.method, "base_model": read_manifest(base_model_dir)["source"], "target_width": target_width,
-            "projection": explainer_cfg.projection if explainer.projection is not None else "none",
-            "inject": explainer_cfg.inject,
-            "prompt_format": explainer_cfg.prompt_format,
-            "provenance": provenance(settings)}
-    # Under ZeRO-3 the weights are partitioned: gather them (every process takes part), then rank 0 writes.
-    state = trainer.accelerator.get_state_dict(trainer.deepspeed) if cfg.deepspeed and cfg.zero_stage == 3 else None
-    if rank == 0:
-        with atomic_dir(out_dir) as folder:
-            save_explainer(explainer, folder, meta, state)
-            (folder / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-            if (checkpoint_dir / "tensorboard").exists():
-                shutil.copytree(checkpoint_dir / "tensorboard", folder / "tensorboard")
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    _barrier()
+    with _deepspeed_scope() if cfg.deepspeed else contextlib.nullcontext():
+        run_hash = config_hash(settings)
+        resume = _checkpoint_to_resume(checkpoint_dir, run_hash)
+        args = TrainingArguments(
+            output_dir=str(checkpoint_dir), max_steps=total_steps, per_device_train_batch_size=cfg.batch_size // size,
+            gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, weight_decay=0.0,
+            lr_scheduler_type="linear", warmup_steps=min(cfg.warmup_steps, total_steps // 2), max_grad_norm=1.0,
+            seed=cfg.seed, data_seed=cfg.seed, bf16=cfg.precision == "bf16", use_cpu=not torch.cuda.is_available(),
+            logging_strategy="steps", logging_steps=1, report_to="none", save_strategy="steps", save_steps=cfg.checkpoint_every, save_total_limit=1,
+            remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=rank != 0,
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+            activation_checkpointing=cfg.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+            deepspeed=deepspeed_config(cfg) if cfg.deepspeed else None, fsdp=cfg.fsdp or "",
+            ddp_find_unused_parameters=False)
+        trainer = trainer_class()(model=explainer, args=args, train_dataset=_Rows(encoded, chosen), data_collator=collator,
+                                  callbacks=_callbacks(first_step_gradients, checkpoint_dir / "tensorboard"), lm_lr=cfg.learning_rate,
+                                  projection_lr=cfg.projection_learning_rate)
+        started = time.time()
+        trainer.train(resume_from_checkpoint=resume)
+        elapsed = time.time() - started
+        start_step = int(resume.rsplit("-", 1)[1]) if resume else 0
+        history = [{"step": e["step"], "loss": e["loss"], "lr": e["learning_rate"]}
+                   for e in trainer.state.log_history if "loss" in e]
+        log = {"steps": total_steps, "resumed_from_step": start_step, "examples": int(len(chosen)),
+               "skipped_too_long": int((~fits).sum()), "processes": size,
+               "tokens_per_second": float(_all_sum(trainer.tokens_seen)) / max(elapsed, 1e-9),
+               "seconds": elapsed, "losses": history}
+        meta = {"method": cfg.method, "base_model": read_manifest(base_model_dir)["source"], "target_width": target_width,
+                "projection": explainer_cfg.projection if explainer.projection is not None else "none",
+                "inject": explainer_cfg.inject,
+                "prompt_format": explainer_cfg.prompt_format,
+                "provenance": provenance(settings)}
+        # Under ZeRO-3 the weights are partitioned: gather them (every process takes part), then rank 0 writes.
+        state = trainer.accelerator.get_state_dict(trainer.deepspeed) if cfg.deepspeed and cfg.zero_stage == 3 else None
+        if rank == 0:
+            with atomic_dir(out_dir) as folder:
+                save_explainer(explainer, folder, meta, state)
+                (folder / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
+                if (checkpoint_dir / "tensorboard").exists():
+                    shutil.copytree(checkpoint_dir / "tensorboard", folder / "tensorboard")
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        _barrier()
     return log

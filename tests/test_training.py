@@ -1,11 +1,13 @@
 """Explainer training on the tiny model: it learns, saves a peft folder, resumes, and runs under DeepSpeed."""
 
 import json
+import os
 
 import pytest
 import torch
 
 from pipeline import training
+from pipeline.training import LAUNCHER_KEYS
 from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.explainer import collate, encode_example, load_explainer
 from pipeline.generation import generate_answers
@@ -116,8 +118,12 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path, tiny_dir, monkeypatch
     assert log["resumed_from_step"] == 0
 
 
-def test_deepspeed_zero_on_cpu_matches_plain_training(tmp_path, tiny_dir):
+def test_deepspeed_zero_on_cpu_matches_plain_training(tmp_path, tiny_dir, monkeypatch):
     pytest.importorskip("deepspeed")
+    import torch.distributed as dist
+
+    for key in LAUNCHER_KEYS:  # as in a process no launcher started
+        monkeypatch.delenv(key, raising=False)
     examples = toy_examples(8)
     plain = run(tmp_path, tiny_dir, "plain", cfg(epochs=2, checkpoint_every=100), examples)
     speed = run(tmp_path, tiny_dir, "ds", cfg(epochs=2, checkpoint_every=100, deepspeed=True, zero_stage=2), examples)
@@ -125,6 +131,9 @@ def test_deepspeed_zero_on_cpu_matches_plain_training(tmp_path, tiny_dir):
     assert [e["loss"] for e in speed["losses"]] == pytest.approx([e["loss"] for e in plain["losses"]], rel=1e-3)
     meta = json.loads((tmp_path / "ds" / "explainer.json").read_text())
     assert meta["method"] == "lora"
+    # The launcher variables of the one-process group DeepSpeed needed are gone: a workflow this process starts
+    # next (as the test suite does) must not inherit the MASTER_PORT this process's group still listens on.
+    assert dist.is_initialized() and not [key for key in LAUNCHER_KEYS if key in os.environ]
 
 
 def _train_kwargs(tmp_path, tiny_dir, name, config, examples):
@@ -299,6 +308,7 @@ def test_deepspeed_zero3_full_fine_tuning_matches_plain_and_saves_gathered_weigh
     """ZeRO-3 partitions the weights: what is saved must be the whole trained model, equal to plain training's."""
     pytest.importorskip("deepspeed")
     from safetensors.torch import load_file
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     examples = toy_examples(8)
     config = cfg(method="full", learning_rate=1e-3, epochs=2, checkpoint_every=100)
@@ -306,6 +316,7 @@ def test_deepspeed_zero3_full_fine_tuning_matches_plain_and_saves_gathered_weigh
     zero3 = run(tmp_path, tiny_dir, "zero3", cfg(method="full", learning_rate=1e-3, epochs=2, checkpoint_every=100,
                                                 deepspeed=True, zero_stage=3), examples)
     assert [e["loss"] for e in zero3["losses"]] == pytest.approx([e["loss"] for e in plain["losses"]], rel=1e-3)
+    assert not is_deepspeed_zero3_enabled()  # a later load in this process is whole again, not partitioned
     one, three = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("plain", "zero3"))
     assert one.keys() == three.keys() and all(t.numel() > 0 for t in three.values())
     base = load_file(str(next(tiny_dir.glob("**/model.safetensors"))))
