@@ -311,15 +311,20 @@ def _store_hash_cache(cache: dict) -> None:
         pass
 
 
-def code_hash(stage: str) -> str:
-    """A short hash of the source of every pipeline module the stage's entry can run."""
-    cache = _hash_cache()
-    if stage in cache["hashes"]:
-        return cache["hashes"][stage]
+def _hash_stage(stage: str) -> str:
     digest = hashlib.sha256()
     declared = _stage(stage)
     for module in code_closure(declared.entry, declared.modules):
         digest.update(module.encode() + b"\0" + _module_file(module).read_bytes() + b"\0")
-    cache["hashes"][stage] = digest.hexdigest()[:16]
-    _store_hash_cache(cache)
+    return digest.hexdigest()[:16]
+
+
+def code_hash(stage: str) -> str:
+    """A short hash of the source of every pipeline module the stage's entry can run. On a miss (a pipeline source
+    changed) every declared stage is hashed and the cache written once: a parse asks for nearly all of them."""
+    cache = _hash_cache()
+    if stage not in cache["hashes"]:
+        _stage(stage)  # an unknown name fails here, naming the declared ones
+        cache["hashes"].update({name: _hash_stage(name) for name in all_stages()})
+        _store_hash_cache(cache)
     return cache["hashes"][stage]
