@@ -365,15 +365,75 @@ def label_paths(target: str, split: str) -> dict[str, str]:
             "vectors": f"work/act_patch/labels/{target}/{split}.vectors.safetensors"}
 
 
+def new_is_counterfactual(frame: pd.DataFrame, tokenizer) -> list[bool]:
+    """Changed rows whose new next token is the counterfactual prompt's own answer: the rows whose answer the
+    question's text cannot give, only the vector (published tables without the counterfactual's answer: none)."""
+    if "counterfactual_continuation" not in frame:
+        return [False] * len(frame)
+    return [bool(row.is_different) and tokens_text(tokenizer, row.ablated_continuation)
+            == tokens_text(tokenizer, row.counterfactual_continuation) for row in frame.itertuples(index=False)]
+
+
 def examples(paths: dict[str, str], target_dir) -> Examples:
-    """The label rows of one split with their questions, reference answers and intervention vectors."""
+    """The label rows of one split with their questions, reference answers and intervention vectors. The column
+    `subset_counterfactual_answer` makes the scores report those rows on their own (pipeline/metrics.py)."""
     from pipeline.models import load_tokenizer
 
     frame, vectors = load_examples(paths["labels"], paths.get("vectors"))
-    questions, answers = examples_from_rows(frame, load_tokenizer(target_dir))
+    tokenizer = load_tokenizer(target_dir)
+    questions, answers = examples_from_rows(frame, tokenizer)
     return Examples(frame, questions, answers, vectors, row_keys(frame), pair_keys(frame),
                     frame["is_different"].astype(bool).to_numpy(),
-                    {"token_type": frame["token_type"].tolist(), "layer": [[int(x) for x in w] for w in frame["layer"]]})
+                    {"token_type": frame["token_type"].tolist(), "layer": [[int(x) for x in w] for w in frame["layer"]],
+                     "subset_counterfactual_answer": new_is_counterfactual(frame, tokenizer)})
+
+
+READING_QUESTION = "At layer {layer}, <vector> ="
+
+
+def reading_answer(row, target: str, tokenizer) -> str:
+    """What a reading row asks the vector for: the counterfactual prompt's own next token (`answer`) or the token
+    the vector was taken at (`token`)."""
+    if target == "token":
+        return token_text(tokens_text(tokenizer, [row.patch_position["counterfact_text_token"]]))
+    return token_text(tokens_text(tokenizer, row.counterfactual_continuation))
+
+
+def training_rows(rows: Examples, settings: dict, seed: int, target_dir=None) -> Examples:
+    """The training rows as `act_patch.training_rows` shapes them (the results say so through the settings):
+    - oversample_counterfactual: k copies of each changed row whose new token is the counterfactual's answer (the
+      rows only the vector can answer; ~12% of the rows on the default);
+    - reading: a share of extra rows that ask the vector alone for the counterfactual's answer (or its own token),
+      "At layer L, <vector> =" -> " Paris", from rows of the listed token types: a signal that cannot be learned
+      without reading the vector (the reduced task of the issue on reading the vector)."""
+    from pipeline.models import load_tokenizer
+
+    shape = settings.get("training_rows") or {}
+    copies, reading = int(shape.get("oversample_counterfactual", 1)), shape.get("reading") or {}
+    share = float(reading.get("fraction", 0.0))
+    if copies <= 1 and share <= 0:
+        return rows
+    index = np.arange(len(rows.questions))
+    counterfactual = np.asarray(rows.columns.get("subset_counterfactual_answer", [False] * len(index)), dtype=bool)
+    index = np.concatenate([index] + [np.flatnonzero(counterfactual)] * (copies - 1))
+    out = rows.subset(index)
+    out.row_keys = [key if i < len(rows.questions) else f"{key}:copy{i}" for i, key in enumerate(out.row_keys)]
+    if share <= 0:
+        return out
+    if rows.vectors is None or "counterfactual_continuation" not in rows.frame:
+        raise ValueError("act_patch.training_rows.reading needs the pipeline's label tables (vectors and the "
+                         "counterfactual's answer)")
+    tokenizer = load_tokenizer(target_dir)
+    types = set(reading.get("token_types", ["last_subject_token", "last_token"]))
+    pool = np.flatnonzero(rows.frame["token_type"].isin(types).to_numpy())
+    count = min(len(pool), int(round(share * len(out.questions))))
+    chosen = np.sort(np.random.default_rng(seed).choice(pool, size=count, replace=False))
+    read = rows.subset(chosen)
+    target = reading.get("target", "answer")
+    read.questions = [READING_QUESTION.format(layer=int(layer[0])) for layer in read.columns["layer"]]
+    read.answers = [reading_answer(row, target, tokenizer) for row in read.frame.itertuples(index=False)]
+    read.row_keys = [f"{key}:read" for key in read.row_keys]
+    return out.concat(read)
 
 
 def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
@@ -389,7 +449,8 @@ TASK = register(Task(
     headline=("is_different=True", "exact_match"),  # names the counterfactual's answer: reads the vector
     name="act_patch", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train, target_dir),
-    variant_vectors=variant_vectors,
+    variant_vectors=variant_vectors, training_keys=("training_rows",),
+    training_rows=training_rows,
     count_paths=lambda target: {"facts": f"work/act_patch/facts/{target}.parquet"},
 ))
 

@@ -190,7 +190,7 @@ def examples(paths: dict[str, str], target_dir) -> Examples:
                      "in_circuit": frame["in_circuit"].astype(bool).tolist()})
 
 
-def training_rows(rows: Examples, settings: dict, seed: int) -> Examples:
+def training_rows(rows: Examples, settings: dict, seed: int, target_dir: str | None = None) -> Examples:
     """Every changed row and up to `balance` unchanged rows per changed one (seeded): few patches change the
     output (none outside the circuit), and an explainer trained on the raw split learns to say "unchanged"."""
     balance = settings.get("balance")

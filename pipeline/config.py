@@ -191,10 +191,15 @@ class TrainingConfig:
     group_by_length: bool = False  # batches of similar lengths (less padding; another order than random batches)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
     fsdp: str | None = None  # the Trainer's FSDP option, e.g. "full_shard auto_wrap" (instead of DeepSpeed)
+    content_weight: float = 1.0  # loss weight of the answer's <<<content>>> tokens (1: as every answer token)
+    verdict_weight: float = 1.0  # loss weight of the verdict's words ("remain unchanged" / "change to")
+    lr_schedule: str = "linear"  # or "constant" (the paper's code: constant 5e-5 after warm-up)
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "TrainingConfig":
         flat = dict(section)
+        for key, value in (flat.pop("loss_weights", None) or {}).items():
+            flat[f"{key}_weight"] = value
         for key, value in (flat.pop("lora", None) or {}).items():
             flat[f"lora_{key}"] = tuple(value) if isinstance(value, list) else value
         speed = flat.pop("deepspeed", None) or {}

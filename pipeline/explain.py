@@ -60,7 +60,8 @@ def train(task: str, training_cfg, explainer_cfg, task_settings: dict, label_pat
     from pipeline.training import train_explainer
 
     spec = get_task(task)
-    examples = spec.training_rows(spec.examples(label_paths, str(target_dir)), task_settings, training_cfg.seed)
+    examples = spec.training_rows(spec.examples(label_paths, str(target_dir)), task_settings, training_cfg.seed,
+                                str(target_dir))
     width, projection = _explainer_width(examples, explainer_dir, target_dir)
     if projection:
         explainer_cfg = replace(explainer_cfg, projection=projection)

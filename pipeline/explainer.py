@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +200,27 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     has_vector: bool
+    weights: list[float] | None = None  # per-token loss weights (None: every answer token weighs 1)
+
+
+# The answer parts a loss weight can favour: the <<<content>>>, and the verdict: the word where the two answer forms
+# part ("The output would remain unchanged ..." / "The most likely output would change ...", prompts.CHANGED and
+# UNCHANGED), which decides it, and the words prompts.parse_answer reads it from.
+_CONTENT = re.compile(r"<<<(.*?)>>>", re.S)
+_VERDICT = re.compile(r"(?<=^The )(?:output|most)\b|(?<=^ The )(?:output|most)\b|remain\s+unchanged|change\s+to")
+
+
+def answer_weights(tokenizer, text: str, content: float = 1.0, verdict: float = 1.0) -> list[float]:
+    """One weight per token of `text` (tokenised without special tokens): `content` for tokens inside <<<...>>>,
+    `verdict` for the verdict's words, 1 elsewhere (the larger where a token touches both)."""
+    spans = [(m.start(1), m.end(1), content) for m in _CONTENT.finditer(text)]
+    spans += [(m.start(), m.end(), verdict) for m in _VERDICT.finditer(text)]
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    weights = []
+    for start, end in offsets:
+        touching = [w for a, b, w in spans if start < b and end > a]
+        weights.append(max(touching) if touching else 1.0)
+    return weights
 
 
 def prompt_text(question: str, tokenizer, prompt_format: str) -> str:
@@ -209,8 +231,10 @@ def prompt_text(question: str, tokenizer, prompt_format: str) -> str:
 
 
 def encode_example(tokenizer, question: str, answer: str | None, prompt_format: str,
-                   placeholder_id: int | None = None) -> Encoded:
-    """Token ids with the placeholder id where `<vector>` stands; labels cover only the answer."""
+                   placeholder_id: int | None = None, content_weight: float = 1.0,
+                   verdict_weight: float = 1.0) -> Encoded:
+    """Token ids with the placeholder id where `<vector>` stands; labels cover only the answer, whose <<<content>>>
+    and verdict tokens weigh `content_weight` and `verdict_weight` in the loss (1: every answer token alike)."""
     text = prompt_text(question, tokenizer, prompt_format)
     special = prompt_format != "chat"
     before, marker, after = text.partition(VECTOR)
@@ -220,11 +244,15 @@ def encode_example(tokenizer, question: str, answer: str | None, prompt_format: 
             raise ValueError("the question holds <vector> but no placeholder token id was given")
         ids = ids + [placeholder_id] + tokenizer(after, add_special_tokens=False)["input_ids"]
     labels = [-100] * len(ids)
+    weights = None
     if answer is not None:
-        answer_ids = tokenizer((" " if prompt_format != "chat" else "") + answer, add_special_tokens=False)["input_ids"]
+        answer_text = (" " if prompt_format != "chat" else "") + answer
+        answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+        if content_weight != 1.0 or verdict_weight != 1.0:
+            weights = [0.0] * len(ids) + answer_weights(tokenizer, answer_text, content_weight, verdict_weight) + [1.0]
         answer_ids = answer_ids + [tokenizer.eos_token_id]
         ids, labels = ids + answer_ids, labels + answer_ids
-    return Encoded(ids, labels, bool(marker))
+    return Encoded(ids, labels, bool(marker), weights)
 
 
 def collate(batch: list[Encoded], vectors: torch.Tensor | None, pad_id: int, device,
@@ -234,15 +262,23 @@ def collate(batch: list[Encoded], vectors: torch.Tensor | None, pad_id: int, dev
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
+    weighted = any(e.weights is not None for e in batch)
+    weights = torch.zeros((len(batch), width)) if weighted else None
     for row, example in enumerate(batch):
         shift = width - len(example.input_ids)
         ids[row, shift:] = torch.tensor(example.input_ids)
         labels[row, shift:] = torch.tensor(example.labels)
         mask[row, shift:] = 1
+        if weighted:
+            weights[row, shift:] = torch.tensor(example.weights if example.weights is not None
+                                                else [float(x != -100) for x in example.labels])
     has_vectors = vectors is not None and all(e.has_vector for e in batch)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
-            "vectors": vectors.to(device) if has_vectors else None,
-            "vector_layers": list(vector_layers) if has_vectors and vector_layers is not None else None}
+    out = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
+           "vectors": vectors.to(device) if has_vectors else None,
+           "vector_layers": list(vector_layers) if has_vectors and vector_layers is not None else None}
+    if weighted:
+        out["loss_weights"] = weights.to(device)
+    return out
 
 
 def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict, state: dict | None = None) -> None:

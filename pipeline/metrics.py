@@ -130,14 +130,27 @@ def metrics_of_rows(rows: pd.DataFrame, clusters, samples: int, seed: int) -> di
     return result
 
 
+SUBSET_PREFIX = "subset_"  # a boolean column subset_NAME of the predictions adds the split "NAME" (its True rows)
+
+
+def splits(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Row masks of every split scored: overall, changed, unchanged, and one per `subset_` column of the frame
+    (act_patch: `counterfactual_answer`, the changed rows whose new token is the counterfactual's answer)."""
+    changed = frame["is_different"].to_numpy().astype(bool)
+    masks = {name: np.ones(len(frame), dtype=bool) if flag is None else changed == flag for name, flag in SPLITS.items()}
+    for column in frame.columns:
+        if str(column).startswith(SUBSET_PREFIX):
+            masks[str(column).removeprefix(SUBSET_PREFIX)] = frame[column].to_numpy().astype(bool)
+    return masks
+
+
 def change_metrics(frame: pd.DataFrame, samples: int = 1000, seed: int = 0) -> dict:
-    """Metrics overall and on changed / unchanged rows of one variant's predictions.
+    """Metrics overall, on changed / unchanged rows and on each `subset_` split of one variant's predictions.
 
     `frame` has prediction, reference, is_different and cluster (the pair or question a row comes from)."""
     rows = score_rows(frame["prediction"].tolist(), frame["reference"].tolist(), frame["is_different"])
     result = {}
-    for name, flag in SPLITS.items():
-        part = np.ones(len(rows), dtype=bool) if flag is None else (frame["is_different"].to_numpy() == flag)
+    for name, part in splits(frame).items():
         if part.any():
             result[name] = metrics_of_rows(rows[part].reset_index(drop=True), frame["cluster"].to_numpy()[part],
                                            samples, seed)
@@ -153,8 +166,7 @@ def paired_differences(first: pd.DataFrame, second: pd.DataFrame, samples: int =
     rows_a = score_rows(first["prediction"].tolist(), first["reference"].tolist(), first["is_different"])
     rows_b = score_rows(second["prediction"].tolist(), second["reference"].tolist(), second["is_different"])
     result = {}
-    for name, flag in SPLITS.items():
-        part = np.ones(len(first), dtype=bool) if flag is None else (first["is_different"].to_numpy() == flag)
+    for name, part in splits(first).items():
         if not part.any():
             continue
         codes, count = _codes(first["cluster"].to_numpy()[part])

@@ -47,6 +47,15 @@ class Examples:
                         self.labels[index] if self.labels is not None else None,
                         {name: pick(values) for name, values in self.columns.items()})
 
+    def concat(self, other: "Examples") -> "Examples":
+        """These rows, then `other`'s (the same columns; both with vectors or both without)."""
+        vectors = None if self.vectors is None else torch.cat([self.vectors, other.vectors])
+        labels = None if self.labels is None else np.concatenate([self.labels, other.labels])
+        return Examples(pd.concat([self.frame, other.frame], ignore_index=True), self.questions + other.questions,
+                        self.answers + other.answers, vectors, self.row_keys + other.row_keys,
+                        self.clusters + other.clusters, labels,
+                        {name: values + other.columns[name] for name, values in self.columns.items()})
+
 
 @dataclass(frozen=True)
 class Task:
@@ -58,7 +67,8 @@ class Task:
     # (scored rows, train paths, test paths, target dir) -> (baseline prediction frames, their descriptions)
     baselines: Callable[[pd.DataFrame, dict[str, str], dict[str, str], str], tuple[dict, dict]]
     count_paths: Callable[[str], dict[str, str]] = lambda target: {}  # extra artifacts whose counts are reported
-    training_rows: Callable[[Examples, dict, int], Examples] = lambda examples, settings, seed: examples
+    # (examples, the task's config section, training seed, target dir) -> the rows training sees
+    training_rows: Callable[[Examples, dict, int, str], Examples] = lambda examples, settings, seed, target_dir: examples
     variant_vectors: Callable[[str, Examples, int], torch.Tensor | None] = lambda v, e, seed: e.vectors
     training_keys: tuple[str, ...] = ()  # the task's own config keys that training depends on
     figures: tuple[str, ...] = ("metrics.png", "confusion.png", "loss.png")  # the report's files per run

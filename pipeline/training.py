@@ -75,17 +75,21 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
 
 
-def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor,
-                    positions: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over answer tokens, and their count. `logits` are at every position, or
-    only at `positions` (see answer_positions)."""
+def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None,
+                    weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over answer tokens (each times its weight, where `weights` [batch, length]
+    are given), and their count. `logits` are at every position, or only at `positions` (see answer_positions)."""
     if positions is None:
         shifted, targets = logits[:, :-1].float(), labels[:, 1:]
+        weights = weights[:, 1:] if weights is not None else None
     else:
         shifted, targets = logits.float(), labels[:, positions + 1]
-    loss = torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
-    return loss, int((targets != -100).sum())
+        weights = weights[:, positions + 1] if weights is not None else None
+    losses = torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1),
+                                               ignore_index=-100, reduction="none")
+    if weights is not None:
+        losses = losses * weights.reshape(-1).to(losses.dtype)
+    return losses.sum(), int((targets != -100).sum())
 
 
 def with_lora(model, cfg: TrainingConfig):
@@ -126,11 +130,11 @@ def trainer_class():
             self.model_accepts_loss_kwargs = True  # so the Trainer counts answer tokens over the global batch
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.pop("labels")
+            labels, weights = inputs.pop("labels"), inputs.pop("loss_weights", None)
             self.tokens_seen += int(inputs["attention_mask"].sum())
             positions = answer_positions(labels)
             outputs = model(**inputs, logits_to_keep=positions)
-            loss_sum, count = answer_loss_sum(outputs.logits, labels, positions)
+            loss_sum, count = answer_loss_sum(outputs.logits, labels, positions, weights)
             total = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
             # DDP and DeepSpeed average gradients over processes: scale each process's share back up.
             loss = loss_sum / total * self.accelerator.num_processes
@@ -308,8 +312,8 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
     explainer = ContinuousTokenExplainer(model, target_width, placeholder, explainer_cfg.projection,
                                          explainer_cfg.inject)
 
-    encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format, placeholder)
-               for q, a in zip(questions, answers)]
+    encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format, placeholder, cfg.content_weight,
+                              cfg.verdict_weight) for q, a in zip(questions, answers)]
     fits = np.array([len(e.input_ids) <= cfg.max_length for e in encoded])
     candidates = np.flatnonzero(fits)
     chosen = candidates[seeded_subset(len(candidates), cfg.max_examples, cfg.seed)]
@@ -329,7 +333,7 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         args = TrainingArguments(
             output_dir=str(checkpoint_dir), max_steps=total_steps, per_device_train_batch_size=cfg.batch_size // size,
             gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, weight_decay=0.0,
-            lr_scheduler_type="linear", warmup_steps=min(cfg.warmup_steps, total_steps // 2), max_grad_norm=1.0,
+            lr_scheduler_type="constant_with_warmup" if cfg.lr_schedule == "constant" else "linear", warmup_steps=min(cfg.warmup_steps, total_steps // 2), max_grad_norm=1.0,
             seed=cfg.seed, data_seed=cfg.seed, bf16=cfg.precision == "bf16", use_cpu=not torch.cuda.is_available(),
             logging_strategy="steps", logging_steps=1, report_to="none", save_strategy="steps", save_steps=cfg.checkpoint_every, save_total_limit=1,
             remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=rank != 0,
