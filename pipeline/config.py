@@ -160,6 +160,9 @@ class ExplainerConfig:
     prompt_format: str = "plain"
     projection: str = "linear"
     inject: str = "embedding"  # or "layer": write the vector at the layer it came from (explainer = target)
+    alignment: str = "identity"  # or "fitted": one projection per target layer, started from the alignment stage's map
+    train_projection: bool = True  # false: the projection(s) stay as started (identity or fitted) in training
+    scale: str = "embedding_norm"  # or "raw": the vector as it is (the paper's code), no normalisation
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "ExplainerConfig":

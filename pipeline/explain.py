@@ -42,8 +42,13 @@ def vector_layers(examples: Examples, explainer_cfg, explainer_dir, target_dir) 
     a feature's layer), after checking that the explainer is the target model; None for embedding injection."""
     from pipeline.models import read_manifest
 
-    if explainer_cfg.inject != "layer" or examples.vectors is None:
+    if examples.vectors is None or (explainer_cfg.inject != "layer" and explainer_cfg.alignment != "fitted"):
         return None
+    if explainer_cfg.inject != "layer":  # one projection per layer: any pair, but the rows must name their layer
+        if "layer" not in examples.columns:
+            raise ValueError("explainer.alignment is 'fitted', but this task's rows do not say which layer a vector "
+                             "came from")
+        return [int(layer[0]) if isinstance(layer, (list, tuple)) else int(layer) for layer in examples.columns["layer"]]
     if read_manifest(explainer_dir)["source"] != read_manifest(target_dir)["source"]:
         raise ValueError(f"explainer.inject is 'layer', but explainer {explainer_dir} is not target {target_dir}: a "
                          f"layer reads only its own model's states; use inject: embedding for this pair")
@@ -53,8 +58,9 @@ def vector_layers(examples: Examples, explainer_cfg, explainer_dir, target_dir) 
 
 
 def train(task: str, training_cfg, explainer_cfg, task_settings: dict, label_paths: dict[str, str], explainer_dir,
-          target_dir, out_dir, checkpoint_dir, settings: dict) -> dict:
-    """Fine-tune the explainer on the task's training rows; the checkpoint key names the inputs too."""
+          target_dir, out_dir, checkpoint_dir, settings: dict, alignment: str | None = None) -> dict:
+    """Fine-tune the explainer on the task's training rows; the checkpoint key names the inputs too. `alignment`:
+    the fitted per-layer maps the projections start from (`explainer.alignment: fitted`)."""
     from dataclasses import replace
 
     from pipeline.training import train_explainer
@@ -65,10 +71,12 @@ def train(task: str, training_cfg, explainer_cfg, task_settings: dict, label_pat
     width, projection = _explainer_width(examples, explainer_dir, target_dir)
     if projection:
         explainer_cfg = replace(explainer_cfg, projection=projection)
-    key = settings | {"inputs": training_inputs(dict(label_paths) | {"explainer": explainer_dir, "target": target_dir})}
+    inputs = dict(label_paths) | {"explainer": explainer_dir, "target": target_dir}
+    key = settings | {"inputs": training_inputs(inputs | ({"alignment": alignment} if alignment else {}))}
     return train_explainer(training_cfg, explainer_cfg, explainer_dir, width, examples.questions, examples.answers,
                            examples.vectors, out_dir, checkpoint_dir, key,
-                           vector_layers=vector_layers(examples, explainer_cfg, explainer_dir, target_dir))
+                           vector_layers=vector_layers(examples, explainer_cfg, explainer_dir, target_dir),
+                           alignment=alignment if projection is None else None)
 
 
 def prediction_frame(examples: Examples, questions: list[str], predictions: list[str], variant: str) -> pd.DataFrame:
@@ -79,7 +87,7 @@ def prediction_frame(examples: Examples, questions: list[str], predictions: list
 
 
 def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths: dict[str, str], explainer_dir,
-             target_dir, trained_dir, out_path, settings: dict) -> pd.DataFrame:
+             target_dir, trained_dir, out_path, settings: dict, alignment: str | None = None) -> pd.DataFrame:
     """Answers of one explainer variant on the test split: the fine-tuned explainer; the untrained one (zero-shot,
     with the task's format instruction, in its chat template if it has one); and the task's vector controls."""
     from pipeline.artifacts import provenance, write_table
@@ -100,7 +108,8 @@ def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths
         return out
     width, projection = _explainer_width(examples, explainer_dir, target_dir)
     explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir, width,
-                                          projection or explainer_cfg.projection, explainer_cfg.inject)
+                                          projection or explainer_cfg.projection, explainer_cfg.inject,
+                                          alignment if projection is None else None, explainer_cfg.scale)
     questions, prompt_format = examples.questions, explainer_cfg.prompt_format
     if variant == "untrained":
         questions = [q + spec.format_instruction for q in questions]

@@ -75,7 +75,13 @@ def embedding_norm(lm: nn.Module, skip: set[int] = frozenset(), chunk: int = 163
 
 class ContinuousTokenExplainer(nn.Module):
     def __init__(self, lm: nn.Module, target_width: int, placeholder_id: int, projection: str = "linear",
-                 inject: str = "embedding"):
+                 inject: str = "embedding", alignment: dict[int, tuple] | None = None,
+                 train_projection: bool = True, scale: str = "embedding_norm"):
+        """`alignment` (layer -> (weight, mean), pipeline/alignment.py) gives one projection per target layer
+        started from the fitted map (the paper's `embed_projs`), applied to the unit vector less the layer's mean;
+        without it one projection serves every layer. `scale`: embedding_norm (the unit vector's image at the
+        embeddings' mean norm) or raw (the vector as it is, through the projection where there is one: the
+        paper's code)."""
         super().__init__()
         self.lm = lm
         embeddings = lm.get_input_embeddings().weight
@@ -103,7 +109,60 @@ class ContinuousTokenExplainer(nn.Module):
                 else:
                     nn.init.normal_(self.projection.weight, std=width ** -0.5)
             self.projection.to(embeddings.device)
+        if scale not in ("embedding_norm", "raw"):
+            raise ValueError(f"explainer.scale: expected 'embedding_norm' or 'raw', got {scale!r}")
+        if scale == "raw" and alignment:
+            raise ValueError("explainer.scale 'raw' cannot start from a fitted alignment (fitted on unit vectors)")
+        self.scale = scale
+        self.layer_projections = None
+        if alignment and self.projection is not None:
+            self.projection = None
+            self.layer_projections = nn.ModuleDict()
+            self.layer_means = nn.ParameterDict()
+            for layer, (weight, mean) in sorted(alignment.items()):
+                if tuple(weight.shape) != (width, target_width):
+                    raise WidthError(f"the alignment of layer {layer} maps {weight.shape[1]} to {weight.shape[0]}, "
+                                     f"but this explainer reads width {target_width} and writes {width}")
+                linear = nn.Linear(target_width, width, bias=False, dtype=torch.float32)
+                with torch.no_grad():
+                    linear.weight.copy_(weight)
+                self.layer_projections[str(layer)] = linear.to(embeddings.device)
+                self.layer_means[str(layer)] = nn.Parameter(mean.float().to(embeddings.device), requires_grad=False)
+        for parameter in self.projection_parameters():
+            parameter.requires_grad_(train_projection)
         self.register_buffer("embed_norm", embedding_norm(lm, {placeholder_id}).to(embeddings.device), persistent=False)
+
+    def projection_parameters(self) -> list:
+        """The projection's weights: the shared one, or every layer's."""
+        if self.layer_projections is not None:
+            return list(self.layer_projections.parameters())
+        return list(self.projection.parameters()) if self.projection is not None else []
+
+    def project(self, vectors: torch.Tensor, vector_layers=None) -> torch.Tensor:
+        """What the placeholder's embedding becomes for each vector (before the cast to the model's dtype)."""
+        if self.layer_projections is not None:
+            if vector_layers is None or len(vector_layers) != len(vectors):
+                raise ValueError("this explainer has one projection per target layer: every vector needs its layer")
+            missing = sorted({int(x) for x in vector_layers} - {int(k) for k in self.layer_projections})
+            if missing:
+                raise ValueError(f"no projection for vector layer(s) {missing}; the alignment holds layers "
+                                 f"{sorted(int(k) for k in self.layer_projections)}")
+            weight = self.layer_projections[str(int(vector_layers[0]))].weight
+            mapped = torch.empty(len(vectors), weight.shape[0], dtype=weight.dtype, device=vectors.device)
+            for layer in sorted({int(x) for x in vector_layers}):
+                rows = torch.tensor([i for i, x in enumerate(vector_layers) if int(x) == layer], device=vectors.device)
+                key = str(layer)
+                centred = vectors[rows].float() - self.layer_means[key].float()
+                unit = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+                mapped[rows] = self.layer_projections[key](unit.to(weight.dtype))
+            return mapped * self.embed_norm
+        if self.scale == "raw":
+            raw = vectors.float()
+            return self.projection(raw.to(self.projection.weight.dtype)) if self.projection is not None else raw
+        unit = vectors.float() / vectors.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        # The projection is fp32, unless an engine cast the whole module (DeepSpeed bf16): meet it in its dtype.
+        mapped = self.projection(unit.to(self.projection.weight.dtype)) if self.projection is not None else unit
+        return mapped * self.embed_norm
 
     def _placeholders(self, input_ids: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         if vectors.shape[-1] != self.target_width:
@@ -114,17 +173,14 @@ class ContinuousTokenExplainer(nn.Module):
                              f"exactly once; found counts {found.sum(dim=1).tolist()}")
         return found
 
-    def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None):
-        """Input embeddings with row b's placeholder replaced by the scaled, projected vectors[b] (embedding
-        injection; with layer injection the embeddings are left as they are)."""
+    def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None, vector_layers=None):
+        """Input embeddings with row b's placeholder replaced by the projected vectors[b] (embedding injection;
+        with layer injection the embeddings are left as they are)."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         if vectors is None or self.inject == "layer":
             return embeds
         found = self._placeholders(input_ids, vectors)
-        unit = vectors.float() / vectors.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        # The projection is fp32, unless an engine cast the whole module (DeepSpeed bf16): meet it in its dtype.
-        mapped = self.projection(unit.to(self.projection.weight.dtype)) if self.projection is not None else unit
-        mapped = (mapped * self.embed_norm).to(embeds.dtype)
+        mapped = self.project(vectors, vector_layers).to(embeds.dtype)
         embeds = embeds.clone()
         embeds[found] = mapped
         return embeds
@@ -180,7 +236,7 @@ class ContinuousTokenExplainer(nn.Module):
                                                 every_n_layers=every_n_layers, offload=offload)
 
     def forward(self, input_ids, attention_mask, vectors=None, labels=None, vector_layers=None, logits_to_keep=0):
-        embeds = self.embed(input_ids, vectors)
+        embeds = self.embed(input_ids, vectors, vector_layers)
         with self.injected(input_ids, attention_mask, vectors, vector_layers):
             return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                            logits_to_keep=logits_to_keep)
@@ -188,7 +244,7 @@ class ContinuousTokenExplainer(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, vectors=None, max_new_tokens=24, pad_token_id=None,
                  eos_token_id=None, vector_layers=None):
-        embeds = self.embed(input_ids, vectors)
+        embeds = self.embed(input_ids, vectors, vector_layers)
         with self.injected(input_ids, attention_mask, vectors, vector_layers):
             return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                     do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
@@ -289,22 +345,32 @@ def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict
     from peft import PeftModel
 
     meta = meta | {"embed_norm": float(explainer.embed_norm), "placeholder_id": explainer.placeholder_id,
-                   "inject": explainer.inject}
+                   "inject": explainer.inject, "scale": explainer.scale,
+                   "alignment": "fitted" if explainer.layer_projections is not None else "identity"}
     lm_state = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")} if state else None
     if isinstance(explainer.lm, PeftModel):
         # The adapter alone: the placeholder's embedding row is recreated (zero) wherever the explainer loads.
         explainer.lm.save_pretrained(folder, save_embedding_layers=False, state_dict=lm_state)
     else:
         explainer.lm.save_pretrained(folder, state_dict=lm_state)
-    if explainer.projection is not None:
+    if explainer.layer_projections is not None:
+        tensors = {}
+        for key, linear in explainer.layer_projections.items():
+            weight = state[f"layer_projections.{key}.weight"] if state else linear.weight
+            tensors[f"layers.{key}.weight"] = weight.detach().float().cpu().contiguous()
+            tensors[f"layers.{key}.mean"] = explainer.layer_means[key].detach().float().cpu().contiguous()
+        save_file(tensors, str(folder / PROJECTION_FILE))
+    elif explainer.projection is not None:
         weight = state["projection.weight"] if state else explainer.projection.weight
         save_file({"weight": weight.detach().float().cpu().contiguous()}, str(folder / PROJECTION_FILE))
     (folder / EXPLAINER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target_width: int,
-                   projection: str = "linear", inject: str = "embedding") -> tuple[ContinuousTokenExplainer, object]:
-    """A trained explainer from `folder`, or the untrained base explainer when `folder` is None."""
+                   projection: str = "linear", inject: str = "embedding", alignment: str | Path | None = None,
+                   scale: str = "embedding_norm") -> tuple[ContinuousTokenExplainer, object]:
+    """A trained explainer from `folder`, or the untrained base explainer when `folder` is None (started from the
+    fitted `alignment` artifact, where given, as training starts)."""
     from safetensors.torch import load_file
 
     from pipeline.models import load_model
@@ -317,8 +383,18 @@ def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-    explainer = ContinuousTokenExplainer(model, meta.get("target_width", target_width), placeholder,
-                                         meta.get("projection", projection), meta.get("inject", inject))
+    width = meta.get("target_width", target_width)
+    maps = None
+    if folder and meta.get("alignment") == "fitted":
+        saved = load_file(str(Path(folder) / PROJECTION_FILE))
+        maps = {int(name.split(".")[1]): (weight, saved[name.replace(".weight", ".mean")])
+                for name, weight in saved.items() if name.endswith(".weight")}
+    elif not folder and alignment:
+        from pipeline.alignment import load_alignment
+
+        maps = load_alignment(alignment, width, model.get_input_embeddings().weight.shape[1])
+    explainer = ContinuousTokenExplainer(model, width, placeholder, meta.get("projection", projection),
+                                         meta.get("inject", inject), maps, scale=meta.get("scale", scale))
     if folder and explainer.projection is not None:
         explainer.projection.weight.data.copy_(load_file(str(Path(folder) / PROJECTION_FILE))["weight"])
     if "embed_norm" in meta:  # the scale training used (full fine-tuning moves the embeddings a little)

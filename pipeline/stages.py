@@ -43,6 +43,7 @@ _HINT_LABEL_KEYS = tuple(f"input_ablation.{k}" for k in
 
 STAGES: dict[str, Stage] = {
     "prepare_model": Stage("pipeline.models:prepare_model", ("models.{model}", "models.{tokenizer_from}")),
+    "alignment": Stage("pipeline.alignment:fit_alignment", ("alignment",), ("alignment.batch_size",)),
     "act_patch_facts": Stage("pipeline.facts:build_facts", ("facts", "act_patch.prompt"), ("act_patch.batch_size",)),
     "act_patch_pairs": Stage("pipeline.act_patch:choose_pairs",
                              ("act_patch.prompt", "act_patch.pairs", "facts.keep_only_correct"), ("act_patch.batch_size",)),

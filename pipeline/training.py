@@ -144,8 +144,9 @@ def trainer_class():
             if self.optimizer is None:
                 explainer = self.model
                 groups = [{"params": [p for p in explainer.lm.parameters() if p.requires_grad], "lr": self.lm_lr}]
-                if explainer.projection is not None:
-                    groups.append({"params": list(explainer.projection.parameters()), "lr": self.projection_lr})
+                projection = [p for p in explainer.projection_parameters() if p.requires_grad]
+                if projection:
+                    groups.append({"params": projection, "lr": self.projection_lr})
                 self.optimizer = torch.optim.AdamW(groups, lr=self.lm_lr, weight_decay=0.0)
             return self.optimizer
 
@@ -282,14 +283,15 @@ def _checkpoint_to_resume(checkpoint_dir: Path, run_hash: str) -> str | None:
 def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_model_dir: str | Path,
                     target_width: int, questions: list[str], answers: list[str], vectors: torch.Tensor | None,
                     out_dir: str | Path, checkpoint_dir: str | Path, settings: dict,
-                    first_step_gradients: str | Path | None = None, vector_layers: list[int] | None = None) -> dict:
+                    first_step_gradients: str | Path | None = None, vector_layers: list[int] | None = None,
+                    alignment: str | Path | None = None) -> dict:
     """Train with the Hugging Face Trainer, write the explainer folder atomically (rank 0), return the training log.
 
     `settings` is the checkpoint key (and the explainer's provenance): it must name everything the result
     depends on. `first_step_gradients`, when given, receives the trainable gradients of the first step as
     they are applied (averaged over processes, which equals one process's), for checking multi-process training.
     `vector_layers`: each vector's source layer, for an explainer that injects at that layer (`explainer.inject:
-    layer`)."""
+    layer`, or one projection per layer started from the fitted `alignment` artifact, `explainer.alignment: fitted`)."""
     from transformers import TrainingArguments
 
     from accelerate.state import AcceleratorState
@@ -309,8 +311,14 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
     placeholder = placeholder_token_id(tokenizer, model)
     if cfg.method == "lora":
         model = with_lora(model, cfg)
+    maps = None
+    if alignment is not None:
+        from pipeline.alignment import load_alignment
+
+        maps = load_alignment(alignment, target_width, model.get_input_embeddings().weight.shape[1])
     explainer = ContinuousTokenExplainer(model, target_width, placeholder, explainer_cfg.projection,
-                                         explainer_cfg.inject)
+                                         explainer_cfg.inject, maps, explainer_cfg.train_projection,
+                                         explainer_cfg.scale)
 
     encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format, placeholder, cfg.content_weight,
                               cfg.verdict_weight) for q, a in zip(questions, answers)]
@@ -357,7 +365,7 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
                "seconds": elapsed, "losses": history}
         meta = {"method": cfg.method, "base_model": read_manifest(base_model_dir)["source"], "target_width": target_width,
                 "projection": explainer_cfg.projection if explainer.projection is not None else "none",
-                "inject": explainer_cfg.inject,
+                "inject": explainer_cfg.inject, "train_projection": explainer_cfg.train_projection,
                 "prompt_format": explainer_cfg.prompt_format,
                 "provenance": provenance(settings)}
         # Under ZeRO-3 the weights are partitioned: gather them (every process takes part), then rank 0 writes.

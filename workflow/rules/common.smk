@@ -199,9 +199,32 @@ def _models(wildcards, task):
             "target": target_dir(wildcards.target) if target_dir else f"resources/models/{known_model(wildcards.target)}"}
 
 
+def alignment_input(wildcards, task):
+    """The fitted explainer-from-target maps, when explainer.alignment is 'fitted' (a language-model target only)."""
+    if config["explainer"].get("alignment", "identity") != "fitted":
+        return {}
+    if get_task(task).target_dir is not None:
+        raise ValueError(f"explainer.alignment 'fitted': the {task} task's target is not a language model, so there "
+                         f"is no text to align its states on; use alignment: identity for it")
+    return {"alignment": f"work/alignment/{known_model(wildcards.explainer)}_{known_model(wildcards.target)}.safetensors"}
+
+
+def alignment_text(wildcards):
+    """What the alignment is fitted on (alignment.text): the target's act_patch training pairs, or the corpus."""
+    if config["alignment"]["text"] == "corpus":
+        return "work/features/corpus.parquet"
+    return f"work/act_patch/pairs/{known_model(wildcards.target)}/train.parquet"
+
+
+def alignment_inputs(wildcards):
+    return {"text": alignment_text(wildcards), "target": f"resources/models/{known_model(wildcards.target)}",
+            "explainer": f"resources/models/{known_model(wildcards.explainer)}"}
+
+
 def train_inputs(task):
-    """A task's training labels (as its module names them) and both models."""
-    return lambda wildcards: get_task(task).label_paths(wildcards.target, "train") | _models(wildcards, task)
+    """A task's training labels (as its module names them), both models and, where fitted, the alignment."""
+    return lambda wildcards: (get_task(task).label_paths(wildcards.target, "train") | _models(wildcards, task)
+                              | alignment_input(wildcards, task))
 
 
 def generation_inputs(task, split="test"):
@@ -212,6 +235,8 @@ def generation_inputs(task, split="test"):
         paths = spec.label_paths(wildcards.target, split) | _models(wildcards, task)
         if wildcards.variant != "untrained" and wildcards.variant not in spec.custom_variants:
             paths["trained"] = f"work/{task}/explainers/{wildcards.explainer}_{wildcards.target}"
+        elif wildcards.variant == "untrained":  # the untrained explainer starts from the fitted maps, as training does
+            paths |= alignment_input(wildcards, task)
         return paths
 
     return inputs

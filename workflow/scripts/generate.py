@@ -8,5 +8,5 @@ with stage(snakemake.log[0], snakemake.threads):
     run, prov = stage_settings(params, snakemake.config, snakemake.rule)
     explain.generate(params.task, snakemake.wildcards.variant, GenerationConfig.from_dict(run["generation"]),
                      ExplainerConfig.from_dict(run["explainer"]),
-                     named_inputs(inputs, exclude=("explainer", "target", "trained")), inputs.explainer,
-                     inputs.target, inputs.get("trained"), snakemake.output[0], prov)
+                     named_inputs(inputs, exclude=("explainer", "target", "trained", "alignment")), inputs.explainer,
+                     inputs.target, inputs.get("trained"), snakemake.output[0], prov, inputs.get("alignment"))

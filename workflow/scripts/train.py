@@ -9,7 +9,7 @@ with stage(snakemake.log[0], snakemake.threads):
     training = TrainingConfig.from_dict(run["training"])
     launch.run("pipeline.explain.train", dict(
         task=params.task, training_cfg=training, explainer_cfg=ExplainerConfig.from_dict(run["explainer"]),
-        task_settings=run.get(params.task, {}), label_paths=named_inputs(inputs, exclude=("explainer", "target")),
+        task_settings=run.get(params.task, {}), label_paths=named_inputs(inputs, exclude=("explainer", "target", "alignment")),
         explainer_dir=inputs.explainer, target_dir=inputs.target, out_dir=snakemake.output[0],
-        checkpoint_dir=params.checkpoint, settings=prov),
+        checkpoint_dir=params.checkpoint, settings=prov, alignment=inputs.get("alignment")),
         launch.process_count(snakemake.resources.get("gpu", 0), training.cpu_processes), usable_threads(snakemake.threads))
