@@ -217,9 +217,12 @@ def run_summary(scoring_cfg, prediction_paths: dict[str, str], trained_dir, expl
 
     training_log = json.loads((Path(trained_dir) / "training_log.json").read_text())
     losses = training_log["losses"]
+    meta_path = Path(trained_dir) / "explainer.json"
+    trained = json.loads(meta_path.read_text()).get("provenance", {}).get("settings", {}) if meta_path.exists() else {}
     return {
         "training": {k: v for k, v in training_log.items() if k != "losses"}
-                    | {"final_loss": losses[-1]["loss"] if losses else None},
+                    | {"final_loss": losses[-1]["loss"] if losses else None,
+                       "seed": trained.get("training", {}).get("seed")},
         "provenance": provenance(settings, {"explainer": read_manifest(explainer_dir)["source"],
                                             "target": read_manifest(target_dir)["source"]})
                       | {"upstream_config_hashes": {v: read_provenance(p).get("config_hash")

@@ -34,7 +34,7 @@ class Stage:
 
 
 _TRAINING_EXECUTION = ("training.gpus", "training.cpu_processes", "training.checkpoint_every",
-                       "training.gradient_checkpointing", "training.fsdp")
+                       "training.gradient_checkpointing", "training.fsdp", "training.seeds")
 _QUESTION_KEYS = tuple(f"input_ablation.{k}" for k in
                        ("source", "path", "relations", "n_choices", "max_questions_per_relation", "test_fraction", "seed"))
 _HINT_LABEL_KEYS = tuple(f"input_ablation.{k}" for k in
@@ -72,6 +72,9 @@ STAGES: dict[str, Stage] = {
                           ("features.ood.batch_size",)),
     "features_figures": Stage("pipeline.report:features_figures"),
     "matrix": Stage("pipeline.matrix:build_matrix", ("matrix", "scoring")),
+    "seeds": Stage("pipeline.seeds:aggregate"),
+    "act_patch_diagnostics": Stage("pipeline.diagnostics:diagnose", ("generation", "explainer", "scoring"),
+                                   ("generation.batch_size",), "act_patch", ("pipeline.act_patch",)),
     "interpbench_case": Stage("pipeline.interpbench:build_case", ("interpbench.build",)),
     "interpbench_cases": Stage("pipeline.interpbench:summarize", ("interpbench.cases",)),
     "interpbench_patching": Stage("pipeline.circuits:discover", ("interpbench.patching",)),
@@ -104,10 +107,28 @@ def all_stages() -> dict[str, Stage]:
             stages[f"{task}_generate_{name}"] = stages[f"{task}_generate"]
         stages[f"{task}_score"] = Stage("pipeline.explain:score", ("scoring", *(f"{task}.{k}" for k in spec.score_keys)),
                                         tuple(f"{task}.{k}" for k in spec.score_execution), task, (module,))
+        for name in [n for n in stages if n.startswith(f"{task}_") and n[len(task) + 1:].startswith(
+                ("train", "generate", "score"))]:
+            stages[f"{name}_seeded"] = stages[name]  # one run per seed of training.seeds: the same stage
     return stages
 
 
 SHARED_SECTIONS = ("training", "generation")  # a task may override these under its own section
+
+
+def task_section(config: dict[str, Any], head: str, task: str | None) -> dict[str, Any]:
+    """A shared section (training, generation) as the task's stages see it: with the task's overrides."""
+    return _section(config, head, task) or {}
+
+
+def with_training_seed(settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A training stage's settings for one seed of training.seeds (the list itself is not a setting of the run)."""
+    import copy
+
+    settings = copy.deepcopy(settings)
+    settings.setdefault("training", {})["seed"] = seed
+    settings["training"].pop("seeds", None)
+    return settings
 
 
 def _stage(name: str) -> Stage:

@@ -138,6 +138,61 @@ def test_changed_pipeline_code_reruns_what_uses_it(finished_run, tmp_path):
     assert plan() == {"act_patch_train": 1, "act_patch_generate": 3, "act_patch_score": 1}  # not untrained
 
 
+def test_seeds_train_generate_and_score_apart_and_gather_into_one_table(finished_run, tmp_path):
+    """training.seeds: each seed its own cached jobs; the gathered table equals its seeds' results recomputed; the run
+    of training.seed is not touched."""
+    from pipeline.seeds import combine
+
+    seeds = override(tmp_path, "seeds.yaml", {"training": {"seeds": [0, 1]}})
+    target = "results/act_patch/tiny_tiny.seeds.json"
+    plan = planned_jobs(snakemake(finished_run, "-n", target, configfiles=[seeds]))
+    assert plan == {"act_patch_train_seeded": 2, "act_patch_generate_seeded": 8, "act_patch_score_seeded": 2,
+                    "act_patch_seeds": 1}
+    run = snakemake(finished_run, target, configfiles=[seeds])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    gathered = json.loads((finished_run / target).read_text())
+    per_seed = [json.loads((finished_run / f"results/act_patch/seeds/{s}/tiny_tiny.json").read_text()) for s in (0, 1)]
+    assert [r["training"]["seed"] for r in per_seed] == [0, 1]
+    for path in (("metrics", "finetuned", "overall", "exact_match"),
+                 ("comparisons", "finetuned - shuffled_vector", "is_different=True", "exact_match")):
+        leaves = [r for r in per_seed]
+        for key in path:
+            leaves = [leaf[key] for leaf in leaves]
+        assert gathered[path[0]][path[1]][path[2]][path[3]] == json.loads(json.dumps(combine(leaves)))
+    # Another seed list reruns only what is new; the main run stays as it is.
+    more = override(tmp_path, "more.yaml", {"training": {"seeds": [0, 1, 2]}})
+    assert planned_jobs(snakemake(finished_run, "-n", target, configfiles=[more])) == {
+        "act_patch_train_seeded": 1, "act_patch_generate_seeded": 3, "act_patch_score_seeded": 1, "act_patch_seeds": 1}
+    assert planned_jobs(snakemake(finished_run, "-n", "results/act_patch/tiny_tiny.json", configfiles=[more])).keys() <= {
+        "act_patch_score"}
+
+
+def test_fitted_alignment_reading_rows_and_the_diagnostic_run_end_to_end(finished_run, tmp_path):
+    """explainer.alignment: fitted fits the maps once, trains per-layer projections from them (the untrained variant
+    starts from them too) and the diagnostic reads the trained explainer."""
+    changed = override(tmp_path, "fitted.yaml", {
+        "explainer": {"alignment": "fitted"},
+        "act_patch": {"training_rows": {"oversample_counterfactual": 2, "reading": {"fraction": 0.5}}},
+        "training": {"loss_weights": {"content": 2.0, "verdict": 2.0}}})
+    targets = ["results/act_patch/tiny_tiny.json", "results/diagnostics/act_patch/tiny_tiny.json"]
+    plan = planned_jobs(snakemake(finished_run, "-n", *targets, configfiles=[changed]))
+    assert plan == {"alignment": 1, "act_patch_train": 1, "act_patch_generate": 4, "act_patch_score": 1,
+                    "act_patch_diagnostics": 1}
+    run = snakemake(finished_run, *targets, configfiles=[changed])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    quality = pd.read_parquet(finished_run / "work/alignment/tiny_tiny.quality.parquet")
+    assert list(quality["layer"]) == [0, 1, 2, 3] and quality["r2"].notna().all()
+    meta = json.loads((finished_run / "work/act_patch/explainers/tiny_tiny/explainer.json").read_text())
+    assert meta["alignment"] == "fitted"
+    diagnostic = json.loads((finished_run / targets[1]).read_text())
+    assert {"raw", "input"} <= set(diagnostic["own_token"])
+    movement = diagnostic["projection_movement"]  # the windows start at layers 0 and 2: only their maps train
+    assert set(movement) == {"0", "1", "2", "3"} and movement["0"] > 0 and movement["1"] == movement["3"] == 0
+    assert "right - shuffled" in diagnostic["answer_logprob"]["all"]
+    restore = snakemake(finished_run, "results/act_patch/tiny_tiny.json")  # leave the module's run as it was
+    assert restore.returncode == 0
+
+
 def test_self_versus_other_matrix_pairs_every_explainer_with_every_target(finished_run):
     """tiny (width 64) and tinyb (width 48) each explain themselves and each other; the matrix compares each target
     explaining itself with the other explainer on the same test rows."""

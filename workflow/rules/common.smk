@@ -31,6 +31,13 @@ wildcard_constraints:
     variant="|".join(all_variants()),
     case="[A-Za-z0-9_]+",
     chunk="[0-9]+",
+    seed="[0-9]+",
+
+
+# Where a run's explainer, predictions and results live: "" the run of training.seed (results/{task}/{run}.json);
+# "_seeded" one run per seed of training.seeds (results/{task}/seeds/{seed}/{run}.json), gathered by {task}_seeds
+# into results/{task}/{run}.seeds.json.
+LAYOUTS = {"": "", "_seeded": "seeds/{seed}/"}
 
 
 # InterpBench: the configured cases that build here, and the skipped ones with what they need. An unknown case id or
@@ -104,6 +111,26 @@ def label_chunks(wildcards):
 def settings_of(stage):
     """The settings a stage's result depends on (pipeline/stages.py declares which): its rule's params."""
     return stages.settings(config, stage)
+
+
+def seeded_settings(stage, layout):
+    """A training stage's settings; in the seeded layout with training.seed set to the run's {seed}."""
+    settings = stages.settings(config, stage)
+    if not layout:
+        return settings
+    return lambda wildcards: stages.with_training_seed(settings, int(wildcards.seed))
+
+
+def training_seeds(task):
+    """training.seeds (the task's own training section may override it); none set: training.seed alone."""
+    section = stages.task_section(config, "training", task)
+    return [int(s) for s in (section.get("seeds") or [section["seed"]])]
+
+
+def seed_results(task):
+    """Every seed's results file of a run, for {task}_seeds."""
+    return lambda wildcards: {f"seed_{s}": f"results/{task}/seeds/{s}/{wildcards.explainer}_{wildcards.target}.json"
+                              for s in training_seeds(task)}
 
 
 def code_of(stage):
@@ -227,14 +254,19 @@ def train_inputs(task):
                               | alignment_input(wildcards, task))
 
 
-def generation_inputs(task, split="test"):
+def _prefix(prefix, wildcards):
+    return prefix.format(seed=wildcards.seed) if "{seed}" in prefix else prefix
+
+
+def generation_inputs(task, split="test", prefix=""):
     """The task's labels of `split` (the test split or an evaluation set), both models, and the trained explainer
     (not for the untrained variant, nor for the variants the task answers without the explainer, such as SelfIE)."""
     def inputs(wildcards):
         spec = get_task(task)
         paths = spec.label_paths(wildcards.target, split) | _models(wildcards, task)
         if wildcards.variant != "untrained" and wildcards.variant not in spec.custom_variants:
-            paths["trained"] = f"work/{task}/explainers/{wildcards.explainer}_{wildcards.target}"
+            run = f"{_prefix(prefix, wildcards)}explainers/{wildcards.explainer}_{wildcards.target}"
+            paths["trained"] = f"work/{task}/{run}"
         elif wildcards.variant == "untrained":  # the untrained explainer starts from the fitted maps, as training does
             paths |= alignment_input(wildcards, task)
         return paths
@@ -242,22 +274,30 @@ def generation_inputs(task, split="test"):
     return inputs
 
 
-def score_inputs(task):
+def score_inputs(task, prefix=""):
     """Every variant's predictions, both splits' labels (train_*, test_*), the artifacts whose counts are reported
     (count_*), the task's own scoring inputs and every variant's predictions on its evaluation sets (extra_*: the
     features simulator, the out-of-distribution sets), the trained explainer and both models."""
     def inputs(wildcards):
         spec, run = get_task(task), f"{wildcards.explainer}_{wildcards.target}"
-        paths = {"predictions": [f"work/{task}/predictions/{run}/{v}.parquet" for v in spec.variants],
-                 "trained": f"work/{task}/explainers/{run}"} | _models(wildcards, task)
+        where = f"work/{task}/{_prefix(prefix, wildcards)}"
+        paths = {"predictions": [f"{where}predictions/{run}/{v}.parquet" for v in spec.variants],
+                 "trained": f"{where}explainers/{run}"} | _models(wildcards, task)
         for split in ("train", "test"):
             paths |= {f"{split}_{k}": v for k, v in spec.label_paths(wildcards.target, split).items()}
         paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, config.get(task, {})).items()}
         for name in spec.eval_sets(config.get(task, {})):
-            paths |= {f"extra_pred_{name}_{v}": f"work/{task}/predictions/{run}/{name}/{v}.parquet" for v in spec.variants}
+            paths |= {f"extra_pred_{name}_{v}": f"{where}predictions/{run}/{name}/{v}.parquet" for v in spec.variants}
         return paths | {f"count_{k}": v for k, v in spec.count_paths(wildcards.target).items()}
 
     return inputs
+
+
+def diagnostic_inputs(wildcards):
+    """The act_patch test labels, both models, the trained explainer and, where fitted, the alignment it started from."""
+    run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
+    return (get_task("act_patch").label_paths(wildcards.target, "test") | _models(wildcards, "act_patch")
+            | {"trained": f"work/act_patch/explainers/{run}"} | alignment_input(wildcards, "act_patch"))
 
 
 def simulator_training_inputs(wildcards):

@@ -1,26 +1,51 @@
 for task in TASKS:
+    for layout, prefix in LAYOUTS.items():
+
+        rule:
+            name:
+                f"{task}_score{layout}"
+            input:
+                unpack(score_inputs(task, prefix)),
+            output:
+                f"results/{task}/{prefix}{{explainer}}_{{target}}.json",
+            params:
+                task=task,
+                settings=settings_of(f"{task}_score"),
+                code=code_of(f"{task}_score"),
+            log:
+                f"logs/{task}_score/{prefix}{{explainer}}_{{target}}.log",
+            benchmark:
+                f"benchmarks/{task}_score/{prefix}{{explainer}}_{{target}}.tsv"
+            threads: 2
+            localrule: task not in HEAVY_SCORE_TASKS
+            resources:
+                mem_mb=4000,
+                runtime=60,
+            conda:
+                "../../envs/pipeline.yaml"
+            script:
+                "../scripts/score.py"
 
     rule:
         name:
-            f"{task}_score"
+            f"{task}_seeds"
         input:
-            unpack(score_inputs(task)),
+            unpack(seed_results(task)),
         output:
-            f"results/{task}/{{explainer}}_{{target}}.json",
+            f"results/{task}/{{explainer}}_{{target}}.seeds.json",
         params:
-            task=task,
-            settings=settings_of(f"{task}_score"),
-            code=code_of(f"{task}_score"),
+            settings=settings_of("seeds"),
+            code=code_of("seeds"),
         log:
-            f"logs/{task}_score/{{explainer}}_{{target}}.log",
+            f"logs/{task}_seeds/{{explainer}}_{{target}}.log",
         benchmark:
-            f"benchmarks/{task}_score/{{explainer}}_{{target}}.tsv"
-        threads: 2
-        localrule: task not in HEAVY_SCORE_TASKS
+            f"benchmarks/{task}_seeds/{{explainer}}_{{target}}.tsv"
+        threads: 1
+        localrule: True
         resources:
-            mem_mb=4000,
-            runtime=60,
+            mem_mb=2000,
+            runtime=10,
         conda:
             "../../envs/pipeline.yaml"
         script:
-            "../scripts/score.py"
+            "../scripts/seeds.py"

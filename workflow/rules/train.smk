@@ -1,27 +1,28 @@
 for task in TASKS:
+    for layout, prefix in LAYOUTS.items():
 
-    rule:
-        name:
-            f"{task}_train"
-        input:
-            unpack(train_inputs(task)),
-        output:
-            directory(f"work/{task}/explainers/{{explainer}}_{{target}}"),
-        params:
-            task=task,
-            settings=settings_of(f"{task}_train"),
-            code=code_of(f"{task}_train"),
-            checkpoint=f"work/{task}/checkpoints/{{explainer}}_{{target}}",
-        log:
-            f"logs/{task}_train/{{explainer}}_{{target}}.log",
-        benchmark:
-            f"benchmarks/{task}_train/{{explainer}}_{{target}}.tsv"
-        threads: JOB_THREADS
-        resources:
-            mem_mb=20000,
-            runtime=600,
-            gpu=stages.execution(config, f"{task}_train")["training"]["gpus"],
-        conda:
-            "../../envs/pipeline.yaml"
-        script:
-            "../scripts/train.py"
+        rule:
+            name:
+                f"{task}_train{layout}"
+            input:
+                unpack(train_inputs(task)),
+            output:
+                directory(f"work/{task}/{prefix}explainers/{{explainer}}_{{target}}"),
+            params:
+                task=task,
+                settings=seeded_settings(f"{task}_train", layout),
+                code=code_of(f"{task}_train"),
+                checkpoint=f"work/{task}/{prefix}checkpoints/{{explainer}}_{{target}}",
+            log:
+                f"logs/{task}_train/{prefix}{{explainer}}_{{target}}.log",
+            benchmark:
+                f"benchmarks/{task}_train/{prefix}{{explainer}}_{{target}}.tsv"
+            threads: JOB_THREADS
+            resources:
+                mem_mb=20000,
+                runtime=600,
+                gpu=stages.execution(config, f"{task}_train")["training"]["gpus"],
+            conda:
+                "../../envs/pipeline.yaml"
+            script:
+                "../scripts/train.py"
