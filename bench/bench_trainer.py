@@ -6,7 +6,9 @@ question, a ~15-token answer, a vector) and batch:
            answer positions, answer-only loss, backward, clip, AdamW step), without its checkpointing;
   trainer: `pipeline.training.train_explainer` as the workflow runs it (Trainer, logging every step,
            TensorBoard, the explainer folder written at the end).
-Both count the tokens of their batches (padding included) over the time of their training steps.
+Both count the tokens of their batches (padding not included) over the time of their training steps. Then, on rows of
+varied lengths (with reading rows, as act_patch.training_rows adds), the Trainer with random batches against
+length-grouped batches (training.group_by_length).
 Usage: python bench/bench_trainer.py [--model-dir resources/models/smollm] [--steps 6] [--batch-size 8]
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -64,6 +67,27 @@ def loop_tokens_per_second(cfg: TrainingConfig, model_dir: str, width: int, ques
     return tokens / (time.perf_counter() - started)
 
 
+def varied_examples(count: int, width: int, reading_share: float = 0.25):
+    """act_patch-shaped rows of the lengths the workflow trains on: the question's input text varies (one to three
+    sentences), and a share are reading rows ("At layer L, <vector> =" -> a token), as act_patch.training_rows adds."""
+    questions, answers = [], []
+    for i in range(count):
+        if i % round(1 / reading_share) == 0:
+            questions.append(f"At layer {6 * (i % 5)}, <vector> =")
+            answers.append(COUNTRIES[(i + 3) % len(COUNTRIES)])
+        else:
+            questions.append(" ".join([QUESTION.replace("{}", COUNTRIES[i % len(COUNTRIES)])] * (1 + i % 3))[:300 * (1 + i % 3)])
+            answers.append(f"The most likely output would change to <<< {COUNTRIES[(i + 3) % len(COUNTRIES)]}>>>.")
+    return questions, answers, torch.randn(count, width, generator=torch.Generator().manual_seed(0))
+
+
+def trainer_tokens_per_second(cfg: TrainingConfig, model_dir: str, width: int, questions, answers, vectors) -> float:
+    with tempfile.TemporaryDirectory() as scratch:
+        log = train_explainer(cfg, ExplainerConfig(), model_dir, width, questions, answers, vectors,
+                              Path(scratch) / "out", Path(scratch) / "ckpt", {"bench": cfg.group_by_length})
+    return log["tokens_per_second"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default="resources/models/smollm")
@@ -86,6 +110,14 @@ def main() -> None:
     print(f"hand-written loop:  {loop:8.1f} tokens/s")
     print(f"Trainer:            {trainer:8.1f} tokens/s")
     print(f"trainer / loop = {trainer / loop:.2f}   (goal >= 1.00)")
+    # Rows of varied lengths, as the workflow trains on: random batches (today's default) against length-grouped ones.
+    # Tokens are the rows' own tokens (padding not counted): what grouping saves is the padding computed.
+    varied = varied_examples(args.steps * args.batch_size * 4, width)
+    random_batches = trainer_tokens_per_second(cfg, args.model_dir, width, *varied)
+    grouped = trainer_tokens_per_second(replace(cfg, group_by_length=True), args.model_dir, width, *varied)
+    print(f"varied lengths, random batches:  {random_batches:8.1f} tokens/s")
+    print(f"varied lengths, grouped batches: {grouped:8.1f} tokens/s")
+    print(f"grouped / random = {grouped / random_batches:.2f}   (goal >= 1.5 with the training rows of act_patch)")
 
 
 if __name__ == "__main__":
