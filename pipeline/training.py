@@ -364,7 +364,7 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
                "tokens_per_second": float(_all_sum(trainer.tokens_seen)) / max(elapsed, 1e-9),
                "seconds": elapsed, "losses": history}
         meta = {"method": cfg.method, "base_model": read_manifest(base_model_dir)["source"], "target_width": target_width,
-                "projection": explainer_cfg.projection if explainer.projection is not None else "none",
+                "projection": "none" if explainer.projection is None and explainer.layer_projections is None else "linear",
                 "inject": explainer_cfg.inject, "train_projection": explainer_cfg.train_projection,
                 "prompt_format": explainer_cfg.prompt_format,
                 "provenance": provenance(settings)}

@@ -86,7 +86,7 @@ def test_per_layer_projections_land_at_each_rows_own_layer_and_survive_save_and_
     folder.mkdir()
     with torch.no_grad():
         explainer.layer_projections["2"].weight.add_(0.5)  # as training moves it
-    save_explainer(explainer, folder, {"method": "full", "target_width": 12})
+    save_explainer(explainer, folder, {"method": "full", "target_width": 12, "projection": "none"})  # as training wrote it
     loaded, _ = load_explainer(folder, tiny_dir, 12)
     again = loaded.embed(batch["input_ids"], batch["vectors"], batch["vector_layers"])
     assert torch.allclose(again[:, position], explainer.embed(batch["input_ids"], batch["vectors"], [2, 0])[:, position],

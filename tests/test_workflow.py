@@ -186,6 +186,7 @@ def test_fitted_alignment_reading_rows_and_the_diagnostic_run_end_to_end(finishe
     assert meta["alignment"] == "fitted"
     diagnostic = json.loads((finished_run / targets[1]).read_text())
     assert {"raw", "input"} <= set(diagnostic["own_token"])
+    assert diagnostic["own_token"]["input"] != diagnostic["own_token"]["raw"]  # the trained explainer's maps are used
     movement = diagnostic["projection_movement"]  # the windows start at layers 0 and 2: only their maps train
     assert set(movement) == {"0", "1", "2", "3"} and movement["0"] > 0 and movement["1"] == movement["3"] == 0
     assert "right - shuffled" in diagnostic["answer_logprob"]["all"]
