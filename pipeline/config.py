@@ -29,6 +29,14 @@ def validate_config(config: dict[str, Any], source: str = "config") -> None:
     if errors:
         lines = [f"{'.'.join(str(p) for p in e.absolute_path) or '<top level>'}: {e.message}" for e in errors]
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines))
+    for where, section in [("explainer", config.get("explainer") or {})] + [
+            (f"{task}.explainer", deep_merge(config.get("explainer") or {}, config[task]["explainer"]))
+            for task in ("act_patch", "input_ablation", "features")
+            if isinstance(config.get(task), dict) and isinstance(config[task].get("explainer"), dict)]:
+        if section.get("alignment") == "fitted" and (section.get("projection") == "none" or section.get("scale") == "raw"):
+            raise ConfigError(f"{source}: {where}: alignment 'fitted' starts per-layer projections from a map fitted on "
+                              f"unit vectors: it needs projection 'linear' and scale 'embedding_norm' (got projection "
+                              f"{section.get('projection')!r}, scale {section.get('scale')!r})")
     for key, spec in config["models"].items():
         needed = {"gguf_wheel": ["package", "file"], "random": ["tokenizer_from"], "hf": ["path"]}[spec["source"]]
         for name in needed:
@@ -151,7 +159,7 @@ class InputAblationConfig:
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "InputAblationConfig":
-        flat = {k: v for k, v in section.items() if k not in ("training", "generation")}
+        flat = {k: v for k, v in section.items() if k not in ("training", "generation", "explainer")}
         return _build(cls, {**flat, "relations": tuple(flat.get("relations", cls.relations))})
 
 

@@ -113,7 +113,7 @@ def all_stages() -> dict[str, Stage]:
     return stages
 
 
-SHARED_SECTIONS = ("training", "generation")  # a task may override these under its own section
+SHARED_SECTIONS = ("training", "generation", "explainer")  # a task may override these under its own section
 
 
 def task_section(config: dict[str, Any], head: str, task: str | None) -> dict[str, Any]:
@@ -156,7 +156,7 @@ def _lookup(config: dict[str, Any], path: str, task: str | None) -> tuple[bool, 
             return False, None
         value = value[part]
     if task and head == task and not rest:  # a task's own section holds overrides of shared ones: not its settings
-        value = {k: v for k, v in value.items() if k not in SHARED_SECTIONS}
+        value = {k: v for k, v in value.items() if not (k in SHARED_SECTIONS and isinstance(v, dict))}
     return found, value
 
 

@@ -224,3 +224,18 @@ def test_diagnostic_ranks_states_that_equal_the_embeddings_first(tiny):
     same = torch.ones(4, 8)
     opposite = torch.tensor([[1.0] * 8, [-1.0] * 8])
     assert shared_part(torch.cat([same, opposite]), ["a"] * 4 + ["b"] * 2) == pytest.approx({"a": 1.0, "b": 0.0})
+
+
+def test_raw_scale_puts_the_vector_itself_at_the_placeholder(tiny):
+    """The paper's injection when widths match: no projection, no normalisation."""
+    model, tokenizer = tiny
+    placeholder = placeholder_token_id(tokenizer, model)
+    width = model.get_input_embeddings().weight.shape[1]
+    explainer = ContinuousTokenExplainer(model, width, placeholder, projection="none", scale="raw")
+    example = encode_example(tokenizer, "x <vector> y", None, "plain", placeholder)
+    vectors = 40.0 * torch.randn(1, width, generator=torch.Generator().manual_seed(6))
+    batch = collate([example], vectors, tokenizer.pad_token_id, "cpu")
+    embeds = explainer.embed(batch["input_ids"], batch["vectors"])
+    assert torch.equal(embeds[0, example.input_ids.index(placeholder)], vectors[0])
+    with pytest.raises(ValueError, match="raw"):
+        ContinuousTokenExplainer(model, width, placeholder, scale="raw", alignment=_maps(width, width, (0,)))

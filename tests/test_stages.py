@@ -7,18 +7,22 @@ from pipeline import stages
 
 def test_execution_settings_are_not_part_of_a_stage_result(base_config):
     train = stages.settings(base_config, "act_patch_train")
-    assert set(train) == {"training", "explainer"}
-    assert not {"gpus", "cpu_processes", "checkpoint_every", "gradient_checkpointing", "fsdp"} & set(train["training"])
+    assert set(train) == {"training", "explainer", "act_patch"} and set(train["act_patch"]) == {"training_rows"}
+    assert train["explainer"]["alignment"] == "fitted"  # act_patch's own explainer section over the shared one
+    assert stages.settings(base_config, "input_ablation_train")["explainer"]["alignment"] == "identity"
+    assert not {"gpus", "cpu_processes", "checkpoint_every", "gradient_checkpointing", "fsdp", "seeds"} & set(
+        train["training"])
     changed = copy.deepcopy(base_config)
     changed["training"] |= {"gpus": 8, "cpu_processes": 2, "checkpoint_every": 7, "gradient_checkpointing": True,
-                            "fsdp": "full_shard"}
+                            "fsdp": "full_shard", "seeds": [5, 6]}
     changed["act_patch"]["batch_size"] = 3
     changed["act_patch"]["chunk_pairs"] = 7
     changed["generation"]["batch_size"] = 5
     for stage in stages.all_stages():
         assert stages.settings(changed, stage, model="smollm") == stages.settings(base_config, stage, model="smollm"), stage
     assert stages.execution(changed, "act_patch_train")["training"] == {
-        "gpus": 8, "cpu_processes": 2, "checkpoint_every": 7, "gradient_checkpointing": True, "fsdp": "full_shard"}
+        "gpus": 8, "cpu_processes": 2, "checkpoint_every": 7, "gradient_checkpointing": True, "fsdp": "full_shard",
+        "seeds": [5, 6]}
     # What the stage runs with has them back.
     run = stages.run_settings(train, changed, "act_patch_train")
     assert run["training"]["gpus"] == 8 and run["training"]["learning_rate"] == base_config["training"]["learning_rate"]
@@ -104,7 +108,7 @@ def test_features_simulator_and_ood_settings_move_only_their_stages(base_config)
     def moved(edit):
         changed = copy.deepcopy(base_config)
         edit(changed["features"])
-        return {s for s in stages.all_stages()
+        return {s for s in stages.all_stages() if not s.endswith("_seeded")  # a seeded rule's stage is its unseeded one
                 if stages.settings(changed, s, model="smollm") != stages.settings(base_config, s, model="smollm")}
 
     assert moved(lambda f: f["simulator"]["training"].update(steps=7)) == {"features_simulator", "features_score"}

@@ -168,17 +168,14 @@ def test_seeds_train_generate_and_score_apart_and_gather_into_one_table(finished
 
 
 def test_fitted_alignment_reading_rows_and_the_diagnostic_run_end_to_end(finished_run, tmp_path):
-    """explainer.alignment: fitted fits the maps once, trains per-layer projections from them (the untrained variant
-    starts from them too) and the diagnostic reads the trained explainer."""
-    changed = override(tmp_path, "fitted.yaml", {
-        "explainer": {"alignment": "fitted"},
-        "act_patch": {"training_rows": {"oversample_counterfactual": 2, "reading": {"fraction": 0.5}}},
-        "training": {"loss_weights": {"content": 2.0, "verdict": 2.0}}})
+    """act_patch's default (explainer.alignment: fitted, with reading rows and loss weights) fits the maps once and
+    trains per-layer projections from them; the diagnostic reads the trained explainer; identity needs no maps."""
     targets = ["results/act_patch/tiny_tiny.json", "results/diagnostics/act_patch/tiny_tiny.json"]
-    plan = planned_jobs(snakemake(finished_run, "-n", *targets, configfiles=[changed]))
-    assert plan == {"alignment": 1, "act_patch_train": 1, "act_patch_generate": 4, "act_patch_score": 1,
-                    "act_patch_diagnostics": 1}
-    run = snakemake(finished_run, *targets, configfiles=[changed])
+    assert planned_jobs(snakemake(finished_run, "-n", *targets)).keys() <= {"act_patch_diagnostics", "act_patch_score"}
+    identity = override(tmp_path, "identity.yaml", {"act_patch": {"explainer": {"alignment": "identity"}}})
+    assert planned_jobs(snakemake(finished_run, "-n", targets[0], configfiles=[identity])) == {
+        "act_patch_train": 1, "act_patch_generate": 4, "act_patch_score": 1}
+    run = snakemake(finished_run, *targets)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     quality = pd.read_parquet(finished_run / "work/alignment/tiny_tiny.quality.parquet")
     assert list(quality["layer"]) == [0, 1, 2, 3] and quality["r2"].notna().all()
@@ -190,8 +187,9 @@ def test_fitted_alignment_reading_rows_and_the_diagnostic_run_end_to_end(finishe
     movement = diagnostic["projection_movement"]  # the windows start at layers 0 and 2: only their maps train
     assert set(movement) == {"0", "1", "2", "3"} and movement["0"] > 0 and movement["1"] == movement["3"] == 0
     assert "right - shuffled" in diagnostic["answer_logprob"]["all"]
-    restore = snakemake(finished_run, "results/act_patch/tiny_tiny.json")  # leave the module's run as it was
-    assert restore.returncode == 0
+    fitted_with_raw = override(tmp_path, "raw.yaml", {"explainer": {"scale": "raw"}})
+    refused = snakemake(finished_run, "-n", targets[0], configfiles=[fitted_with_raw])
+    assert refused.returncode != 0 and "act_patch.explainer: alignment 'fitted'" in refused.stdout + refused.stderr
 
 
 def test_self_versus_other_matrix_pairs_every_explainer_with_every_target(finished_run):
@@ -264,8 +262,12 @@ def test_cross_model_runs_bridge_the_widths(tmp_path):
         assert meta["target_width"] == target_width and meta["projection"] == "linear"
     from safetensors.torch import load_file
 
-    projection = load_file(str(tmp_path / "work/act_patch/explainers/smollm_gemma/projection.safetensors"))["weight"]
-    assert tuple(projection.shape) == (576, 640)
+    # act_patch reads through per-layer maps fitted across the two tokenizers (tokens matched where they end)
+    maps = load_file(str(tmp_path / "work/act_patch/explainers/smollm_gemma/projection.safetensors"))
+    weights = {name: tuple(t.shape) for name, t in maps.items() if name.endswith(".weight")}
+    assert len(weights) == 18 and set(weights.values()) == {(576, 640)}
+    quality = pd.read_parquet(tmp_path / "work/alignment/smollm_gemma.quality.parquet")
+    assert len(quality) == 18 and quality["rank_median_before"].isna().all()  # no identity across widths
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ def _models(wildcards, task):
 
 def alignment_input(wildcards, task):
     """The fitted explainer-from-target maps, when explainer.alignment is 'fitted' (a language-model target only)."""
-    if config["explainer"].get("alignment", "identity") != "fitted":
+    if stages.task_section(config, "explainer", task).get("alignment", "identity") != "fitted":
         return {}
     if get_task(task).target_dir is not None:
         raise ValueError(f"explainer.alignment 'fitted': the {task} task's target is not a language model, so there "
