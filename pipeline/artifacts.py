@@ -86,9 +86,17 @@ def check_same_run(*paths: str | os.PathLike) -> None:
                             f"{described}; rerun the stage that writes them")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file path; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary file path; on success it replaces `path`, on failure it is removed. The file gets the
+    mode a plain `open` would give it (0666 less the umask), not mkstemp's 0600: on a shared cluster the group
+    reads the results as the umask says."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -96,6 +104,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -117,7 +126,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     restore_previous(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o755)
+    tmp.chmod(0o777 & ~_umask())
     backup = _backup_name(path)
     try:
         yield tmp

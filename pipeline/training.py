@@ -261,8 +261,6 @@ def _deepspeed_scope():
 
 def _checkpoint_to_resume(checkpoint_dir: Path, run_hash: str) -> str | None:
     """The newest checkpoint written under this run's key; checkpoints of other settings are deleted."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     key_file = checkpoint_dir / KEY_FILE
     if checkpoint_dir.exists():
         written = json.loads(key_file.read_text()).get("run_hash") if key_file.exists() else None
@@ -277,7 +275,30 @@ def _checkpoint_to_resume(checkpoint_dir: Path, run_hash: str) -> str | None:
         with atomic_path(key_file) as tmp:
             tmp.write_text(json.dumps({"run_hash": run_hash}) + "\n")
     _barrier()
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
+    return _newest_complete_checkpoint(checkpoint_dir)
+
+
+CHECKPOINT_FILES = (TRAINABLE_FILE, "trainer_state.json")  # what every resumable checkpoint holds
+
+
+def _newest_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest `checkpoint-N` folder that holds every file a resume reads; newer ones cut off mid-write (a crash
+    while the Trainer writes in place) are removed with a warning instead of failing every rerun."""
+    if not checkpoint_dir.exists():
+        return None
+    found = sorted((int(p.name.split("-")[1]), p) for p in checkpoint_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    for _, folder in reversed(found):
+        missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+        if not missing:
+            return str(folder)
+        print(f"WARNING: ignoring checkpoint {folder}: it is incomplete (no {', '.join(missing)}), as a run killed "
+              f"while writing it leaves it; resuming from an earlier one or from the start", file=sys.stderr)
+        _barrier()
+        if world()[0] == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+        _barrier()
+    return None
 
 
 def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_model_dir: str | Path,

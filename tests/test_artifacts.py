@@ -111,3 +111,24 @@ def test_files_of_one_stage_run_share_a_run_id(tmp_path):
     write_table(pd.DataFrame({"a": [1]}), tmp_path / "bare.parquet", {})
     with pytest.raises(ArtifactError, match="bare.parquet: no provenance"):
         fingerprint(tmp_path / "bare.parquet")
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)])
+def test_artifacts_are_readable_as_the_umask_says(tmp_path, umask, file_mode, dir_mode):
+    """Not mkstemp's 0600: on a shared cluster the group reads the results when the umask lets it."""
+    import os
+    import stat
+
+    from pipeline.artifacts import atomic_dir, write_json
+
+    old = os.umask(umask)
+    try:
+        write_json({"a": 1}, tmp_path / "result.json")
+        write_table(pd.DataFrame({"x": [1]}), tmp_path / "table.parquet", provenance({}))
+        with atomic_dir(tmp_path / "folder") as folder:
+            (folder / "inside.txt").write_text("x")
+    finally:
+        os.umask(old)
+    for name in ("result.json", "table.parquet"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == dir_mode

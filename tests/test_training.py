@@ -385,3 +385,20 @@ def test_fsdp_across_two_processes_matches_one_process(tmp_path, tiny_dir):
     assert one.keys() == two.keys()
     for name in one:
         assert torch.allclose(one[name], two[name], rtol=1e-3, atol=1e-5), name
+
+
+def test_a_checkpoint_cut_off_mid_write_is_ignored_not_stuck(tmp_path, capsys):
+    """A crash while the Trainer writes checkpoint-N in place leaves it without trainer_state.json: a rerun resumes
+    from the newest complete checkpoint (or starts over) instead of failing on the missing file every time."""
+    from pipeline.training import TRAINABLE_FILE, _checkpoint_to_resume
+
+    for step, files in ((10, [TRAINABLE_FILE, "trainer_state.json"]), (20, [TRAINABLE_FILE])):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        for name in files:
+            (folder / name).write_text("x")
+    (tmp_path / "run_key.json").write_text(json.dumps({"run_hash": "abc"}))
+    assert _checkpoint_to_resume(tmp_path, "abc") == str(tmp_path / "checkpoint-10")
+    assert not (tmp_path / "checkpoint-20").exists() and "incomplete (no trainer_state.json)" in capsys.readouterr().err
+    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
+    assert _checkpoint_to_resume(tmp_path, "abc") is None
