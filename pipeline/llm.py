@@ -91,9 +91,20 @@ class ReplyCache:
         self._db.close()
 
 
+DEFAULT_SERVER = "https://api.openai.com/v1"  # the openai client's, where neither base_url nor OPENAI_BASE_URL is set
+
+
+def server(settings: ChatSettings) -> str:
+    """The server a call goes to: two servers may serve a model of the same name and answer differently."""
+    import os
+
+    return (settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_SERVER).rstrip("/")
+
+
 def cache_key(settings: ChatSettings, messages: list[dict], attempt: int) -> str:
-    blob = json.dumps({"model": settings.model, "messages": messages, "sampling": settings.sampling(),
-                       "attempt": attempt}, sort_keys=True)
+    """Everything that can change a reply: the server, the model, the messages, the sampling and the attempt."""
+    blob = json.dumps({"server": server(settings), "model": settings.model, "messages": messages,
+                       "sampling": settings.sampling(), "attempt": attempt}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

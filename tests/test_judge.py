@@ -99,3 +99,26 @@ def test_a_client_error_fails_at_once_without_retries(tmp_path):
         with pytest.raises(LLMCallError, match=r"pair0: HTTP 401 .*not retried"):
             run(judged, PAIRS[:1])
         assert server.requests == 1
+
+
+def test_another_server_with_a_model_of_the_same_name_is_asked_again(tmp_path):
+    """The cache is keyed by the server too: a rerun against the same server is free, another server is asked."""
+    unique = {(p, e) for p, e in PAIRS if p}
+    with ChatServer() as first_server, ChatServer() as second_server:
+        run(judge(first_server, tmp_path / "cache.sqlite"), PAIRS)
+        run(judge(first_server, tmp_path / "cache.sqlite"), PAIRS)
+        assert first_server.requests == len(unique)
+        other = judge(second_server, tmp_path / "cache.sqlite")
+        run(other, PAIRS)
+        assert second_server.requests == len(unique) and other.accounting()["cached"] == 0
+
+
+def test_a_malformed_server_address_is_refused_naming_the_setting(base_config):
+    import copy
+
+    from pipeline.config import ConfigError, validate_config
+
+    config = copy.deepcopy(base_config)
+    config["features"]["judge"]["base_url"] = "htp//127.0.0.1:8000 v1"
+    with pytest.raises(ConfigError, match=r"features\.judge\.base_url: 'htp//127.0.0.1:8000 v1' does not match"):
+        validate_config(config)
