@@ -20,11 +20,27 @@ class ConfigError(ValueError):
     """The configuration is malformed; the message names the field and what was expected."""
 
 
+OVERRIDABLE = ("training", "generation", "explainer")  # shared sections a task's own section may override
+
+
+def schema() -> dict[str, Any]:
+    """The config schema, with each task's overrides of a shared section checked as that section is (every key
+    optional, unknown keys refused): one definition, so an override can be no looser than the section."""
+    loaded = yaml.safe_load(SCHEMA_PATH.read_text())
+    sections = loaded["properties"]
+    for task_schema in sections.values():
+        overrides = task_schema.get("properties", {}) if isinstance(task_schema, dict) else {}
+        for head in OVERRIDABLE:
+            if overrides.get(head, {}).get("type") == "object":
+                overrides[head] = {k: v for k, v in sections[head].items() if k != "required"} | {
+                    "description": f"overrides of the {head} section for this task"}
+    return loaded
+
+
 def validate_config(config: dict[str, Any], source: str = "config") -> None:
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"{'.'.join(str(p) for p in e.absolute_path) or '<top level>'}: {e.message}" for e in errors]

@@ -25,6 +25,23 @@ def test_invalid_values_name_the_field(base_config, path, value, expected):
         validate_config(config)
 
 
+@pytest.mark.parametrize("task, head, override, expected", [
+    ("act_patch", "training", {"precision": "fp16"}, r"act_patch\.training\.precision: 'fp16' is not one of"),
+    ("act_patch", "training", {"batch_size": 0}, r"act_patch\.training\.batch_size: 0 is less than the minimum of 1"),
+    ("features", "training", {"learning_rat": 1e-4}, r"features\.training: Additional properties .*'learning_rat'"),
+    ("features", "training", {"lora": {"rr": 3}}, r"features\.training\.lora: Additional properties .*'rr'"),
+    ("input_ablation", "generation", {"max_new_tokens": 0}, r"input_ablation\.generation\.max_new_tokens"),
+    ("act_patch", "explainer", {"alignment": "ridge"}, r"act_patch\.explainer\.alignment: 'ridge' is not one of"),
+])
+def test_a_tasks_overrides_are_checked_as_the_section_they_override(base_config, task, head, override, expected):
+    config = copy.deepcopy(base_config)
+    config[task][head] = override
+    with pytest.raises(ConfigError, match=expected):
+        validate_config(config)
+    config[task][head] = {}  # every key of an override is optional
+    validate_config(config)
+
+
 def test_missing_section_and_model_fields(base_config):
     config = copy.deepcopy(base_config)
     del config["scoring"]
