@@ -102,7 +102,7 @@ def diagnose(task_name: str, label_paths: dict, explainer_dir, target_dir, train
     from pipeline.act_patch import shuffled_vectors
     from pipeline.explain import _explainer_width, vector_layers
     from pipeline.explainer import load_explainer
-    from pipeline.generation import seeded_subset
+    from pipeline.sampling import seeded_subset
     from pipeline.metrics import paired_mean_difference
     from pipeline.models import load_tokenizer, read_manifest
     from pipeline.tasks import get_task

@@ -92,7 +92,8 @@ def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths
     with the task's format instruction, in its chat template if it has one); and the task's vector controls."""
     from pipeline.artifacts import provenance, write_table
     from pipeline.explainer import load_explainer
-    from pipeline.generation import generate_answers, seeded_subset
+    from pipeline.generation import generate_answers
+    from pipeline.sampling import seeded_subset
     from pipeline.models import read_manifest
 
     spec = get_task(task)

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example
 from pipeline.models import input_device
-
-
-def seeded_subset(count: int, limit: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded sample of `limit` out of `count` rows (all rows when `limit` is unset or larger)."""
-    if limit and count > limit:
-        return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
-    return np.arange(count)
 
 
 @torch.no_grad()

@@ -333,11 +333,30 @@ def _store_hash_cache(cache: dict) -> None:
         pass
 
 
+def behaviour(module: str) -> str:
+    """What in a module's source can change what it does: its syntax tree without comments, docstrings or layout
+    (`ast.dump` leaves out line numbers). A comment or a reworded docstring reruns nothing."""
+    path = _module_file(module)
+    stat = path.stat()
+    return _behaviour(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _behaviour(path: str, size: int, mtime: int) -> str:
+    tree = ast.parse(Path(path).read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body and isinstance(
+                body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def _hash_stage(stage: str) -> str:
     digest = hashlib.sha256()
     declared = _stage(stage)
     for module in code_closure(declared.entry, declared.modules):
-        digest.update(module.encode() + b"\0" + _module_file(module).read_bytes() + b"\0")
+        digest.update(module.encode() + b"\0" + behaviour(module).encode() + b"\0")
     return digest.hexdigest()[:16]
 
 

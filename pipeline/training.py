@@ -30,7 +30,7 @@ import torch
 from pipeline.artifacts import ArtifactError, atomic_dir, atomic_path, config_hash, provenance
 from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id, save_explainer
-from pipeline.generation import seeded_subset
+from pipeline.sampling import seeded_subset
 from pipeline.models import load_model, read_manifest
 
 

@@ -73,7 +73,7 @@ def test_code_hash_changes_when_a_module_in_the_closure_changes(monkeypatch, tmp
         cache.cache_clear()
     before = {s: stages.code_hash(s) for s in ("act_patch_labels", "act_patch_train")}
     with open(copy_dir / "training.py", "a") as handle:
-        handle.write("\n# a change\n")
+        handle.write("\nCHANGE = 1\n")
     for cache in caches:
         cache.cache_clear()
     after = {s: stages.code_hash(s) for s in ("act_patch_labels", "act_patch_train")}
@@ -81,7 +81,7 @@ def test_code_hash_changes_when_a_module_in_the_closure_changes(monkeypatch, tmp
     assert after["act_patch_train"] != before["act_patch_train"]
     assert (copy_dir / "__pycache__" / "stage-code-hashes.json").exists()  # kept for the next parse
     with open(copy_dir / "training.py", "a") as handle:
-        handle.write("# another change\n")
+        handle.write("ANOTHER_CHANGE = 2\n")
     assert stages.code_hash("act_patch_train") != after["act_patch_train"]  # the kept hashes go with the change
     for cache in caches:
         cache.cache_clear()
@@ -132,3 +132,26 @@ def test_gpu_count_and_threads_follow_what_the_process_is_given(monkeypatch):
     assert runtime.usable_threads(256) == allowed and runtime.usable_threads(1) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # as under a one-CPU SLURM allocation
     assert runtime.usable_threads(256) == 1
+
+
+def test_code_hashes_see_behaviour_not_comments_or_docstrings(tmp_path, monkeypatch):
+    source = '"""Module doc."""\nimport os\n\n\ndef f(x):\n    """Doc."""\n    return x + 1  # note\n'
+    variants = {
+        "same": source,
+        "comments": source.replace("# note", "# another note") + "\n# trailing\n",
+        "docstrings": source.replace("Module doc.", "Reworded.").replace('"""Doc."""', '"""Other words."""'),
+        "layout": source.replace("return x + 1", "return (x\n            + 1)"),
+        "code": source.replace("x + 1", "x + 2"),
+    }
+    dumps = {}
+    for name, text in variants.items():
+        (tmp_path / f"{name}.py").write_text(text)
+        monkeypatch.setattr(stages, "_module_file", lambda module, folder=tmp_path: folder / f"{module}.py")
+        dumps[name] = stages.behaviour(name)
+    assert dumps["comments"] == dumps["docstrings"] == dumps["layout"] == dumps["same"] != dumps["code"]
+
+
+def test_training_does_not_depend_on_the_generation_code(base_config):
+    """Training draws its rows with pipeline.sampling, not through generation.py, so an edit there reruns no training."""
+    assert "pipeline.generation" not in stages.code_closure("pipeline.training:train_explainer")
+    assert "pipeline.sampling" in stages.code_closure("pipeline.training:train_explainer")
