@@ -381,7 +381,12 @@ def simulator_input(target: str, simulator: dict) -> dict[str, str]:
     from pathlib import Path
 
     if simulator.get("checkpoint"):
-        return {"simulator": simulator["checkpoint"]} if Path(simulator["checkpoint"]).is_dir() else {}
+        path = str(simulator["checkpoint"])
+        local = Path(path).is_absolute() or path.startswith((".", "~")) or Path(path).exists()
+        if local and not Path(path).expanduser().is_dir():
+            raise ValueError(f"features.simulator.checkpoint: local folder {path} does not exist (a hub id is "
+                             f"written owner/name)")
+        return {"simulator": path} if Path(path).is_dir() else {}
     if simulator.get("train"):
         return {"simulator": f"work/features/simulator/{target}"}
     return {"simulator": f"resources/models/{simulator['model']}"}

@@ -434,3 +434,25 @@ def test_features_paper_run_plans_from_the_archive_without_saes(tmp_path):
                                   configfiles=[REPO / "config.paper.yaml"]))
     assert plan == {"prepare_model": 1, "features_descriptions": 1, "features_train": 1, "features_generate": 4,
                     "features_score": 1}
+
+
+def test_settings_that_cannot_run_are_refused_before_any_job(tmp_path):
+    """Caught at planning, naming the setting: layer injection across models, a missing local simulator checkpoint,
+    duplicate SAE layers, an empty model folder left behind, another task's override of the wrong type."""
+    cases = [
+        ({"explainer": {"inject": "layer"}}, "results/act_patch/tiny_tinyb.json",
+         "explainer.inject 'layer' (act_patch): explainer tiny is not target tinyb"),
+        ({"features": {"simulator": {"checkpoint": "./no-such-simulator"}}}, "results/features/tiny_tiny.json",
+         "features.simulator.checkpoint: local folder ./no-such-simulator does not exist"),
+        ({"features": {"sae": {"layers": [1, 1, 3]}}}, "results/features/tiny_tiny.json",
+         "features.sae.layers: [1, 1, 3] has non-unique elements"),
+        ({"act_patch": {"training": {"learning_rat": 0.1}}}, "results/act_patch/tiny_tiny.json",
+         "act_patch.training: Additional properties are not allowed ('learning_rat' was unexpected)"),
+    ]
+    for settings, target, expected in cases:
+        run = snakemake(tmp_path, "-n", target, configfiles=[override(tmp_path, "bad.yaml", settings)])
+        assert run.returncode != 0 and expected in run.stdout + run.stderr, (expected, run.stderr[-2000:])
+    (tmp_path / "resources" / "models" / "tiny").mkdir(parents=True)
+    run = snakemake(tmp_path, "-n", "results/act_patch/tiny_tiny.json")
+    assert run.returncode != 0 and "resources/models/tiny exists but holds no manifest.json" in run.stdout + run.stderr
+    assert not (tmp_path / "work").exists()

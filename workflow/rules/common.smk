@@ -154,8 +154,12 @@ def known_model(key):
 
 
 def model_sources(wildcards):
-    """No file inputs; checks a local model folder exists before any job starts."""
+    """No file inputs; checks a local model folder exists before any job starts, and that a prepared folder is whole."""
     spec = config["models"][known_model(wildcards.model)]
+    prepared = Path(f"resources/models/{wildcards.model}")
+    if prepared.is_dir() and not (prepared / "manifest.json").is_file():
+        raise ValueError(f"{prepared} exists but holds no manifest.json (an interrupted or hand-made folder): delete it "
+                         f"and run again, and prepare_model builds it")
     path = spec.get("path", "")
     local = Path(path).is_absolute() or path.startswith((".", "~"))
     if spec["source"] == "hf" and local and not Path(path).expanduser().is_dir():
@@ -220,8 +224,13 @@ def run_figure_inputs(wildcards):
 
 def _models(wildcards, task):
     """The explainer's model folder and the target's: a language model, or the folder the task names for its
-    target (circuits: the InterpBench cases)."""
+    target (circuits: the InterpBench cases). A pair that cannot be run is refused here, before any job."""
     target_dir = get_task(task).target_dir
+    section = stages.task_section(config, "explainer", task)
+    if section.get("inject") == "layer" and wildcards.explainer != wildcards.target:
+        raise ValueError(f"explainer.inject 'layer' ({task}): explainer {wildcards.explainer} is not target "
+                         f"{wildcards.target}, and a layer reads only its own model's states; use inject: embedding "
+                         f"for this pair")
     return {"explainer": f"resources/models/{known_model(wildcards.explainer)}",
             "target": target_dir(wildcards.target) if target_dir else f"resources/models/{known_model(wildcards.target)}"}
 
