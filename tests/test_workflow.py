@@ -452,6 +452,11 @@ def test_settings_that_cannot_run_are_refused_before_any_job(tmp_path):
     for settings, target, expected in cases:
         run = snakemake(tmp_path, "-n", target, configfiles=[override(tmp_path, "bad.yaml", settings)])
         assert run.returncode != 0 and expected in run.stdout + run.stderr, (expected, run.stderr[-2000:])
+    for target, expected in (("resources/interpbench/ioi", "InterpBench case ioi is listed in interpbench.cases but is "
+                                                          "not built here"),
+                             ("results/interpbench/999.json", "InterpBench case '999' is not in interpbench.cases")):
+        run = snakemake(tmp_path, "-n", target)
+        assert run.returncode != 0 and expected in run.stdout + run.stderr, (expected, run.stderr[-2000:])
     (tmp_path / "resources" / "models" / "tiny").mkdir(parents=True)
     run = snakemake(tmp_path, "-n", "results/act_patch/tiny_tiny.json")
     assert run.returncode != 0 and "resources/models/tiny exists but holds no manifest.json" in run.stdout + run.stderr

@@ -49,6 +49,19 @@ if not Path(INTERPBENCH_METADATA).is_absolute() and not Path(INTERPBENCH_METADAT
 INTERPBENCH_BUILD, INTERPBENCH_SKIPPED = interpbench.plan(INTERPBENCH_METADATA, config["interpbench"]["cases"])
 
 
+def interpbench_case_metadata(wildcards):
+    """The metadata a case is built from, once the case is known to be one this config builds: a listed case that
+    cannot be built here, or one never listed, is refused before any job with what to do."""
+    case = wildcards.case
+    if case in INTERPBENCH_SKIPPED:
+        raise ValueError(f"InterpBench case {case} is listed in interpbench.cases but is not built here: "
+                         f"{INTERPBENCH_SKIPPED[case]}")
+    if case not in INTERPBENCH_BUILD:
+        raise ValueError(f"InterpBench case {case!r} is not in interpbench.cases ({INTERPBENCH_BUILD}); add it there "
+                         f"if {INTERPBENCH_METADATA} defines it")
+    return INTERPBENCH_METADATA
+
+
 def circuit_cases(split):
     """The InterpBench case folders the circuits task reads for a split (train/test: circuits.train_cases;
     heldout_cases: circuits.heldout_cases); each must be a case this config builds."""

@@ -1,6 +1,6 @@
 rule interpbench_case:
     input:
-        metadata=INTERPBENCH_METADATA,
+        metadata=interpbench_case_metadata,
     output:
         case=directory("resources/interpbench/{case}"),
         stats="work/interpbench/{case}.json",
