@@ -461,3 +461,9 @@ def test_settings_that_cannot_run_are_refused_before_any_job(tmp_path):
     run = snakemake(tmp_path, "-n", "results/act_patch/tiny_tiny.json")
     assert run.returncode != 0 and "resources/models/tiny exists but holds no manifest.json" in run.stdout + run.stderr
     assert not (tmp_path / "work").exists()
+    (tmp_path / "resources" / "models" / "tiny").rmdir()
+    assert snakemake(tmp_path, "resources/models/tiny").returncode == 0  # once prepared, its depth is known
+    deep = override(tmp_path, "deep.yaml", {"features": {"sae": {"layers": [1, 9]}}})
+    run = snakemake(tmp_path, "-n", "results/features/tiny_tiny.json", configfiles=[deep])
+    assert run.returncode != 0 and "features.sae.layers: [9] beyond the last layer of tiny (4 layers: 0..3)" in (
+        run.stdout + run.stderr)

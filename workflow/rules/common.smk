@@ -1,4 +1,5 @@
 # Wildcard constraints and input functions shared by the rule files.
+import json
 from pathlib import Path
 
 from pipeline import interpbench, runtime, stages
@@ -320,6 +321,18 @@ def diagnostic_inputs(wildcards):
     run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
     return (get_task("act_patch").label_paths(wildcards.target, "test") | _models(wildcards, "act_patch")
             | {"trained": f"work/act_patch/explainers/{run}"} | alignment_input(wildcards, "act_patch"))
+
+
+def sae_target(wildcards):
+    """The target the SAEs read; once it is prepared, features.sae.layers are checked against its depth."""
+    folder = Path(f"resources/models/{known_model(wildcards.target)}")
+    if (folder / "manifest.json").is_file():
+        depth = json.loads((folder / "manifest.json").read_text())["num_layers"]
+        beyond = [layer for layer in config["features"]["sae"]["layers"] if layer >= depth]
+        if beyond:
+            raise ValueError(f"features.sae.layers: {beyond} beyond the last layer of {wildcards.target} "
+                             f"({depth} layers: 0..{depth - 1})")
+    return str(folder)
 
 
 def simulator_training_inputs(wildcards):

@@ -23,7 +23,7 @@ rule features_corpus:
 rule features_sae:
     input:
         corpus="work/features/corpus.parquet",
-        target="resources/models/{target}",
+        target=sae_target,
     output:
         sae=directory("work/features/sae/{target}"),
         quality="work/features/sae/{target}.quality.parquet",
