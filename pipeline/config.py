@@ -270,3 +270,30 @@ def with_base_config(config: dict[str, Any], base_path: str | Path) -> dict[str,
     """The workflow's config.yaml with the run's --configfile/--config values layered on top."""
     base = yaml.safe_load(Path(base_path).read_text())
     return deep_merge(base, config)
+
+
+def check_files(paths: list[str], base_path: str | Path = Path(__file__).resolve().parent.parent / "config.yaml") -> None:
+    """Check config files as a run would layer them over config.yaml, naming the file and, for YAML that does not
+    parse, its line (Snakemake reads --configfile before the workflow and says only "not valid JSON or YAML")."""
+    layered: dict[str, Any] = {}
+    for path in paths:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from error
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        layered = deep_merge(layered, loaded)
+    validate_config(with_base_config(layered, base_path), source=" + ".join(["config.yaml", *map(str, paths)]))
+
+
+if __name__ == "__main__":  # python -m pipeline.config my.yaml [more.yaml ...]
+    import sys
+
+    try:
+        check_files(sys.argv[1:])
+    except ConfigError as error:
+        sys.exit(str(error))
+    print(f"valid: config.yaml + {' + '.join(sys.argv[1:]) or 'nothing'}")

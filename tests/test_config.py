@@ -87,3 +87,19 @@ def test_training_config_flattens_lora_and_deepspeed(base_config):
 def test_deep_merge_overrides_nested_keys_only():
     merged = deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}})
     assert merged == {"a": {"b": 5, "c": 2}, "d": 3}
+
+
+def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tmp_path):
+    from pipeline.config import check_files
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  seed: [1\n  lr: 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml, line 3, column 5: not valid YAML"):
+        check_files([str(bad)])
+    good = tmp_path / "good.yaml"
+    good.write_text("training: {seed: 3}\n")
+    check_files([str(good)])
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("training: {sed: 3}\n")
+    with pytest.raises(ConfigError, match=r"(?s)wrong\.yaml.*training: Additional properties"):
+        check_files([str(good), str(wrong)])
