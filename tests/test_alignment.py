@@ -226,9 +226,11 @@ def test_diagnostic_ranks_states_that_equal_the_embeddings_first(tiny):
     assert shared_part(torch.cat([same, opposite]), ["a"] * 4 + ["b"] * 2) == pytest.approx({"a": 1.0, "b": 0.0})
 
 
-def test_raw_scale_puts_the_vector_itself_at_the_placeholder(tiny):
+def test_raw_scale_puts_the_vector_itself_at_the_placeholder(tiny_dir):
     """The paper's injection when widths match: no projection, no normalisation."""
-    model, tokenizer = tiny
+    from pipeline.models import load_model
+
+    model, tokenizer = load_model(tiny_dir)  # its own copy: the placeholder is added to this tokenizer and model
     placeholder = placeholder_token_id(tokenizer, model)
     width = model.get_input_embeddings().weight.shape[1]
     explainer = ContinuousTokenExplainer(model, width, placeholder, projection="none", scale="raw")

@@ -77,7 +77,7 @@ def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path
     logs = {part.removeprefix("rule_") for p in (slurm_dir / "logs/slurm").rglob("*.log")
             for part in p.relative_to(slurm_dir / "logs/slurm").parts if part.startswith("rule_")}
     assert {"prepare_model", "act_patch_facts", "act_patch_pairs", "act_patch_label_chunk", "act_patch_labels",
-            "act_patch_train", "act_patch_generate"} <= logs
+            "alignment", "act_patch_train", "act_patch_generate"} <= logs
     assert "act_patch_score" not in logs  # a localrule: it ran beside Snakemake, without sbatch
     gpu_jobs = 0
     for slurm_id in submitted.values():
@@ -85,7 +85,7 @@ def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path
         assert "JobState=COMPLETED" in job, job
         if "gres:gpu" in job:
             gpu_jobs += 1
-    assert gpu_jobs == 1 + 2 + 3 + 1 + 4  # facts, pairs x2, label chunks (2 train, 1 test), train, generate x4
+    assert gpu_jobs == 1 + 2 + 3 + 1 + 1 + 4  # facts, pairs x2, label chunks (2 train, 1 test), alignment, train, generate x4
 
     local, local_seconds = snakemake(local_dir, os.environ.copy(), "--cores", "2", timeout=900)
     assert local.returncode == 0, (local.stdout + local.stderr)[-4000:]

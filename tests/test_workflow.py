@@ -74,7 +74,8 @@ def test_every_stage_table_opens_in_pandas_and_datasets(finished_run):
     import datasets
 
     tables = sorted((finished_run / "work").rglob("*.parquet"))
-    assert len(tables) == 12  # facts, two pair tables, three label chunks, two label splits, four prediction variants
+    # facts, two pair tables, three label chunks, two label splits, four prediction variants, the alignment's quality
+    assert len(tables) == 13
     for path in tables:
         assert len(pd.read_parquet(path)) > 0
         assert datasets.load_dataset("parquet", data_files=str(path), split="train").num_rows > 0
@@ -165,7 +166,7 @@ def test_seeds_train_generate_and_score_apart_and_gather_into_one_table(finished
     # Another seed list reruns only what is new; the main run stays as it is.
     more = override(tmp_path, "more.yaml", {"training": {"seeds": [0, 1, 2]}})
     assert planned_jobs(snakemake(finished_run, "-n", target, configfiles=[more])) == {
-        "act_patch_train_seeded": 1, "act_patch_generate_seeded": 3, "act_patch_score_seeded": 1, "act_patch_seeds": 1}
+        "act_patch_train_seeded": 1, "act_patch_generate_seeded": 4, "act_patch_score_seeded": 1, "act_patch_seeds": 1}
     assert planned_jobs(snakemake(finished_run, "-n", "results/act_patch/tiny_tiny.json", configfiles=[more])).keys() <= {
         "act_patch_score"}
 
