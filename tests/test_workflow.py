@@ -225,10 +225,12 @@ def test_self_versus_other_matrix_pairs_every_explainer_with_every_target(finish
 def test_paper_run_plans_every_job_and_fails_early_without_weights(tmp_path, monkeypatch):
     plan = planned_jobs(snakemake(tmp_path, "-n", "results/act_patch/llama_llama.json"))
     assert plan == {"prepare_model": 1, "act_patch_facts": 1, "act_patch_pairs": 2, "act_patch_label_chunk": 2 + 1,
-                    "act_patch_labels": 2, "act_patch_train": 1, "act_patch_generate": 4, "act_patch_score": 1}
+                    "act_patch_labels": 2, "alignment": 1, "act_patch_train": 1, "act_patch_generate": 4,
+                    "act_patch_score": 1}
     paper = planned_jobs(snakemake(tmp_path, "-n", "results/act_patch/llama_llama.json",
                                    configfiles=[REPO / "config.paper.yaml"]))
     assert paper["act_patch_label_chunk"] == 20 + 2  # 20,000 and 2,000 pairs in chunks of 1,000
+    assert "alignment" not in paper  # the paper's raw injection needs no fitted maps
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty cache, whatever this machine holds
     run = snakemake(tmp_path, "results/act_patch/llama_llama.json", timeout=300)
     assert run.returncode != 0
