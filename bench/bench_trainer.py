@@ -75,8 +75,9 @@ def varied_examples(count: int, width: int, reading_share: float = 0.25):
         if i % round(1 / reading_share) == 0:
             questions.append(f"At layer {6 * (i % 5)}, <vector> =")
             answers.append(COUNTRIES[(i + 3) % len(COUNTRIES)])
-        else:
-            questions.append(" ".join([QUESTION.replace("{}", COUNTRIES[i % len(COUNTRIES)])] * (1 + i % 3))[:300 * (1 + i % 3)])
+        else:  # a third, two thirds or all of the ~130-token question, as the act_patch phrasings and inputs vary
+            text = QUESTION.replace("{}", COUNTRIES[i % len(COUNTRIES)])
+            questions.append(text[:len(text) * (1 + i % 3) // 3])
             answers.append(f"The most likely output would change to <<< {COUNTRIES[(i + 3) % len(COUNTRIES)]}>>>.")
     return questions, answers, torch.randn(count, width, generator=torch.Generator().manual_seed(0))
 
@@ -112,7 +113,7 @@ def main() -> None:
     print(f"trainer / loop = {trainer / loop:.2f}   (goal >= 1.00)")
     # Rows of varied lengths, as the workflow trains on: random batches (today's default) against length-grouped ones.
     # Tokens are the rows' own tokens (padding not counted): what grouping saves is the padding computed.
-    varied = varied_examples(args.steps * args.batch_size * 4, width)
+    varied = varied_examples(args.steps * args.batch_size * 2, width)
     random_batches = trainer_tokens_per_second(cfg, args.model_dir, width, *varied)
     grouped = trainer_tokens_per_second(replace(cfg, group_by_length=True), args.model_dir, width, *varied)
     print(f"varied lengths, random batches:  {random_batches:8.1f} tokens/s")
