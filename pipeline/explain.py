@@ -38,22 +38,20 @@ def _explainer_width(examples: Examples, explainer_dir, target_dir) -> tuple[int
 
 
 def vector_layers(examples: Examples, explainer_cfg, explainer_dir, target_dir) -> list[int] | None:
-    """For `explainer.inject: layer`, the layer each row's vector was taken from (the first of an act_patch window;
-    a feature's layer), after checking that the explainer is the target model; None for embedding injection."""
+    """The layer each row's vector was taken from (the first of an act_patch window; a feature's layer), for an
+    explainer that needs it: `explainer.inject: layer` (after checking that the explainer is the target model) or
+    one projection per layer (`explainer.alignment: fitted`, any pair); None otherwise."""
     from pipeline.models import read_manifest
 
-    if examples.vectors is None or (explainer_cfg.inject != "layer" and explainer_cfg.alignment != "fitted"):
+    layered = explainer_cfg.inject == "layer"
+    if examples.vectors is None or not (layered or explainer_cfg.alignment == "fitted"):
         return None
-    if explainer_cfg.inject != "layer":  # one projection per layer: any pair, but the rows must name their layer
-        if "layer" not in examples.columns:
-            raise ValueError("explainer.alignment is 'fitted', but this task's rows do not say which layer a vector "
-                             "came from")
-        return [int(layer[0]) if isinstance(layer, (list, tuple)) else int(layer) for layer in examples.columns["layer"]]
-    if read_manifest(explainer_dir)["source"] != read_manifest(target_dir)["source"]:
-        raise ValueError(f"explainer.inject is 'layer', but explainer {explainer_dir} is not target {target_dir}: a "
-                         f"layer reads only its own model's states; use inject: embedding for this pair")
+    setting = "explainer.inject is 'layer'" if layered else "explainer.alignment is 'fitted'"
+    if layered and read_manifest(explainer_dir)["source"] != read_manifest(target_dir)["source"]:
+        raise ValueError(f"{setting}, but explainer {explainer_dir} is not target {target_dir}: a layer reads only its "
+                         f"own model's states; use inject: embedding for this pair")
     if "layer" not in examples.columns:
-        raise ValueError("explainer.inject is 'layer', but this task's rows do not say which layer a vector came from")
+        raise ValueError(f"{setting}, but this task's rows do not say which layer a vector came from")
     return [int(layer[0]) if isinstance(layer, (list, tuple)) else int(layer) for layer in examples.columns["layer"]]
 
 
