@@ -191,9 +191,11 @@ def fit_alignment(cfg: AlignmentConfig, target_dir, explainer_dir, text_path, ou
     return quality
 
 
-def load_alignment(path: str | Path, target_width: int, explainer_width: int) -> dict[int, tuple]:
+def load_alignment(path: str | Path, target_width: int, explainer_width: int, center: bool = True) -> dict[int, tuple]:
     """layer -> (weight [explainer width, target width], mean [target width]) from an alignment artifact, checked
-    against the widths the explainer reads and writes."""
+    against the widths the explainer reads and writes; with `center` false the means are zero (for vectors that
+    are directions, such as SAE decoder directions, not states: less a layer's mean state, every direction would
+    point nearly the same way)."""
     from pipeline.artifacts import read_tensors
 
     tensors = read_tensors(path)
@@ -205,7 +207,8 @@ def load_alignment(path: str | Path, target_width: int, explainer_width: int) ->
         if tuple(weight.shape) != (explainer_width, target_width):
             raise AlignmentWidthError(f"{path}: the map of layer {layer} is {tuple(weight.shape)}, but this explainer "
                                       f"maps width {target_width} to {explainer_width}")
-        maps[layer] = (weight.float(), tensors[f"layers.{layer}.mean"].float())
+        mean = tensors[f"layers.{layer}.mean"].float()
+        maps[layer] = (weight.float(), mean if center else torch.zeros_like(mean))
     if not maps:
         raise ArtifactError(f"{path}: no per-layer maps (layers.L.weight)")
     return maps

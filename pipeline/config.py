@@ -187,6 +187,7 @@ class ExplainerConfig:
     alignment: str = "identity"  # or "fitted": one projection per target layer, started from the alignment stage's map
     train_projection: bool = True  # false: the projection(s) stay as started (identity or fitted) in training
     scale: str = "embedding_norm"  # or "raw": the vector as it is (the paper's code), no normalisation
+    center: bool = True  # fitted alignment: subtract the layer's mean state first (false for directions, not states)
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "ExplainerConfig":

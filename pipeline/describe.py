@@ -10,7 +10,8 @@ Describers (which one wrote a description is the `describer` column):
 hash of (layer, feature) so no feature is in both, and writes per split a table and the features' decoder
 directions (unit norm) keyed by row id. `paper_descriptions` reads the paper's released archive instead
 (`features/layer_{L}.pkl`: a d_model x n_features matrix; `explanations/{split}_explanations.pkl`: a list of
-((layer, feature), {chosen_label, all_labels, ...})) into the same tables.
+((layer, feature), {chosen_label, all_labels, all_label_scores, ...})) into the same tables, with each
+description's stored simulator score (`label_score`) for the paper's ratio.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def openai_descriptions(exemplars: dict, model: str, base_url: str | None, cache
     return {name: replies[call] or "" for call, name in ids.items()}
 
 
+def described_exemplars(exemplars: pd.DataFrame, every: int) -> pd.DataFrame:
+    """The top exemplars a describer reads: ranks 0, k, 2k, ... (k = `every`); the simulator scores the other top
+    ranks (simulator.feature_windows), so a reference description is scored out of sample."""
+    return exemplars[(exemplars["kind"] == "top") & (exemplars["rank"] % every == 0)]
+
+
 def feature_split(layer: int, feature: int, test_fraction: float, seed: int) -> str:
     digest = hashlib.sha256(f"{seed}:{layer}:{feature}".encode()).hexdigest()
     return "test" if int(digest[:8], 16) / 0xFFFFFFFF < test_fraction else "train"
@@ -103,16 +110,17 @@ def _write_splits(frame: pd.DataFrame, vectors: torch.Tensor, out: dict, prov: d
 
 def build_descriptions(exemplars_path, stats_path, sae_dir, quality_path, cfg: dict, width: int, out: dict,
                        settings: dict):
-    """Describe a seeded sample of live features per layer; write train/test tables and decoder directions.
+    """Describe a seeded sample of live features per layer from their top exemplars of ranks 0, k, 2k, ... (k =
+    `describe_every`); write train/test tables and decoder directions.
     Their provenance carries the SAEs' quality and the live/dead/always-on counts, for the results file."""
     from pipeline.artifacts import read_provenance
     from pipeline.sae import load_decoder
 
-    exemplars = read_table(exemplars_path, required=["layer", "feature", "kind", "tokens", "window_index",
+    exemplars = read_table(exemplars_path, required=["layer", "feature", "kind", "rank", "tokens", "window_index",
                                                      "activation"])
     stats = read_table(stats_path, required=["layer", "feature", "frequency", "status"])
     rng = np.random.default_rng(cfg["seed"])
-    top = exemplars[exemplars["kind"] == "top"]
+    top = described_exemplars(exemplars, cfg.get("describe_every", 1))
     enough = top.groupby(["layer", "feature"]).size()
     enough = set(enough[enough >= cfg["min_exemplars"]].index)
     chosen = []
@@ -159,6 +167,14 @@ def _load_pickle(path: Path):
         return pickle.load(handle)
 
 
+def label_score(label: dict | None, text: str) -> float:
+    """The archive's stored simulator score of its chosen description, as the paper's `evaluate_item` reads it:
+    `all_label_scores[chosen_label]`, the first stored score when that label has none, NaN when none is stored."""
+    scores = (label or {}).get("all_label_scores") or {}
+    value = scores.get(text, scores.get(str((label or {}).get("chosen_label")), next(iter(scores.values()), None)))
+    return float("nan") if value is None else float(value)
+
+
 def paper_descriptions(archive: str | Path, width: int, out: dict, settings: dict) -> pd.DataFrame:
     """The paper's released features and descriptions in this workflow's tables (split as released)."""
     archive = Path(archive)
@@ -198,7 +214,7 @@ def paper_descriptions(archive: str | Path, width: int, out: dict, settings: dic
                 skipped["no_description"] += 1
                 continue
             rows.append({"feature_id": f"L{layer}/F{feature}", "layer": layer, "feature": feature, "split": split,
-                         "description": text, "describer": "paper archive"})
+                         "description": text, "describer": "paper archive", "label_score": label_score(label, text)})
             direction = matrices[layer][:, feature]
             vectors.append(direction / direction.norm().clamp_min(1e-8))
     if skipped["no_such_feature"] or skipped["in_both_splits"] or skipped["no_description"]:

@@ -108,7 +108,8 @@ def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths
     width, projection = _explainer_width(examples, explainer_dir, target_dir)
     explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir, width,
                                           projection or explainer_cfg.projection, explainer_cfg.inject,
-                                          alignment if projection is None else None, explainer_cfg.scale)
+                                          alignment if projection is None else None, explainer_cfg.scale,
+                                          explainer_cfg.center)
     questions, prompt_format = examples.questions, explainer_cfg.prompt_format
     if variant == "untrained":
         questions = [q + spec.format_instruction for q in questions]

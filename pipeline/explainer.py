@@ -368,7 +368,7 @@ def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict
 
 def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target_width: int,
                    projection: str = "linear", inject: str = "embedding", alignment: str | Path | None = None,
-                   scale: str = "embedding_norm") -> tuple[ContinuousTokenExplainer, object]:
+                   scale: str = "embedding_norm", center: bool = True) -> tuple[ContinuousTokenExplainer, object]:
     """A trained explainer from `folder`, or the untrained base explainer when `folder` is None (started from the
     fitted `alignment` artifact, where given, as training starts)."""
     from safetensors.torch import load_file
@@ -393,7 +393,7 @@ def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target
     elif not folder and alignment:
         from pipeline.alignment import load_alignment
 
-        maps = load_alignment(alignment, width, model.get_input_embeddings().weight.shape[1])
+        maps = load_alignment(alignment, width, model.get_input_embeddings().weight.shape[1], center)
     explainer = ContinuousTokenExplainer(model, width, placeholder, meta.get("projection", projection),
                                          meta.get("inject", inject), maps, scale=meta.get("scale", scale))
     if folder and explainer.projection is not None:

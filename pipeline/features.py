@@ -10,8 +10,11 @@ and within the query's layer; and the structure prior, the best single descripti
 names only the layer). Scores: the offline embedding-similarity judge, the paper's LM judge when an API is
 configured (pipeline/judge.py), and the simulator's correlation with the feature's activations on its
 exemplars (pipeline/simulator.py); each a mean with a 95% bootstrap interval and standard error over
-features, with paired differences of the fine-tuned explainer against every other variant. SelfIE is
-reported at the scale chosen per feature by the offline judge (an oracle) and at the one best single scale.
+features, with paired differences of the fine-tuned explainer against every other variant, and of every
+variant against two floors that do not depend on the feature (the fine-tuned descriptions shuffled among
+features, one constant description). SelfIE is scored at every scale by every scorer and reported as the
+paper's code reports it (per feature the best of its scales, `selfie_max`) and at one scale chosen out of
+sample (`selfie_single_scale`: on the other half of the features; for the OOD sets, on the test features).
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def examples(paths: dict[str, str], target_dir=None) -> Examples:
     columns = {"layer": frame["layer"].astype(int).tolist(), "feature": frame["feature"].astype(int).tolist()}
     if "context" in frame:
         columns["context"] = frame["context"].astype(str).tolist()
+    if "label_score" in frame:  # the paper's archive: its stored simulator score of each reference
+        columns["label_score"] = frame["label_score"].astype(float).tolist()
     # Vectors of one origin (an ood_diff pair, an ood_fw token) at several layers are resampled together.
     clusters = frame["cluster"].astype(str).tolist() if "cluster" in frame else keys
     return Examples(frame, questions, frame["description"].astype(str).tolist(), vectors, keys, clusters, None, columns)
@@ -116,23 +121,43 @@ def selfie(rows: Examples, generation_cfg, explainer_cfg, explainer_dir, target_
                          "layer": [rows.columns["layer"][i] for i, _ in jobs]})
 
 
-def layer_prior(train_frame: pd.DataFrame) -> dict[int, str]:
+def _central(embedded: np.ndarray, rows) -> int:
+    """The row (of `rows`) whose description is most similar on average to the others'."""
+    similarity = embedded[rows] @ embedded[rows].T
+    return int(np.asarray(rows)[int(similarity.mean(axis=1).argmax())])
+
+
+def layer_prior(train_frame: pd.DataFrame) -> tuple[dict[int, str], str]:
     """Per layer, the training description the judge finds most similar on average to the layer's others: the
-    best single answer the question's text (which names only the layer) allows."""
+    best single answer the question's text (which names only the layer) allows; and the same over all layers
+    (the constant description, a floor that does not depend on the feature)."""
     from pipeline.judge import EmbeddingSimilarityJudge
 
-    embedded = EmbeddingSimilarityJudge().embed(train_frame["description"].astype(str).tolist())
-    prior = {}
-    for layer, rows in train_frame.groupby("layer").indices.items():
-        similarity = embedded[rows] @ embedded[rows].T
-        prior[int(layer)] = str(train_frame["description"].iloc[rows[int(similarity.mean(axis=1).argmax())]])
-    return prior
+    descriptions = train_frame["description"].astype(str)
+    embedded = EmbeddingSimilarityJudge().embed(descriptions.tolist())
+    prior = {int(layer): str(descriptions.iloc[_central(embedded, rows)])
+             for layer, rows in train_frame.groupby("layer").indices.items()}
+    return prior, str(descriptions.iloc[_central(embedded, np.arange(len(descriptions)))])
+
+
+def derangement(count: int, seed: int) -> np.ndarray:
+    """A seeded permutation of range(count) that moves every index (none when count < 2)."""
+    order = np.random.default_rng(seed).permutation(count)
+    for i in range(count if count > 1 else 0):
+        if order[i] == i:  # swapping with the next index fixes neither of the two
+            j = (i + 1) % count
+            order[i], order[j] = order[j], order[i]
+    return order
+
+
+FLOORS = ("shuffled_descriptions", "constant_description")  # scores a description gets without its feature
 
 
 def baseline_frames(scored: pd.DataFrame, train_paths: dict[str, str], test_paths: dict[str, str],
-                    target_dir=None) -> tuple[dict, dict]:
-    """The structure prior (layer_prior), and the description of the training feature whose direction has the
-    largest dot product with the query's, over all layers and within the query's layer."""
+                    target_dir=None, seed: int = 0) -> tuple[dict, dict]:
+    """The structure prior (layer_prior), the description of the training feature whose direction has the
+    largest dot product with the query's, over all layers and within the query's layer, and two floors: the
+    fine-tuned explainer's descriptions shuffled among the features, and one constant description."""
     train_frame, train_vectors = load_features(train_paths)
     test_frame, test_vectors = load_features(test_paths)
     position = {key: i for i, key in enumerate(test_frame["feature_id"].astype(str))}
@@ -146,13 +171,19 @@ def baseline_frames(scored: pd.DataFrame, train_paths: dict[str, str], test_path
     within = similarity.masked_fill(~same_layer, float("-inf"))
     frames["nearest_neighbor_layer"] = scored.assign(variant="nearest_neighbor_layer",
                                                      prediction=descriptions[within.argmax(1).numpy()])
-    prior = layer_prior(train_frame)
-    fallback = max(prior.values(), key=lambda text: sum(text == v for v in prior.values()))
+    prior, constant = layer_prior(train_frame)
     frames["structure_prior"] = scored.assign(variant="structure_prior",
-                                              prediction=[prior.get(int(layer), fallback) for layer in scored["layer"]])
+                                              prediction=[prior.get(int(layer), constant) for layer in scored["layer"]])
+    frames["shuffled_descriptions"] = scored.assign(
+        variant="shuffled_descriptions", prediction=scored["prediction"].to_numpy()[derangement(len(scored), seed)])
+    frames["constant_description"] = scored.assign(variant="constant_description", prediction=constant)
     return frames, {"nearest_neighbor": f"{len(train_frame)} training features, all layers",
                     "nearest_neighbor_layer": f"{len(train_frame)} training features, the query's layer only",
-                    "structure_prior": {str(layer): text for layer, text in prior.items()}}
+                    "structure_prior": {str(layer): text for layer, text in prior.items()},
+                    "shuffled_descriptions": "the fine-tuned explainer's descriptions, each given to another feature "
+                                             "(a seeded derangement): a floor",
+                    "constant_description": {"text": constant, "what": "the training description closest on "
+                                             "average to all others, given to every feature: a floor"}}
 
 
 def first_line(text: str) -> str:
@@ -160,28 +191,84 @@ def first_line(text: str) -> str:
     return (text or "").strip().split("\n")[0].strip()
 
 
+SELFIE_MAX, SELFIE_SINGLE = "selfie_max", "selfie_single_scale"
+
+
+def selfie_by_scale(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """`frames` with the SelfIE table (one row per feature and scale) split into one frame per scale
+    (`selfie_scale_{s}`), so that every scorer scores every scale as the paper's code does."""
+    frames = dict(frames)
+    table = frames.pop("selfie", None)
+    if table is not None:
+        for scale, part in table.groupby("scale"):
+            frames[f"selfie_scale_{int(scale)}"] = part.drop(columns="scale")
+    return frames
+
+
+def collapse_selfie(aligned: dict[str, pd.DataFrame], seed: int, chosen: dict[str, int] | None = None) -> dict:
+    """Replace the per-scale SelfIE frames with two: `selfie_max`, per feature and score the best of its scales
+    (the paper's `evaluate_item`: every prediction scored, the maximum kept), and `selfie_single_scale`, per score
+    one scale for all features, chosen out of sample: on the other half of the features (a seeded split by
+    cluster), or the scale in `chosen` (picked on other features, e.g. the test split for an OOD set). Returns the
+    mean of each score at each scale and the scales chosen."""
+    names = sorted((k for k in aligned if k.startswith("selfie_scale_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    if not names:
+        return {}
+    frames = [aligned.pop(name) for name in names]
+    scales = [int(name.rsplit("_", 1)[1]) for name in names]
+    columns = [c for c in SCORE_COLUMNS if c in frames[0]]
+    clusters = frames[0]["cluster"].astype(str).to_numpy()
+    unique = np.unique(clusters)
+    half = np.isin(clusters, unique[np.random.default_rng(seed).permutation(len(unique))[: len(unique) // 2]])
+    best, single, means, picked = frames[0].copy(), frames[0].copy(), {}, {}
+    for column in columns:
+        values = np.stack([f[column].to_numpy(dtype=float) for f in frames])  # [scales, features]
+        best[column] = np.fmax.reduce(values, axis=0)
+        means[column] = {str(scale): float(np.nanmean(v)) if (~np.isnan(v)).any() else None
+                         for scale, v in zip(scales, values)}
+        shown = column == columns[0]  # the text shown for selfie_single_scale: the first scorer's scale
+        if chosen is not None:
+            index = scales.index(chosen[column]) if chosen.get(column) in scales else len(scales) - 1
+            single[column] = values[index]
+            picked[column] = scales[index]
+            if shown:
+                single["prediction"] = frames[index]["prediction"].to_numpy()
+            continue
+        out = np.full(values.shape[1], np.nan)
+        picked[column] = {}
+        for name, rows in (("first_half", half), ("second_half", ~half)):
+            other = values[:, ~rows]
+            score = [np.nanmean(v) if (~np.isnan(v)).any() else -np.inf for v in other]
+            index = int(np.argmax(score))
+            out[rows] = values[index, rows]
+            picked[column][name] = scales[index]
+            if shown:
+                text = single["prediction"].to_numpy(dtype=object)
+                text[rows] = frames[index]["prediction"].to_numpy(dtype=object)[rows]
+                single["prediction"] = text
+        single[column] = out
+    judge = columns[0] if columns else None
+    if judge:  # the text shown for selfie_max: the scale that the first scorer ranks best for that feature
+        top = np.nan_to_num(np.stack([f[judge].to_numpy(dtype=float) for f in frames]), nan=-np.inf).argmax(0)
+        best["prediction"] = [frames[i]["prediction"].iloc[row] for row, i in enumerate(top)]
+    aligned[SELFIE_MAX], aligned[SELFIE_SINGLE] = best, single
+    return {"mean_by_scale": means, "single_scale_chosen": picked,
+            "single_scale_rule": "given" if chosen is not None else "chosen on the other half of the features"}
+
+
 def _judged(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Every frame with its offline judge score; SelfIE replaced by its oracle scale (chosen per feature by
-    the offline judge) and its best single scale."""
+    """Every frame with its offline judge score, SelfIE as one frame per scale, aligned to the fine-tuned rows."""
     from pipeline.judge import EmbeddingSimilarityJudge
 
     judge = EmbeddingSimilarityJudge()
     scored = {}
-    for name, frame in frames.items():
+    for name, frame in selfie_by_scale(frames).items():
         frame = frame.reset_index(drop=True).assign(prediction=[first_line(p) for p in frame["prediction"]])
         scored[name] = frame.assign(**{judge.name: judge.score(frame["prediction"].tolist(),
                                                                frame["reference"].tolist())})
-    by_scale = {}
-    if "selfie" in scored:
-        table = scored.pop("selfie")
-        by_scale = table.groupby("scale")[judge.name].mean().to_dict()
-        best = max(by_scale, key=by_scale.get)
-        scored["selfie_oracle_scale"] = table.loc[table.groupby("row_key")[judge.name].idxmax()]
-        scored[f"selfie_scale_{best}"] = table[table["scale"] == best]
     order = scored["finetuned"]["row_key"].tolist()
     aligned = {name: frame.set_index("row_key").loc[order].reset_index() for name, frame in scored.items()}
-    return aligned, {"name": judge.name, "description": judge.description,
-                     "selfie_mean_by_scale": {str(k): float(v) for k, v in by_scale.items()}}
+    return aligned, {"name": judge.name, "description": judge.description}
 
 
 def lm_judge_scores(aligned: dict[str, pd.DataFrame], cfg: dict) -> dict:
@@ -217,7 +304,8 @@ def open_simulator(cfg: dict, inputs: dict):
     """The simulator the score rule was given: a released checkpoint (config), or the model folder of its input."""
     from pipeline.simulator import Simulator
 
-    return Simulator(cfg.get("checkpoint") or inputs["simulator"], cfg["batch_size"], cfg["cache"])
+    return Simulator(cfg.get("checkpoint") or inputs["simulator"], cfg["batch_size"], cfg["cache"],
+                     cfg.get("format", "auto"))
 
 
 def simulate_frames(aligned: dict[str, pd.DataFrame], simulator, exemplars_path, cfg: dict, seed: int) -> dict:
@@ -249,37 +337,39 @@ def simulator_scores(aligned: dict[str, pd.DataFrame], cfg: dict, simulator, exe
     base = aligned["finetuned"]
     aligned["reference"] = base.assign(prediction=base["reference"])
     sampled = simulate_frames(aligned, simulator, exemplars_path, cfg, seed)
-    return {"model": simulator.source, "format": simulator.format} | sampled | {
-        "windows": {"top": cfg["top"], "random": cfg["random"], "tokens_before": cfg["tokens_before"]},
-        "readout": "expected value over the single-token numbers of '0'..'10'",
+    return {"model": simulator.source, "format": simulator.format, "format_from": simulator.format_evidence} | sampled | {
+        "windows": {"top": cfg["top"], "random": cfg["random"], "tokens_before": cfg["tokens_before"],
+                    "scored_top_ranks": "all" if cfg.get("describe_every", 1) == 1 else
+                    f"those not divisible by {cfg['describe_every']} (the describer read the others)"},
+        "readout": "expected value over vocabulary ids 0..10 (the classes)" if simulator.format == "finetuned" else
+                   "expected value over the single-token numbers of '0'..'10'",
         "numbers": [int(v) for v in simulator.values.tolist()],
         "scores": {"simulator_top": "|pooled Pearson r| on the top exemplars (the paper's reported score)",
                    "simulator_top_signed": "pooled Pearson r on the top exemplars",
                    "simulator_top_random": "pooled Pearson r on top and random exemplars 1:1 (OpenAI's method)"}}
 
 
-def ood_scores(name: str, inputs: dict, cfg: dict, simulator, selfie_scale, samples: int, seed: int) -> dict:
-    """One out-of-distribution set: every variant's descriptions of its vectors (SelfIE at the best single scale
-    on the test features) and the baselines that apply (nearest training feature, the layer prior), scored by
-    the simulator against the vectors' own activations."""
+def ood_scores(name: str, inputs: dict, cfg: dict, simulator, selfie_scales: dict | None, samples: int,
+               seed: int) -> dict:
+    """One out-of-distribution set: every variant's descriptions of its vectors and the baselines that apply
+    (nearest training feature, the layer prior, the floors), scored by the simulator against the vectors' own
+    activations; SelfIE as its best scale per vector and at the single scale chosen on the test features."""
     frames = {}
     for variant in VARIANTS:
         path = inputs.get(f"pred_{name}_{variant}")
         if path:
             frames[variant] = read_table(path, required=["row_key", "cluster", "prediction", "layer"])
-    if "selfie" in frames:
-        table = frames.pop("selfie")
-        scale = selfie_scale if selfie_scale is not None else int(table["scale"].max())
-        frames[f"selfie_scale_{scale}"] = table[table["scale"] == scale]
+    frames = selfie_by_scale(frames)
     paths = {"labels": inputs[f"{name}_labels"], "vectors": inputs[f"{name}_vectors"]}
     train = {"labels": inputs["train_labels"], "vectors": inputs["train_vectors"]}
-    baselines, _ = baseline_frames(frames["finetuned"], train, paths)
+    baselines, _ = baseline_frames(frames["finetuned"], train, paths, seed=seed)
     order = frames["finetuned"]["row_key"].tolist()
     aligned = {key: frame.assign(prediction=[first_line(p) for p in frame["prediction"]]).set_index("row_key")
                .loc[order].reset_index() for key, frame in (frames | baselines).items()}
     sampled = simulate_frames(aligned, simulator, inputs[f"{name}_exemplars"], cfg, seed)
+    selfie = collapse_selfie(aligned, seed, selfie_scales or {})
     metrics, comparisons = summarise(aligned, samples, seed)
-    return {"vectors": len(order), **sampled, "metrics": metrics, "comparisons": comparisons,
+    return {"vectors": len(order), **sampled, "selfie": selfie, "metrics": metrics, "comparisons": comparisons,
             "per_feature": per_feature(aligned)}
 
 
@@ -289,11 +379,11 @@ def summarise(aligned: dict[str, pd.DataFrame], samples: int, seed: int) -> tupl
     from pipeline.metrics import mean_with_interval, paired_mean_difference
 
     metrics, comparisons = {}, {}
-    finetuned = aligned["finetuned"]
+    pairs = [("finetuned", name) for name in aligned if name not in ("finetuned", "reference")]
+    pairs += [(name, floor) for floor in FLOORS if floor in aligned for name in aligned
+              if name not in FLOORS and name != "finetuned"]  # every variant against each floor
     for name, frame in aligned.items():
         metrics[name] = {"overall": {"n": int(len(frame)), "clusters": int(frame["cluster"].nunique())}}
-        if name != "finetuned" and name != "reference":
-            comparisons[f"finetuned - {name}"] = {"overall": {}}
         for column in SCORE_COLUMNS:
             if column not in frame or (name == "reference" and not column.startswith("simulator")):
                 continue
@@ -305,10 +395,15 @@ def summarise(aligned: dict[str, pd.DataFrame], samples: int, seed: int) -> tupl
             summary["n"] = int(scored.sum())
             summary["stderr_mean"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
             metrics[name]["overall"][column] = summary
-            if f"finetuned - {name}" in comparisons:
-                comparisons[f"finetuned - {name}"]["overall"][column] = paired_mean_difference(
-                    finetuned[column].to_numpy(dtype=float)[scored], values, frame["cluster"].to_numpy()[scored],
-                    samples, seed)
+    for left, right in pairs:
+        entry = comparisons.setdefault(f"{left} - {right}", {"overall": {}})
+        for column in SCORE_COLUMNS:
+            if column not in metrics[left]["overall"] or column not in metrics[right]["overall"]:
+                continue
+            a, b = (aligned[left][column].to_numpy(dtype=float), aligned[right][column].to_numpy(dtype=float))
+            both = ~np.isnan(a) & ~np.isnan(b)
+            entry["overall"][column] = paired_mean_difference(a[both], b[both],
+                                                              aligned[left]["cluster"].to_numpy()[both], samples, seed)
     return metrics, comparisons
 
 
@@ -316,6 +411,36 @@ def per_feature(aligned: dict[str, pd.DataFrame]) -> dict:
     return {name: {column: {key: value for key, value in zip(frame["row_key"], frame[column].round(4))
                             if not np.isnan(value)} for column in SCORE_COLUMNS if column in frame}
             for name, frame in aligned.items()}
+
+
+def paper_ratios(aligned: dict[str, pd.DataFrame], samples: int, seed: int) -> dict:
+    """The paper's `simulator_correlation_ratio`: per feature, its simulator score (|r| on the top exemplars)
+    divided by the reference description's score, the score itself where that is 0 or missing; the mean over
+    features with its interval. The reference's score is the archive's stored one (`label_score`) where the
+    features come with it, else the reference description's own simulator score measured here."""
+    from pipeline.metrics import mean_with_interval
+
+    base = aligned["finetuned"]
+    if "label_score" in base and base["label_score"].notna().any():
+        label, source = base["label_score"].to_numpy(dtype=float), "the archive's stored label scores (all_label_scores)"
+    elif "reference" in aligned and "simulator_top" in aligned["reference"]:
+        label, source = aligned["reference"]["simulator_top"].to_numpy(dtype=float), (
+            "the reference description's simulator_top on the same exemplars")
+    else:
+        return {}
+    ratios = {}
+    for name, frame in aligned.items():
+        if name == "reference" or "simulator_top" not in frame:
+            continue
+        score = frame["simulator_top"].to_numpy(dtype=float)
+        scored = ~np.isnan(score)
+        if not scored.any():
+            continue
+        bare = np.isnan(label) | (label == 0)
+        ratio = np.where(bare, score, score / np.where(bare, 1.0, label))[scored]
+        ratios[name] = mean_with_interval(ratio, frame["cluster"].to_numpy()[scored], samples, seed) | {
+            "n": int(scored.sum())}
+    return {"label_scores": source, "ratios": ratios}
 
 
 def ceiling_ratios(metrics: dict) -> dict:
@@ -339,28 +464,37 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
                  inputs: dict | None = None) -> dict:
     """Every variant and baseline scored by the offline judge, the LM judge (when configured) and the simulator
     (when enabled): mean with 95% bootstrap interval and standard error over features, and paired differences of
-    the fine-tuned explainer against each; the simulator scores each out-of-distribution set given in `inputs`."""
+    the fine-tuned explainer against each and of every variant against each floor; SelfIE scored at every scale
+    and reported as its best scale per feature and as one scale chosen out of sample; the simulator scores each
+    out-of-distribution set given in `inputs`."""
     settings, inputs = settings or {}, inputs or {}
     aligned, offline = _judged(frames)
     lm_judge = lm_judge_scores(aligned, settings["judge"]) if settings.get("judge") else {"configured": False}
     simulator_cfg = settings.get("simulator", {})
-    simulator, ood = {"enabled": False}, {}
+    simulator, ood, model = {"enabled": False}, {}, None
     if simulator_cfg.get("enabled") and ("simulator" in inputs or simulator_cfg.get("checkpoint")):
         model = open_simulator(simulator_cfg, inputs)
-        try:
-            simulator = {"enabled": True} | simulator_scores(aligned, simulator_cfg, model, inputs["exemplars"], seed)
-            by_scale = offline["selfie_mean_by_scale"]
-            best = int(max(by_scale, key=by_scale.get)) if by_scale else None
+    try:
+        if model is not None:  # the target's features: scored on the top ranks the describer did not read
+            held_out = simulator_cfg | {"describe_every": settings.get("descriptions", {}).get("describe_every", 1)}
+            simulator = {"enabled": True} | simulator_scores(aligned, held_out, model, inputs["exemplars"], seed)
+        selfie = collapse_selfie(aligned, seed)
+        if model is not None:
+            # The OOD sets' single SelfIE scale: per score, the scale best on all the test features.
+            means = selfie.get("mean_by_scale", {})
+            chosen = {column: int(max((k for k, v in by.items() if v is not None), key=by.get))
+                      for column, by in means.items() if any(v is not None for v in by.values())}
             for name in OOD_SETS:
                 if f"{name}_labels" in inputs:
-                    ood[name] = ood_scores(name, inputs, simulator_cfg, model, best, samples, seed)
+                    ood[name] = ood_scores(name, inputs, simulator_cfg, model, chosen, samples, seed)
             simulator["calls"] = dict(model.calls)
-        finally:
-            if model.cache is not None:
-                model.cache.close()
+    finally:
+        if model is not None and model.cache is not None:
+            model.cache.close()
     metrics, comparisons = summarise(aligned, samples, seed)
     if simulator.get("enabled"):
-        simulator["ratio_to_reference"] = ceiling_ratios(metrics)
+        simulator["ratio_to_reference"] = ceiling_ratios(metrics)  # mean score / the reference's mean score
+        simulator["paper_ratio"] = paper_ratios(aligned, samples, seed)  # mean of per-feature ratios
     finetuned = aligned["finetuned"]
     order = finetuned["row_key"].tolist()
     shown = sorted(np.random.default_rng(seed).choice(order, min(EXAMPLES_SHOWN, len(order)), replace=False))
@@ -371,8 +505,8 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
                 for key in shown]
     judges = {offline["name"]: offline["description"], "lm_judge": lm_judge, "simulator": simulator}
     return {"judge": {"name": offline["name"], "description": offline["description"]}, "judges": judges,
-            "metrics": metrics, "examples": examples, "comparisons": comparisons,
-            "selfie_mean_by_scale": offline["selfie_mean_by_scale"], "ood": ood, "per_feature": per_feature(aligned)}
+            "metrics": metrics, "examples": examples, "comparisons": comparisons, "selfie": selfie, "ood": ood,
+            "per_feature": per_feature(aligned)}
 
 
 def simulator_input(target: str, simulator: dict) -> dict[str, str]:
@@ -419,7 +553,7 @@ TASK = register(Task(
     name="features", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors,
     figures=("metrics.png", "loss.png", "examples.html"), custom_variants={"selfie": selfie}, score_frames=score_frames,
-    score_keys=("judge", "simulator", "ood"), score_inputs=score_inputs, eval_set_names=OOD_SETS, eval_sets=eval_sets,
+    score_keys=("judge", "simulator", "ood", "descriptions.describe_every"), score_inputs=score_inputs, eval_set_names=OOD_SETS, eval_sets=eval_sets,
     score_execution=("judge.concurrency", "judge.timeout", "judge.retries", "judge.cache", "simulator.batch_size",
                      "simulator.cache", "ood.batch_size"),
 ))

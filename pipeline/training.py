@@ -336,7 +336,8 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
     if alignment is not None:
         from pipeline.alignment import load_alignment
 
-        maps = load_alignment(alignment, target_width, model.get_input_embeddings().weight.shape[1])
+        maps = load_alignment(alignment, target_width, model.get_input_embeddings().weight.shape[1],
+                              explainer_cfg.center)
     explainer = ContinuousTokenExplainer(model, target_width, placeholder, explainer_cfg.projection,
                                          explainer_cfg.inject, maps, explainer_cfg.train_projection,
                                          explainer_cfg.scale)

@@ -107,6 +107,13 @@ def test_untrained_explainer_starts_from_the_alignment_artifact_and_can_freeze_i
     frozen = ContinuousTokenExplainer(model, 12, placeholder_token_id(tokenizer, model), alignment=maps,
                                       train_projection=False)
     assert not any(p.requires_grad for p in frozen.projection_parameters())
+    # Directions, not states (SAE decoder directions): center false maps the unit direction itself.
+    uncentred, _ = load_explainer(None, tiny_dir, 12, alignment=path, center=False)
+    direction = torch.randn(2, 12)
+    unit = direction / direction.norm(dim=-1, keepdim=True)
+    expected = unit @ maps[1][0].T * uncentred.embed_norm
+    assert torch.allclose(uncentred.project(direction, [1, 1]), expected, atol=1e-5)
+    assert not torch.allclose(explainer.project(direction, [1, 1]), expected, atol=1e-3)  # the mean is subtracted
 
 
 def test_answer_weights_favour_the_content_and_the_verdict(tiny):

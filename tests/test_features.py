@@ -193,7 +193,8 @@ def paper_archive(root, width=8, features=5, transposed=False, extra=()):
     with open(root / "features" / "layer_3.pkl", "wb") as handle:
         pickle.dump(matrix.T if transposed else matrix, handle)
     train = [((3, f), {"chosen_label": f"feature {f} text", "all_labels": [f"feature {f} text"]}) for f in (0, 1, 2)]
-    test = [((3, 2), {"chosen_label": "two", "all_labels": []}), ((3, 4), {"chosen_label": "four", "all_labels": []})]
+    test = [((3, 2), {"chosen_label": "two", "all_labels": ["two", "2"], "all_label_scores": {"2": 0.1, "two": 0.4}}),
+            ((3, 4), {"chosen_label": "four", "all_labels": []})]
     for split, items in (("train", train + list(extra)), ("test", test)):
         with open(root / "explanations" / f"{split}_explanations.pkl", "wb") as handle:
             pickle.dump(items, handle)
@@ -213,12 +214,32 @@ def test_paper_archive_loads_with_counted_skips(tmp_path):
     assert torch.allclose(vectors[1], torch.tensor(matrix[:, 1] / np.linalg.norm(matrix[:, 1])), atol=1e-6)
     assert read_provenance(out["train"])["counts"]["skipped"] == {"no_such_feature": 1, "in_both_splits": 1,
                                                                   "no_description": 0}
+    test = pd.read_parquet(out["test"])  # the stored score of the chosen label; none stored: NaN
+    assert test["label_score"].iloc[0] == 0.4 and np.isnan(test["label_score"].iloc[1])
     with pytest.raises(ArtifactError, match=r"layer_3.pkl: shape \(5, 8\), expected d_model x n_features with "
                                             r"d_model = 8 rows \(it looks transposed\)"):
         paper_archive(tmp_path / "t", transposed=True)
         paper_descriptions(tmp_path / "t", 8, out, {})
     with pytest.raises(ArtifactError, match="not here .* wget"):
         paper_descriptions(tmp_path / "nowhere", 8, out, {})
+
+
+def test_paper_ratio_divides_each_feature_by_its_label_score_as_the_papers_evaluate_item():
+    from pipeline.features import paper_ratios
+
+    keys = ["a", "b", "c", "d"]
+    base = pd.DataFrame({"row_key": keys, "cluster": keys})
+    finetuned = base.assign(simulator_top=[0.2, 0.3, 0.5, np.nan], label_score=[0.4, 0.0, np.nan, 0.5])
+    ratios = paper_ratios({"finetuned": finetuned}, 100, 0)
+    assert ratios["label_scores"].startswith("the archive's")
+    # 0.2 / 0.4; a label score of 0 or none: the score itself (0.3, 0.5); an unscored feature is left out.
+    assert ratios["ratios"]["finetuned"]["value"] == pytest.approx((0.5 + 0.3 + 0.5) / 3)
+    assert ratios["ratios"]["finetuned"]["n"] == 3
+    measured = {"finetuned": finetuned.drop(columns="label_score"), "reference": base.assign(
+        simulator_top=[0.4, 0.6, 0.5, 0.5])}
+    here = paper_ratios(measured, 100, 0)
+    assert here["label_scores"].startswith("the reference description's")
+    assert here["ratios"]["finetuned"]["value"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
 
 
 def test_openai_compatible_describer_against_a_local_server(monkeypatch, tmp_path):
@@ -251,23 +272,67 @@ def test_embedding_similarity_judge_orders_descriptions():
     assert EmbeddingSimilarityJudge().score(["ships at sea"], ["ships at sea"])[0] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_scorer_picks_selfie_scales_and_compares_pairs():
+def test_scorer_scores_selfie_at_every_scale_as_the_paper_and_one_scale_out_of_sample():
     from pipeline.features import score_frames
 
-    keys = [f"L1/F{i}" for i in range(6)]
-    reference = ["ships at sea", "kings and queens", "the number seven", "love poems", "a knife", "rain"]
+    keys = [f"L1/F{i}" for i in range(8)]
+    reference = ["ships at sea", "kings and queens", "the number seven", "love poems", "a knife", "rain", "horses",
+                 "bread and wine"]
     base = pd.DataFrame({"row_key": keys, "cluster": keys, "reference": reference, "layer": 1})
-    frames = {"finetuned": base.assign(prediction=reference), "untrained": base.assign(prediction=[""] * 6)}
-    selfie = pd.concat([base.assign(scale=s, prediction=(reference if s == 5 else ["tax law"] * 6)) for s in (1, 5, 10)])
+    frames = {"finetuned": base.assign(prediction=reference), "untrained": base.assign(prediction=[""] * 8)}
+    # Scale 5 is right on the first four features, scale 10 on the last four, scale 1 never.
+    right = {5: [r if i < 4 else "tax law" for i, r in enumerate(reference)],
+             10: [r if i >= 4 else "tax law" for i, r in enumerate(reference)], 1: ["tax law"] * 8}
+    selfie = pd.concat([base.assign(scale=s, prediction=right[s]) for s in (1, 5, 10)])
     frames["selfie"] = selfie.iloc[::-1]  # order must not matter
     result = score_frames(frames, samples=200, seed=0)
     metrics = result["metrics"]
-    assert set(metrics) == {"finetuned", "untrained", "selfie_oracle_scale", "selfie_scale_5"}
+    assert set(metrics) == {"finetuned", "untrained", "selfie_max", "selfie_single_scale"}
     assert metrics["finetuned"]["overall"]["embedding_similarity"]["value"] == pytest.approx(1.0, abs=1e-5)
-    assert metrics["selfie_oracle_scale"]["overall"]["embedding_similarity"]["value"] == pytest.approx(1.0, abs=1e-5)
+    # The paper's score: per feature the best of its scales, so every feature finds its right scale.
+    assert metrics["selfie_max"]["overall"]["embedding_similarity"]["value"] == pytest.approx(1.0, abs=1e-5)
+    # One scale for all, chosen on the other half: right on at most half of each half's features.
+    single = metrics["selfie_single_scale"]["overall"]["embedding_similarity"]["value"]
+    assert single < 0.9 and set(result["selfie"]["single_scale_chosen"]["embedding_similarity"].values()) <= {5, 10}
+    means = result["selfie"]["mean_by_scale"]["embedding_similarity"]
+    assert set(means) == {"1", "5", "10"} and means["5"] > means["1"] and means["10"] > means["1"]
     difference = result["comparisons"]["finetuned - untrained"]["overall"]["embedding_similarity"]
     assert difference["difference"] == pytest.approx(1.0, abs=1e-5) and difference["ci"][0] > 0.9
-    assert len(result["examples"]) == 6 and result["selfie_mean_by_scale"]["5"] > result["selfie_mean_by_scale"]["1"]
+    shown = {e["feature_id"]: e["predictions"] for e in result["examples"]}
+    assert all(p["selfie_max"] == p["finetuned"] for p in shown.values())  # the text of each feature's best scale
+
+
+def test_floors_are_scored_and_every_variant_is_compared_against_them(tmp_path):
+    from safetensors.torch import save_file
+
+    from pipeline.features import FLOORS, baseline_frames, score_frames
+
+    keys = [f"L{layer}/F{i}" for layer in (1, 2) for i in range(4)]
+    reference = ["ships at sea", "kings and queens", "the number seven", "love poems", "a knife", "rain", "horses",
+                 "bread and wine"]
+    frame = pd.DataFrame({"row_id": range(8), "feature_id": keys, "layer": [1] * 4 + [2] * 4,
+                          "feature": [0, 1, 2, 3] * 2, "description": reference})
+    paths = {}
+    for split in ("train", "test"):
+        frame.to_parquet(tmp_path / f"{split}.parquet")
+        torch.manual_seed(0)
+        save_file({"vector": torch.randn(8, 16)}, tmp_path / f"{split}.vectors.safetensors")
+        paths[split] = {"labels": str(tmp_path / f"{split}.parquet"),
+                        "vectors": str(tmp_path / f"{split}.vectors.safetensors")}
+    base = pd.DataFrame({"row_key": keys, "cluster": keys, "reference": reference, "layer": frame["layer"]})
+    finetuned = base.assign(prediction=reference)
+    baselines, described = baseline_frames(finetuned, paths["train"], paths["test"])
+    shuffled = baselines["shuffled_descriptions"]["prediction"].tolist()
+    assert sorted(shuffled) == sorted(reference) and all(a != b for a, b in zip(shuffled, reference))
+    assert baselines["constant_description"]["prediction"].nunique() == 1
+    assert described["constant_description"]["text"] in reference
+    result = score_frames({"finetuned": finetuned, "untrained": base.assign(prediction=[""] * 8)} | baselines, 200, 0)
+    for floor in FLOORS:
+        assert floor in result["metrics"]
+        assert "embedding_similarity" in result["comparisons"][f"finetuned - {floor}"]["overall"]
+        assert "embedding_similarity" in result["comparisons"][f"untrained - {floor}"]["overall"]
+    above = result["comparisons"]["finetuned - shuffled_descriptions"]["overall"]["embedding_similarity"]
+    assert above["difference"] > 0.3 and above["ci"][0] > 0  # its own descriptions beat the same ones shuffled
 
 
 def test_simulator_reads_an_expected_activation_at_every_token_and_caches(tiny_dir, tmp_path):
@@ -275,7 +340,7 @@ def test_simulator_reads_an_expected_activation_at_every_token_and_caches(tiny_d
 
     simulator = Simulator(tiny_dir, batch_size=2, cache_path=tmp_path / "sim.sqlite")
     windows = [[" The", " king", " is", " dead"], [" long", " live", " the", " king", "!"]]
-    ids, positions = simulator.encode("the word king", windows)
+    [(ids, positions)] = simulator.encode("the word king", windows)  # all windows in one prompt
     assert len(positions) == 9
     assert all(simulator.tokenizer.decode(ids[p]).endswith("\t") for p in positions)
     assert [simulator.tokenizer.decode(ids[p + 1:p + 3]) for p in positions[:1]] == ["unknown\n"]
@@ -354,6 +419,22 @@ def synthetic_features(folder, count=8):
     return folder / "train.parquet", folder / "exemplars.parquet"
 
 
+def test_references_are_written_from_one_set_of_top_ranks_and_scored_on_the_others(tmp_path):
+    from pipeline.describe import described_exemplars
+    from pipeline.simulator import feature_windows
+
+    _, path = synthetic_features(tmp_path)
+    exemplars = pd.read_parquet(path)
+    described = described_exemplars(exemplars, 2)
+    assert set(described["kind"]) == {"top"} and set(described["rank"]) == {0, 2}
+    windows = feature_windows(exemplars, top=5, random=3, describe_every=2)[(1, 0)]
+    scored_top = exemplars[(exemplars["feature"] == 0) & (exemplars["kind"] == "top") & (exemplars["rank"] == 1)]
+    assert windows["sets"]["top"] == [0] and windows["windows"][0] == list(scored_top["tokens"].iloc[0])
+    assert len(windows["sets"]["top_random"]) == 2  # the one held-out top window and one random, 1:1
+    in_sample = feature_windows(exemplars, top=5, random=3)[(1, 0)]
+    assert in_sample["sets"]["top"] == [0, 1, 2] and len(described_exemplars(exemplars, 1)) == 3 * 8
+
+
 def test_trained_simulator_learns_where_features_fire_and_loads_in_its_own_format(tiny_dir, tmp_path):
     from pipeline.simulator import Simulator, activation_levels, feature_windows, score_descriptions, train_simulator
 
@@ -368,7 +449,7 @@ def test_trained_simulator_learns_where_features_fire_and_loads_in_its_own_forma
     trained = Simulator(tmp_path / "simulator", batch_size=4)
     assert trained.format == "compact" and untrained.format == "all_at_once" and trained.source != untrained.source
     windows = feature_windows(pd.read_parquet(exemplars), 3, 3)
-    ids, positions = trained.encode("the word king", windows[(1, 0)]["windows"])
+    [(ids, positions)] = trained.encode("the word king", windows[(1, 0)]["windows"])
     tokens = [t for w in windows[(1, 0)]["windows"] for t in w]
     assert len(positions) == len(tokens) and trained.tokenizer.decode(ids[positions[3]]) == " king"
     scored = score_descriptions(trained, [("the word king", (1, f)) for f in range(8)], windows)
@@ -429,6 +510,47 @@ def test_ood_sets_hold_unit_vectors_whose_exemplars_are_their_projections(traine
     expected = states[1] - states[0]
     stored = examples({"labels": outputs["ood_diff"]["labels"], "vectors": outputs["ood_diff"]["vectors"]}).vectors[0]
     assert torch.allclose(stored, expected / expected.norm(), atol=1e-4)
+
+
+def test_the_papers_released_simulator_format_is_read_from_the_checkpoint_and_only_it_scores_right(tiny_dir, tmp_path):
+    """A tiny model trained (a few steps) in the paper's FinetunedSimulator format and saved as a plain transformers
+    folder, as the released checkpoint is: its format is probed from its own outputs, every exemplar is its own
+    prompt with the paper's prefix, the classes are vocabulary ids 0..10, and reading it in another format fails."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.models import load_model
+    from pipeline.simulator import (FINETUNED_PREFIX, Simulator, feature_windows, probe_format, score_descriptions,
+                                    train_simulator)
+
+    labels, exemplars = synthetic_features(tmp_path)
+    cfg = {"steps": 60, "batch_size": 4, "learning_rate": 1e-2, "lora_r": 8, "lora_layers": 4, "seed": 0, "top": 3,
+           "random": 3, "tokens_before": None, "format": "finetuned"}
+    record = train_simulator(tiny_dir, labels, exemplars, cfg, tmp_path / "trained", {"simulator": "test"})
+    assert record["format"] == "finetuned" and record["numbers"] == list(range(11))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "trained")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "trained")
+    model.save_pretrained(tmp_path / "released")  # no manifest, no simulator.json: the released layout
+    tokenizer.save_pretrained(tmp_path / "released")
+    released = Simulator(tmp_path / "released", batch_size=4)
+    assert released.format == "finetuned" and released.format_evidence["from"] == "probe"
+    assert released.format_evidence["class_argmax_share"] > 0.5 and released.values.tolist() == list(range(11))
+    assert released.number_ids.tolist() == list(range(11))  # vocabulary ids, not the digits' tokens
+    assert probe_format(load_model(tiny_dir)[0], tokenizer) < 0.01  # a language model is not read as one
+    windows = feature_windows(pd.read_parquet(exemplars), 3, 3)
+    prompts = released.encode("the word king", windows[(1, 0)]["windows"])
+    assert len(prompts) == 6  # one exemplar per forward pass
+    prefix = tokenizer(FINETUNED_PREFIX.format(description="the word king"))["input_ids"]
+    for (ids, positions), window in zip(prompts, windows[(1, 0)]["windows"]):
+        assert ids[:len(prefix)] == prefix and positions == list(range(len(prefix), len(prefix) + len(window)))
+        assert [tokenizer.decode(ids[p]) for p in positions] == window  # read at each token's own position
+    items = [("the word king", (1, f)) for f in range(8)]
+    assert (score_descriptions(released, items, windows)["top_random"] > 0.9).all()
+    simulated = released.simulate([("the word king", windows[(1, 0)]["windows"])])[0]
+    truth = np.concatenate(windows[(1, 0)]["truth"])
+    assert simulated[truth > 0].min() > 5 > simulated[truth == 0].max()  # classes 10 and 0, as trained
+    for wrong in ("all_at_once", "compact"):  # the same weights read in another format do not find " king"
+        misread = Simulator(tmp_path / "released", batch_size=4, fmt=wrong)
+        assert (score_descriptions(misread, items, windows)["top_random"] < 0.9).all(), wrong
 
 
 def test_a_released_simulator_checkpoint_loads_from_a_plain_folder_or_fails_naming_the_setting(tiny, tmp_path,

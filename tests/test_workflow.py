@@ -362,13 +362,17 @@ def test_features_results_hold_variants_baselines_and_sae_quality(features_run):
     workdir, _ = features_run
     result = json.loads((workdir / "results/features/tiny_tiny.json").read_text())
     assert result["task"] == "features" and result["judge"]["name"] == "embedding_similarity"
-    best = max(result["selfie_mean_by_scale"], key=result["selfie_mean_by_scale"].get)
-    assert set(result["metrics"]) == {"finetuned", "untrained", "no_vector", "nearest_neighbor",
-                                      "nearest_neighbor_layer", "structure_prior", "selfie_oracle_scale",
-                                      f"selfie_scale_{best}", "reference"}
+    variants = {"finetuned", "untrained", "no_vector", "nearest_neighbor", "nearest_neighbor_layer", "structure_prior",
+                "shuffled_descriptions", "constant_description", "selfie_max", "selfie_single_scale"}
+    assert set(result["metrics"]) == variants | {"reference"}
     n = result["metrics"]["finetuned"]["overall"]["n"]
     assert n > 0 and all(m["overall"]["n"] == n for m in result["metrics"].values())
-    assert set(result["selfie_mean_by_scale"]) == {"1", "5", "10", "25", "50"}
+    # SelfIE: every scale scored by every scorer (the simulator too), the best per feature and one chosen elsewhere.
+    for column in ("embedding_similarity", "lm_judge", "simulator_top"):
+        assert set(result["selfie"]["mean_by_scale"][column]) == {"1", "5", "10", "25", "50"}, column
+    # Every variant against both floors.
+    assert {f"{v} - shuffled_descriptions" for v in variants - {"finetuned", "shuffled_descriptions",
+                                                                 "constant_description"}} <= set(result["comparisons"])
     assert [q["layer"] for q in result["counts"]["labels_train"]["sae_quality"]] == [1, 3]
     assert (workdir / "work/features/sae/tiny/layers.1/cfg.json").exists()
     page = (workdir / "report/features/tiny_tiny/examples.html").read_text()
@@ -383,13 +387,16 @@ def test_features_results_hold_variants_baselines_and_sae_quality(features_run):
     assert simulator["format"] == "compact" and simulator["model"]["simulator_of"]["source"] == "random"
     assert json.loads((workdir / "work/features/simulator/tiny/simulator.json").read_text())["features"] > 0
     assert set(simulator["ratio_to_reference"]) == set(result["metrics"]) - {"reference"}
+    assert simulator["paper_ratio"]["label_scores"].startswith("the reference description's")
+    assert set(simulator["paper_ratio"]["ratios"]) == set(result["metrics"]) - {"reference"}
+    assert simulator["windows"]["scored_top_ranks"].startswith("those not divisible by 2")
     # Each out-of-distribution set: every variant (SelfIE at the test split's best scale) and the baselines that
     # apply, scored by the simulator against the vectors' own projections.
     for name in ("ood_fw", "ood_diff"):
         ood = result["ood"][name]
         assert ood["vectors"] == 4 and ood["features"] == 4
-        assert set(ood["metrics"]) == {"finetuned", "untrained", "no_vector", f"selfie_scale_{best}", "nearest_neighbor",
-                                       "nearest_neighbor_layer", "structure_prior"}
+        assert set(ood["metrics"]) == variants
+        assert set(ood["selfie"]["single_scale_chosen"].values()) <= {1, 5, 10, 25, 50}  # chosen on the test split
         assert all(m["overall"]["simulator_top"]["n"] == 4 for m in ood["metrics"].values())
         assert "simulator_top" in ood["comparisons"]["finetuned - no_vector"]["overall"]
         assert len(pd.read_parquet(workdir / f"work/features/predictions/tiny_tiny/{name}/finetuned.parquet")) == 4

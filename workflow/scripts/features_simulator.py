@@ -7,4 +7,5 @@ with stage(snakemake.log[0], snakemake.threads):
     run, prov = stage_settings(snakemake.params, snakemake.config, snakemake.rule)
     simulator = run["features"]["simulator"]
     train_simulator(inputs.base, inputs.labels, inputs.exemplars, simulator["training"] | {
-        k: simulator[k] for k in ("top", "random", "tokens_before")}, snakemake.output[0], prov)
+        k: simulator[k] for k in ("top", "random", "tokens_before")} | {
+        "describe_every": run["features"]["descriptions"]["describe_every"]}, snakemake.output[0], prov)
