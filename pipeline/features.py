@@ -383,7 +383,13 @@ def summarise(aligned: dict[str, pd.DataFrame], samples: int, seed: int) -> tupl
     pairs += [(name, floor) for floor in FLOORS if floor in aligned for name in aligned
               if name not in FLOORS and name != "finetuned"]  # every variant against each floor
     for name, frame in aligned.items():
-        metrics[name] = {"overall": {"n": int(len(frame)), "clusters": int(frame["cluster"].nunique())}}
+        texts = frame["prediction"].astype(str)
+        metrics[name] = {"overall": {"n": int(len(frame)), "clusters": int(frame["cluster"].nunique()),
+                                     "distinct_descriptions": int(texts.nunique()),
+                                     "distinct_share": float(texts.nunique() / max(len(frame), 1))}}
+        if name != "finetuned" and len(frame) == len(aligned["finetuned"]):  # how often the text itself differs
+            metrics[name]["overall"]["differs_from_finetuned"] = float(
+                (texts.to_numpy() != aligned["finetuned"]["prediction"].astype(str).to_numpy()).mean())
         for column in SCORE_COLUMNS:
             if column not in frame or (name == "reference" and not column.startswith("simulator")):
                 continue

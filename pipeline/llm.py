@@ -186,8 +186,11 @@ class CachedChat:
         from tqdm.auto import tqdm
 
         results, failures = {}, []
+        same: dict[str, list[str]] = {}  # identical messages are asked once (two features with the same exemplars)
+        for call_id, messages in calls.items():
+            same.setdefault(json.dumps(messages, sort_keys=True), []).append(call_id)
         with ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency)) as pool:
-            futures = {pool.submit(self.ask, call_id, messages, parse): call_id for call_id, messages in calls.items()}
+            futures = {pool.submit(self.ask, ids[0], calls[ids[0]], parse): ids[0] for ids in same.values()}
             for future in tqdm(as_completed(futures), total=len(futures), desc=progress or "calls", mininterval=5):
                 call_id = futures[future]
                 if future.cancelled():
@@ -203,7 +206,7 @@ class CachedChat:
             self.accounting.errors = failures[:5]
             raise LLMCallError(f"{len(failures)} of {len(calls)} calls failed (answers so far are kept in "
                                f"{self.cache.path}); first: {failures[0]}")
-        return results
+        return {call_id: results[ids[0]] for ids in same.values() for call_id in ids if ids[0] in results}
 
     def report(self) -> dict:
         return {"model": self.settings.model, "settings": asdict(self.settings) | {"base_url": self.settings.base_url},

@@ -354,15 +354,15 @@ def _behaviour(path: str, size: int, mtime: int) -> str:
 
 
 def _hash_stage(stage: str) -> str:
-    digest = hashlib.sha256()
+    """`module:hash` for every module of the stage's closure (a short hash of its behaviour each), so that when
+    Snakemake says a job's params have changed, its before/now lines name the module whose code changed."""
     declared = _stage(stage)
-    for module in code_closure(declared.entry, declared.modules):
-        digest.update(module.encode() + b"\0" + behaviour(module).encode() + b"\0")
-    return digest.hexdigest()[:16]
+    return " ".join(f"{module.removeprefix('pipeline.')}:{hashlib.sha256(behaviour(module).encode()).hexdigest()[:8]}"
+                    for module in sorted(code_closure(declared.entry, declared.modules)))
 
 
 def code_hash(stage: str) -> str:
-    """A short hash of the source of every pipeline module the stage's entry can run. On a miss (a pipeline source
+    """Per pipeline module the stage's entry can run, a short hash of its behaviour (`module:hash ...`). On a miss (a pipeline source
     changed) every declared stage is hashed and the cache written once: a parse asks for nearly all of them."""
     cache = _hash_cache()
     if stage not in cache["hashes"]:

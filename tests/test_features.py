@@ -331,6 +331,9 @@ def test_floors_are_scored_and_every_variant_is_compared_against_them(tmp_path):
         assert floor in result["metrics"]
         assert "embedding_similarity" in result["comparisons"][f"finetuned - {floor}"]["overall"]
         assert "embedding_similarity" in result["comparisons"][f"untrained - {floor}"]["overall"]
+    overall = result["metrics"]["constant_description"]["overall"]
+    assert overall["distinct_descriptions"] == 1 and overall["differs_from_finetuned"] == pytest.approx(7 / 8)
+    assert result["metrics"]["finetuned"]["overall"]["distinct_share"] == 1.0
     above = result["comparisons"]["finetuned - shuffled_descriptions"]["overall"]["embedding_similarity"]
     assert above["difference"] > 0.3 and above["ci"][0] > 0  # its own descriptions beat the same ones shuffled
 

@@ -122,3 +122,17 @@ def test_a_malformed_server_address_is_refused_naming_the_setting(base_config):
     config["features"]["judge"]["base_url"] = "htp//127.0.0.1:8000 v1"
     with pytest.raises(ConfigError, match=r"features\.judge\.base_url: 'htp//127.0.0.1:8000 v1' does not match"):
         validate_config(config)
+
+
+def test_identical_calls_in_one_batch_are_asked_once_and_answer_every_id(tmp_path):
+    from pipeline.llm import CachedChat
+
+    with ChatServer(reply=lambda prompt: f"about {prompt[-5:]}") as server:
+        chat = CachedChat(ChatSettings(model="describer-test", base_url=server.base_url, concurrency=4),
+                          tmp_path / "cache.sqlite", KEY)
+        same = [{"role": "user", "content": "describe: kings"}]
+        replies = chat.ask_many({"L1/F0": same, "L1/F1": same, "L2/F3": [{"role": "user", "content": "describe: ships"}]},
+                                lambda text: text.strip() or None)
+        chat.cache.close()
+    assert replies == {"L1/F0": "about kings", "L1/F1": "about kings", "L2/F3": "about ships"}
+    assert server.requests == 2 and max(server.answered.values()) == 1

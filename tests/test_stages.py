@@ -79,6 +79,9 @@ def test_code_hash_changes_when_a_module_in_the_closure_changes(monkeypatch, tmp
     after = {s: stages.code_hash(s) for s in ("act_patch_labels", "act_patch_train")}
     assert after["act_patch_labels"] == before["act_patch_labels"]
     assert after["act_patch_train"] != before["act_patch_train"]
+    # What Snakemake prints as the params before and now names the module that changed, and only it.
+    changed = set(after["act_patch_train"].split()) - set(before["act_patch_train"].split())
+    assert [entry.split(":")[0] for entry in changed] == ["training"]
     assert (copy_dir / "__pycache__" / "stage-code-hashes.json").exists()  # kept for the next parse
     with open(copy_dir / "training.py", "a") as handle:
         handle.write("ANOTHER_CHANGE = 2\n")

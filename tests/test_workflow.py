@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from chat_server import ChatServer
+from chat_server import ChatServer, rating
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -339,21 +339,38 @@ def test_report_figures_summary_and_html_report(finished_run, tmp_path):
 JUDGE_KEY = "sk-test-NEVER-IN-A-FILE-7731"
 
 
+def judge_or_describe(prompt: str) -> str | int:
+    """The describer's prompt gets a phrase naming its first marked token; the judge's a rating."""
+    if "Describe what this feature detects" in prompt:
+        marked = re.findall(r"<<(.*?)>>", prompt)
+        return f"the word {marked[0].strip()}" if marked else "nothing in particular"
+    return rating(prompt)
+
+
+def describer_requests(server: ChatServer) -> int:
+    return sum("Describe what this feature detects" in b["body"]["messages"][-1]["content"] for b in server.bodies)
+
+
 @pytest.fixture(scope="module")
 def judge_server():
-    with ChatServer() as server:
+    with ChatServer(reply=judge_or_describe) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def features_run(tmp_path_factory, judge_server):
-    """The features task on tiny: SAEs on fact sentences, exemplars, offline descriptions, explainer, the offline
-    judge, the LM judge (a real local OpenAI-compatible server, the key in the environment) and the simulator."""
+    """The features task on tiny: SAEs on fact sentences, exemplars, descriptions by the openai describer and
+    ratings by the LM judge (both a real local OpenAI-compatible server, the key in the run's `.env`, none in the
+    environment), explainer, the offline judge and the simulator."""
     workdir = tmp_path_factory.mktemp("features")
-    tiny = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())["features"]["judge"]
-    judge = override(workdir, "judge.yaml", {"features": {"judge": tiny | {"base_url": judge_server.base_url}}})
+    tiny = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())["features"]
+    judge = override(workdir, "judge.yaml", {"features": {
+        "judge": tiny["judge"] | {"base_url": judge_server.base_url},
+        "descriptions": tiny["descriptions"] | {"describer": "openai", "model": "describer-test",
+                                                "base_url": judge_server.base_url}}})
+    (workdir / ".env").write_text(f"OPENAI_API_KEY={JUDGE_KEY}\n")
     result = snakemake(workdir, "results/features/tiny_tiny.json", "report/features/tiny_tiny/examples.html",
-                       configfiles=[judge], timeout=900, env={"OPENAI_API_KEY": JUDGE_KEY})
+                       configfiles=[judge], timeout=900, env={"OPENAI_API_KEY": ""})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir, judge
 
@@ -407,18 +424,40 @@ def test_lm_judge_scores_through_a_local_server_caches_and_never_writes_the_key(
     result = json.loads((workdir / "results/features/tiny_tiny.json").read_text())
     lm = result["judges"]["lm_judge"]
     assert lm["configured"] and lm["accounting"]["failed"] == 0 and lm["accounting"]["answered"] > 0
-    assert lm["accounting"]["requests"] == judge_server.requests and set(judge_server.answered.values()) == {1}
+    described = describer_requests(judge_server)
+    test = pd.read_parquet(workdir / "work/features/descriptions/tiny/test.parquet")
+    prompts = {b["body"]["messages"][-1]["content"] for b in judge_server.bodies}
+    assert 0 < described == sum("Describe what this feature detects" in p for p in prompts)  # each prompt asked once
+    assert described <= len(test) + len(pd.read_parquet(workdir / "work/features/descriptions/tiny/train.parquet"))
+    assert set(test["describer"]) == {"openai:describer-test"} and test["description"].str.startswith("the word").all()
+    assert lm["accounting"]["requests"] == judge_server.requests - described
+    assert set(judge_server.answered.values()) == {1}
     assert all(m["overall"]["lm_judge"]["n"] == m["overall"]["n"] for name, m in result["metrics"].items()
                if name != "reference")
     before = judge_server.requests
     rerun = snakemake(workdir, "results/features/tiny_tiny.json", "--forcerun", "features_score",
-                      configfiles=[judge], env={"OPENAI_API_KEY": JUDGE_KEY})
+                      configfiles=[judge], env={"OPENAI_API_KEY": ""})
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     again = json.loads((workdir / "results/features/tiny_tiny.json").read_text())["judges"]["lm_judge"]["accounting"]
     assert judge_server.requests == before and again["requests"] == 0  # the second run asked nothing
     assert again["cached"] == lm["accounting"]["answered"] + lm["accounting"]["cached"]
-    leaks = [str(path) for path in workdir.rglob("*") if path.is_file() and JUDGE_KEY.encode() in path.read_bytes()]
-    assert leaks == []  # not in logs, artifacts, caches, results or Snakemake's metadata
+    # A judge that fails for good (every request a 500): the job fails, and its log names the call, not the key.
+    tiny = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())["features"]
+    failing = override(workdir, "failing.yaml", {"features": {"judge": tiny["judge"] | {
+        "base_url": judge_server.base_url, "model": "judge-that-fails", "retries": 1}}})
+    judge_server.faults = ["500"] * 400
+    try:
+        failed = snakemake(workdir, "results/features/tiny_tiny.json", configfiles=[judge, failing],
+                           env={"OPENAI_API_KEY": ""})
+    finally:
+        judge_server.faults = []
+    assert failed.returncode != 0  # (the results file is gone with it; the tests below only plan)
+    log = (workdir / "logs/features_score/tiny_tiny.log").read_text()
+    assert "HTTP 500" in log or "500" in log
+    leaks = [str(path) for path in workdir.rglob("*") if path.is_file() and path.name != ".env"
+             and JUDGE_KEY.encode() in path.read_bytes()]
+    assert leaks == []  # not in logs (the failure's too), artifacts, caches, results or Snakemake's metadata
+    assert JUDGE_KEY not in failed.stdout + failed.stderr
     assert all(h.get("authorization") == f"Bearer {JUDGE_KEY}" for h in judge_server.headers)
 
 
