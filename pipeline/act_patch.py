@@ -448,6 +448,7 @@ def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
 TASK = register(Task(
     headline=("is_different=True", "exact_match"),  # names the counterfactual's answer: reads the vector
     name="act_patch", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
+    paper_suffix="\n",  # the paper's act_patch templates end in "?\n"
     examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train, target_dir),
     variant_vectors=variant_vectors, training_keys=("training_rows",),
     training_rows=training_rows,

@@ -188,10 +188,16 @@ class ExplainerConfig:
     train_projection: bool = True  # false: the projection(s) stay as started (identity or fitted) in training
     scale: str = "embedding_norm"  # or "raw": the vector as it is (the paper's code), no normalisation
     center: bool = True  # fitted alignment: subtract the layer's mean state first (false for directions, not states)
+    checkpoint: str | None = None  # a released explainer (the paper's layout): generated and scored without training
+    continuous_tokens: tuple[str, str, str] | None = None  # (begin, rep, end) of a released explainer's prompts
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "ExplainerConfig":
-        return _build(cls, section)
+        flat = dict(section)
+        tokens = flat.pop("continuous_tokens", None)
+        if tokens:
+            flat["continuous_tokens"] = (tokens["begin"], tokens["rep"], tokens["end"])
+        return _build(cls, flat)
 
 
 @dataclass(frozen=True)

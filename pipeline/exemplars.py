@@ -2,8 +2,8 @@
 
 The target reads `features.exemplars.tokens` tokens of corpus chunks; every layer's SAE encodes its
 residual stream. Per feature: its firing frequency and largest activation (the stats table), and for
-each live feature its top-activating contexts and a seeded sample of other non-zero contexts (the
-exemplars table: layer, feature, kind, rank, sequence, token_index, tokens, window_index, activation, and
+each live feature its top-activating contexts and a seeded sample of other contexts: where it also fires, or with
+`random_from: corpus` any tokens read, as OpenAI's random sample (the exemplars table: layer, feature, kind, rank, sequence, token_index, tokens, window_index, activation, and
 `activations`, the feature's activation at every token of the window, which the simulator is scored against).
 Features that never fire (dead) or fire on more than `always_on_fraction` of tokens are dropped from
 the exemplars and counted.
@@ -73,6 +73,17 @@ def _window_activations(frame: pd.DataFrame, fired: pd.DataFrame, before: int, a
     return [part.tolist() for part in np.split(values, bounds)]
 
 
+def corpus_sample(fired: pd.DataFrame, features, count: int, shape: tuple[int, int], rng) -> pd.DataFrame:
+    """OpenAI's random exemplars: per feature `count` token positions drawn uniformly from the chunks read (never
+    position 0), whatever the feature does there, with its activation at each (0 where it did not fire)."""
+    features = np.asarray(features)
+    sequence = rng.integers(0, shape[0], size=(len(features), count)).ravel()
+    position = rng.integers(1, shape[1], size=(len(features), count)).ravel()
+    drawn = pd.DataFrame({"sequence": sequence, "token_index": position, "feature": np.repeat(features, count)})
+    drawn = drawn.merge(fired, on=["sequence", "token_index", "feature"], how="left").fillna({"activation": 0.0})
+    return drawn.sort_values(["feature"], kind="stable")
+
+
 def build_exemplars(model_dir, sae_dir, corpus_path, cfg: dict, layers: list[int], out_exemplars, out_stats,
                     settings: dict) -> pd.DataFrame:
     from pipeline.models import load_model, read_manifest
@@ -95,9 +106,12 @@ def build_exemplars(model_dir, sae_dir, corpus_path, cfg: dict, layers: list[int
         counts[f"layer_{layer}"] = {s: int((status == s).sum()) for s in ("live", "dead", "always_on")}
         live = fired[status[fired["feature"].to_numpy()] == "live"]
         top = live.sort_values(["feature", "activation"], ascending=[True, False]).groupby("feature").head(cfg["top"])
-        rest = live.drop(top.index)
-        rest = rest.assign(_draw=rng.random(len(rest))).sort_values(["feature", "_draw"]).groupby("feature").head(
-            cfg["random"]).drop(columns="_draw")
+        if cfg.get("random_from", "firings") == "corpus":
+            rest = corpus_sample(fired, live["feature"].unique(), cfg["random"], chunks.shape, rng)
+        else:
+            rest = live.drop(top.index)
+            rest = rest.assign(_draw=rng.random(len(rest))).sort_values(["feature", "_draw"]).groupby("feature").head(
+                cfg["random"]).drop(columns="_draw")
         for kind, part in (("top", top), ("random", rest)):
             part = part.assign(layer=layer, kind=kind)
             part["rank"] = part.groupby("feature").cumcount()

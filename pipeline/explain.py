@@ -44,13 +44,16 @@ def vector_layers(examples: Examples, explainer_cfg, explainer_dir, target_dir) 
     from pipeline.models import read_manifest
 
     layered = explainer_cfg.inject == "layer"
-    if examples.vectors is None or not (layered or explainer_cfg.alignment == "fitted"):
+    needed = layered or explainer_cfg.alignment == "fitted"
+    if examples.vectors is None or not (needed or explainer_cfg.checkpoint):  # a released one may map per layer
         return None
     setting = "explainer.inject is 'layer'" if layered else "explainer.alignment is 'fitted'"
     if layered and read_manifest(explainer_dir)["source"] != read_manifest(target_dir)["source"]:
         raise ValueError(f"{setting}, but explainer {explainer_dir} is not target {target_dir}: a layer reads only its "
                          f"own model's states; use inject: embedding for this pair")
     if "layer" not in examples.columns:
+        if not needed:
+            return None
         raise ValueError(f"{setting}, but this task's rows do not say which layer a vector came from")
     return [int(layer[0]) if isinstance(layer, (list, tuple)) else int(layer) for layer in examples.columns["layer"]]
 
@@ -71,7 +74,10 @@ def train(task: str, training_cfg, explainer_cfg, task_settings: dict, label_pat
         explainer_cfg = replace(explainer_cfg, projection=projection)
     inputs = dict(label_paths) | {"explainer": explainer_dir, "target": target_dir}
     key = settings | {"inputs": training_inputs(inputs | ({"alignment": alignment} if alignment else {}))}
-    return train_explainer(training_cfg, explainer_cfg, explainer_dir, width, examples.questions, examples.answers,
+    questions = examples.questions
+    if explainer_cfg.prompt_format == "paper":  # the template's own ending, as generation asks
+        questions = [q + spec.paper_suffix for q in questions]
+    return train_explainer(training_cfg, explainer_cfg, explainer_dir, width, questions, examples.answers,
                            examples.vectors, out_dir, checkpoint_dir, key,
                            vector_layers=vector_layers(examples, explainer_cfg, explainer_dir, target_dir),
                            alignment=alignment if projection is None else None)
@@ -106,11 +112,15 @@ def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths
             settings, {"explainer": read_manifest(explainer_dir)["source"], "target": read_manifest(target_dir)["source"]}))
         return out
     width, projection = _explainer_width(examples, explainer_dir, target_dir)
-    explainer, tokenizer = load_explainer(None if variant == "untrained" else trained_dir, explainer_dir, width,
-                                          projection or explainer_cfg.projection, explainer_cfg.inject,
-                                          alignment if projection is None else None, explainer_cfg.scale,
-                                          explainer_cfg.center)
+    # A released explainer (explainer.checkpoint) stands where this workflow's trained one would.
+    trained = None if variant == "untrained" else (explainer_cfg.checkpoint or trained_dir)
+    explainer, tokenizer = load_explainer(trained, explainer_dir, width, projection or explainer_cfg.projection,
+                                          explainer_cfg.inject, alignment if projection is None else None,
+                                          explainer_cfg.scale, explainer_cfg.center, explainer_cfg.continuous_tokens,
+                                          text_only=examples.vectors is None)
     questions, prompt_format = examples.questions, explainer_cfg.prompt_format
+    if prompt_format == "paper":
+        questions = [q + spec.paper_suffix for q in questions]
     if variant == "untrained":
         questions = [q + spec.format_instruction for q in questions]
         # Zero-shot, an instruct model is asked as it was trained to be asked: in its chat template.

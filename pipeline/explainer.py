@@ -111,9 +111,8 @@ class ContinuousTokenExplainer(nn.Module):
             self.projection.to(embeddings.device)
         if scale not in ("embedding_norm", "raw"):
             raise ValueError(f"explainer.scale: expected 'embedding_norm' or 'raw', got {scale!r}")
-        if scale == "raw" and alignment:
-            raise ValueError("explainer.scale 'raw' cannot start from a fitted alignment (fitted on unit vectors)")
         self.scale = scale
+        self.placeholder_wrap: tuple[int, int] | None = None  # begin/end ids around the placeholder (released)
         self.layer_projections = None
         if alignment and self.projection is not None:
             self.projection = None
@@ -152,10 +151,13 @@ class ContinuousTokenExplainer(nn.Module):
             for layer in sorted({int(x) for x in vector_layers}):
                 rows = torch.tensor([i for i, x in enumerate(vector_layers) if int(x) == layer], device=vectors.device)
                 key = str(layer)
+                if self.scale == "raw":  # the paper's embed_projs: the layer's map on the vector as it is
+                    mapped[rows] = self.layer_projections[key](vectors[rows].to(weight.dtype))
+                    continue
                 centred = vectors[rows].float() - self.layer_means[key].float()
                 unit = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-6)
                 mapped[rows] = self.layer_projections[key](unit.to(weight.dtype))
-            return mapped * self.embed_norm
+            return mapped if self.scale == "raw" else mapped * self.embed_norm
         if self.scale == "raw":
             raw = vectors.float()
             return self.projection(raw.to(self.projection.weight.dtype)) if self.projection is not None else raw
@@ -283,14 +285,17 @@ def prompt_text(question: str, tokenizer, prompt_format: str) -> str:
     if prompt_format == "chat":
         return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                              add_generation_prompt=True)
+    if prompt_format == "paper":  # the paper's string template as it is (its task's ending added), the answer right after
+        return question
     return f"{question}\nAnswer:"
 
 
 def encode_example(tokenizer, question: str, answer: str | None, prompt_format: str,
                    placeholder_id: int | None = None, content_weight: float = 1.0,
-                   verdict_weight: float = 1.0) -> Encoded:
-    """Token ids with the placeholder id where `<vector>` stands; labels cover only the answer, whose <<<content>>>
-    and verdict tokens weigh `content_weight` and `verdict_weight` in the loss (1: every answer token alike)."""
+                   verdict_weight: float = 1.0, wrap: tuple[int, int] | None = None) -> Encoded:
+    """Token ids with the placeholder id where `<vector>` stands (between `wrap`'s begin and end ids where given,
+    as the paper's prompts hold it); labels cover only the answer, whose <<<content>>> and verdict tokens weigh
+    `content_weight` and `verdict_weight` in the loss (1: every answer token alike)."""
     text = prompt_text(question, tokenizer, prompt_format)
     special = prompt_format != "chat"
     before, marker, after = text.partition(VECTOR)
@@ -298,11 +303,12 @@ def encode_example(tokenizer, question: str, answer: str | None, prompt_format: 
     if marker:
         if placeholder_id is None:
             raise ValueError("the question holds <vector> but no placeholder token id was given")
-        ids = ids + [placeholder_id] + tokenizer(after, add_special_tokens=False)["input_ids"]
+        middle = [wrap[0], placeholder_id, wrap[1]] if wrap else [placeholder_id]
+        ids = ids + middle + tokenizer(after, add_special_tokens=False)["input_ids"]
     labels = [-100] * len(ids)
     weights = None
     if answer is not None:
-        answer_text = (" " if prompt_format != "chat" else "") + answer
+        answer_text = ("" if prompt_format in ("chat", "paper") else " ") + answer
         answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
         if content_weight != 1.0 or verdict_weight != 1.0:
             weights = [0.0] * len(ids) + answer_weights(tokenizer, answer_text, content_weight, verdict_weight) + [1.0]
@@ -366,15 +372,97 @@ def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict
     (folder / EXPLAINER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
+EMBED_PROJ = re.compile(r"^(?:model\.)?embed_projs\.(\d+)\.weight$")
+
+
+def released_folder(checkpoint: str) -> Path:
+    """A released explainer's local folder: the path itself, or a hub id's snapshot (HF cache or HF_TOKEN)."""
+    folder = Path(checkpoint).expanduser()
+    if folder.exists() or checkpoint.startswith((".", "/", "~")):
+        if not folder.is_dir():
+            raise ValueError(f"explainer.checkpoint: local folder {checkpoint} does not exist")
+        return folder
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(checkpoint, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as error:  # offline, unknown id, no access: say which setting and why
+        raise ValueError(f"explainer.checkpoint: cannot fetch {checkpoint!r} from the hub (a local folder or a hub id "
+                         f"in the HF cache): {type(error).__name__}: {error}") from error
+
+
+def load_released(checkpoint: str, target_width: int, continuous_tokens: tuple[str, str, str] | None,
+                  text_only: bool = False) -> tuple[ContinuousTokenExplainer, object]:
+    """A released explainer in the layout the paper's code writes (`model/continuous_*.py`, `save_pretrained`): a
+    transformers model folder whose weights may hold one map per target layer (`embed_projs.{L}.weight`), prompted
+    with `begin rep end` tokens around the vector (its config's `continuous_tokens`). As its
+    `_process_continuous_tokens` does: the raw vector at `rep` when the widths match, the layer's map of the raw
+    vector otherwise."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = released_folder(checkpoint)
+    if not (folder / "config.json").is_file():
+        found = sorted(p.name for p in folder.iterdir())[:8]
+        raise ValueError(f"explainer.checkpoint: {checkpoint} is not an explainer layout this workflow reads: expected "
+                         f"this workflow's trained explainer ({EXPLAINER_META}) or a transformers model folder "
+                         f"(config.json and weights) as the paper's code saves one; found {found}")
+    if text_only:  # a text-only task (input_ablation): its prompts hold no vector
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        cuda = torch.cuda.is_available()
+        model = AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype="auto",
+                                                     device_map="auto" if cuda else None)
+        explainer = ContinuousTokenExplainer(model, target_width, tokenizer.eos_token_id, projection="none")
+        explainer.eval()
+        return explainer, tokenizer
+    if not continuous_tokens:
+        raise ValueError(f"explainer.checkpoint {checkpoint}: set explainer.continuous_tokens (begin, rep, end), the "
+                         f"tokens its prompts hold around and at the vector (the paper's Llama-3 explainers: "
+                         f"<|reserved_special_token_10|>, <|reserved_special_token_12|>, <|reserved_special_token_11|>)")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    vocab = tokenizer.get_vocab()
+    ids = []
+    for name, token in zip(("begin", "rep", "end"), continuous_tokens):
+        if token not in vocab:
+            raise ValueError(f"explainer.continuous_tokens.{name}: {token!r} is not a token of {checkpoint}'s tokenizer")
+        ids.append(vocab[token])
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype="auto", device_map="auto" if cuda else None)
+    maps = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                match = EMBED_PROJ.match(key)
+                if match:
+                    maps[int(match.group(1))] = handle.get_tensor(key).float()
+    width = model.get_input_embeddings().weight.shape[1]
+    if target_width == width:
+        explainer = ContinuousTokenExplainer(model, target_width, ids[1], projection="none", scale="raw")
+    elif not maps:
+        raise WidthError(f"explainer.checkpoint {checkpoint}: its width {width} differs from the target's "
+                         f"{target_width} and its weights hold no embed_projs.{{L}}.weight to map them")
+    else:
+        explainer = ContinuousTokenExplainer(model, target_width, ids[1], "linear", scale="raw", alignment={
+            layer: (weight, torch.zeros(target_width)) for layer, weight in maps.items()})
+    explainer.placeholder_wrap = (ids[0], ids[2])
+    explainer.eval()
+    return explainer, tokenizer
+
+
 def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target_width: int,
                    projection: str = "linear", inject: str = "embedding", alignment: str | Path | None = None,
-                   scale: str = "embedding_norm", center: bool = True) -> tuple[ContinuousTokenExplainer, object]:
-    """A trained explainer from `folder`, or the untrained base explainer when `folder` is None (started from the
-    fitted `alignment` artifact, where given, as training starts)."""
+                   scale: str = "embedding_norm", center: bool = True,
+                   continuous_tokens: tuple[str, str, str] | None = None,
+                   text_only: bool = False) -> tuple[ContinuousTokenExplainer, object]:
+    """A trained explainer from `folder` (this workflow's, or a released one in the paper's layout:
+    `load_released`), or the untrained base explainer when `folder` is None (started from the fitted `alignment`
+    artifact, where given, as training starts)."""
     from safetensors.torch import load_file
 
     from pipeline.models import load_model
 
+    if folder is not None and not (Path(folder) / EXPLAINER_META).is_file():
+        return load_released(str(folder), target_width, continuous_tokens, text_only)
     meta = json.loads((Path(folder) / EXPLAINER_META).read_text()) if folder else {}
     full = meta.get("method") == "full"
     model, tokenizer = load_model(base_model_dir, weights=folder if full else None)

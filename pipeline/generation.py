@@ -14,7 +14,8 @@ def generate_answers(explainer: ContinuousTokenExplainer, tokenizer, questions: 
                      vectors: torch.Tensor | None, prompt_format: str, max_new_tokens: int, batch_size: int,
                      desc: str = "generating", vector_layers: list[int] | None = None) -> list[str]:
     device = input_device(explainer.lm)
-    encoded = [encode_example(tokenizer, q, None, prompt_format, explainer.placeholder_id) for q in questions]
+    wrap = getattr(explainer, "placeholder_wrap", None)
+    encoded = [encode_example(tokenizer, q, None, prompt_format, explainer.placeholder_id, wrap=wrap) for q in questions]
     # Similar lengths share a batch, so less padding is computed.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     outputs: list[str] = [""] * len(encoded)

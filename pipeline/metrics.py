@@ -215,14 +215,19 @@ def run_summary(scoring_cfg, prediction_paths: dict[str, str], trained_dir, expl
     from pipeline.artifacts import provenance, read_provenance
     from pipeline.models import read_manifest
 
-    training_log = json.loads((Path(trained_dir) / "training_log.json").read_text())
-    losses = training_log["losses"]
-    meta_path = Path(trained_dir) / "explainer.json"
-    trained = json.loads(meta_path.read_text()).get("provenance", {}).get("settings", {}) if meta_path.exists() else {}
+    log_path = Path(trained_dir) / "training_log.json" if trained_dir else None
+    if log_path is not None and log_path.is_file():
+        training_log = json.loads(log_path.read_text())
+        losses = training_log["losses"]
+        meta_path = Path(trained_dir) / "explainer.json"
+        trained = json.loads(meta_path.read_text()).get("provenance", {}).get("settings", {}) if meta_path.exists() else {}
+        training = {k: v for k, v in training_log.items() if k != "losses"} | {
+            "final_loss": losses[-1]["loss"] if losses else None, "seed": trained.get("training", {}).get("seed")}
+    else:  # a released explainer (explainer.checkpoint): not trained here
+        training = {"trained_here": False, "released_checkpoint": str(trained_dir) if trained_dir else
+                    "a hub id (explainer.checkpoint; not a local file)"}
     return {
-        "training": {k: v for k, v in training_log.items() if k != "losses"}
-                    | {"final_loss": losses[-1]["loss"] if losses else None,
-                       "seed": trained.get("training", {}).get("seed")},
+        "training": training,
         "provenance": provenance(settings, {"explainer": read_manifest(explainer_dir)["source"],
                                             "target": read_manifest(target_dir)["source"]})
                       | {"upstream_config_hashes": {v: read_provenance(p).get("config_hash")

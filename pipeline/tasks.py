@@ -88,6 +88,7 @@ class Task:
     eval_sets: Callable[[dict], tuple[str, ...]] = lambda section: ()
     # (split, metric) of the results file's finetuned metrics that the self-versus-other matrix compares
     headline: tuple[str, str] = ("overall", "is_changed_f1")
+    paper_suffix: str = " "  # what ends the paper's string template of this task's questions (prompt_format: paper)
     # target key -> the folder the shared stages read as the target (its manifest.json gives hidden_size and
     # source); None: the language model resources/models/{target}
     target_dir: Callable[[str], str] | None = None

@@ -138,6 +138,24 @@ def test_exemplars_hold_each_features_strongest_contexts(trained_saes):
     assert any(sum(v > 0 for v in a) > 1 for a in exemplars["activations"])  # not only the centre is read
 
 
+def test_random_exemplars_can_be_any_corpus_tokens_as_openai_draws_them(trained_saes, tiny_dir, tmp_path):
+    from pipeline.exemplars import build_exemplars
+
+    folder, _, _ = trained_saes
+    cfg = {"tokens": 2000, "top": 4, "random": 6, "window_before": 6, "window_after": 2, "seed": 1, "batch_size": 32,
+           "context": 16, "always_on_fraction": 0.5, "random_from": "corpus"}
+    build_exemplars(tiny_dir, folder / "sae", folder / "corpus.parquet", cfg, [1, 3], tmp_path / "exemplars.parquet",
+                    tmp_path / "stats.parquet", {})
+    exemplars = pd.read_parquet(tmp_path / "exemplars.parquet")
+    randoms = exemplars[exemplars["kind"] == "random"]
+    assert (randoms.groupby(["layer", "feature"]).size() == 6).all()  # every live feature, fired there or not
+    assert (randoms["activation"] == 0).mean() > 0.5  # most tokens of the corpus are not where a feature fires
+    assert np.allclose([a[i] for a, i in zip(randoms["activations"], randoms["window_index"])], randoms["activation"],
+                       atol=1e-5)  # the activation at the drawn token is the feature's own there (0 if off)
+    firings = pd.read_parquet(folder / "exemplars.parquet")
+    assert (firings[firings["kind"] == "random"]["activation"] > 0).all()  # the default: other firings only
+
+
 def test_offline_descriptions_split_by_feature_with_unit_decoder_directions(trained_saes, tmp_path):
     from pipeline.describe import build_descriptions
     from pipeline.features import load_features

@@ -277,6 +277,20 @@ def train_inputs(task):
                               | alignment_input(wildcards, task))
 
 
+def trained_explainer(task, folder):
+    """The trained explainer a run's generation and scoring read: this workflow's (`folder`), or a released one
+    (explainer.checkpoint, which then needs no training job): its local folder, or no file for a hub id (the job
+    fetches it)."""
+    released = stages.task_section(config, "explainer", task).get("checkpoint")
+    if not released:
+        return {"trained": folder}
+    local = Path(released).expanduser()
+    if (local.is_absolute() or released.startswith((".", "~"))) and not local.is_dir():
+        raise ValueError(f"explainer.checkpoint ({task}): local folder {released} does not exist (a hub id is "
+                         f"written owner/name)")
+    return {"trained": released} if local.is_dir() else {}
+
+
 def _prefix(prefix, wildcards):
     return prefix.format(seed=wildcards.seed) if "{seed}" in prefix else prefix
 
@@ -289,7 +303,7 @@ def generation_inputs(task, split="test", prefix=""):
         paths = spec.label_paths(wildcards.target, split) | _models(wildcards, task)
         if wildcards.variant != "untrained" and wildcards.variant not in spec.custom_variants:
             run = f"{_prefix(prefix, wildcards)}explainers/{wildcards.explainer}_{wildcards.target}"
-            paths["trained"] = f"work/{task}/{run}"
+            paths |= trained_explainer(task, f"work/{task}/{run}")
         elif wildcards.variant == "untrained":  # the untrained explainer starts from the fitted maps, as training does
             paths |= alignment_input(wildcards, task)
         return paths
@@ -304,8 +318,8 @@ def score_inputs(task, prefix=""):
     def inputs(wildcards):
         spec, run = get_task(task), f"{wildcards.explainer}_{wildcards.target}"
         where = f"work/{task}/{_prefix(prefix, wildcards)}"
-        paths = {"predictions": [f"{where}predictions/{run}/{v}.parquet" for v in spec.variants],
-                 "trained": f"{where}explainers/{run}"} | _models(wildcards, task)
+        paths = {"predictions": [f"{where}predictions/{run}/{v}.parquet" for v in spec.variants]}
+        paths |= trained_explainer(task, f"{where}explainers/{run}") | _models(wildcards, task)
         for split in ("train", "test"):
             paths |= {f"{split}_{k}": v for k, v in spec.label_paths(wildcards.target, split).items()}
         paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, config.get(task, {})).items()}

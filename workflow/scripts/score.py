@@ -9,6 +9,6 @@ with stage(snakemake.log[0], snakemake.threads):
     spec = tasks.get_task(params.task)
     explain.score(params.task, ScoringConfig.from_dict(run["scoring"]), dict(zip(spec.variants, inputs.predictions)),
                   named_inputs(inputs, prefix="train_"), named_inputs(inputs, prefix="test_"),
-                  named_inputs(inputs, prefix="count_"), inputs.trained, inputs.explainer, inputs.target,
+                  named_inputs(inputs, prefix="count_"), inputs.get("trained"), inputs.explainer, inputs.target,
                   snakemake.output[0], {"explainer": wildcards.explainer, "target": wildcards.target}, prov,
                   run.get(params.task, {}), named_inputs(inputs, prefix="extra_"))
