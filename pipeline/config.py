@@ -160,7 +160,7 @@ class InputAblationConfig:
     path: str | None = None
     relations: tuple[str, ...] = ("capital", "currency", "language", "region", "subregion", "borders", "demonym")
     n_choices: int = 4
-    max_questions_per_relation: int | None = None
+    max_questions_per_relation: int | None = 100
     test_fraction: float = 0.3
     seed: int = 0
     system_prompt: str = "Answer the multiple-choice question with the letter of the correct option."
@@ -170,7 +170,7 @@ class InputAblationConfig:
     batch_size: int = 32
     keep: str = "all"  # or "known": only questions the target answers correctly without the hint
     min_confidence: float = 0.0  # with keep: known, the least probability of that answer among the letters
-    rebalance_train: bool = False
+    rebalance_train: bool = True
     max_train_examples: int | None = None
 
     @classmethod
@@ -207,7 +207,7 @@ class TrainingConfig:
     lora_alpha: float = 32
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-4
     projection_learning_rate: float = 1e-3
     warmup_steps: int = 10
     epochs: float = 1.0
@@ -245,7 +245,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = 24
+    max_new_tokens: int = 20
     batch_size: int = 32
     max_examples: int | None = 300
     seed: int = 0

@@ -316,7 +316,7 @@ def examples(paths: dict[str, str], target_dir=None) -> Examples:
 def training_rows(rows: Examples, settings: dict, seed: int, target_dir: str | None = None) -> Examples:
     """The training rows after `rebalance_train` and `max_train_examples` (see select_training_rows)."""
     frame = rows.frame.assign(_position=np.arange(len(rows.frame)))
-    chosen = select_training_rows(frame, settings.get("rebalance_train", False), settings.get("max_train_examples"),
+    chosen = select_training_rows(frame, settings.get("rebalance_train", True), settings.get("max_train_examples"),
                                   seed)
     return rows.subset(chosen["_position"].to_numpy())
 

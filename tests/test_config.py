@@ -103,3 +103,32 @@ def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tmp_path):
     wrong.write_text("training: {sed: 3}\n")
     with pytest.raises(ConfigError, match=r"(?s)wrong\.yaml.*training: Additional properties"):
         check_files([str(good), str(wrong)])
+
+
+# Where a settings dataclass's default differs from config.yaml on purpose, the reason (none today): every other
+# default must be config.yaml's, so code that builds a dataclass without a key behaves as the shipped config does.
+DEFAULTS_THAT_DIFFER: dict[tuple[str, str], str] = {}
+
+
+def test_the_settings_dataclasses_default_to_what_config_yaml_says():
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline import config as settings
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text())
+    sections = {"training": settings.TrainingConfig, "generation": settings.GenerationConfig,
+                "explainer": settings.ExplainerConfig, "scoring": settings.ScoringConfig,
+                "facts": settings.FactsConfig, "act_patch": settings.ActPatchConfig,
+                "input_ablation": settings.InputAblationConfig}
+    differ = []
+    for section, cls in sections.items():
+        from_yaml, default = cls.from_dict(shipped[section]), cls()
+        for field in dataclasses.fields(cls):
+            if getattr(from_yaml, field.name) != getattr(default, field.name) and (
+                    (section, field.name) not in DEFAULTS_THAT_DIFFER):
+                differ.append(f"{section}.{field.name}: config.yaml {getattr(from_yaml, field.name)!r}, "
+                              f"{cls.__name__} default {getattr(default, field.name)!r}")
+    assert differ == []
