@@ -317,19 +317,3 @@ TASK = register(Task(
     figures=("metrics.png", "confusion.png", "loss.png"),
     headline=("overall", "is_changed_f1"), target_dir=lambda target: f"work/circuits/target/{target}",
 ))
-
-
-def per_case(result_path) -> dict[str, dict[str, Any]]:
-    """The explainer's figures of each case from a circuits results file, for results/interpbench/summary.parquet."""
-    result = json.loads(Path(result_path).read_text())
-    cases: dict[str, dict[str, Any]] = {}
-    for split, by_variant in result.get("circuit_recovery", {}).items():
-        for variant, by_case in by_variant.items():
-            for case, auroc in by_case.items():
-                cases.setdefault(case, {})[f"recovery_auroc_{variant}"] = auroc
-    for split, by_variant in result.get("per_case_f1", {}).items():
-        for variant, by_case in by_variant.items():
-            for case, f1 in by_case.items():
-                cases.setdefault(case, {})[f"is_changed_f1_{variant}"] = f1
-                cases[case]["explainer_set"] = split
-    return cases

@@ -269,6 +269,22 @@ def circuits_figure(results: list[dict[str, Any]], out_path, explainer: dict[str
     save_figure(figure, out_path)
 
 
+def per_case(result_path) -> dict[str, dict[str, Any]]:
+    """The explainer's figures of each case from a circuits results file, for results/interpbench/summary.parquet."""
+    result = json.loads(Path(result_path).read_text())
+    cases: dict[str, dict[str, Any]] = {}
+    for split, by_variant in result.get("circuit_recovery", {}).items():
+        for variant, by_case in by_variant.items():
+            for case, auroc in by_case.items():
+                cases.setdefault(case, {})[f"recovery_auroc_{variant}"] = auroc
+    for split, by_variant in result.get("per_case_f1", {}).items():
+        for variant, by_case in by_variant.items():
+            for case, f1 in by_case.items():
+                cases.setdefault(case, {})[f"is_changed_f1_{variant}"] = f1
+                cases[case]["explainer_set"] = split
+    return cases
+
+
 def write_summary(paths: list[str | Path], out_path, figure_path, prov: dict[str, Any],
                   explainer_result: str | Path | None = None) -> pd.DataFrame:
     """results/interpbench/summary.parquet (one row per case: patching's node and edge recovery and, given a
@@ -279,8 +295,6 @@ def write_summary(paths: list[str | Path], out_path, figure_path, prov: dict[str
     frame = pd.DataFrame(summarize(paths))
     rates = None
     if explainer_result:
-        from pipeline.circuit_task import per_case
-
         explainer = pd.DataFrame.from_dict(per_case(explainer_result), orient="index")
         frame = frame.merge(explainer, left_on="case", right_index=True, how="left")
         rates = json.loads(Path(explainer_result).read_text()).get("component_rates")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.models import decoder_layers
+from pipeline.models import decoder_layers, embedding_norm
 from pipeline.prompts import VECTOR
 
 EXPLAINER_META = "explainer.json"
@@ -56,21 +56,6 @@ def placeholder_token_id(tokenizer, model: nn.Module | None = None) -> int:
             if output is not None:
                 output.weight[token_id:].zero_()
     return token_id
-
-
-@torch.no_grad()
-def embedding_norm(lm: nn.Module, skip: set[int] = frozenset(), chunk: int = 16384) -> torch.Tensor:
-    """Mean norm of what the embedding layer returns over the vocabulary (scaled embeddings included)."""
-    layer = lm.get_input_embeddings()
-    rows = layer.weight.shape[0]
-    device = layer.weight.device
-    total, count = 0.0, 0
-    for start in range(0, rows, chunk):
-        ids = torch.tensor([i for i in range(start, min(rows, start + chunk)) if i not in skip], device=device)
-        if len(ids):
-            total += float(layer(ids).float().norm(dim=-1).sum())
-            count += len(ids)
-    return torch.tensor(total / max(count, 1))
 
 
 class ContinuousTokenExplainer(nn.Module):

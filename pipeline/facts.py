@@ -203,3 +203,36 @@ def build_facts(facts_cfg: FactsConfig, prompt_cfg: PromptConfig, model_dir: str
     write_table(frame.reset_index(drop=True), out_path,
                 provenance(settings, {"target": manifest["source"]}) | {"counts": counts})
     return frame
+
+
+def token_positions(prompt: RenderedPrompt, offsets: list[tuple[int, int]]) -> dict[str, int]:
+    """Token index of the last subject token, the first token after the subject, and the last token."""
+    start, end = prompt.subject_span
+    real = [(i, a, b) for i, (a, b) in enumerate(offsets) if b > a]
+    subject = [i for i, a, b in real if a < end and b > start]
+    after = [i for i, a, b in real if a >= end]
+    if not subject or not after:
+        raise ValueError(f"cannot locate the subject tokens in prompt {prompt.text!r}")
+    return {"last_subject_token": subject[-1], "relation_suffix": after[0], "last_token": len(offsets) - 1}
+
+
+def first_token(tokenizer, target: str) -> int:
+    return tokenizer(" " + target, add_special_tokens=False)["input_ids"][0]
+
+
+def make_pairs(facts: pd.DataFrame, seed: int, tokenizer) -> list[tuple[pd.Series, pd.Series]]:
+    """Candidate (original, counterfactual) facts of one relation whose answers begin with different tokens,
+    one per original fact, in a seeded order. Both come from `facts`, so from one split."""
+    rng = random.Random(seed)
+    facts = facts.assign(first=[first_token(tokenizer, t) for t in facts["target_true"]])
+    by_relation = {rel: group for rel, group in facts.groupby("relation")}
+    order = list(range(len(facts)))
+    rng.shuffle(order)
+    pairs = []
+    for index in order:
+        original = facts.iloc[index]
+        pool = by_relation[original["relation"]]
+        pool = pool[(pool["first"] != original["first"]) & (pool["subject"] != original["subject"])]
+        if len(pool):
+            pairs.append((original, pool.iloc[rng.randrange(len(pool))]))
+    return pairs

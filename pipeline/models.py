@@ -228,3 +228,18 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 def input_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
+
+
+@torch.no_grad()
+def embedding_norm(lm: torch.nn.Module, skip: set[int] = frozenset(), chunk: int = 16384) -> torch.Tensor:
+    """Mean norm of what the embedding layer returns over the vocabulary (scaled embeddings included)."""
+    layer = lm.get_input_embeddings()
+    rows = layer.weight.shape[0]
+    device = layer.weight.device
+    total, count = 0.0, 0
+    for start in range(0, rows, chunk):
+        ids = torch.tensor([i for i in range(start, min(rows, start + chunk)) if i not in skip], device=device)
+        if len(ids):
+            total += float(layer(ids).float().norm(dim=-1).sum())
+            count += len(ids)
+    return torch.tensor(total / max(count, 1))

@@ -66,7 +66,7 @@ def difference_vectors(model, tokenizer, facts_path, layers: list[int], count: i
                        seed: int) -> tuple[dict[int, torch.Tensor], list[str]]:
     """Per layer, residual(counterfactual fact) - residual(original fact) at the subject's last token, for `count`
     counterfactual pairs of kept facts (the fact sentences after the separator token, no few-shot prefix)."""
-    from pipeline.act_patch import make_pairs, token_positions
+    from pipeline.facts import make_pairs, token_positions
     from pipeline.facts import RenderedPrompt
     from pipeline.patching import encode, pad_left
 

@@ -79,7 +79,7 @@ STAGES: dict[str, Stage] = {
     "interpbench_case": Stage("pipeline.interpbench:build_case", ("interpbench.build",)),
     "interpbench_cases": Stage("pipeline.interpbench:summarize", ("interpbench.cases",)),
     "interpbench_patching": Stage("pipeline.circuits:discover", ("interpbench.patching",)),
-    "interpbench_summary": Stage("pipeline.circuits:write_summary", modules=("pipeline.circuit_task",)),
+    "interpbench_summary": Stage("pipeline.circuits:write_summary"),
     "circuits_labels": Stage("pipeline.circuit_task:build_labels",
                              ("circuits.train_cases", "circuits.heldout_cases", "circuits.pairs_per_case",
                               "circuits.width", "circuits.seed")),

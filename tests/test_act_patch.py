@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.act_patch import examples_from_rows, load_examples, shuffled_vectors, token_positions
+from pipeline.act_patch import examples_from_rows, load_examples, shuffled_vectors
+from pipeline.facts import token_positions
 from pipeline.artifacts import ArtifactError, provenance, write_tensors
 from pipeline.config import ActPatchConfig, FactsConfig, PromptConfig
 from pipeline.facts import render_prompt

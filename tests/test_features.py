@@ -515,7 +515,7 @@ def test_ood_sets_hold_unit_vectors_whose_exemplars_are_their_projections(traine
             assert float(hidden[row["layer"] + 1][0, row["token_index"]] @ vector) == pytest.approx(row["activation"],
                                                                                                     abs=1e-3)
     # ood_diff: the first vector is the difference of the two facts' residual streams at the subject's last token.
-    from pipeline.act_patch import make_pairs
+    from pipeline.facts import make_pairs
 
     original, counter = make_pairs(facts, 0, tokenizer)[0]
     states = []

@@ -158,3 +158,29 @@ def test_training_does_not_depend_on_the_generation_code(base_config):
     """Training draws its rows with pipeline.sampling, not through generation.py, so an edit there reruns no training."""
     assert "pipeline.generation" not in stages.code_closure("pipeline.training:train_explainer")
     assert "pipeline.sampling" in stages.code_closure("pipeline.training:train_explainer")
+
+
+def test_pipeline_modules_import_no_cycle_and_no_task_imports_another():
+    """Every `pipeline` import, at module level or inside a function: no cycle, and no task module reaches into
+    another task's module (shared pieces live in the module they belong to, such as facts.py's pairs)."""
+    import ast
+
+    graph = {}
+    for path in stages.PACKAGE_DIR.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline."):
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names if a.name.startswith("pipeline.")}
+        graph[f"pipeline.{path.stem}"] = imported - {f"pipeline.{path.stem}"}
+
+    def reaches(start, goal, seen):
+        return any(step == goal or (step not in seen and not seen.add(step) and reaches(step, goal, seen))
+                   for step in graph.get(start, ()))
+
+    assert [m for m in graph if reaches(m, m, set())] == []
+    from pipeline.tasks import TASK_MODULES
+
+    task_modules = set(TASK_MODULES.values())
+    assert {(m, d) for m in task_modules for d in graph[m] if d in task_modules} == set()
