@@ -90,6 +90,7 @@ def test_a_layout_that_is_not_recognised_or_a_missing_token_is_refused_naming_wh
         load_explainer("./no/such/folder", tiny_dir, 64, continuous_tokens=TOKENS)
 
 
+@pytest.mark.slow
 def test_a_released_explainer_is_generated_and_scored_without_training(tiny_copy, tmp_path):
     """The act_patch workflow on tiny with explainer.checkpoint: no training job is planned, and the fine-tuned
     variants are the released model's answers."""
