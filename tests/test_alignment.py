@@ -246,5 +246,19 @@ def test_raw_scale_puts_the_vector_itself_at_the_placeholder(tiny_dir):
     batch = collate([example], vectors, tokenizer.pad_token_id, "cpu")
     embeds = explainer.embed(batch["input_ids"], batch["vectors"])
     assert torch.equal(embeds[0, example.input_ids.index(placeholder)], vectors[0])
-    with pytest.raises(ValueError, match="raw"):
-        ContinuousTokenExplainer(model, width, placeholder, scale="raw", alignment=_maps(width, width, (0,)))
+    # Per-layer maps of the raw vector are the paper's embed_projs (a released cross-width explainer), but a fitted
+    # alignment is fitted on unit vectors, so the settings refuse that pair before any job.
+    maps = _maps(width, width, (0,))
+    raw_maps = ContinuousTokenExplainer(model, width, placeholder, scale="raw", alignment=maps)
+    assert torch.allclose(raw_maps.project(vectors, [0]), vectors @ maps[0][0].T, atol=1e-3)
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.config import ConfigError, validate_config
+
+    config = copy.deepcopy(yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text()))
+    config["act_patch"]["explainer"] = {"alignment": "fitted", "scale": "raw"}
+    with pytest.raises(ConfigError, match="act_patch.explainer: alignment 'fitted' .* scale 'embedding_norm'"):
+        validate_config(config)
