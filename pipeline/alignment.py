@@ -104,8 +104,7 @@ def r_squared(predicted: torch.Tensor, truth: torch.Tensor) -> float:
 def collect(target_dir, explainer_dir, texts: list[str], max_tokens: int, batch_size: int):
     """Target states at every layer and the explainer's embedding row ids of the same tokens, per text:
     a list of (states [tokens, layers, d_target], explainer token ids [tokens])."""
-    from pipeline.models import embedding_norm
-    from pipeline.models import load_model, load_tokenizer, read_manifest
+    from pipeline.models import embedding_norm, load_model, load_tokenizer, read_manifest
     from pipeline.patching import capture_states, encode, pad_left, wrap
 
     model, tokenizer = load_model(target_dir)

@@ -227,3 +227,14 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ArtifactError(f"{path}: file not found") from error
     except json.JSONDecodeError as error:
         raise ArtifactError(f"{path}: not valid JSON ({error})") from error
+
+
+def local_folder(path: str, setting: str) -> str | None:
+    """`path` when it names a local folder; None when it is a hub id (owner/name). A path that looks local
+    (absolute, ./, ~, or present) but is no folder is refused naming the setting."""
+    folder = Path(path).expanduser()
+    if not (folder.is_absolute() or path.startswith((".", "~")) or folder.exists()):
+        return None
+    if not folder.is_dir():
+        raise ValueError(f"{setting}: local folder {path} does not exist (a hub id is written owner/name)")
+    return str(folder)

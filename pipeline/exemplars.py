@@ -2,9 +2,10 @@
 
 The target reads `features.exemplars.tokens` tokens of corpus chunks; every layer's SAE encodes its
 residual stream. Per feature: its firing frequency and largest activation (the stats table), and for
-each live feature its top-activating contexts and a seeded sample of other contexts: where it also fires, or with
-`random_from: corpus` any tokens read, as OpenAI's random sample (the exemplars table: layer, feature, kind, rank, sequence, token_index, tokens, window_index, activation, and
-`activations`, the feature's activation at every token of the window, which the simulator is scored against).
+each live feature its top-activating contexts and a seeded sample of other contexts: where it also fires, or
+with `random_from: corpus` any tokens read, as OpenAI's random sample (the exemplars table: layer, feature, kind,
+rank, sequence, token_index, tokens, window_index, activation, and `activations`, the feature's activation at every
+token of the window, which the simulator is scored against).
 Features that never fire (dead) or fire on more than `always_on_fraction` of tokens are dropped from
 the exemplars and counted.
 """

@@ -58,6 +58,12 @@ def vector_layers(examples: Examples, explainer_cfg, explainer_dir, target_dir) 
     return [int(layer[0]) if isinstance(layer, (list, tuple)) else int(layer) for layer in examples.columns["layer"]]
 
 
+def asked(questions: list[str], explainer_cfg, spec) -> list[str]:
+    """The questions as the explainer is asked them: with `prompt_format: paper`, each ends as the paper's string
+    template of its task does."""
+    return [q + spec.paper_suffix for q in questions] if explainer_cfg.prompt_format == "paper" else questions
+
+
 def train(task: str, training_cfg, explainer_cfg, task_settings: dict, label_paths: dict[str, str], explainer_dir,
           target_dir, out_dir, checkpoint_dir, settings: dict, alignment: str | None = None) -> dict:
     """Fine-tune the explainer on the task's training rows; the checkpoint key names the inputs too. `alignment`:
@@ -74,9 +80,7 @@ def train(task: str, training_cfg, explainer_cfg, task_settings: dict, label_pat
         explainer_cfg = replace(explainer_cfg, projection=projection)
     inputs = dict(label_paths) | {"explainer": explainer_dir, "target": target_dir}
     key = settings | {"inputs": training_inputs(inputs | ({"alignment": alignment} if alignment else {}))}
-    questions = examples.questions
-    if explainer_cfg.prompt_format == "paper":  # the template's own ending, as generation asks
-        questions = [q + spec.paper_suffix for q in questions]
+    questions = asked(examples.questions, explainer_cfg, spec)
     return train_explainer(training_cfg, explainer_cfg, explainer_dir, width, questions, examples.answers,
                            examples.vectors, out_dir, checkpoint_dir, key,
                            vector_layers=vector_layers(examples, explainer_cfg, explainer_dir, target_dir),
@@ -118,9 +122,7 @@ def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths
                                           explainer_cfg.inject, alignment if projection is None else None,
                                           explainer_cfg.scale, explainer_cfg.center, explainer_cfg.continuous_tokens,
                                           text_only=examples.vectors is None)
-    questions, prompt_format = examples.questions, explainer_cfg.prompt_format
-    if prompt_format == "paper":
-        questions = [q + spec.paper_suffix for q in questions]
+    questions, prompt_format = asked(examples.questions, explainer_cfg, spec), explainer_cfg.prompt_format
     if variant == "untrained":
         questions = [q + spec.format_instruction for q in questions]
         # Zero-shot, an instruct model is asked as it was trained to be asked: in its chat template.

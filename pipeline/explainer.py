@@ -362,11 +362,11 @@ EMBED_PROJ = re.compile(r"^(?:model\.)?embed_projs\.(\d+)\.weight$")
 
 def released_folder(checkpoint: str) -> Path:
     """A released explainer's local folder: the path itself, or a hub id's snapshot (HF cache or HF_TOKEN)."""
-    folder = Path(checkpoint).expanduser()
-    if folder.exists() or checkpoint.startswith((".", "/", "~")):
-        if not folder.is_dir():
-            raise ValueError(f"explainer.checkpoint: local folder {checkpoint} does not exist")
-        return folder
+    from pipeline.artifacts import local_folder
+
+    local = local_folder(checkpoint, "explainer.checkpoint")
+    if local:
+        return Path(local)
     from huggingface_hub import snapshot_download
 
     try:
@@ -392,27 +392,23 @@ def load_released(checkpoint: str, target_width: int, continuous_tokens: tuple[s
         raise ValueError(f"explainer.checkpoint: {checkpoint} is not an explainer layout this workflow reads: expected "
                          f"this workflow's trained explainer ({EXPLAINER_META}) or a transformers model folder "
                          f"(config.json and weights) as the paper's code saves one; found {found}")
-    if text_only:  # a text-only task (input_ablation): its prompts hold no vector
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        cuda = torch.cuda.is_available()
-        model = AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype="auto",
-                                                     device_map="auto" if cuda else None)
-        explainer = ContinuousTokenExplainer(model, target_width, tokenizer.eos_token_id, projection="none")
-        explainer.eval()
-        return explainer, tokenizer
-    if not continuous_tokens:
+    if not continuous_tokens and not text_only:  # a text-only task (input_ablation) has no vector in its prompts
         raise ValueError(f"explainer.checkpoint {checkpoint}: set explainer.continuous_tokens (begin, rep, end), the "
                          f"tokens its prompts hold around and at the vector (the paper's Llama-3 explainers: "
                          f"<|reserved_special_token_10|>, <|reserved_special_token_12|>, <|reserved_special_token_11|>)")
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     vocab = tokenizer.get_vocab()
     ids = []
-    for name, token in zip(("begin", "rep", "end"), continuous_tokens):
+    for name, token in zip(("begin", "rep", "end"), () if text_only else continuous_tokens):
         if token not in vocab:
             raise ValueError(f"explainer.continuous_tokens.{name}: {token!r} is not a token of {checkpoint}'s tokenizer")
         ids.append(vocab[token])
-    cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype="auto", device_map="auto" if cuda else None)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype="auto",
+                                                 device_map="auto" if torch.cuda.is_available() else None)
+    if text_only:
+        explainer = ContinuousTokenExplainer(model, target_width, tokenizer.eos_token_id, projection="none")
+        explainer.eval()
+        return explainer, tokenizer
     maps = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:

@@ -252,7 +252,9 @@ def collapse_selfie(aligned: dict[str, pd.DataFrame], seed: int, chosen: dict[st
         top = np.nan_to_num(np.stack([f[judge].to_numpy(dtype=float) for f in frames]), nan=-np.inf).argmax(0)
         best["prediction"] = [frames[i]["prediction"].iloc[row] for row, i in enumerate(top)]
     aligned[SELFIE_MAX], aligned[SELFIE_SINGLE] = best, single
-    return {"mean_by_scale": means, "single_scale_chosen": picked,
+    best_scale = {column: int(max((k for k, v in by.items() if v is not None), key=by.get))
+                  for column, by in means.items() if any(v is not None for v in by.values())}
+    return {"mean_by_scale": means, "best_scale": best_scale, "single_scale_chosen": picked,
             "single_scale_rule": "given" if chosen is not None else "chosen on the other half of the features"}
 
 
@@ -382,6 +384,7 @@ def summarise(aligned: dict[str, pd.DataFrame], samples: int, seed: int) -> tupl
     pairs = [("finetuned", name) for name in aligned if name not in ("finetuned", "reference")]
     pairs += [(name, floor) for floor in FLOORS if floor in aligned for name in aligned
               if name not in FLOORS and name != "finetuned"]  # every variant against each floor
+    finetuned_texts = aligned["finetuned"]["prediction"].astype(str).to_numpy()
     for name, frame in aligned.items():
         texts = frame["prediction"].astype(str)
         metrics[name] = {"overall": {"n": int(len(frame)), "clusters": int(frame["cluster"].nunique()),
@@ -389,7 +392,7 @@ def summarise(aligned: dict[str, pd.DataFrame], samples: int, seed: int) -> tupl
                                      "distinct_share": float(texts.nunique() / max(len(frame), 1))}}
         if name != "finetuned" and len(frame) == len(aligned["finetuned"]):  # how often the text itself differs
             metrics[name]["overall"]["differs_from_finetuned"] = float(
-                (texts.to_numpy() != aligned["finetuned"]["prediction"].astype(str).to_numpy()).mean())
+                (texts.to_numpy() != finetuned_texts).mean())
         for column in SCORE_COLUMNS:
             if column not in frame or (name == "reference" and not column.startswith("simulator")):
                 continue
@@ -434,6 +437,8 @@ def paper_ratios(aligned: dict[str, pd.DataFrame], samples: int, seed: int) -> d
             "the reference description's simulator_top on the same exemplars")
     else:
         return {}
+    bare = np.isnan(label) | (label == 0)
+    divisor = np.where(bare, 1.0, label)  # no label score: the score itself, as the paper's code does
     ratios = {}
     for name, frame in aligned.items():
         if name == "reference" or "simulator_top" not in frame:
@@ -442,8 +447,7 @@ def paper_ratios(aligned: dict[str, pd.DataFrame], samples: int, seed: int) -> d
         scored = ~np.isnan(score)
         if not scored.any():
             continue
-        bare = np.isnan(label) | (label == 0)
-        ratio = np.where(bare, score, score / np.where(bare, 1.0, label))[scored]
+        ratio = (score / divisor)[scored]
         ratios[name] = mean_with_interval(ratio, frame["cluster"].to_numpy()[scored], samples, seed) | {
             "n": int(scored.sum())}
     return {"label_scores": source, "ratios": ratios}
@@ -485,14 +489,10 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
             held_out = simulator_cfg | {"describe_every": settings.get("descriptions", {}).get("describe_every", 1)}
             simulator = {"enabled": True} | simulator_scores(aligned, held_out, model, inputs["exemplars"], seed)
         selfie = collapse_selfie(aligned, seed)
-        if model is not None:
-            # The OOD sets' single SelfIE scale: per score, the scale best on all the test features.
-            means = selfie.get("mean_by_scale", {})
-            chosen = {column: int(max((k for k, v in by.items() if v is not None), key=by.get))
-                      for column, by in means.items() if any(v is not None for v in by.values())}
+        if model is not None:  # the OOD sets' single SelfIE scale: per score, the scale best on the test features
             for name in OOD_SETS:
                 if f"{name}_labels" in inputs:
-                    ood[name] = ood_scores(name, inputs, simulator_cfg, model, chosen, samples, seed)
+                    ood[name] = ood_scores(name, inputs, simulator_cfg, model, selfie.get("best_scale"), samples, seed)
             simulator["calls"] = dict(model.calls)
     finally:
         if model is not None and model.cache is not None:
@@ -518,15 +518,11 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
 def simulator_input(target: str, simulator: dict) -> dict[str, str]:
     """The simulator the score rule reads: a released checkpoint's local folder, the one trained for this target
     (rule features_simulator), or the untrained model; a hub id is no file (the job loads it)."""
-    from pathlib import Path
+    from pipeline.artifacts import local_folder
 
     if simulator.get("checkpoint"):
         path = str(simulator["checkpoint"])
-        local = Path(path).is_absolute() or path.startswith((".", "~")) or Path(path).exists()
-        if local and not Path(path).expanduser().is_dir():
-            raise ValueError(f"features.simulator.checkpoint: local folder {path} does not exist (a hub id is "
-                             f"written owner/name)")
-        return {"simulator": path} if Path(path).is_dir() else {}
+        return {"simulator": path} if local_folder(path, "features.simulator.checkpoint") else {}
     if simulator.get("train"):
         return {"simulator": f"work/features/simulator/{target}"}
     return {"simulator": f"resources/models/{simulator['model']}"}

@@ -179,24 +179,25 @@ def encode_prompt(tokenizer, fmt: str, description: str, windows: list[list[str]
     positions whose logits are read as the activations of its window tokens, in order. A window token that the
     simulator's tokenizer splits is read at its last piece."""
     piece = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    prefix = [remap.get(i, i) for i in _prefix(tokenizer, fmt, description)] if remap else _prefix(tokenizer, fmt,
-                                                                                                    description)
+    prefix = [(remap or {}).get(i, i) for i in _prefix(tokenizer, fmt, description)]
+
+    def tokens(ids: list[int], positions: list[int], window: list[str]) -> None:
+        for token in window:  # each token as it is, read at its last piece
+            ids += piece(token) or piece(" ")
+            positions.append(len(ids) - 1)
+
     if fmt == "finetuned":
         prompts = []
         for window in windows:
             ids, positions = list(prefix), []
-            for token in window:
-                ids += piece(token) or piece(" ")
-                positions.append(len(ids) - 1)
+            tokens(ids, positions, window)
             prompts.append((ids, positions))
         return prompts
     ids, positions = list(prefix), []
     for window in windows:
         if fmt == "compact":
             ids += piece("\n")
-            for token in window:
-                ids += piece(token) or piece(" ")
-                positions.append(len(ids) - 1)
+            tokens(ids, positions, window)
             continue
         ids += piece("\n<start>\n")
         for token in window:

@@ -362,8 +362,9 @@ def _hash_stage(stage: str) -> str:
 
 
 def code_hash(stage: str) -> str:
-    """Per pipeline module the stage's entry can run, a short hash of its behaviour (`module:hash ...`). On a miss (a pipeline source
-    changed) every declared stage is hashed and the cache written once: a parse asks for nearly all of them."""
+    """Per pipeline module the stage's entry can run, a short hash of its behaviour (`module:hash ...`). On a miss
+    (a pipeline source changed) every declared stage is hashed and the cache written once: a parse asks for nearly
+    all of them."""
     cache = _hash_cache()
     if stage not in cache["hashes"]:
         _stage(stage)  # an unknown name fails here, naming the declared ones

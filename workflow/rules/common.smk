@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from pipeline import interpbench, runtime, stages
+from pipeline.artifacts import local_folder
 from pipeline.tasks import TASK_MODULES, all_variants, get_task
 
 TASKS = tuple(TASK_MODULES)
@@ -174,10 +175,8 @@ def model_sources(wildcards):
     if prepared.is_dir() and not (prepared / "manifest.json").is_file():
         raise ValueError(f"{prepared} exists but holds no manifest.json (an interrupted or hand-made folder): delete it "
                          f"and run again, and prepare_model builds it")
-    path = spec.get("path", "")
-    local = Path(path).is_absolute() or path.startswith((".", "~"))
-    if spec["source"] == "hf" and local and not Path(path).expanduser().is_dir():
-        raise ValueError(f"models.{wildcards.model}.path: local folder {path} does not exist")
+    if spec["source"] == "hf":
+        local_folder(spec["path"], f"models.{wildcards.model}.path")
     return []
 
 
@@ -284,11 +283,7 @@ def trained_explainer(task, folder):
     released = stages.task_section(config, "explainer", task).get("checkpoint")
     if not released:
         return {"trained": folder}
-    local = Path(released).expanduser()
-    if (local.is_absolute() or released.startswith((".", "~"))) and not local.is_dir():
-        raise ValueError(f"explainer.checkpoint ({task}): local folder {released} does not exist (a hub id is "
-                         f"written owner/name)")
-    return {"trained": released} if local.is_dir() else {}
+    return {"trained": released} if local_folder(released, f"explainer.checkpoint ({task})") else {}
 
 
 def _prefix(prefix, wildcards):
