@@ -32,3 +32,4 @@ rule all:
         all_results(),
         all_figures(),
         "results/summary.parquet",
+        "results/tables.md",

@@ -171,11 +171,83 @@ def print_summary(frame: pd.DataFrame) -> None:
         print(frame[shown].to_string(index=False))
 
 
-if __name__ == "__main__":
-    import sys
+def _cell(entry: dict | None, signed: bool = False) -> str:
+    """"0.412 [0.380, 0.445]" from a results file's figure, or a seeds file's mean with its interval and seeds."""
+    if not entry:
+        return "-"
+    value = entry.get("mean", entry.get("value", entry.get("difference")))
+    if value is None:
+        return "n/a"
+    form = "{:+.3f}" if signed else "{:.3f}"
+    text = form.format(value)
+    if entry.get("ci"):
+        text += " [" + ", ".join(form.format(bound) for bound in entry["ci"]) + "]"
+    if "values" in entry:  # across seeds: each seed's own figure, and whether every seed's interval excludes 0
+        text += " (" + ", ".join(form.format(v) for v in entry["values"]) + ")"
+        text += " *" if entry.get("every_seed_excludes_zero") else ""
+    return text
 
-    # `python -m pipeline.report [results/summary.parquet]` prints the table.
-    print_summary(read_table(sys.argv[1] if len(sys.argv) > 1 else "results/summary.parquet"))
+
+def _figures(result: dict, headline: tuple[str, str]) -> list[tuple[str, str]]:
+    """The (split, metric) columns of a run's tables: the task's headline, that metric on every other split, then
+    every overall metric."""
+    split, metric = headline
+    finetuned = result["metrics"].get("finetuned") or next(iter(result["metrics"].values()))
+    columns = [(split, metric)] + [(s, metric) for s in finetuned if s not in (split, "overall")
+                                   and isinstance(finetuned[s], dict) and metric in finetuned[s]]
+    overall = finetuned.get("overall", {})
+    return columns + [("overall", m) for m, e in overall.items()
+                      if isinstance(e, dict) and ("value" in e or "mean" in e) and ("overall", m) not in columns]
+
+
+def _table(rows: dict, columns: list[tuple[str, str]], signed: bool) -> list[str]:
+    head = ["| |"] + [f" {metric} ({split}) |" for split, metric in columns]
+    lines = ["".join(head), "|---|" + "---|" * len(columns)]
+    for name, parts in rows.items():
+        lines.append(f"| {name} |" + "".join(f" {_cell((parts.get(s) or {}).get(m), signed)} |" for s, m in columns))
+    return lines
+
+
+def results_tables(result_paths: list[str]) -> str:
+    """Markdown tables of results files (results/{task}/{run}.json) and seeds files ({run}.seeds.json): per run, a
+    header naming the commit that wrote it, the date the file was written, the models, the rows and the training;
+    every variant's figures with their 95% intervals; and the fine-tuned explainer's paired differences against each
+    control and baseline. Seeds files show the mean across seeds, the interval holding training and test variance,
+    each seed's figure, and * where every seed's own interval excludes 0 (pipeline/seeds.py)."""
+    import datetime
+
+    from pipeline.tasks import get_task
+
+    out = ["<!-- written by the results_tables rule (python -m pipeline.report tables FILE...): do not edit -->", ""]
+    for path in result_paths:
+        result = read_json(path)
+        written = datetime.datetime.fromtimestamp(Path(path).stat().st_mtime, datetime.timezone.utc)
+        seeds = result.get("seeds")
+        title = f"{result['task']}: {result['explainer']} explains {result['target']}"
+        out += [f"### {title}" + (f", seeds {', '.join(map(str, seeds))}" if seeds else ""), "",
+                f"`{path}`: commit {result['provenance'].get('code_version', '?')}, written {written:%Y-%m-%d}."]
+        finetuned = result["metrics"].get("finetuned", {}).get("overall", {})
+        if "n" in finetuned:
+            out[-1] += f" {finetuned['n']} test rows in {finetuned.get('clusters', '?')} clusters."
+        runs = [entry.get("training") or {} for entry in result.get("per_seed", {}).values()] or [
+            result.get("training") or {}]
+        if all("steps" in training for training in runs):
+            out[-1] += " Training: " + "; ".join(f"seed {t.get('seed')}, {t['steps']} steps on {t.get('examples')} rows"
+                                                 for t in runs) + "."
+        commits = sorted({entry.get("code_version") for entry in result.get("per_seed", {}).values()} - {None})
+        if commits:
+            out[-1] += f" The seeds' runs: commit {', '.join(commits)}."
+        columns = _figures(result, get_task(result["task"]).headline)
+        out += ["", *_table(result["metrics"], columns, signed=False), ""]
+        ours = {name: parts for name, parts in result.get("comparisons", {}).items() if name.startswith("finetuned - ")}
+        if ours:
+            out += [*_table(ours, columns, signed=True), ""]
+    return "\n".join(out) + "\n"
+
+
+def write_results_tables(result_paths: list[str], out_path) -> None:
+    with atomic_path(out_path) as tmp:
+        Path(tmp).write_text(results_tables(result_paths))
 
 
 def features_metrics_figure(result: dict, out_path) -> None:
@@ -225,3 +297,14 @@ def features_figures(result_path, training_log_path, metrics_png, loss_png, exam
     features_metrics_figure(result, metrics_png)
     loss_figure(training_log_path, loss_png, f"features: {result['explainer']} explains {result['target']}")
     features_examples_page(result, examples_html)
+
+
+if __name__ == "__main__":
+    import sys
+
+    # `python -m pipeline.report [results/summary.parquet]` prints the summary table;
+    # `python -m pipeline.report tables FILE...` prints the Markdown tables of results and seeds files.
+    if sys.argv[1:2] == ["tables"]:
+        print(results_tables(sys.argv[2:]), end="")
+    else:
+        print_summary(read_table(sys.argv[1] if len(sys.argv) > 1 else "results/summary.parquet"))

@@ -88,6 +88,7 @@ STAGES: dict[str, Stage] = {
     "act_patch_patch_effect": Stage("pipeline.report:patch_effect_figure"),
     "report_figures": Stage("pipeline.report:run_figures"),
     "summary_table": Stage("pipeline.report:write_summary"),
+    "results_tables": Stage("pipeline.report:write_results_tables"),
 }
 
 

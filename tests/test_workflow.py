@@ -290,7 +290,8 @@ def test_report_figures_summary_and_html_report(finished_run, tmp_path):
                                                                "features": []}})
     plan = planned_jobs(snakemake(finished_run, "-n", "all", configfiles=[only_act_patch]))
     plan.pop("act_patch_score", None)  # rescored when an earlier test here left other scoring settings behind
-    assert plan == {"act_patch_patch_effect": 1, "report_figures": 1, "summary_table": 1, "all": 1}
+    assert plan == {"act_patch_patch_effect": 1, "report_figures": 1, "summary_table": 1, "results_tables": 1,
+                    "all": 1}
     run = snakemake(finished_run, "all", configfiles=[only_act_patch])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for figure in ("report/act_patch/patch_effect_tiny.png", "report/act_patch/tiny_tiny/metrics.png",
@@ -302,6 +303,11 @@ def test_report_figures_summary_and_html_report(finished_run, tmp_path):
     assert (summary["task"] == "act_patch").all()
     assert {"is_changed_f1", "is_changed_f1_ci_low", "is_changed_f1_ci_high", "changed_exact_match"} <= set(summary)
     assert "finetuned" in (finished_run / "logs/summary_table/summary.log").read_text()
+    result = json.loads((finished_run / "results/act_patch/tiny_tiny.json").read_text())
+    tables = (finished_run / "results/tables.md").read_text()
+    f1 = result["metrics"]["finetuned"]["overall"]["is_changed_f1"]
+    assert f"commit {result['provenance']['code_version']}" in tables
+    assert f"{f1['value']:.3f} [{f1['ci'][0]:.3f}, {f1['ci'][1]:.3f}]" in tables
     report = snakemake(finished_run, "--report", str(finished_run / "report.html"), configfiles=[only_act_patch])
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     assert (finished_run / "report.html").stat().st_size > 10_000

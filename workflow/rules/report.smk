@@ -134,3 +134,25 @@ rule summary_table:
         "../../envs/pipeline.yaml"
     script:
         "../scripts/summary_table.py"
+
+
+rule results_tables:
+    input:
+        all_results(),
+    output:
+        "results/tables.md",
+    params:
+        code=code_of("results_tables"),
+    log:
+        "logs/results_tables/tables.log",
+    benchmark:
+        "benchmarks/results_tables/tables.tsv"
+    threads: 1
+    localrule: True
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/results_tables.py"
