@@ -27,6 +27,11 @@ include: "workflow/rules/interpbench.smk"
 include: "workflow/rules/circuits.smk"
 
 
+for task_rules in config.get("task_rules") or []:  # the label rules of tasks from outside pipeline/ (task_modules)
+
+    include: task_rules
+
+
 rule all:
     input:
         all_results(),

@@ -53,6 +53,9 @@ def validate_config(config: dict[str, Any], source: str = "config") -> None:
             raise ConfigError(f"{source}: {where}: alignment 'fitted' starts per-layer projections from a map fitted on "
                               f"unit vectors: it needs projection 'linear' and scale 'embedding_norm' (got projection "
                               f"{section.get('projection')!r}, scale {section.get('scale')!r})")
+    for index, path in enumerate(config.get("task_rules") or []):
+        if not Path(path).is_file():
+            raise ConfigError(f"{source}: task_rules[{index}]: no rule file {path}")
     for key, spec in config["models"].items():
         needed = {"gguf_wheel": ["package", "file"], "random": ["tokenizer_from"], "hf": ["path"]}[spec["source"]]
         for name in needed:

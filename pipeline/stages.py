@@ -112,6 +112,8 @@ def all_stages() -> dict[str, Stage]:
         for name in [n for n in stages if n.startswith(f"{task}_") and n[len(task) + 1:].startswith(
                 ("train", "generate", "score"))]:
             stages[f"{name}_seeded"] = stages[name]  # one run per seed of training.seeds: the same stage
+        for name, (entry, keys) in spec.stages.items():  # the task's own label stages
+            stages[name] = Stage(entry, keys)
     return stages
 
 
@@ -226,8 +228,13 @@ def run_settings(stage_settings: dict[str, Any], config: dict[str, Any], stage: 
 
 def _module_file(module: str) -> Path:
     parts = module.split(".")
-    if parts[0] != "pipeline":
-        raise ValueError(f"{module}: not a pipeline module")
+    if parts[0] != "pipeline":  # a task module from outside the package (config task_modules)
+        import importlib.util
+
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin:
+            raise FileNotFoundError(f"{module}: no such module on the Python path")
+        return Path(spec.origin)
     path = PACKAGE_DIR.joinpath(*parts[1:]).with_suffix(".py") if len(parts) > 1 else PACKAGE_DIR / "__init__.py"
     if not path.is_file():
         raise FileNotFoundError(f"{module}: no file {path}")
@@ -300,7 +307,11 @@ def _hash_cache_file() -> Path:
 
 def _source_fingerprint() -> str:
     """Every pipeline source file's path, size and modification time: what the cached hashes were computed from."""
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(PACKAGE_DIR.glob("*.py"))]
+    from pipeline.tasks import BUILT_IN, TASK_MODULES
+
+    files = sorted(PACKAGE_DIR.glob("*.py")) + [_module_file(m) for t, m in sorted(TASK_MODULES.items())
+                                                if t not in BUILT_IN]
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(repr(stats).encode()).hexdigest()
 
 

@@ -10,6 +10,9 @@ module, so a task's label stages do not depend on the training or generation cod
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,8 +24,25 @@ from pipeline.lazy import lazy_import
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
 # Task modules register themselves on import; the registry lists where each one lives.
-TASK_MODULES = {"act_patch": "pipeline.act_patch", "input_ablation": "pipeline.input_ablation",
-                "features": "pipeline.features", "circuits": "pipeline.circuit_task"}
+BUILT_IN = {"act_patch": "pipeline.act_patch", "input_ablation": "pipeline.input_ablation",
+            "features": "pipeline.features", "circuits": "pipeline.circuit_task"}
+# Tasks from outside the package (config `task_modules`) reach the processes the jobs start through the environment.
+ADDED_ENV = "EXPLAIN_TASK_MODULES"
+TASK_MODULES = BUILT_IN | json.loads(os.environ.get(ADDED_ENV) or "{}")
+
+
+def add_task_modules(modules: dict[str, str]) -> None:
+    """Tasks defined outside this package (config `task_modules`: task name -> an importable module that registers
+    it), for this process and the processes it starts."""
+    for name, module in modules.items():
+        if name in BUILT_IN:
+            raise ValueError(f"task_modules.{name}: '{name}' is a built-in task ({BUILT_IN[name]}); give another name")
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            raise ValueError(f"task_modules.{name}: no module {module} on the Python path (PYTHONPATH)")
+        TASK_MODULES[name] = module
+    added = {name: module for name, module in TASK_MODULES.items() if name not in BUILT_IN}
+    if added:
+        os.environ[ADDED_ENV] = json.dumps(added)
 
 
 @dataclass
@@ -92,6 +112,9 @@ class Task:
     # target key -> the folder the shared stages read as the target (its manifest.json gives hidden_size and
     # source); None: the language model resources/models/{target}
     target_dir: Callable[[str], str] | None = None
+    # The task's own stages (its label rules): stage name -> (entry "module:function", the config keys its result
+    # depends on), declared with the task instead of in pipeline/stages.py (the rules' params: code_of, settings_of).
+    stages: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
 
 _TASKS: dict[str, Task] = {}
@@ -106,6 +129,8 @@ def get_task(name: str) -> Task:
     if name not in TASK_MODULES:
         raise ValueError(f"unknown task '{name}'; tasks: {sorted(TASK_MODULES)}")
     importlib.import_module(TASK_MODULES[name])
+    if name not in _TASKS:
+        raise ValueError(f"task module {TASK_MODULES[name]} registers no task named '{name}' (pipeline.tasks.register)")
     return _TASKS[name]
 
 

@@ -4,8 +4,9 @@ from pathlib import Path
 
 from pipeline import interpbench, runtime, stages
 from pipeline.artifacts import local_folder
-from pipeline.tasks import TASK_MODULES, all_variants, get_task
+from pipeline.tasks import TASK_MODULES, add_task_modules, all_variants, get_task
 
+add_task_modules(config.get("task_modules") or {})
 TASKS = tuple(TASK_MODULES)
 # Heavy jobs (models, labels, training, generation) take every core they are given: Snakemake lowers this to --cores
 # (or --max-threads) on one machine; a SLURM job step runs with --cores all on its node, and pipeline.runtime.stage
