@@ -555,6 +555,7 @@ TASK = register(Task(
     name="features", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors,
     figures=("metrics.png", "loss.png", "examples.html"), custom_variants={"selfie": selfie}, score_frames=score_frames,
+    heavy_score=True,
     score_keys=("judge", "simulator", "ood", "descriptions.describe_every"), score_inputs=score_inputs, eval_set_names=OOD_SETS, eval_sets=eval_sets,
     score_execution=("judge.concurrency", "judge.timeout", "judge.retries", "judge.cache", "simulator.batch_size",
                      "simulator.cache", "ood.batch_size"),

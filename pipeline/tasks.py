@@ -115,6 +115,9 @@ class Task:
     # The task's own stages (its label rules): stage name -> (entry "module:function", the config keys its result
     # depends on), declared with the task instead of in pipeline/stages.py (the rules' params: code_of, settings_of).
     stages: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    # Scoring that is heavy (judge API calls, a simulator LM): its score job goes to the cluster like the GPU stages;
+    # otherwise it is a localrule that runs beside Snakemake.
+    heavy_score: bool = False
 
 
 _TASKS: dict[str, Task] = {}

@@ -17,7 +17,7 @@ for task in TASKS:
             benchmark:
                 f"benchmarks/{task}_score/{prefix}{{explainer}}_{{target}}.tsv"
             threads: 2
-            localrule: task not in HEAVY_SCORE_TASKS
+            localrule: not get_task(task).heavy_score
             resources:
                 mem_mb=4000,
                 runtime=60,
