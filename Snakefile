@@ -8,7 +8,7 @@ configfile: "config.yaml"
 
 # config.yaml is always the base: files given with --configfile (and --config values) only override it.
 config.update(with_base_config(config, f"{workflow.basedir}/config.yaml"))
-validate_config(config, source="config.yaml (with any --configfile/--config overrides)")
+validate_config(config, source="config.yaml (with any --configfile/--config overrides)", base=workflow.basedir)
 
 
 include: "workflow/rules/common.smk"
@@ -27,7 +27,7 @@ include: "workflow/rules/interpbench.smk"
 include: "workflow/rules/circuits.smk"
 
 
-for task_rules in config.get("task_rules") or []:  # the label rules of tasks from outside pipeline/ (task_modules)
+for task_rules in config.get("task_rules") or []:  # tasks from outside pipeline/: relative to this folder
 
     include: task_rules
 

@@ -37,7 +37,9 @@ def schema() -> dict[str, Any]:
     return loaded
 
 
-def validate_config(config: dict[str, Any], source: str = "config") -> None:
+def validate_config(config: dict[str, Any], source: str = "config", base: str | Path | None = None) -> None:
+    """Check `config` against the schema and the rules the schema cannot say, naming the field. `base`: the folder
+    relative `task_rules` paths are read from (the Snakefile's, as its `include:` reads them); None: the current one."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema())
@@ -54,7 +56,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> None:
                               f"unit vectors: it needs projection 'linear' and scale 'embedding_norm' (got projection "
                               f"{section.get('projection')!r}, scale {section.get('scale')!r})")
     for index, path in enumerate(config.get("task_rules") or []):
-        if not Path(path).is_file():
+        if not Path(base or ".").joinpath(path).is_file():
             raise ConfigError(f"{source}: task_rules[{index}]: no rule file {path}")
     for key, spec in config["models"].items():
         needed = {"gguf_wheel": ["package", "file"], "random": ["tokenizer_from"], "hf": ["path"]}[spec["source"]]
@@ -296,7 +298,8 @@ def check_files(paths: list[str], base_path: str | Path = Path(__file__).resolve
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         layered = deep_merge(layered, loaded)
-    validate_config(with_base_config(layered, base_path), source=" + ".join(["config.yaml", *map(str, paths)]))
+    validate_config(with_base_config(layered, base_path), source=" + ".join(["config.yaml", *map(str, paths)]),
+                    base=Path(base_path).parent)
 
 
 if __name__ == "__main__":  # python -m pipeline.config my.yaml [more.yaml ...]

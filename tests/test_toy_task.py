@@ -4,14 +4,14 @@ configuration only, then trained, generated and scored by the shared rules on th
 import json
 
 import pytest
-from workflow_runs import REPO, override, planned_jobs, snakemake
+from workflow_runs import override, planned_jobs, snakemake
 
 
 @pytest.mark.slow
 def test_a_task_from_the_test_tree_trains_generates_and_scores_on_tiny(tmp_path, prepared_models):
     prepared_models.into(tmp_path, "tiny")
     toy = override(tmp_path, "toy.yaml", {"task_modules": {"toy": "tests.toy_task.task"},
-                                          "task_rules": [str(REPO / "tests/toy_task/toy.smk")]})
+                                          "task_rules": ["tests/toy_task/toy.smk"]})  # from the Snakefile's folder
     target = "results/toy/tiny_tiny.json"
     assert planned_jobs(snakemake(tmp_path, "-n", target, configfiles=[toy])) == {
         "toy_labels": 2, "toy_train": 1, "toy_generate": 3, "toy_score": 1}

@@ -17,9 +17,6 @@ JOB_THREADS = 256
 LOCAL_GPUS = runtime.visible_gpus()
 if "gpu" not in workflow.global_resources and LOCAL_GPUS:
     workflow.register_resource("gpu", LOCAL_GPUS)
-# A task whose scoring is heavy (its Task's heavy_score: judge API calls, the simulator LM) is sent to the cluster like
-# the GPU stages. Every other task's scoring, and the figures, tables and summaries, are `localrule`s: on a cluster
-# they run beside Snakemake instead of paying an sbatch round trip each.
 # Tasks scored as change predictions, whose runs get report_figures' metrics, confusion and loss figures.
 CHANGE_TASKS = "|".join(t for t in TASKS if get_task(t).figures == ("metrics.png", "confusion.png", "loss.png"))
 

@@ -17,6 +17,8 @@ for task in TASKS:
             benchmark:
                 f"benchmarks/{task}_score/{prefix}{{explainer}}_{{target}}.tsv"
             threads: 2
+            # Heavy scoring (Task.heavy_score: judge API calls, the simulator LM) goes to the cluster like the GPU
+            # stages; other scoring runs beside Snakemake instead of paying an sbatch round trip.
             localrule: not get_task(task).heavy_score
             resources:
                 mem_mb=4000,
