@@ -193,6 +193,41 @@ def gather_labels(pairs_path: str | Path, chunk_tables: list[str], chunk_vectors
     return frame
 
 
+def import_released_labels(source: str, split: str, model_dir: str | Path, out_table: str | Path,
+                           out_vectors: str | Path, settings: dict) -> pd.DataFrame:
+    """A split of the paper's released act_patch labels (`act_patch.released_labels`, e.g.
+    Transluce/act_patch_llama_3.1_8b_counterfact: its columns, byte-level token strings, each row's vector inline in
+    `patch_position`) written as this workflow's label artifacts, so training, generation and scoring read them as they
+    read labels built here. Rows keep the released order (row id = place); a table without `pair_id` gets one per
+    (input tokens, counterfactual text), the unit the scores resample. The vectors must have the target's width."""
+    from pipeline.artifacts import released_table
+    from pipeline.models import read_manifest
+
+    setting = "act_patch.released_labels"
+    frame = released_table(source, split, setting, required=LABEL_COLUMNS).reset_index(drop=True)
+    inline = [p.get("intervention_vector") if isinstance(p, dict) else None for p in frame["patch_position"]]
+    if any(v is None for v in inline):
+        raise ArtifactError(f"{setting}: {source} ({split}): patch_position.intervention_vector is missing in "
+                            f"{sum(v is None for v in inline)} of {len(inline)} rows")
+    widths = {len(v) for v in inline}
+    width = read_manifest(model_dir)["hidden_size"]
+    if widths != {width}:
+        raise ArtifactError(f"{setting}: {source} ({split}): vectors of width {sorted(widths)}, but the target "
+                            f"{model_dir} has hidden size {width}: these labels belong to another target model")
+    vectors = torch.tensor(np.stack([np.asarray(v, dtype=np.float32) for v in inline]))
+    frame["patch_position"] = [{k: v for k, v in p.items() if k != "intervention_vector"} for p in frame["patch_position"]]
+    frame["row_id"] = np.arange(len(frame))
+    if "pair_id" not in frame:
+        frame["pair_id"] = pd.factorize(pd.Series(pair_keys(frame)))[0]
+    prov = provenance(settings | {"split": split}, {"released_labels": source})
+    prov["counts"] = {"rows": len(frame), "changed": int(frame["is_different"].sum()),
+                      "pairs": int(frame["pair_id"].nunique()), "released": source}
+    print(f"labels ({split}) from {source}: {prov['counts']}")
+    write_tensors({"intervention_vector": vectors, "row_id": torch.arange(len(frame))}, out_vectors, prov)
+    write_table(frame, out_table, prov)
+    return frame
+
+
 def build_labels(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | Path, split: str,
                  out_table: str | Path, out_vectors: str | Path, settings: dict,
                  keep_only_correct: bool = True) -> pd.DataFrame:

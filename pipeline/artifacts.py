@@ -238,3 +238,47 @@ def local_folder(path: str, setting: str) -> str | None:
     if not folder.is_dir():
         raise ValueError(f"{setting}: local folder {path} does not exist (a hub id is written owner/name)")
     return str(folder)
+
+
+RELEASED_SPLIT_PATTERNS = ("data/{split}-*.parquet", "{split}-*.parquet", "{split}.parquet", "{split}/*.parquet")
+
+
+def released_split_files(folder: str | os.PathLike, split: str, setting: str) -> list[Path]:
+    """The Parquet files of one split of a released dataset downloaded to `folder`: the hub's layout
+    (`data/{split}-00000-of-00001.parquet`, as `huggingface-cli download --repo-type dataset` writes it), or
+    `{split}.parquet`, or `{split}/*.parquet`. None found is refused naming the setting and what was expected."""
+    root = Path(folder)
+    for pattern in RELEASED_SPLIT_PATTERNS:
+        files = sorted(root.glob(pattern.format(split=split)))
+        if files:
+            return files
+    expected = ", ".join(p.format(split=split) for p in RELEASED_SPLIT_PATTERNS)
+    raise ArtifactError(f"{setting}: {folder} holds no '{split}' split; expected one of {expected}")
+
+
+def released_table(source: str, split: str, setting: str, required: Iterable[str] = ()) -> pd.DataFrame:
+    """One split of a released label dataset (the paper's Transluce/* tables): a local folder as
+    `released_split_files` reads it, or a hub dataset id loaded by `datasets` (its cache, or the hub where reachable)."""
+    folder = local_folder(source, setting)
+    if folder is None:
+        try:
+            import datasets
+
+            frame = datasets.load_dataset(source, split=split).to_pandas()
+        except Exception as error:  # offline, unknown id, no such split: all say the same to the user
+            raise ArtifactError(
+                f"{setting}: cannot load split '{split}' of the dataset {source} ({type(error).__name__}: {error}); "
+                f"download it where the hub is reachable (huggingface-cli download --repo-type dataset {source} "
+                f"--local-dir DIR) and set the folder DIR instead") from error
+        where = f"{source} ({split})"
+    else:
+        files = released_split_files(folder, split, setting)
+        frame = pd.concat([read_table(f, allow_empty=True) for f in files], ignore_index=True)
+        where = ", ".join(map(str, files))
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise ArtifactError(f"{setting}: {where}: missing column(s) {missing}; expected at least {list(required)}, "
+                            f"found {list(frame.columns)}")
+    if frame.empty:
+        raise ArtifactError(f"{setting}: {where}: table has no rows")
+    return frame

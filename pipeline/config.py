@@ -58,6 +58,8 @@ def validate_config(config: dict[str, Any], source: str = "config", base: str | 
     for index, path in enumerate(config.get("task_rules") or []):
         if not Path(base or ".").joinpath(path).is_file():
             raise ConfigError(f"{source}: task_rules[{index}]: no rule file {path}")
+    for task in ("act_patch", "input_ablation"):
+        _check_released_labels(config, task, source)
     for key, spec in config["models"].items():
         needed = {"gguf_wheel": ["package", "file"], "random": ["tokenizer_from"], "hf": ["path"]}[spec["source"]]
         for name in needed:
@@ -65,6 +67,27 @@ def validate_config(config: dict[str, Any], source: str = "config", base: str | 
                 raise ConfigError(f"{source}: models.{key}: source '{spec['source']}' needs field '{name}'")
         if spec["source"] == "random" and spec["tokenizer_from"] not in config["models"]:
             raise ConfigError(f"{source}: models.{key}.tokenizer_from: unknown model key '{spec['tokenizer_from']}'")
+
+
+def _check_released_labels(config: dict[str, Any], task: str, source: str) -> None:
+    """`{task}.released_labels`: known target keys, and a local folder that holds a train and a test split."""
+    from pipeline.artifacts import ArtifactError, local_folder, released_split_files
+
+    for key, where in ((config.get(task) or {}).get("released_labels") or {}).items():
+        setting = f"{task}.released_labels.{key}"
+        if key not in config["models"]:
+            raise ConfigError(f"{source}: {setting}: unknown model key '{key}' (models: {sorted(config['models'])})")
+        try:
+            folder = local_folder(where, setting)
+            for split in ("train", "test") if folder else ():
+                released_split_files(folder, split, setting)
+        except (ValueError, ArtifactError) as error:
+            raise ConfigError(f"{source}: {error}") from error
+        reading = (((config.get(task) or {}).get("training_rows") or {}).get("reading") or {}).get("fraction", 0)
+        if reading:
+            raise ConfigError(f"{source}: {setting}: released tables hold no counterfactual answers, which "
+                              f"{task}.training_rows.reading (fraction {reading}) trains on; set it to 0 as "
+                              f"config.paper.yaml does")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -191,6 +191,22 @@ def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir
     return frame
 
 
+def import_released_labels(source: str, split: str, out_path: str | Path, settings: dict) -> pd.DataFrame:
+    """A split of the paper's released input_ablation labels (`input_ablation.released_labels`, e.g.
+    Transluce/input_ablation_llama_3.1_8b_instruct_mmlu_hint) written as this workflow's label table, checked as
+    every table is checked (letters among the choices, labels that agree with the predictions)."""
+    from pipeline.artifacts import released_table
+
+    setting = "input_ablation.released_labels"
+    frame = released_table(source, split, setting, required=LABEL_COLUMNS).reset_index(drop=True)
+    labelled_rows(frame, f"{setting}: {source} ({split})")  # checked before anything is written
+    counts = label_counts(frame)
+    print(f"labels ({split}) from {source}: {counts}")
+    prov = provenance(settings | {"split": split}, {"released_labels": source})
+    write_table(frame, out_path, prov | {"counts": counts | {"released": source}})
+    return frame
+
+
 def confidence(letter_probs, prediction: str | None, n_choices: int) -> float | None:
     """The probability of the predicted letter among the choices' letters (as MMLU scores a reply), or None."""
     if prediction is None or prediction not in letters(n_choices):
@@ -223,17 +239,23 @@ def load_examples(table_path: str | Path) -> tuple[pd.DataFrame, dict]:
     """Labelled rows of a pipeline or published table; rows with a null label are dropped and counted."""
     frame = read_table(table_path, required=["hint_user_prompt", "system_prompt", "choices", "zeroshot_prediction",
                                              "random_hint_prediction", "changed_pred_bc_hint"])
+    labelled = labelled_rows(frame, str(table_path))
+    return labelled, {"rows": int(len(frame)), "null_label": int(len(frame) - len(labelled))}
+
+
+def labelled_rows(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """The rows with a label, checked: both answers are letters of the choices and the label agrees with them."""
     labelled = frame[frame["changed_pred_bc_hint"].notna()].reset_index(drop=True)
     for row in labelled.itertuples():
         allowed = set(letters(len(row.choices)))
         for column in ("zeroshot_prediction", "random_hint_prediction"):
             if getattr(row, column) not in allowed:
-                raise ArtifactError(f"{table_path}: row {row.Index}: {column} {getattr(row, column)!r} is not one of "
+                raise ArtifactError(f"{where}: row {row.Index}: {column} {getattr(row, column)!r} is not one of "
                                     f"the choices' letters {sorted(allowed)}")
         if bool(row.changed_pred_bc_hint) != (row.zeroshot_prediction != row.random_hint_prediction):
-            raise ArtifactError(f"{table_path}: row {row.Index}: changed_pred_bc_hint={row.changed_pred_bc_hint} "
+            raise ArtifactError(f"{where}: row {row.Index}: changed_pred_bc_hint={row.changed_pred_bc_hint} "
                                 f"contradicts the predictions {row.zeroshot_prediction} / {row.random_hint_prediction}")
-    return labelled, {"rows": int(len(frame)), "null_label": int(len(frame) - len(labelled))}
+    return labelled
 
 
 def examples_from_rows(frame: pd.DataFrame) -> tuple[list[str], list[str]]:

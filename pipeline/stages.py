@@ -51,10 +51,11 @@ STAGES: dict[str, Stage] = {
                                    ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct"),
                                    ("act_patch.batch_size", "act_patch.chunk_pairs")),
     "act_patch_labels": Stage("pipeline.act_patch:gather_labels",
-                              ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct"),
-                              ("act_patch.chunk_pairs",)),
+                              ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct",
+                               "act_patch.released_labels.{target}"), ("act_patch.chunk_pairs",)),
     "input_ablation_questions": Stage("pipeline.mcq:build_questions", _QUESTION_KEYS),
-    "input_ablation_labels": Stage("pipeline.input_ablation:build_labels", _HINT_LABEL_KEYS,
+    "input_ablation_labels": Stage("pipeline.input_ablation:build_labels",
+                                   (*_HINT_LABEL_KEYS, "input_ablation.released_labels.{target}"),
                                    ("input_ablation.batch_size",)),
     "features_corpus": Stage("pipeline.corpus:build_corpus", ("features.corpus",)),
     "features_sae": Stage("pipeline.sae:train_saes", ("features.sae",)),
@@ -181,7 +182,14 @@ def _drop(tree: dict[str, Any], path: str) -> None:
 
 
 def _fill(path: str, config: dict[str, Any], wildcards: dict[str, str]) -> str | None:
+    """A key's path with the job's wildcards put in; None when the key names a wildcard the caller did not give
+    (`{target}` of a label stage asked without a target: the key applies per job, not to the stage as a whole)."""
+    import string
+
     values = dict(wildcards)
+    if any(name not in values and name != "tokenizer_from"
+           for _, name, _, _ in string.Formatter().parse(path) if name):
+        return None
     if "{tokenizer_from}" in path:
         spec = config.get("models", {}).get(wildcards.get("model", ""), {})
         if not spec.get("tokenizer_from"):

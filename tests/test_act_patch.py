@@ -192,3 +192,38 @@ def test_label_chunks_gather_into_the_same_labels_and_a_shortfall_is_said(tmp_pa
         build_labels(strict, folder / "facts.parquet", tiny_dir, "train", tmp_path / "r.parquet",
                      tmp_path / "r.safetensors", {}, keep_only_correct=False)
     assert not (tmp_path / "r.parquet").exists()
+
+
+def released_folder(root, frames: dict) -> None:
+    """Splits written as `huggingface-cli download --repo-type dataset` lays a hub dataset out."""
+    (root / "data").mkdir(parents=True)
+    for split, frame in frames.items():
+        frame.to_parquet(root / "data" / f"{split}-00000-of-00001.parquet")
+
+
+def test_released_labels_become_the_workflows_label_artifacts(tmp_path, tiny, tiny_dir):
+    from pipeline.act_patch import import_released_labels
+    from pipeline.artifacts import read_provenance
+
+    _, tokenizer = tiny
+    published = pd.concat([published_rows(tokenizer, width=64)] * 3, ignore_index=True)
+    published.loc[2:, "counterfactual_text"] = "People from Oslo speak"  # a second pair
+    released_folder(tmp_path / "released", {"train": published})
+    out = tmp_path / "labels"
+    frame = import_released_labels(str(tmp_path / "released"), "train", tiny_dir, out / "train.parquet",
+                                   out / "train.vectors.safetensors", {"act_patch": {}})
+    rows, vectors = load_examples(out / "train.parquet", out / "train.vectors.safetensors")
+    inline = np.stack([np.asarray(p["intervention_vector"], dtype=np.float32) for p in published["patch_position"]])
+    assert torch.equal(vectors, torch.from_numpy(inline))  # row i's vector is row i's inline vector
+    assert rows["row_id"].tolist() == list(range(6)) and rows["pair_id"].tolist() == [0, 0, 1, 1, 1, 1]
+    assert not any("intervention_vector" in p for p in rows["patch_position"])
+    assert examples_from_rows(rows, tokenizer) == examples_from_rows(published, tokenizer)
+    assert read_provenance(out / "train.parquet")["models"] == {"released_labels": str(tmp_path / "released")}
+    assert len(frame) == 6
+    with pytest.raises(ArtifactError, match=r"holds no 'test' split; expected one of data/test-\*\.parquet"):
+        import_released_labels(str(tmp_path / "released"), "test", tiny_dir, out / "test.parquet",
+                               out / "test.vectors.safetensors", {})
+    released_folder(tmp_path / "wide", {"train": published_rows(tokenizer, width=4096)})
+    with pytest.raises(ArtifactError, match=r"vectors of width \[4096\], but the target .* has hidden size 64"):
+        import_released_labels(str(tmp_path / "wide"), "train", tiny_dir, out / "w.parquet", out / "w.safetensors", {})
+    assert not (out / "w.parquet").exists() and not (out / "test.parquet").exists()

@@ -132,3 +132,32 @@ def test_the_settings_dataclasses_default_to_what_config_yaml_says():
                 differ.append(f"{section}.{field.name}: config.yaml {getattr(from_yaml, field.name)!r}, "
                               f"{cls.__name__} default {getattr(default, field.name)!r}")
     assert differ == []
+
+
+def test_released_labels_are_checked_before_any_job(base_config, tmp_path):
+    """A released label table's target must be a model key; a local folder must exist and hold both splits; and the
+    reading rows, which need the counterfactual's answer that released tables lack, must be off."""
+    import copy
+
+    from pipeline.config import ConfigError, validate_config
+
+    def check(task, value, reading=0.0):
+        config = copy.deepcopy(base_config)
+        config[task]["released_labels"] = value
+        if task == "act_patch":
+            config["act_patch"]["training_rows"]["reading"]["fraction"] = reading
+        validate_config(config, source="my.yaml")
+
+    check("act_patch", {"smollm": "Transluce/act_patch_llama_3.1_8b_counterfact"})  # a hub id: read by the job
+    with pytest.raises(ConfigError, match=r"my.yaml: act_patch.released_labels.nope: unknown model key 'nope'"):
+        check("act_patch", {"nope": "Transluce/x"})
+    with pytest.raises(ConfigError, match=r"input_ablation.released_labels.smollm: local folder ./gone does not exist"):
+        check("input_ablation", {"smollm": "./gone"})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train-00000-of-00001.parquet").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"act_patch.released_labels.smollm: .* holds no 'test' split"):
+        check("act_patch", {"smollm": str(tmp_path)})
+    (tmp_path / "test.parquet").write_bytes(b"")
+    check("act_patch", {"smollm": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"released tables hold no counterfactual answers.*reading \(fraction 0.25\)"):
+        check("act_patch", {"smollm": str(tmp_path)}, reading=0.25)

@@ -131,6 +131,23 @@ def test_published_table_with_wrong_labels_is_refused(tmp_path):
         load_examples(path)
 
 
+def test_a_released_table_becomes_the_label_table_and_a_wrong_one_writes_nothing(tmp_path):
+    from pipeline.artifacts import read_provenance
+    from pipeline.input_ablation import import_released_labels
+
+    (tmp_path / "released").mkdir()
+    _published([("A", "B", True), ("B", "B", False), (None, "B", None)]).to_parquet(tmp_path / "released/test.parquet")
+    out = tmp_path / "labels.parquet"
+    import_released_labels(str(tmp_path / "released"), "test", out, {"input_ablation": {}})
+    frame, counts = load_examples(out)
+    assert counts == {"rows": 3, "null_label": 1} and frame["changed_pred_bc_hint"].tolist() == [True, False]
+    assert read_provenance(out)["counts"]["released"] == str(tmp_path / "released")
+    _published([("A", "B", False)]).to_parquet(tmp_path / "released/train.parquet")
+    with pytest.raises(ArtifactError, match=r"input_ablation.released_labels: .* \(train\): row 0: changed_pred_bc_hint"):
+        import_released_labels(str(tmp_path / "released"), "train", tmp_path / "bad.parquet", {})
+    assert not (tmp_path / "bad.parquet").exists()
+
+
 def test_rebalance_and_cap_the_training_split():
     frame = _published([("A", "B", True)] * 5 + [("B", "B", False)] * 15)
     balanced = select_training_rows(frame, rebalance=True, cap=None, seed=0)

@@ -121,6 +121,52 @@ def test_a_released_explainer_is_generated_and_scored_without_training(tiny_copy
         refused.stdout + refused.stderr)
 
 
+@pytest.mark.slow
+def test_released_label_tables_are_trained_generated_and_scored_in_place_of_labels_built_here(tmp_path,
+                                                                                             tiny_act_patch_run):
+    """act_patch.released_labels: the session's tiny labels written in the published layout (only its columns, the
+    vectors inline, as the hub's data/{split}-*.parquet) are read in place of facts, pairs and patching; the run
+    trains, generates and scores on them, and its label artifacts hold the same rows and vectors."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from pipeline.act_patch import LABEL_COLUMNS, load_examples
+    from workflow_runs import copy_tree, override, planned_jobs, snakemake
+
+    built = tiny_act_patch_run / "work/act_patch/labels/tiny"
+    (tmp_path / "released/data").mkdir(parents=True)
+    for split in ("train", "test"):
+        frame, vectors = load_examples(built / f"{split}.parquet", built / f"{split}.vectors.safetensors")
+        frame = frame[LABEL_COLUMNS].copy()
+        frame["patch_position"] = [p | {"intervention_vector": v.tolist()} for p, v in zip(frame["patch_position"],
+                                                                                            vectors)]
+        frame.to_parquet(tmp_path / f"released/data/{split}-00000-of-00001.parquet")
+    config = override(tmp_path, "released.yaml", {"act_patch": {
+        "released_labels": {"tiny": str(tmp_path / "released")},
+        "training_rows": {"oversample_counterfactual": 1, "reading": {"fraction": 0}}}})
+    work = copy_tree(tiny_act_patch_run, tmp_path / "work")
+    shutil.rmtree(work / "work/act_patch")
+    shutil.rmtree(work / "results")
+    plan = planned_jobs(snakemake(work, "-n", "results/act_patch/tiny_tiny.json", configfiles=[config]))
+    assert plan["act_patch_labels"] == 2 and plan["act_patch_train"] == 1 and plan["act_patch_score"] == 1
+    assert not {"act_patch_facts", "act_patch_pairs", "act_patch_label_chunk"} & set(plan)
+    run = snakemake(work, "results/act_patch/tiny_tiny.json", configfiles=[config], timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for split in ("train", "test"):
+        original, original_vectors = load_examples(built / f"{split}.parquet", built / f"{split}.vectors.safetensors")
+        imported, vectors = load_examples(work / f"work/act_patch/labels/tiny/{split}.parquet",
+                                          work / f"work/act_patch/labels/tiny/{split}.vectors.safetensors")
+        assert np.array_equal(vectors.numpy(), original_vectors.numpy())
+        assert imported["is_different"].tolist() == original["is_different"].tolist()
+    result = json.loads((work / "results/act_patch/tiny_tiny.json").read_text())
+    assert result["counts"]["labels_test"] == {"rows": len(original), "changed": int(original["is_different"].sum()),
+                                               "pairs": int(original["pair_id"].nunique()),
+                                               "released": str(tmp_path / "released")}
+    assert "facts" not in result["counts"] and {"finetuned", "shuffled_vector"} <= set(result["metrics"])
+
+
 def test_the_released_config_plans_the_papers_explainers_with_no_training_job(tmp_path):
     from workflow_runs import REPO, planned_jobs, snakemake
 
@@ -128,4 +174,7 @@ def test_the_released_config_plans_the_papers_explainers_with_no_training_job(tm
                                   "results/features/llama_llama.json", "results/input_ablation/instruct_instruct.json",
                                   configfiles=[REPO / "config.paper.yaml", REPO / "config.released.yaml"]))
     assert not any(job.endswith("_train") for job in plan)
+    # The released label tables are the labels: nothing is patched or asked here.
+    assert plan["act_patch_labels"] == plan["input_ablation_labels"] == 2
+    assert not {"act_patch_facts", "act_patch_pairs", "act_patch_label_chunk", "input_ablation_questions"} & set(plan)
     assert plan["act_patch_generate"] == plan["features_generate"] == 4 and plan["input_ablation_generate"] == 2

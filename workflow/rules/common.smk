@@ -108,11 +108,41 @@ def interpbench_case_dir(key):
     return f"resources/interpbench/{case}"
 
 
+def released_label_files(task, wildcards):
+    """A split's files of the released label dataset `{task}.released_labels` names for this target (a local folder:
+    its files, so a new download reruns the job; a hub id: none), or None when the labels are built here."""
+    from pipeline.artifacts import local_folder, released_split_files
+
+    source = (config[task].get("released_labels") or {}).get(known_model(wildcards.target))
+    if source is None:
+        return None
+    setting = f"{task}.released_labels.{wildcards.target}"
+    folder = local_folder(source, setting)
+    return [str(f) for f in released_split_files(folder, wildcards.split, setting)] if folder else []
+
+
+def hint_label_inputs(wildcards):
+    """input_ablation labels: the questions and the target that answers them, or the released table's files."""
+    released = released_label_files("input_ablation", wildcards)
+    if released is not None:
+        return {"released": released}
+    return {"questions": "work/input_ablation/questions.parquet", "target": f"resources/models/{wildcards.target}"}
+
+
+def label_settings(stage):
+    """A label stage's settings for its {target} (that target's released labels, not every target's)."""
+    return lambda wildcards: stages.settings(config, stage, target=known_model(wildcards.target))
+
+
 def label_chunks(wildcards):
-    """The act_patch label chunks of a split (act_patch.pairs over act_patch.chunk_pairs of them) and its pairs."""
+    """The act_patch label chunks of a split (act_patch.pairs over act_patch.chunk_pairs of them) and its pairs; or,
+    with act_patch.released_labels for this target, the released table's files and the target (its width)."""
     from pipeline.act_patch import chunk_count
     from pipeline.config import ActPatchConfig
 
+    released = released_label_files("act_patch", wildcards)
+    if released is not None:
+        return {"released": released, "target": f"resources/models/{wildcards.target}"}
     chunks = range(chunk_count(ActPatchConfig.from_dict(config["act_patch"]), wildcards.split))
     stem = f"work/act_patch/labels/{wildcards.target}/{wildcards.split}"
     return {"pairs": f"work/act_patch/pairs/{wildcards.target}/{wildcards.split}.parquet",
@@ -317,6 +347,8 @@ def score_inputs(task, prefix=""):
         paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, config.get(task, {})).items()}
         for name in spec.eval_sets(config.get(task, {})):
             paths |= {f"extra_pred_{name}_{v}": f"{where}predictions/{run}/{name}/{v}.parquet" for v in spec.variants}
+        if (config.get(task, {}).get("released_labels") or {}).get(wildcards.target):
+            return paths  # released labels: nothing built here to count
         return paths | {f"count_{k}": v for k, v in spec.count_paths(wildcards.target).items()}
 
     return inputs

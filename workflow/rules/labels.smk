@@ -54,7 +54,7 @@ rule act_patch_labels:
         table="work/act_patch/labels/{target}/{split}.parquet",
         vectors="work/act_patch/labels/{target}/{split}.vectors.safetensors",
     params:
-        settings=settings_of("act_patch_labels"),
+        settings=label_settings("act_patch_labels"),
         code=code_of("act_patch_labels"),
     log:
         "logs/act_patch_labels/{target}_{split}.log",
@@ -72,12 +72,11 @@ rule act_patch_labels:
 
 rule input_ablation_labels:
     input:
-        questions="work/input_ablation/questions.parquet",
-        target="resources/models/{target}",
+        unpack(hint_label_inputs),
     output:
         "work/input_ablation/labels/{target}/{split}.parquet",
     params:
-        settings=settings_of("input_ablation_labels"),
+        settings=label_settings("input_ablation_labels"),
         code=code_of("input_ablation_labels"),
     log:
         "logs/input_ablation_labels/{target}_{split}.log",
