@@ -12,17 +12,18 @@ validate_config(config, source="config.yaml (with any --configfile/--config over
 
 
 include: "workflow/rules/common.smk"
+# The stages every task shares: models, the alignment, training, generation, scoring, the report and the matrix.
 include: "workflow/rules/models.smk"
-include: "workflow/rules/facts.smk"
-include: "workflow/rules/labels.smk"
-include: "workflow/rules/features.smk"
 include: "workflow/rules/alignment.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/score.smk"
-include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/matrix.smk"
+# Each task's own rules (labels, its figures), and InterpBench's cases, which the circuits task reads.
+include: "workflow/rules/act_patch.smk"
+include: "workflow/rules/input_ablation.smk"
+include: "workflow/rules/features.smk"
 include: "workflow/rules/interpbench.smk"
 include: "workflow/rules/circuits.smk"
 

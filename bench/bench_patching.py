@@ -1,7 +1,7 @@
 """Throughput of the batched patching engine against the bare forward pass and a naive loop.
 
 Measured side by side in one run on the same model and prompts:
-  engine: `pipeline.act_patch.run_patches` (counterfactual runs included), patches per second: the clean run
+  engine: `pipeline.tasks.act_patch.run_patches` (counterfactual runs included), patches per second: the clean run
           once per pair with its cache, each patched row computing only the columns from its token on;
   full:   the same engine with reuse_prefix=False, a full forward per patched row (the engine before reuse);
   bare:   plain batched forward passes over exactly the rows a full-forward engine computes (a clean row and
@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from pipeline.act_patch import run_patches
+from pipeline.tasks.act_patch import run_patches
 from pipeline.config import ActPatchConfig, PromptConfig
-from pipeline.facts import countryinfo_facts, render_prompt
+from pipeline.tasks.facts import countryinfo_facts, render_prompt
 from pipeline.models import load_model, read_manifest
-from pipeline.patching import pad_left, patched_next_tokens, wrap
+from pipeline.engine.patching import pad_left, patched_next_tokens, wrap
 
 
 def rendered_pairs(tokenizer, count: int):

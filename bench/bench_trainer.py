@@ -2,9 +2,9 @@
 
 Measured side by side in one run on the same model, LoRA adapter, examples (act_patch-shaped: a ~130-token
 question, a ~15-token answer, a vector) and batch:
-  loop:    the core of the loop pipeline.training ran before the Trainer (collate, forward with logits at
+  loop:    the core of the loop pipeline.explainer.training ran before the Trainer (collate, forward with logits at
            answer positions, answer-only loss, backward, clip, AdamW step), without its checkpointing;
-  trainer: `pipeline.training.train_explainer` as the workflow runs it (Trainer, logging every step,
+  trainer: `pipeline.explainer.training.train_explainer` as the workflow runs it (Trainer, logging every step,
            TensorBoard, the explainer folder written at the end).
 Both count the tokens of their batches (padding not included) over the time of their training steps. Then, on rows of
 varied lengths (with reading rows, as act_patch.training_rows adds), the Trainer with random batches against
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from pipeline.config import ExplainerConfig, TrainingConfig
-from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
+from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
 from pipeline.models import load_model, read_manifest
-from pipeline.training import answer_loss_sum, answer_positions, train_explainer, with_lora
+from pipeline.explainer.training import answer_loss_sum, answer_positions, train_explainer, with_lora
 
 QUESTION = ("Here is a prompt: 'Fact: The official language of {} is'. If the hidden state at <vector> were patched "
             "into layers 6 to 9 at the last token of the subject, what would the next token be? Answer with the "

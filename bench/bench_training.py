@@ -3,7 +3,7 @@
 Measured side by side in one run on the same model, LoRA adapter and batch (act_patch-shaped rows: a ~130-token
 question, a ~15-token answer, left-padded as training pads them):
   full:    logits at every position, then the answer tokens' cross-entropy (what training did before);
-  answers: `logits_to_keep` = the positions that predict an answer token (what `pipeline.training` does).
+  answers: `logits_to_keep` = the positions that predict an answer token (what `pipeline.explainer.training` does).
 Both compute the same loss and gradient (tests/test_training.py); the ratio is the time per forward+backward step.
 Usage: python bench/bench_training.py [--model-dir resources/models/gemma] [--batch-size 8] [--repeats 3]
 """
@@ -16,9 +16,9 @@ import time
 import torch
 
 from pipeline.config import TrainingConfig
-from pipeline.explainer import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
+from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
 from pipeline.models import load_model, read_manifest
-from pipeline.training import answer_loss_sum, answer_positions, with_lora
+from pipeline.explainer.training import answer_loss_sum, answer_positions, with_lora
 
 QUESTION = ("Here is a prompt: 'Fact: The official language of {} is'. If the hidden state at <vector> were patched "
             "into layers 6 to 9 at the last token of the subject, what would the next token be? Answer with the "

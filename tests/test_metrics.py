@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline.baselines import fit_prior, predict
-from pipeline.metrics import change_metrics, paired_differences, score_rows
-from pipeline.prompts import change_answer, parse_answer
+from pipeline.explainer.baselines import fit_prior, predict
+from pipeline.explainer.metrics import change_metrics, paired_differences, score_rows
+from pipeline.explainer.prompts import change_answer, parse_answer
 
 ROME, PARIS = change_answer(True, "Rome"), change_answer(False, "Paris")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.models import decoder_layers
-from pipeline.patching import capture_states, pad_left, patched_next_tokens, wrap
+from pipeline.engine.patching import capture_states, pad_left, patched_next_tokens, wrap
 
 
 def hook_patch_logits(model, ids, mask, positions, layer_mask, values):
@@ -71,7 +71,7 @@ def test_capture_states_matches_hidden_states(tiny):
 
 def rendered_pairs(tokenizer, count=5):
     from pipeline.config import PromptConfig
-    from pipeline.facts import render_prompt
+    from pipeline.tasks.facts import render_prompt
 
     subjects = ["Japan", "South Korea", "Peru", "New Zealand", "Chile", "Kenya", "Mexico", "Finland", "Argentina",
                 "Egypt", "Norway", "Thailand", "Portugal", "Ghana", "Vietnam", "Ireland", "Bolivia", "Iceland"]
@@ -82,7 +82,7 @@ def rendered_pairs(tokenizer, count=5):
 
 def test_final_layer_patch_of_the_last_token_gives_the_counterfactual_answer(tiny):
     """Writing the counterfactual's last-layer state at the last token leaves nothing to compute but the head."""
-    from pipeline.act_patch import run_patches
+    from pipeline.tasks.act_patch import run_patches
 
     model, tokenizer = tiny
     last = model.config.num_hidden_layers - 1
@@ -97,7 +97,7 @@ def test_final_layer_patch_of_the_last_token_gives_the_counterfactual_answer(tin
 
 
 def test_batched_patching_with_padding_equals_running_pairs_one_by_one(tiny):
-    from pipeline.act_patch import run_patches
+    from pipeline.tasks.act_patch import run_patches
 
     model, tokenizer = tiny
     pairs = rendered_pairs(tokenizer, 6)  # prompts of different lengths: padded when batched together
@@ -112,7 +112,7 @@ def test_batched_patching_with_padding_equals_running_pairs_one_by_one(tiny):
 
 
 def assert_prefix_reuse_equals_full_forwards(model, tokenizer, pairs, windows, types):
-    from pipeline.act_patch import run_patches
+    from pipeline.tasks.act_patch import run_patches
 
     assert len({len(tokenizer(p[0].text)["input_ids"]) for p in pairs}) > 1  # left padding in play
     full = run_patches(model, tokenizer, pairs, windows, types, batch_size=64, reuse_prefix=False)

@@ -39,8 +39,8 @@ def tiny_copy(tiny_dir):
 
 
 def test_a_released_explainer_of_its_own_width_reads_the_raw_vector_between_its_tokens(tiny_copy, tiny_dir, tmp_path):
-    from pipeline.explainer import encode_example, load_explainer
-    from pipeline.generation import generate_answers
+    from pipeline.explainer.model import encode_example, load_explainer
+    from pipeline.explainer.generation import generate_answers
 
     released(tiny_copy, tmp_path / "released")
     width = tiny_copy[0].get_input_embeddings().weight.shape[1]
@@ -58,7 +58,7 @@ def test_a_released_explainer_of_its_own_width_reads_the_raw_vector_between_its_
 
 
 def test_a_released_explainer_of_another_width_maps_each_layer_with_its_embed_projs(tiny_copy, tiny_dir, tmp_path):
-    from pipeline.explainer import load_explainer
+    from pipeline.explainer.model import load_explainer
 
     maps = released(tiny_copy, tmp_path / "released", target_width=12)
     explainer, _ = load_explainer(tmp_path / "released", tiny_dir, 12, continuous_tokens=TOKENS)
@@ -70,7 +70,7 @@ def test_a_released_explainer_of_another_width_maps_each_layer_with_its_embed_pr
 
 def test_a_layout_that_is_not_recognised_or_a_missing_token_is_refused_naming_what_was_expected(tiny_copy, tiny_dir,
                                                                                                tmp_path):
-    from pipeline.explainer import WidthError, load_explainer
+    from pipeline.explainer.model import WidthError, load_explainer
 
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "adapter.bin").write_bytes(b"")
@@ -132,7 +132,7 @@ def test_released_label_tables_are_trained_generated_and_scored_in_place_of_labe
 
     import numpy as np
 
-    from pipeline.act_patch import LABEL_COLUMNS, load_examples
+    from pipeline.tasks.act_patch import LABEL_COLUMNS, load_examples
     from workflow_runs import copy_tree, override, planned_jobs, snakemake
 
     built = tiny_act_patch_run / "work/act_patch/labels/tiny"

@@ -4,7 +4,7 @@ import json
 
 from pipeline.artifacts import provenance, write_json
 from pipeline.report import results_tables
-from pipeline.seeds import aggregate
+from pipeline.report.seeds import aggregate
 
 
 def result_file(path, seed, value):

@@ -55,11 +55,11 @@ def test_a_random_model_depends_on_its_tokenizer_model(base_config):
 def test_code_closure_follows_imports_but_not_unused_modules():
     declared = stages.all_stages()
     labels = stages.code_closure(declared["act_patch_labels"].entry, declared["act_patch_labels"].modules)
-    assert {"pipeline.act_patch", "pipeline.patching", "pipeline.models", "pipeline.facts"} <= set(labels)
-    assert "pipeline.training" not in labels and "pipeline.explainer" not in labels
+    assert {"pipeline.tasks.act_patch", "pipeline.engine.patching", "pipeline.models", "pipeline.tasks.facts"} <= set(labels)
+    assert "pipeline.explainer.training" not in labels and "pipeline.explainer.model" not in labels
     train = stages.code_closure(declared["act_patch_train"].entry, declared["act_patch_train"].modules)
-    assert {"pipeline.explain", "pipeline.training", "pipeline.explainer", "pipeline.act_patch"} <= set(train)
-    assert "pipeline.report" not in train and "pipeline.input_ablation" not in train
+    assert {"pipeline.explainer.explain", "pipeline.explainer.training", "pipeline.explainer.model", "pipeline.tasks.act_patch"} <= set(train)
+    assert "pipeline.report" not in train and "pipeline.tasks.input_ablation" not in train
 
 
 def test_code_hash_changes_when_a_module_in_the_closure_changes(monkeypatch, tmp_path):
@@ -72,7 +72,7 @@ def test_code_hash_changes_when_a_module_in_the_closure_changes(monkeypatch, tmp
     for cache in caches:
         cache.cache_clear()
     before = {s: stages.code_hash(s) for s in ("act_patch_labels", "act_patch_train")}
-    with open(copy_dir / "training.py", "a") as handle:
+    with open(copy_dir / "explainer" / "training.py", "a") as handle:
         handle.write("\nCHANGE = 1\n")
     for cache in caches:
         cache.cache_clear()
@@ -81,9 +81,9 @@ def test_code_hash_changes_when_a_module_in_the_closure_changes(monkeypatch, tmp
     assert after["act_patch_train"] != before["act_patch_train"]
     # What Snakemake prints as the params before and now names the module that changed, and only it.
     changed = set(after["act_patch_train"].split()) - set(before["act_patch_train"].split())
-    assert [entry.split(":")[0] for entry in changed] == ["training"]
+    assert [entry.split(":")[0] for entry in changed] == ["explainer.training"]
     assert (copy_dir / "__pycache__" / "stage-code-hashes.json").exists()  # kept for the next parse
-    with open(copy_dir / "training.py", "a") as handle:
+    with open(copy_dir / "explainer" / "training.py", "a") as handle:
         handle.write("ANOTHER_CHANGE = 2\n")
     assert stages.code_hash("act_patch_train") != after["act_patch_train"]  # the kept hashes go with the change
     for cache in caches:
@@ -156,30 +156,45 @@ def test_code_hashes_see_behaviour_not_comments_or_docstrings(tmp_path, monkeypa
 
 def test_training_does_not_depend_on_the_generation_code(base_config):
     """Training draws its rows with pipeline.sampling, not through generation.py, so an edit there reruns no training."""
-    assert "pipeline.generation" not in stages.code_closure("pipeline.training:train_explainer")
-    assert "pipeline.sampling" in stages.code_closure("pipeline.training:train_explainer")
+    assert "pipeline.explainer.generation" not in stages.code_closure("pipeline.explainer.training:train_explainer")
+    assert "pipeline.sampling" in stages.code_closure("pipeline.explainer.training:train_explainer")
 
 
-def test_pipeline_modules_import_no_cycle_and_no_task_imports_another():
-    """Every `pipeline` import, at module level or inside a function: no cycle, and no task module reaches into
-    another task's module (shared pieces live in the module they belong to, such as facts.py's pairs)."""
+def test_pipeline_modules_import_no_cycle_no_upward_and_no_task_imports_another():
+    """Every `pipeline` import, at module level or inside a function: no cycle; no import upward through the floors
+    (the ground floor, then engine, then explainer and interpbench side by side, then tasks, then report; the task
+    registry `pipeline.tasks` is the ground floor's); and no task module reaches into another task's module (shared
+    pieces live in the module they belong to, such as facts.py's pairs)."""
     import ast
 
     graph = {}
-    for path in stages.PACKAGE_DIR.glob("*.py"):
+    for path in stages.PACKAGE_DIR.rglob("*.py"):
+        parts = path.relative_to(stages.PACKAGE_DIR).with_suffix("").parts
+        name = ".".join(("pipeline",) + (parts[:-1] if parts[-1] in ("__init__", "__main__") else parts))
         imported = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline."):
-                imported.add(node.module)
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+                imported |= {f"{node.module}.{a.name}" for a in node.names if stages._is_module(f"{node.module}.{a.name}")}
+                imported |= {node.module} if node.module != "pipeline" else set()
             elif isinstance(node, ast.Import):
                 imported |= {a.name for a in node.names if a.name.startswith("pipeline.")}
-        graph[f"pipeline.{path.stem}"] = imported - {f"pipeline.{path.stem}"}
+        graph[name] = graph.get(name, set()) | (imported - {name})
 
     def reaches(start, goal, seen):
         return any(step == goal or (step not in seen and not seen.add(step) and reaches(step, goal, seen))
                    for step in graph.get(start, ()))
 
     assert [m for m in graph if reaches(m, m, set())] == []
+    floors = {"engine": 1, "explainer": 2, "interpbench": 2, "tasks": 3, "report": 4}
+
+    def floor(module):
+        parts = module.split(".")
+        return (0, "") if module == "pipeline.tasks" or parts[1] not in floors else (floors[parts[1]], parts[1])
+
+    upward = {(m, d) for m in graph for d in graph[m]
+              if floor(d)[0] > floor(m)[0] or (floor(d)[0] == floor(m)[0] > 0 and floor(d)[1] != floor(m)[1])}
+    assert upward == set()
+    assert set(floors) == {p.name for p in stages.PACKAGE_DIR.iterdir() if (p / "__init__.py").is_file()}
     from pipeline.tasks import TASK_MODULES
 
     task_modules = set(TASK_MODULES.values())

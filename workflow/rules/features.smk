@@ -140,3 +140,46 @@ rule features_ood:
         "../../envs/pipeline.yaml"
     script:
         "../scripts/features_ood.py"
+
+
+rule features_figures:
+    input:
+        result="results/features/{explainer}_{target}.json",
+        trained="work/features/explainers/{explainer}_{target}",
+    output:
+        metrics=report(
+            "report/features/{explainer}_{target}/metrics.png",
+            caption="../report/features_metrics.rst",
+            category="features",
+            subcategory="{explainer} explains {target}",
+            labels={"run": "{explainer}_{target}", "figure": "judge scores"},
+        ),
+        loss=report(
+            "report/features/{explainer}_{target}/loss.png",
+            caption="../report/loss.rst",
+            category="features",
+            subcategory="{explainer} explains {target}",
+            labels={"run": "{explainer}_{target}", "figure": "training loss"},
+        ),
+        examples=report(
+            "report/features/{explainer}_{target}/examples.html",
+            caption="../report/features_examples.rst",
+            category="features",
+            subcategory="{explainer} explains {target}",
+            labels={"run": "{explainer}_{target}", "figure": "examples"},
+        ),
+    params:
+        code=code_of("features_figures"),
+    log:
+        "logs/features_figures/{explainer}_{target}.log",
+    benchmark:
+        "benchmarks/features_figures/{explainer}_{target}.tsv"
+    threads: 1
+    localrule: True
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/features_figures.py"

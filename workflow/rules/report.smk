@@ -1,32 +1,3 @@
-rule act_patch_patch_effect:
-    input:
-        train="work/act_patch/labels/{target}/train.parquet",
-        test="work/act_patch/labels/{target}/test.parquet",
-    output:
-        report(
-            "report/act_patch/patch_effect_{target}.png",
-            caption="../report/patch_effect.rst",
-            category="act_patch",
-            subcategory="patch effect",
-            labels={"target": "{target}", "figure": "patch effect"},
-        ),
-    params:
-        code=code_of("act_patch_patch_effect"),
-    log:
-        "logs/act_patch_patch_effect/{target}.log",
-    benchmark:
-        "benchmarks/act_patch_patch_effect/{target}.tsv"
-    threads: 1
-    localrule: True
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/pipeline.yaml"
-    script:
-        "../scripts/act_patch_patch_effect.py"
-
-
 rule report_figures:
     wildcard_constraints:
         task=CHANGE_TASKS,
@@ -69,49 +40,6 @@ rule report_figures:
         "../../envs/pipeline.yaml"
     script:
         "../scripts/report_figures.py"
-
-
-rule features_figures:
-    input:
-        result="results/features/{explainer}_{target}.json",
-        trained="work/features/explainers/{explainer}_{target}",
-    output:
-        metrics=report(
-            "report/features/{explainer}_{target}/metrics.png",
-            caption="../report/features_metrics.rst",
-            category="features",
-            subcategory="{explainer} explains {target}",
-            labels={"run": "{explainer}_{target}", "figure": "judge scores"},
-        ),
-        loss=report(
-            "report/features/{explainer}_{target}/loss.png",
-            caption="../report/loss.rst",
-            category="features",
-            subcategory="{explainer} explains {target}",
-            labels={"run": "{explainer}_{target}", "figure": "training loss"},
-        ),
-        examples=report(
-            "report/features/{explainer}_{target}/examples.html",
-            caption="../report/features_examples.rst",
-            category="features",
-            subcategory="{explainer} explains {target}",
-            labels={"run": "{explainer}_{target}", "figure": "examples"},
-        ),
-    params:
-        code=code_of("features_figures"),
-    log:
-        "logs/features_figures/{explainer}_{target}.log",
-    benchmark:
-        "benchmarks/features_figures/{explainer}_{target}.tsv"
-    threads: 1
-    localrule: True
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/pipeline.yaml"
-    script:
-        "../scripts/features_figures.py"
 
 
 rule summary_table:

@@ -1,6 +1,6 @@
-"""Snakemake script: why an explainer reads its act_patch vector or does not (pipeline/diagnostics.py)."""
+"""Snakemake script: why an explainer reads its act_patch vector or does not (pipeline/tasks/act_patch_diagnostics.py)."""
 from pipeline.config import ExplainerConfig, GenerationConfig, ScoringConfig
-from pipeline.diagnostics import diagnose
+from pipeline.tasks.act_patch_diagnostics import diagnose
 from pipeline.runtime import named_inputs, stage, stage_settings
 
 inputs = snakemake.input

@@ -1,6 +1,6 @@
 """Snakemake script: CounterFact-style facts of one target, with its answers and the kept subset."""
 from pipeline.config import FactsConfig, PromptConfig
-from pipeline.facts import build_facts
+from pipeline.tasks.facts import build_facts
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

@@ -1,5 +1,5 @@
 """Snakemake script: activation-patching labels and intervention vectors of one chunk of pairs."""
-from pipeline.act_patch import build_label_chunk
+from pipeline.tasks.act_patch import build_label_chunk
 from pipeline.config import ActPatchConfig
 from pipeline.runtime import stage, stage_settings
 

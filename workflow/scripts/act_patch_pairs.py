@@ -1,5 +1,5 @@
 """Snakemake script: the act_patch pairs of a split, rendered and clean-checked (Parquet)."""
-from pipeline.act_patch import choose_pairs
+from pipeline.tasks.act_patch import choose_pairs
 from pipeline.config import ActPatchConfig
 from pipeline.runtime import stage, stage_settings
 

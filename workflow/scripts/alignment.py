@@ -1,5 +1,5 @@
 """Snakemake script: per target layer, the map from the target's states to the explainer's embeddings."""
-from pipeline.alignment import AlignmentConfig, fit_alignment
+from pipeline.explainer.alignment import AlignmentConfig, fit_alignment
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

@@ -1,5 +1,5 @@
 """Snakemake script: component-level patches of InterpBench cases as the circuits task's label rows."""
-from pipeline.circuit_task import build_labels
+from pipeline.tasks.circuits import build_labels
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

@@ -1,5 +1,5 @@
 """Snakemake script: the circuits task's target folder (which InterpBench cases, how wide their vectors are)."""
-from pipeline.circuit_task import write_target
+from pipeline.tasks.circuits import write_target
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

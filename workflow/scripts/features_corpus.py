@@ -1,5 +1,5 @@
 """Snakemake script: the local English corpus (Shakespeare, Milton, fact sentences) as passages, split train/eval."""
-from pipeline.corpus import build_corpus
+from pipeline.tasks.features.corpus import build_corpus
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

@@ -1,5 +1,5 @@
 """Snakemake script: reference descriptions and decoder directions of the features, split train/test by feature."""
-from pipeline.describe import build_descriptions, paper_descriptions
+from pipeline.tasks.features.descriptions import build_descriptions, paper_descriptions
 from pipeline.models import read_manifest
 from pipeline.runtime import stage, stage_settings
 

@@ -1,5 +1,5 @@
 """Snakemake script: each live feature's top-activating and random contexts, and every feature's firing stats."""
-from pipeline.exemplars import build_exemplars
+from pipeline.tasks.features.exemplars import build_exemplars
 from pipeline.runtime import stage, stage_settings
 
 inputs, outputs = snakemake.input, snakemake.output

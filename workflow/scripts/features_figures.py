@@ -1,5 +1,5 @@
 """Snakemake script: the features run's judge scores, training loss and a page of test features side by side."""
-from pipeline.report import features_figures
+from pipeline.tasks.features.figures import features_figures
 from pipeline.runtime import stage
 
 inputs, outputs = snakemake.input, snakemake.output

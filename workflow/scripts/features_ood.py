@@ -1,5 +1,5 @@
 """Snakemake script: the out-of-distribution vectors (ood_fw, ood_diff) with their projection exemplars."""
-from pipeline.ood import build_ood
+from pipeline.tasks.features.ood import build_ood
 from pipeline.runtime import stage, stage_settings
 
 inputs, outputs = snakemake.input, snakemake.output

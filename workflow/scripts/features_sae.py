@@ -1,6 +1,6 @@
 """Snakemake script: TopK SAEs on the target's residual stream (sparsify's layout) and their quality per layer."""
 from pipeline.runtime import stage, stage_settings
-from pipeline.sae import sae_quality, train_saes
+from pipeline.tasks.features.sae import sae_quality, train_saes
 
 inputs, outputs = snakemake.input, snakemake.output
 with stage(snakemake.log[0], snakemake.threads):

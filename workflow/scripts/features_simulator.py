@@ -1,6 +1,6 @@
 """Snakemake script: fine-tune the simulator on the target's training features (descriptions, activations)."""
 from pipeline.runtime import stage, stage_settings
-from pipeline.simulator import train_simulator
+from pipeline.tasks.features.simulator import train_simulator
 
 inputs = snakemake.input
 with stage(snakemake.log[0], snakemake.threads):

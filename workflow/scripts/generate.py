@@ -1,5 +1,5 @@
 """Snakemake script: answers of one explainer variant (finetuned, untrained, the task's controls) on the test split."""
-from pipeline import explain
+from pipeline.explainer import explain
 from pipeline.config import ExplainerConfig, GenerationConfig
 from pipeline.runtime import named_inputs, stage, stage_settings
 

@@ -1,7 +1,7 @@
 """Snakemake script: the target's answers with and without the hint, in the published column layout (or the released
 table input_ablation.released_labels names for this target)."""
 from pipeline.config import InputAblationConfig
-from pipeline.input_ablation import build_labels, import_released_labels
+from pipeline.tasks.input_ablation import build_labels, import_released_labels
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

@@ -1,5 +1,5 @@
 """Snakemake script: the multiple-choice question table (countryinfo or MMLU), split by entity."""
-from pipeline.mcq import build_questions
+from pipeline.tasks.questions import build_questions
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

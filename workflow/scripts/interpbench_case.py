@@ -1,5 +1,5 @@
 """Snakemake script: one InterpBench case compiled, trained by SIIT and written in the released layout."""
-from pipeline.interpbench import build_case
+from pipeline.interpbench.cases import build_case
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

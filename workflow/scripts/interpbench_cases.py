@@ -1,5 +1,5 @@
 """Snakemake script: one row per configured InterpBench case (skipped ones say what they need)."""
-from pipeline.interpbench import summarize
+from pipeline.interpbench.cases import summarize
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

@@ -1,5 +1,5 @@
 """Snakemake script: one InterpBench case's components and edges patched and scored against its known circuit."""
-from pipeline.circuits import discover
+from pipeline.interpbench.discovery import discover
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

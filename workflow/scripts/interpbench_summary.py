@@ -1,5 +1,5 @@
 """Snakemake script: patching's circuit recovery across InterpBench cases, as a table and a figure."""
-from pipeline.circuits import write_summary
+from pipeline.interpbench.discovery import write_summary
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

@@ -1,5 +1,5 @@
 """Snakemake script: the self-versus-other matrix of one task into results/matrix/{task}.parquet and a heat map."""
-from pipeline.matrix import build_matrix
+from pipeline.report.matrix import build_matrix
 from pipeline.runtime import stage, stage_settings
 
 inputs, wildcards = snakemake.input, snakemake.wildcards

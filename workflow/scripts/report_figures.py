@@ -1,5 +1,5 @@
 """Snakemake script: one run's metrics beside its baselines, confusion matrices and training loss curve."""
-from pipeline.report import run_figures
+from pipeline.explainer.figures import run_figures
 from pipeline.runtime import stage
 
 inputs, outputs = snakemake.input, snakemake.output

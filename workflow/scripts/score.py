@@ -1,5 +1,6 @@
 """Snakemake script: metrics of every variant and baseline into results/{task}/{explainer}_{target}.json."""
-from pipeline import explain, tasks
+from pipeline import tasks
+from pipeline.explainer import explain
 from pipeline.config import ScoringConfig
 from pipeline.runtime import named_inputs, stage, stage_settings
 

@@ -1,6 +1,6 @@
 """Snakemake script: a run's results over the seeds of training.seeds, with intervals holding training variance."""
 from pipeline.runtime import named_inputs, stage, stage_settings
-from pipeline.seeds import aggregate
+from pipeline.report.seeds import aggregate
 
 with stage(snakemake.log[0], snakemake.threads):
     _, prov = stage_settings(snakemake.params, snakemake.config, "seeds")

@@ -7,7 +7,7 @@ params, inputs = snakemake.params, snakemake.input
 with stage(snakemake.log[0], snakemake.threads):
     run, prov = stage_settings(params, snakemake.config, snakemake.rule)
     training = TrainingConfig.from_dict(run["training"])
-    launch.run("pipeline.explain.train", dict(
+    launch.run("pipeline.explainer.explain.train", dict(
         task=params.task, training_cfg=training, explainer_cfg=ExplainerConfig.from_dict(run["explainer"]),
         task_settings=run.get(params.task, {}), label_paths=named_inputs(inputs, exclude=("explainer", "target", "alignment")),
         explainer_dir=inputs.explainer, target_dir=inputs.target, out_dir=snakemake.output[0],

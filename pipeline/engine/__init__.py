@@ -1,0 +1,1 @@
+"""The engine: the hooked model and batched activation patching (the only nnsight code)."""

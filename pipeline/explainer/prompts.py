@@ -1,0 +1,65 @@
+"""The answer format every task shares (the paper's "remain unchanged from / change to <<<...>>>"), its parsing,
+and the seeded choice of a question's phrasing; each task's questions are its own."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+VECTOR = "<vector>"
+
+UNCHANGED = "The output would remain unchanged from <<<{content}>>>."
+CHANGED = "The most likely output would change to <<<{content}>>>."
+# Only the untrained (zero-shot) explainer gets this; the trained one learns the format.
+FORMAT_INSTRUCTION = (
+    " Answer with one sentence, either \"The output would remain unchanged from <<<X>>>.\" or "
+    "\"The most likely output would change to <<<Y>>>.\", where X or Y is the next token."
+)
+
+FORMAT_INSTRUCTION_CHOICE = (
+    " Answer with one sentence, either \"The output would remain unchanged from <<<Answer: X>>>.\" or "
+    "\"The most likely output would change to <<<Answer: Y>>>.\", where X or Y is the letter the assistant would answer."
+)
+
+# The paper's evaluator (evaluator/causal_exact_match_eval.py): searched in the lower-cased, stripped output,
+# "remain unchanged from" first; an output matching neither is invalid and carries no verdict.
+_UNCHANGED_PATTERN = re.compile(r".*remain\s+unchanged\s+from\s+<<<([^>]*(?:>[^>]*)*?)>>>")
+_CHANGED_PATTERN = re.compile(r".*change\s+to\s+<<<([^>]*(?:>[^>]*)*?)>>>")
+
+
+def phrasing(row_key: str | int, count: int, seed: int = 0) -> int:
+    """A seeded draw per row, so the wording carries nothing about the row's place in the table."""
+    digest = hashlib.sha256(f"{seed}:{row_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def change_answer(changed: bool, content: str) -> str:
+    return (CHANGED if changed else UNCHANGED).format(content=content)
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    valid: bool  # one of the two answer forms was found (the paper's "valid")
+    changed: bool | None  # the verdict of a valid answer; None for an invalid one
+    content: str | None  # the text inside <<<...>>> of a valid answer, lower-cased and stripped
+
+
+def paper_normalize(text: str | None) -> str:
+    """The paper's normalisation before comparing whole answers: stripped, lower-cased, outer full stops removed."""
+    return (text or "").strip().lower().strip(".")
+
+
+def parse_answer(text: str | None) -> ParsedAnswer:
+    """Verdict and content of an answer, as the paper's evaluator reads them."""
+    normalized = paper_normalize(text)
+    for pattern, changed in ((_UNCHANGED_PATTERN, False), (_CHANGED_PATTERN, True)):
+        match = pattern.search(normalized)
+        if match:
+            return ParsedAnswer(True, changed, match.group(1).strip())
+    return ParsedAnswer(False, None, None)
+
+
+def token_text(token: str) -> str:
+    """A decoded token as shown in answers: surrounding whitespace dropped, unless that empties it."""
+    return token.strip() or token

@@ -1,0 +1,1 @@
+"""InterpBench: cases rebuilt offline (RASP programs, tracr in torch, SIIT) and circuit discovery by patching."""

