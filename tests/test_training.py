@@ -250,9 +250,15 @@ def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monk
                                tmp_path / "v.safetensors", {"window": window}, keep_only_correct=False)
 
     def train():
-        return explain.train("act_patch", cfg(epochs=2, checkpoint_every=1, max_examples=8), ExplainerConfig(), {},
-                           {"labels": tmp_path / "l.parquet", "vectors": tmp_path / "v.safetensors"}, tiny_dir,
-                           tiny_dir, tmp_path / "out", tmp_path / "ckpt", {"training": "same settings"})
+        from dataclasses import asdict
+
+        training_cfg = cfg(epochs=2, checkpoint_every=1, max_examples=8)
+        run = explain.Run("act_patch", str(tiny_dir), str(tiny_dir),
+                          {"training": asdict(training_cfg), "explainer": asdict(ExplainerConfig())},
+                          {"training": "same settings"},
+                          {"labels": str(tmp_path / "l.parquet"), "vectors": str(tmp_path / "v.safetensors")})
+        assert run.config("training") == training_cfg and run.config("explainer") == ExplainerConfig()
+        return explain.train(run, tmp_path / "out", tmp_path / "ckpt")
 
     labels(2)
     killed_after_first_checkpoint(train, monkeypatch)

@@ -7,11 +7,69 @@ vector controls), and score every variant and baseline into `results/{task}/{exp
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.tasks import Examples, get_task
+from pipeline.tasks import Examples, Task, get_task
+
+_MODEL_INPUTS = ("explainer", "target", "trained", "alignment")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One job of a task's run (explainer x target), as the train, generate and score stages read it: the models'
+    folders, the settings it runs with (config sections: `training`, `explainer`, `generation`, `scoring`, the task's
+    own) and what its artifacts record, and its input files by name. `labels`: the label artifacts the stage reads
+    (train: the training split; generate: the split or evaluation set it answers; score: none, it reads `train_*` and
+    `test_*` of `inputs`). `trained_dir`: the fine-tuned (or released) explainer; `alignment`: the fitted maps."""
+    task: str
+    explainer_dir: str
+    target_dir: str
+    settings: dict
+    provenance: dict
+    labels: dict[str, str] = field(default_factory=dict)
+    trained_dir: str | None = None
+    alignment: str | None = None
+    names: dict[str, str] = field(default_factory=dict)  # {"explainer": key, "target": key}
+    inputs: dict[str, str] = field(default_factory=dict)  # every named input file of the job
+    predictions: tuple[str, ...] = ()  # score: each variant's predictions, in the task's variant order
+
+    @classmethod
+    def from_job(cls, job) -> "Run":
+        """The run a Snakemake job describes (`snakemake` in a rule's script: params.task, settings and code; inputs
+        named as the shared rules name them)."""
+        from pipeline.runtime import stage_settings
+
+        settings, prov = stage_settings(job.params, job.config, job.rule)
+        files = {name: str(path) for name, path in job.input.items() if isinstance(path, str)}
+        return cls(task=job.params.task, explainer_dir=files["explainer"], target_dir=files["target"],
+                   settings=settings, provenance=prov,
+                   labels={k: v for k, v in files.items() if k not in _MODEL_INPUTS},
+                   trained_dir=files.get("trained"), alignment=files.get("alignment"),
+                   names={k: str(getattr(job.wildcards, k)) for k in ("explainer", "target") if hasattr(job.wildcards, k)},
+                   inputs=files, predictions=tuple(map(str, job.input.get("predictions", []))))
+
+    @property
+    def spec(self) -> Task:
+        return get_task(self.task)
+
+    @property
+    def task_settings(self) -> dict:
+        return self.settings.get(self.task, {})
+
+    def named(self, prefix: str) -> dict[str, str]:
+        """The input files whose names start with `prefix` (train_, test_, count_, extra_), prefix removed."""
+        return {name[len(prefix):]: path for name, path in self.inputs.items() if name.startswith(prefix)}
+
+    def config(self, head: str):
+        """A settings section as its dataclass (training, explainer, generation, scoring)."""
+        from pipeline import config
+
+        classes = {"training": config.TrainingConfig, "explainer": config.ExplainerConfig,
+                   "generation": config.GenerationConfig, "scoring": config.ScoringConfig}
+        return classes[head].from_dict(self.settings.get(head) or {})
 
 
 def training_inputs(paths: dict[str, str | Path]) -> dict:
@@ -64,27 +122,26 @@ def asked(questions: list[str], explainer_cfg, spec) -> list[str]:
     return [q + spec.paper_suffix for q in questions] if explainer_cfg.prompt_format == "paper" else questions
 
 
-def train(task: str, training_cfg, explainer_cfg, task_settings: dict, label_paths: dict[str, str], explainer_dir,
-          target_dir, out_dir, checkpoint_dir, settings: dict, alignment: str | None = None) -> dict:
-    """Fine-tune the explainer on the task's training rows; the checkpoint key names the inputs too. `alignment`:
-    the fitted per-layer maps the projections start from (`explainer.alignment: fitted`)."""
+def train(run: Run, out_dir, checkpoint_dir) -> dict:
+    """Fine-tune the explainer on the task's training rows (`run.labels`: the training split); the checkpoint key
+    names the inputs too. With `run.alignment` (explainer.alignment: fitted) the projections start from those maps."""
     from dataclasses import replace
 
     from pipeline.explainer.training import train_explainer
 
-    spec = get_task(task)
-    examples = spec.training_rows(spec.examples(label_paths, str(target_dir)), task_settings, training_cfg.seed,
-                                str(target_dir))
-    width, projection = _explainer_width(examples, explainer_dir, target_dir)
+    spec, training_cfg, explainer_cfg = run.spec, run.config("training"), run.config("explainer")
+    examples = spec.training_rows(spec.examples(run.labels, run.target_dir), run.task_settings, training_cfg.seed,
+                                  run.target_dir)
+    width, projection = _explainer_width(examples, run.explainer_dir, run.target_dir)
     if projection:
         explainer_cfg = replace(explainer_cfg, projection=projection)
-    inputs = dict(label_paths) | {"explainer": explainer_dir, "target": target_dir}
-    key = settings | {"inputs": training_inputs(inputs | ({"alignment": alignment} if alignment else {}))}
+    inputs = dict(run.labels) | {"explainer": run.explainer_dir, "target": run.target_dir}
+    key = run.provenance | {"inputs": training_inputs(inputs | ({"alignment": run.alignment} if run.alignment else {}))}
     questions = asked(examples.questions, explainer_cfg, spec)
-    return train_explainer(training_cfg, explainer_cfg, explainer_dir, width, questions, examples.answers,
+    return train_explainer(training_cfg, explainer_cfg, run.explainer_dir, width, questions, examples.answers,
                            examples.vectors, out_dir, checkpoint_dir, key,
-                           vector_layers=vector_layers(examples, explainer_cfg, explainer_dir, target_dir),
-                           alignment=alignment if projection is None else None)
+                           vector_layers=vector_layers(examples, explainer_cfg, run.explainer_dir, run.target_dir),
+                           alignment=run.alignment if projection is None else None)
 
 
 def prediction_frame(examples: Examples, questions: list[str], predictions: list[str], variant: str) -> pd.DataFrame:
@@ -94,32 +151,33 @@ def prediction_frame(examples: Examples, questions: list[str], predictions: list
                         | verdict | examples.columns)
 
 
-def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths: dict[str, str], explainer_dir,
-             target_dir, trained_dir, out_path, settings: dict, alignment: str | None = None) -> pd.DataFrame:
-    """Answers of one explainer variant on the test split: the fine-tuned explainer; the untrained one (zero-shot,
-    with the task's format instruction, in its chat template if it has one); and the task's vector controls."""
+def generate(run: Run, variant: str, out_path) -> pd.DataFrame:
+    """Answers of one explainer variant on `run.labels` (the test split or an evaluation set): the fine-tuned
+    explainer; the untrained one (zero-shot, with the task's format instruction, in its chat template if it has one);
+    and the task's vector controls."""
     from pipeline.artifacts import provenance, write_table
     from pipeline.explainer.model import load_explainer
     from pipeline.explainer.generation import generate_answers
     from pipeline.sampling import seeded_subset
     from pipeline.models import read_manifest
 
-    spec = get_task(task)
+    spec, generation_cfg, explainer_cfg = run.spec, run.config("generation"), run.config("explainer")
+    explainer_dir, target_dir = run.explainer_dir, run.target_dir
     if variant not in spec.variants:
-        raise ValueError(f"unknown {task} variant '{variant}'; expected one of {spec.variants}")
-    examples = spec.examples(label_paths, str(target_dir))
+        raise ValueError(f"unknown {run.task} variant '{variant}'; expected one of {spec.variants}")
+    examples = spec.examples(run.labels, target_dir)
     examples.vectors = spec.variant_vectors(variant, examples, generation_cfg.seed)
     examples = examples.subset(seeded_subset(len(examples.questions), generation_cfg.max_examples, generation_cfg.seed))
+    models = {"explainer": read_manifest(explainer_dir)["source"], "target": read_manifest(target_dir)["source"]}
     if variant in spec.custom_variants:
         out = spec.custom_variants[variant](examples, generation_cfg, explainer_cfg, explainer_dir, target_dir)
-        write_table(out.assign(variant=variant), out_path, provenance(
-            settings, {"explainer": read_manifest(explainer_dir)["source"], "target": read_manifest(target_dir)["source"]}))
+        write_table(out.assign(variant=variant), out_path, provenance(run.provenance, models))
         return out
     width, projection = _explainer_width(examples, explainer_dir, target_dir)
     # A released explainer (explainer.checkpoint) stands where this workflow's trained one would.
-    trained = None if variant == "untrained" else (explainer_cfg.checkpoint or trained_dir)
+    trained = None if variant == "untrained" else (explainer_cfg.checkpoint or run.trained_dir)
     explainer, tokenizer = load_explainer(trained, explainer_dir, width, projection or explainer_cfg.projection,
-                                          explainer_cfg.inject, alignment if projection is None else None,
+                                          explainer_cfg.inject, run.alignment if projection is None else None,
                                           explainer_cfg.scale, explainer_cfg.center, explainer_cfg.continuous_tokens,
                                           text_only=examples.vectors is None)
     questions, prompt_format = asked(examples.questions, explainer_cfg, spec), explainer_cfg.prompt_format
@@ -131,33 +189,33 @@ def generate(task: str, variant: str, generation_cfg, explainer_cfg, label_paths
                                    generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant,
                                    vector_layers=vector_layers(examples, explainer_cfg, explainer_dir, target_dir))
     out = prediction_frame(examples, questions, predictions, variant)
-    write_table(out, out_path, provenance(settings, {"explainer": read_manifest(explainer_dir)["source"],
-                                                     "target": read_manifest(target_dir)["source"]}))
+    write_table(out, out_path, provenance(run.provenance, models))
     return out
 
 
-def score(task: str, scoring_cfg, prediction_paths: dict[str, str], train_paths: dict[str, str],
-          test_paths: dict[str, str], count_paths: dict[str, str], trained_dir, explainer_dir, target_dir, out_path,
-          names: dict[str, str], settings: dict, task_settings: dict | None = None,
-          extra_inputs: dict[str, str] | None = None) -> dict:
-    """Metrics of every variant and baseline, paired comparisons, counts and provenance in one results file."""
+def score(run: Run, out_path) -> dict:
+    """Metrics of every variant (`run.predictions`) and baseline, paired comparisons, counts and provenance in one
+    results file; the labels are `run.inputs`' train_* and test_*, the reported counts its count_*, the task's own
+    scoring inputs its extra_*."""
     from pipeline.artifacts import read_provenance, read_table, write_json
     from pipeline.explainer.metrics import run_summary, score_variants
 
-    spec = get_task(task)
+    spec, scoring_cfg = run.spec, run.config("scoring")
+    prediction_paths = dict(zip(spec.variants, run.predictions))
+    train_paths, test_paths = run.named("train_"), run.named("test_")
     frames = {v: read_table(p, required=["row_key", "cluster", "prediction", "reference"])
               for v, p in prediction_paths.items()}
-    baselines, described = spec.baselines(frames["finetuned"], train_paths, test_paths, str(target_dir))
+    baselines, described = spec.baselines(frames["finetuned"], train_paths, test_paths, run.target_dir)
     if spec.score_frames:
         scores = spec.score_frames(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed,
-                                   settings=task_settings or {}, inputs=extra_inputs or {})
+                                   settings=run.task_settings, inputs=run.named("extra_"))
     else:
         scores = score_variants(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
-    counts = {name: read_provenance(path).get("counts", {}) for name, path in count_paths.items()}
+    counts = {name: read_provenance(path).get("counts", {}) for name, path in run.named("count_").items()}
     for split, paths in (("train", train_paths), ("test", test_paths)):
         counts[f"labels_{split}"] = read_provenance(next(iter(paths.values()))).get("counts", {})
-    result = {"task": task, "explainer": names["explainer"], "target": names["target"], **scores,
+    result = {"task": run.task, "explainer": run.names["explainer"], "target": run.names["target"], **scores,
               "baselines": described, "counts": counts} | run_summary(
-        scoring_cfg, prediction_paths, trained_dir, explainer_dir, target_dir, settings)
+        scoring_cfg, prediction_paths, run.trained_dir, run.explainer_dir, run.target_dir, run.provenance)
     write_json(result, out_path)
     return result
