@@ -105,3 +105,24 @@ def test_structure_prior_learns_majority_verdict_and_answer_per_key():
     assert not guess.changed and guess.content == "Oslo"  # a tie between contents goes to the first alphabetically
     unseen = predict(prior, [("other", (9,))])[0]
     assert unseen == prior[None] and unseen.support == 6  # an unseen key falls back to the majority class
+
+
+def test_verdict_vs_prior_counts_agreement_and_who_is_right_where_they_differ():
+    from pipeline.explainer.metrics import score_variants, verdict_vs_prior
+
+    truth = [True, True, False, False, True, False]
+    prior = [True, True, False, False, False, True]  # right on 4 of 6
+    said = [True, False, False, True, True, True]  # differs from the prior on rows 1, 3, 4
+    frame = lambda verdicts, name: pd.DataFrame({  # noqa: E731
+        "row_key": [str(i) for i in range(6)], "cluster": [str(i) for i in range(6)], "variant": name,
+        "prediction": [change_answer(v, "x") for v in verdicts], "reference": [change_answer(t, "x") for t in truth],
+        "is_different": truth})
+    frames = {"finetuned": frame(said, "finetuned"), "structure_prior": frame(prior, "structure_prior"),
+              "copy": frame(prior, "copy").iloc[::-1]}  # the prior's verdicts in another row order
+    result = verdict_vs_prior(frames)
+    assert result["finetuned"] == {"rows": 6, "agreement": 0.5, "disagreements": 3, "variant_right": 1,
+                                   "prior_right": 2}
+    assert result["copy"] == {"rows": 6, "agreement": 1.0, "disagreements": 0, "variant_right": 0, "prior_right": 0}
+    paired = {name: frames[name] for name in ("finetuned", "structure_prior")}
+    assert score_variants(paired, 20, 0)["verdict_vs_prior"] == {"finetuned": result["finetuned"]}
+    assert "verdict_vs_prior" not in score_variants({"finetuned": frames["finetuned"]}, 20, 0)

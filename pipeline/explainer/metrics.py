@@ -199,11 +199,34 @@ def paired_mean_difference(first, second, clusters, samples: int, seed: int) -> 
 
 
 def score_variants(frames: dict[str, pd.DataFrame], samples: int, seed: int, reference: str = "finetuned") -> dict:
-    """Metrics of every variant, and the paired difference of `reference` against each other variant."""
+    """Metrics of every variant, the paired difference of `reference` against each other variant, and how each
+    variant's verdict relates to the structure prior's (`verdict_vs_prior`)."""
     metrics = {name: change_metrics(frame, samples, seed) for name, frame in frames.items()}
     comparisons = {f"{reference} - {name}": paired_differences(frames[reference], frame, samples, seed)
                    for name, frame in frames.items() if name != reference}
-    return {"metrics": metrics, "comparisons": comparisons}
+    return {"metrics": metrics, "comparisons": comparisons} | (
+        {"verdict_vs_prior": verdict_vs_prior(frames)} if "structure_prior" in frames else {})
+
+
+def verdict_vs_prior(frames: dict[str, pd.DataFrame], prior: str = "structure_prior") -> dict:
+    """Per variant, on the rows both answered: the share whose verdict (changed or not) equals the prior's, the
+    rows where they differ, and on those how often each is right. A verdict that is the prior's, bar a few rows it
+    gets wrong, is learned from the question's text: the vector told it nothing about whether the output changes."""
+    base = frames[prior].set_index("row_key")
+    out = {}
+    for name, frame in frames.items():
+        if name == prior or "is_different" not in frame:
+            continue
+        rows = frame.set_index("row_key")
+        common = rows.index.intersection(base.index)
+        said = np.array([parse_answer(p).changed for p in rows.loc[common, "prediction"]], dtype=object)
+        guess = np.array([parse_answer(p).changed for p in base.loc[common, "prediction"]], dtype=object)
+        truth = rows.loc[common, "is_different"].astype(bool).to_numpy()
+        differ = said != guess
+        out[name] = {"rows": int(len(common)), "agreement": float(1 - differ.mean()) if len(common) else None,
+                     "disagreements": int(differ.sum()), "variant_right": int((said[differ] == truth[differ]).sum()),
+                     "prior_right": int((guess[differ] == truth[differ]).sum())}
+    return out
 
 
 def run_summary(scoring_cfg, prediction_paths: dict[str, str], trained_dir, explainer_dir, target_dir,

@@ -121,6 +121,12 @@ def results_tables(result_paths: list[str]) -> str:
         ours = {name: parts for name, parts in result.get("comparisons", {}).items() if name.startswith("finetuned - ")}
         if ours:
             out += [*_table(ours, columns, signed=True), ""]
+        verdicts = result.get("verdict_vs_prior") or {}
+        if verdicts:
+            out += ["Verdicts against the structure prior's: " + "; ".join(
+                f"{name} agrees on {v['agreement']:.1%} of {v['rows']} rows, differs on {v['disagreements']} "
+                f"(right on {v['variant_right']}, the prior on {v['prior_right']})"
+                for name, v in verdicts.items() if v["agreement"] is not None) + ".", ""]
     return "\n".join(out) + "\n"
 
 
