@@ -6,12 +6,13 @@ own section (through Snakemake `params:`) and builds the dataclass below from it
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipeline.typed import from_section
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
@@ -101,9 +102,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def _build(cls, section: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in section.items() if k in names})
+_build = from_section
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def test_discover_scores_a_built_case_and_refuses_foreign_edges(tmp_path):
     edges = circuit_edges(compiled.nodes, compiled.sink, cfg["n_layers"] - 1)
     with (folder / "edges.pkl").open("wb") as fh:
         pickle.dump(edges, fh)
-    settings = {"inputs": 80, "seed": 0, "atol": 0.05, "found_above": 0.01}
+    settings = circuits.InterpBenchPatchingConfig(inputs=80, seed=0, atol=0.05, found_above=0.01)
     result = circuits.discover("11", folder, METADATA, settings, tmp_path / "11.json", {"test": True})
     assert json.loads((tmp_path / "11.json").read_text())["nodes"] == result["nodes"]
     assert result["nodes"]["auroc"] == 1.0
@@ -187,10 +187,11 @@ def compiled_case(tmp_path_factory):
 def test_circuit_labels_ask_every_component_and_only_the_circuit_changes_the_output(compiled_case, tmp_path):
     """Each pair asks about every head and MLP once; on a model that is exactly its circuit no other component
     changes the output; answers carry the verdict; vectors are padded to the width; test inputs are not train's."""
-    from pipeline.tasks.circuits import build_labels, examples, training_rows
+    from pipeline.tasks.circuits import CircuitsConfig, build_labels, examples, training_rows
     from pipeline.explainer.prompts import VECTOR, parse_answer
 
-    settings = {"pairs_per_case": {"train": 12, "test": 4, "heldout_cases": 4}, "width": 32, "seed": 0}
+    settings = CircuitsConfig.from_dict({"pairs_per_case": {"train": 12, "test": 4, "heldout_cases": 4}, "width": 32,
+                                         "seed": 0})
     paths = {}
     for split in ("train", "test"):
         paths[split] = {"labels": tmp_path / f"{split}.parquet", "vectors": tmp_path / f"{split}.vectors.safetensors"}
@@ -222,11 +223,12 @@ def test_circuit_scores_recover_the_circuit_from_verdicts(compiled_case, tmp_pat
     """score_frames on answers that repeat the truth: change F1 1.0 per case, and ranking components by how often
     they are said to change recovers the known circuit exactly (AUROC 1.0), as the true labels do; a no-vector
     control that always says "unchanged" recovers nothing (AUROC 0.5)."""
-    from pipeline.tasks.circuits import baseline_frames, build_labels, examples, score_frames
+    from pipeline.tasks.circuits import CircuitsConfig, baseline_frames, build_labels, examples, score_frames
     from pipeline.explainer.explain import prediction_frame
     from pipeline.explainer.prompts import change_answer
 
-    settings = {"pairs_per_case": {"train": 12, "test": 12, "heldout_cases": 4}, "width": 32, "seed": 0}
+    settings = CircuitsConfig.from_dict({"pairs_per_case": {"train": 12, "test": 12, "heldout_cases": 4}, "width": 32,
+                                         "seed": 0})
     paths = {split: {"labels": tmp_path / f"{split}.parquet", "vectors": tmp_path / f"{split}.vectors.safetensors"}
              for split in ("train", "test")}
     for split, p in paths.items():

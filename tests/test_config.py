@@ -119,13 +119,20 @@ def test_the_settings_dataclasses_default_to_what_config_yaml_says():
     from pipeline import config as settings
 
     shipped = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text())
+    from pipeline.interpbench.cases import InterpBenchBuildConfig
+    from pipeline.interpbench.discovery import InterpBenchPatchingConfig
+    from pipeline.tasks.circuits import CircuitsConfig
+
     sections = {"training": settings.TrainingConfig, "generation": settings.GenerationConfig,
                 "explainer": settings.ExplainerConfig, "scoring": settings.ScoringConfig,
                 "facts": settings.FactsConfig, "act_patch": settings.ActPatchConfig,
-                "input_ablation": settings.InputAblationConfig}
+                "input_ablation": settings.InputAblationConfig, "circuits": CircuitsConfig,
+                "interpbench.build": InterpBenchBuildConfig, "interpbench.patching": InterpBenchPatchingConfig}
     differ = []
     for section, cls in sections.items():
-        from_yaml, default = cls.from_dict(shipped[section]), cls()
+        head, *rest = section.split(".")
+        values = shipped[head][rest[0]] if rest else shipped[head]
+        from_yaml, default = cls.from_dict(values), cls()
         for field in dataclasses.fields(cls):
             if getattr(from_yaml, field.name) != getattr(default, field.name) and (
                     (section, field.name) not in DEFAULTS_THAT_DIFFER):

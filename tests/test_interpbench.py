@@ -16,8 +16,14 @@ METADATA = REPO / "pipeline" / "data" / "interpbench_metadata.json"
 # Cases whose program reads the next token while the metadata gives them causal attention: their compiled model
 # cannot compute the program, and the build reports the measured agreement.
 NEXT_TOKEN_UNDER_CAUSAL = {"8", "38"}
-BUILD = {"inputs": 400, "test_fraction": 0.25, "min_train": 1200, "max_epochs": 30, "eval_every": 5,
-         "batch_size": 256, "compile_check": 50, "seed": 0}
+BUILD_SECTION = {"inputs": 400, "test_fraction": 0.25, "min_train": 1200, "max_epochs": 30, "eval_every": 5,
+                 "batch_size": 256, "compile_check": 50, "seed": 0}
+
+
+def build_config():
+    from pipeline.interpbench.cases import InterpBenchBuildConfig
+
+    return InterpBenchBuildConfig.from_dict(BUILD_SECTION)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +128,7 @@ def built_case(tmp_path_factory):
     from pipeline.interpbench.cases import build_case
 
     out = tmp_path_factory.mktemp("interpbench")
-    stats = build_case("24", METADATA, BUILD, out / "24", out / "24.json", {"test": True})
+    stats = build_case("24", METADATA, build_config(), out / "24", out / "24.json", {"test": True})
     return out / "24", stats
 
 
@@ -207,7 +213,7 @@ def test_bad_cases_fail_before_building_and_leave_no_folder(tmp_path, metadata):
             entry["transformer_cfg"]["d_vocab_out"] = 7
     bad.write_text(json.dumps(broken))
     with pytest.raises(CaseError, match=r"case 24 has d_vocab_out 7, but the compiled program has 3"):
-        build_case("24", bad, BUILD, tmp_path / "24", tmp_path / "24.json", {})
+        build_case("24", bad, build_config(), tmp_path / "24", tmp_path / "24.json", {})
     assert not (tmp_path / "24").exists() and not (tmp_path / "24.json").exists()
 
 

@@ -10,6 +10,8 @@ folder, the real InterpBench files included.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import itertools
 import json
 import pickle
@@ -22,7 +24,26 @@ from typing import Any
 import pandas as pd
 
 from pipeline.lazy import lazy_import
+from pipeline.typed import from_section
 from pipeline.artifacts import ArtifactError, atomic_dir, write_json, write_table
+
+
+@dataclass(frozen=True)
+class InterpBenchBuildConfig:
+    """interpbench.build: how each case is rebuilt (tracr compile, then SIIT training of the low-level model)."""
+    inputs: int = 5000
+    test_fraction: float = 0.2
+    min_train: int = 4000
+    max_epochs: int = 60
+    eval_every: int = 5
+    batch_size: int = 512
+    compile_check: int = 200
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "InterpBenchBuildConfig":
+        return from_section(cls, section)
+
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
@@ -207,7 +228,7 @@ def _compile_agreement(compiled, program, sequences) -> dict[str, float]:
     return {"compile_agreement": seq_ok / len(sequences), "compile_position_agreement": pos_ok / positions}
 
 
-def build_case(case: str, metadata_path: str | Path, settings: dict[str, Any], out_dir: str | Path,
+def build_case(case: str, metadata_path: str | Path, build: InterpBenchBuildConfig, out_dir: str | Path,
                stats_path: str | Path, prov: dict[str, Any]) -> dict[str, Any]:
     """Compile, check, train by SIIT and write one case; returns (and writes to `stats_path`) its measurements."""
     from pipeline.interpbench import siit
@@ -227,9 +248,9 @@ def build_case(case: str, metadata_path: str | Path, settings: dict[str, Any], o
         if tcfg[field] != ours:
             raise CaseError(f"{metadata_path}: case {case} has {field} {tcfg[field]}, but the compiled program has "
                             f"{ours}; the program or the vocabulary does not match the benchmark's")
-    seed = int(settings["seed"])
+    seed = build.seed
     check_rng = random.Random(seed + 1)
-    checks = [[check_rng.choice(entry["vocab"]) for _ in range(length)] for _ in range(int(settings["compile_check"]))]
+    checks = [[check_rng.choice(entry["vocab"]) for _ in range(length)] for _ in range(build.compile_check)]
     agreement = _compile_agreement(compiled, program, checks)
     compile_seconds = time.perf_counter() - start
 
@@ -241,23 +262,23 @@ def build_case(case: str, metadata_path: str | Path, settings: dict[str, Any], o
     if compiled.model.cfg["n_heads"] > tcfg["n_heads"]:
         raise CaseError(f"{metadata_path}: case {case}'s compiled program has {compiled.model.cfg['n_heads']} heads "
                         f"per layer, more than transformer_cfg's n_heads {tcfg['n_heads']}")
-    seqs = inputs(list(entry["vocab"]), length, int(settings["inputs"]), seed)
-    n_test = max(1, int(len(seqs) * float(settings["test_fraction"])))
+    seqs = inputs(list(entry["vocab"]), length, build.inputs, seed)
+    n_test = max(1, int(len(seqs) * build.test_fraction))
     test, train = seqs[:n_test], seqs[n_test:]
     rng = random.Random(seed + 2)
-    if len(train) < int(settings["min_train"]):   # as the benchmark does for small cases: repeat inputs
-        train = train + [rng.choice(train) for _ in range(int(settings["min_train"]) - len(train))]
+    if len(train) < build.min_train:   # as the benchmark does for small cases: repeat inputs
+        train = train + [rng.choice(train) for _ in range(build.min_train - len(train))]
     x_train = compiled.encode([[BOS] + s for s in train])
     x_test = compiled.encode([[BOS] + s for s in test])
 
     torch.manual_seed(seed)
     ll = HookedTransformer(tcfg).init_weights(seed)
     circuit = [(n["hook"], n["head"]) for n in compiled.nodes]
-    epochs = min(int(targs["epochs"]), int(settings["max_epochs"]))
+    epochs = min(int(targs["epochs"]), build.max_epochs)
     args = siit.SIITArgs(lr=float(targs["lr"]), epochs=epochs, iit_weight=float(targs["iit_weight"]),
                          behavior_weight=float(targs["behavior_weight"]), strict_weight=float(targs["strict_weight"]),
                          atol=float(targs["atol"]), clip_grad_norm=float(targs.get("clip_grad_norm") or 0.0),
-                         batch_size=int(settings["batch_size"]), eval_every=int(settings["eval_every"]), seed=seed)
+                         batch_size=build.batch_size, eval_every=build.eval_every, seed=seed)
 
     def progress(epoch, metrics):
         print(f"case {case} epoch {epoch}: behavior {metrics['behavior_accuracy']:.3f}, "

@@ -15,6 +15,8 @@ through the workflow's own engine (pipeline.engine.patching, nnsight).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 import random
 import re
@@ -28,8 +30,23 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from pipeline.typed import from_section
 from pipeline.artifacts import write_json
 from pipeline.engine.patching import Patch, Traced, run_components, wrap
+
+
+@dataclass(frozen=True)
+class InterpBenchPatchingConfig:
+    """interpbench.patching: resample-ablation of every component and edge, scored against the known circuit."""
+    inputs: int = 300
+    found_above: float = 0.01
+    atol: float = 0.05
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "InterpBenchPatchingConfig":
+        return from_section(cls, section)
+
 
 _NAME = re.compile(r"^(.*?)(?:\[(\d+)\])?$")
 FINAL = "hook_resid_post"
@@ -167,7 +184,7 @@ def derangement(count: int, seed: int) -> torch.Tensor:
     return torch.tensor(source)
 
 
-def discover(case: str, case_dir: str | Path, metadata_path: str | Path, settings: dict[str, Any],
+def discover(case: str, case_dir: str | Path, metadata_path: str | Path, patching: InterpBenchPatchingConfig,
              out_path: str | Path, prov: dict[str, Any]) -> dict[str, Any]:
     """Node- and edge-level patching of one case, scored against its known circuit, into `out_path`."""
     from pipeline.interpbench.cases import load_case
@@ -175,11 +192,11 @@ def discover(case: str, case_dir: str | Path, metadata_path: str | Path, setting
     start = time.perf_counter()
     loaded = load_case(case_dir)
     cfg, edges = loaded["cfg"], loaded["edges"]
-    atol = float(loaded["meta"].get("atol", settings["atol"]))
-    x, categorical, _ = case_inputs(case, metadata_path, int(settings["inputs"]), int(settings["seed"]))
+    atol = float(loaded["meta"].get("atol", patching.atol))
+    x, categorical, _ = case_inputs(case, metadata_path, patching.inputs, patching.seed)
     if x.shape[1] > cfg["n_ctx"]:
         raise ValueError(f"{case_dir}: inputs of length {x.shape[1]} exceed the model's n_ctx {cfg['n_ctx']}")
-    source = x[derangement(len(x), int(settings["seed"]))]
+    source = x[derangement(len(x), patching.seed)]
     traced = wrap(loaded["model"])
     names = components(cfg)
     nodes = node_scores(traced, x, source, names, categorical, atol)
@@ -190,7 +207,7 @@ def discover(case: str, case_dir: str | Path, metadata_path: str | Path, setting
     if missing:
         raise ValueError(f"{case_dir}/edges.pkl: edges outside the residual-stream graph: {missing[:4]}")
     edge = edge_scores(traced, x, source, candidates, categorical, atol)
-    found_above = float(settings["found_above"])
+    found_above = patching.found_above
     result = {
         "case": case, "output": "categorical" if categorical else "numeric", "inputs": len(x),
         "score": "mean KL(clean || patched)" if categorical else "mean |change|", "found_above": found_above,

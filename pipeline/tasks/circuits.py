@@ -17,6 +17,8 @@ component's name and the two positions, learned from the training cases.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 import random
 from pathlib import Path
@@ -26,9 +28,34 @@ import numpy as np
 import pandas as pd
 
 from pipeline.lazy import lazy_import
+from pipeline.typed import from_section
 from pipeline.artifacts import ArtifactError, provenance, read_table, read_tensors, write_table, write_tensors
 from pipeline.explainer.prompts import FORMAT_INSTRUCTION, VECTOR, change_answer, parse_answer
 from pipeline.tasks import Examples, Task, register
+
+
+@dataclass(frozen=True)
+class CircuitsConfig:
+    """The circuits task's section: which cases train and which are held out, pairs per case and split, the
+    unchanged rows kept per changed one in training, the vectors' padded width."""
+    train_cases: tuple[str, ...] = ("3", "11", "13", "18", "19", "20", "24", "33", "34", "35")
+    heldout_cases: tuple[str, ...] = ("4", "21", "36", "37", "38", "8")
+    pairs_per_case: tuple[tuple[str, int], ...] = (("train", 100), ("test", 8), ("heldout_cases", 8))
+    balance: float | None = 1.0
+    width: int = 32
+    seed: int = 0
+    explainer: str | None = "smollm"
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]) -> "CircuitsConfig":
+        pairs = section.get("pairs_per_case")
+        return from_section(cls, {**section, **{k: tuple(map(str, section[k])) for k in ("train_cases", "heldout_cases")
+                                           if k in section},
+                            **({"pairs_per_case": tuple((str(k), int(v)) for k, v in pairs.items())} if pairs else {})})
+
+    def pairs(self, split: str) -> int:
+        return dict(self.pairs_per_case)[split]
+
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
@@ -130,12 +157,11 @@ def case_rows(case: str, case_dir: str | Path, metadata_path: str | Path, split:
 
 
 def build_labels(split: str, cases: list[str], case_dirs: list[str], metadata_path: str | Path,
-                 settings: dict[str, Any], out_labels, out_vectors, prov: dict[str, Any]) -> pd.DataFrame:
+                 cfg: CircuitsConfig, out_labels, out_vectors, prov: dict[str, Any]) -> pd.DataFrame:
     """The label rows of one split (train / test: the training cases; heldout_cases: the held-out ones)."""
     frames, vectors = [], []
     for case, folder in zip(cases, case_dirs):
-        frame, vecs = case_rows(str(case), folder, metadata_path, split, settings["pairs_per_case"],
-                                int(settings["width"]), int(settings["seed"]))
+        frame, vecs = case_rows(str(case), folder, metadata_path, split, dict(cfg.pairs_per_case), cfg.width, cfg.seed)
         frames.append(frame)
         vectors.append(vecs)
         print(f"circuits {split}: case {case}: {len(frame)} rows, {frame['is_different'].mean():.2f} changed, "
@@ -193,7 +219,7 @@ def examples(paths: dict[str, str], target_dir) -> Examples:
 def training_rows(rows: Examples, settings: dict, seed: int, target_dir: str | None = None) -> Examples:
     """Every changed row and up to `balance` unchanged rows per changed one (seeded): few patches change the
     output (none outside the circuit), and an explainer trained on the raw split learns to say "unchanged"."""
-    balance = settings.get("balance")
+    balance = CircuitsConfig.from_dict(settings).balance
     if not balance:
         return rows
     changed = np.flatnonzero(rows.labels)
