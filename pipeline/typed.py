@@ -11,3 +11,11 @@ def from_section(cls, section: dict[str, Any]):
     """The dataclass from a config section; keys it does not hold are left out (the schema checks them)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in section.items() if k in names})
+
+
+class Section:
+    """A settings dataclass read from its config section: `Cls.from_dict(section)`."""
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any]):
+        return from_section(cls, section)

@@ -24,12 +24,12 @@ from typing import Any
 import pandas as pd
 
 from pipeline.lazy import lazy_import
-from pipeline.typed import from_section
+from pipeline.typed import Section
 from pipeline.artifacts import ArtifactError, atomic_dir, write_json, write_table
 
 
 @dataclass(frozen=True)
-class InterpBenchBuildConfig:
+class InterpBenchBuildConfig(Section):
     """interpbench.build: how each case is rebuilt (tracr compile, then SIIT training of the low-level model)."""
     inputs: int = 5000
     test_fraction: float = 0.2
@@ -39,10 +39,6 @@ class InterpBenchBuildConfig:
     batch_size: int = 512
     compile_check: int = 200
     seed: int = 0
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "InterpBenchBuildConfig":
-        return from_section(cls, section)
 
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch

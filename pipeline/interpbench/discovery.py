@@ -30,22 +30,18 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from pipeline.typed import from_section
+from pipeline.typed import Section
 from pipeline.artifacts import write_json
 from pipeline.engine.patching import Patch, Traced, run_components, wrap
 
 
 @dataclass(frozen=True)
-class InterpBenchPatchingConfig:
+class InterpBenchPatchingConfig(Section):
     """interpbench.patching: resample-ablation of every component and edge, scored against the known circuit."""
     inputs: int = 300
     found_above: float = 0.01
     atol: float = 0.05
     seed: int = 0
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "InterpBenchPatchingConfig":
-        return from_section(cls, section)
 
 
 _NAME = re.compile(r"^(.*?)(?:\[(\d+)\])?$")
