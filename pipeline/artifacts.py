@@ -188,13 +188,19 @@ def read_table(path: str | os.PathLike, required: Iterable[str] = (), allow_empt
         frame = pq.read_table(path).to_pandas()
     except (pa.ArrowException, OSError) as error:
         raise ArtifactError(f"{path}: not a readable Parquet file ({error})") from error
+    return checked_table(frame, str(path), required, allow_empty)
+
+
+def checked_table(frame: pd.DataFrame, where: str, required: Iterable[str] = (), allow_empty: bool = False
+                  ) -> pd.DataFrame:
+    """`frame` if it holds the `required` columns (and rows, unless `allow_empty`); else an error naming `where`."""
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise ArtifactError(
-            f"{path}: missing column(s) {missing}; expected at least {list(required)}, found {list(frame.columns)}"
+            f"{where}: missing column(s) {missing}; expected at least {list(required)}, found {list(frame.columns)}"
         )
     if frame.empty and not allow_empty:
-        raise ArtifactError(f"{path}: table has no rows")
+        raise ArtifactError(f"{where}: table has no rows")
     return frame
 
 
@@ -292,10 +298,10 @@ def released_table(source: str, split: str, setting: str, required: Iterable[str
         files = released_split_files(folder, split, setting)
         frame = pd.concat([read_table(f, allow_empty=True) for f in files], ignore_index=True)
         where = ", ".join(map(str, files))
-    missing = [column for column in required if column not in frame.columns]
-    if missing:
-        raise ArtifactError(f"{setting}: {where}: missing column(s) {missing}; expected at least {list(required)}, "
-                            f"found {list(frame.columns)}")
-    if frame.empty:
-        raise ArtifactError(f"{setting}: {where}: table has no rows")
-    return frame
+    return checked_table(frame, f"{setting}: {where}", required)
+
+
+def released_source(task_section: dict[str, Any] | None, target: str) -> str | None:
+    """The released label dataset a task's section (`released_labels`: target key -> source) names for `target`, or
+    None when that target's labels are built here."""
+    return ((task_section or {}).get("released_labels") or {}).get(target)

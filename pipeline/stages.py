@@ -201,12 +201,12 @@ def _module_file(module: str) -> Path:
         if spec is None or not spec.origin:
             raise FileNotFoundError(f"{module}: no such module on the Python path")
         return Path(spec.origin)
-    folder = PACKAGE_DIR.joinpath(*parts[1:])
-    for path in (folder.with_suffix(".py"), folder / "__init__.py"):  # a module, or a subpackage's __init__
-        if len(parts) > 1 and path.is_file():
-            return path
     if len(parts) == 1:
         return PACKAGE_DIR / "__init__.py"
+    folder = PACKAGE_DIR.joinpath(*parts[1:])
+    for path in (folder.with_suffix(".py"), folder / "__init__.py"):  # a module, or a subpackage's __init__
+        if path.is_file():
+            return path
     raise FileNotFoundError(f"{module}: no file {folder.with_suffix('.py')} or {folder / '__init__.py'}")
 
 

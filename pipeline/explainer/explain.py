@@ -22,8 +22,8 @@ class Run:
     """One job of a task's run (explainer x target), as the train, generate and score stages read it: the models'
     folders, the settings it runs with (config sections: `training`, `explainer`, `generation`, `scoring`, the task's
     own) and what its artifacts record, and its input files by name. `labels`: the label artifacts the stage reads
-    (train: the training split; generate: the split or evaluation set it answers; score: none, it reads `train_*` and
-    `test_*` of `inputs`). `trained_dir`: the fine-tuned (or released) explainer; `alignment`: the fitted maps."""
+    (train: the training split; generate: the split or evaluation set it answers; score reads `train_*` and `test_*`
+    through `named`). `trained_dir`: the fine-tuned (or released) explainer; `alignment`: the fitted maps."""
     task: str
     explainer_dir: str
     target_dir: str
@@ -40,13 +40,12 @@ class Run:
     def from_job(cls, job) -> "Run":
         """The run a Snakemake job describes (`snakemake` in a rule's script: params.task, settings and code; inputs
         named as the shared rules name them)."""
-        from pipeline.runtime import stage_settings
+        from pipeline.runtime import named_inputs, stage_settings
 
         settings, prov = stage_settings(job.params, job.config, job.rule)
-        files = {name: str(path) for name, path in job.input.items() if isinstance(path, str)}
+        files = named_inputs(job.input)
         return cls(task=job.params.task, explainer_dir=files["explainer"], target_dir=files["target"],
-                   settings=settings, provenance=prov,
-                   labels={k: v for k, v in files.items() if k not in _MODEL_INPUTS},
+                   settings=settings, provenance=prov, labels=named_inputs(job.input, exclude=_MODEL_INPUTS),
                    trained_dir=files.get("trained"), alignment=files.get("alignment"),
                    names={k: str(getattr(job.wildcards, k)) for k in ("explainer", "target") if hasattr(job.wildcards, k)},
                    inputs=files, predictions=tuple(map(str, job.input.get("predictions", []))))
@@ -61,7 +60,9 @@ class Run:
 
     def named(self, prefix: str) -> dict[str, str]:
         """The input files whose names start with `prefix` (train_, test_, count_, extra_), prefix removed."""
-        return {name[len(prefix):]: path for name, path in self.inputs.items() if name.startswith(prefix)}
+        from pipeline.runtime import named_inputs
+
+        return named_inputs(self.inputs, prefix)
 
     def config(self, head: str):
         """A settings section as its dataclass (training, explainer, generation, scoring)."""

@@ -230,16 +230,12 @@ def import_released_labels(source: str, split: str, model_dir: str | Path, out_t
 
     setting = "act_patch.released_labels"
     frame = released_table(source, split, setting, required=LABEL_COLUMNS).reset_index(drop=True)
-    inline = [p.get("intervention_vector") if isinstance(p, dict) else None for p in frame["patch_position"]]
-    if any(v is None for v in inline):
-        raise ArtifactError(f"{setting}: {source} ({split}): patch_position.intervention_vector is missing in "
-                            f"{sum(v is None for v in inline)} of {len(inline)} rows")
-    widths = {len(v) for v in inline}
+    where = f"{setting}: {source} ({split})"
+    vectors = inline_vectors(frame, where, "in {absent} of {rows} rows")
     width = read_manifest(model_dir)["hidden_size"]
-    if widths != {width}:
-        raise ArtifactError(f"{setting}: {source} ({split}): vectors of width {sorted(widths)}, but the target "
-                            f"{model_dir} has hidden size {width}: these labels belong to another target model")
-    vectors = torch.tensor(np.stack([np.asarray(v, dtype=np.float32) for v in inline]))
+    if vectors.shape[1] != width:
+        raise ArtifactError(f"{where}: vectors of width {[vectors.shape[1]]}, but the target {model_dir} has hidden "
+                            f"size {width}: these labels belong to another target model")
     frame["patch_position"] = [{k: v for k, v in p.items() if k != "intervention_vector"} for p in frame["patch_position"]]
     frame["row_id"] = np.arange(len(frame))
     if "pair_id" not in frame:
@@ -288,11 +284,22 @@ def load_examples(table_path: str | Path, vectors_path: str | Path | None = None
             raise ArtifactError(f"{vectors_path}: holds {len(vectors)} vectors but {table_path} refers to row {row_ids.max()}")
         vectors = vectors[torch.from_numpy(np.array(row_ids, dtype=np.int64))]
     else:
-        inline = [p.get("intervention_vector") if isinstance(p, dict) else None for p in frame["patch_position"]]
-        if any(v is None for v in inline):
-            raise ArtifactError(f"{table_path}: patch_position.intervention_vector is missing and no vectors file was given")
-        vectors = torch.tensor(np.stack([np.asarray(v, dtype=np.float32) for v in inline]))
+        vectors = inline_vectors(frame, str(table_path), "and no vectors file was given")
     return frame, vectors.float()
+
+
+def inline_vectors(frame: pd.DataFrame, where: str, missing: str) -> torch.Tensor:
+    """The vectors a published table holds inline, one per row (`patch_position.intervention_vector`); a row without
+    one is refused as `{where}: ... is missing {missing}` (`missing` may name `{absent}` and `{rows}`)."""
+    inline = [p.get("intervention_vector") if isinstance(p, dict) else None for p in frame["patch_position"]]
+    absent = sum(v is None for v in inline)
+    if absent:
+        raise ArtifactError(f"{where}: patch_position.intervention_vector is missing "
+                            f"{missing.format(absent=absent, rows=len(inline))}")
+    widths = {len(v) for v in inline}
+    if len(widths) > 1:
+        raise ArtifactError(f"{where}: vectors of widths {sorted(widths)} in one table")
+    return torch.tensor(np.stack([np.asarray(v, dtype=np.float32) for v in inline]))
 
 
 @functools.lru_cache(maxsize=4)

@@ -48,13 +48,13 @@ class CircuitsConfig:
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "CircuitsConfig":
-        pairs = section.get("pairs_per_case")
-        return from_section(cls, {**section, **{k: tuple(map(str, section[k])) for k in ("train_cases", "heldout_cases")
-                                           if k in section},
-                            **({"pairs_per_case": tuple((str(k), int(v)) for k, v in pairs.items())} if pairs else {})})
-
-    def pairs(self, split: str) -> int:
-        return dict(self.pairs_per_case)[split]
+        typed = dict(section)
+        for key in ("train_cases", "heldout_cases"):
+            if key in typed:
+                typed[key] = tuple(map(str, typed[key]))
+        if typed.get("pairs_per_case"):
+            typed["pairs_per_case"] = tuple((str(k), int(v)) for k, v in typed["pairs_per_case"].items())
+        return from_section(cls, typed)
 
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch

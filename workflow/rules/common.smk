@@ -4,7 +4,7 @@ from pathlib import Path
 
 from pipeline import runtime, stages
 from pipeline.interpbench import cases as interpbench
-from pipeline.artifacts import local_folder
+from pipeline.artifacts import local_folder, released_source
 from pipeline.tasks import TASK_MODULES, add_task_modules, all_variants, get_task
 
 add_task_modules(config.get("task_modules") or {})
@@ -43,9 +43,9 @@ LAYOUTS = {"": "", "_seeded": "seeds/{seed}/"}
 def released_label_files(task, wildcards):
     """A split's files of the released label dataset `{task}.released_labels` names for this target (a local folder:
     its files, so a new download reruns the job; a hub id: none), or None when the labels are built here."""
-    from pipeline.artifacts import local_folder, released_split_files
+    from pipeline.artifacts import released_split_files
 
-    source = (config[task].get("released_labels") or {}).get(known_model(wildcards.target))
+    source = released_source(config[task], known_model(wildcards.target))
     if source is None:
         return None
     setting = f"{task}.released_labels.{wildcards.target}"
@@ -222,7 +222,7 @@ def score_inputs(task, prefix=""):
         paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, config.get(task, {})).items()}
         for name in spec.eval_sets(config.get(task, {})):
             paths |= {f"extra_pred_{name}_{v}": f"{where}predictions/{run}/{name}/{v}.parquet" for v in spec.variants}
-        if (config.get(task, {}).get("released_labels") or {}).get(wildcards.target):
+        if released_source(config.get(task), wildcards.target):
             return paths  # released labels: nothing built here to count
         return paths | {f"count_{k}": v for k, v in spec.count_paths(wildcards.target).items()}
 
