@@ -122,16 +122,23 @@ def test_the_settings_dataclasses_default_to_what_config_yaml_says():
     from pipeline.interpbench.cases import InterpBenchBuildConfig
     from pipeline.interpbench.discovery import InterpBenchPatchingConfig
     from pipeline.tasks.circuits import CircuitsConfig
+    from pipeline.tasks.features import settings as features
 
     sections = {"training": settings.TrainingConfig, "generation": settings.GenerationConfig,
                 "explainer": settings.ExplainerConfig, "scoring": settings.ScoringConfig,
                 "facts": settings.FactsConfig, "act_patch": settings.ActPatchConfig,
                 "input_ablation": settings.InputAblationConfig, "circuits": CircuitsConfig,
-                "interpbench.build": InterpBenchBuildConfig, "interpbench.patching": InterpBenchPatchingConfig}
+                "interpbench.build": InterpBenchBuildConfig, "interpbench.patching": InterpBenchPatchingConfig,
+                "features": features.FeaturesConfig, "features.corpus": features.CorpusConfig,
+                "features.sae": features.SaeConfig, "features.exemplars": features.ExemplarsConfig,
+                "features.descriptions": features.DescriptionsConfig, "features.judge": features.JudgeConfig,
+                "features.simulator": features.SimulatorConfig, "features.ood": features.OodConfig,
+                "features.simulator.training": features.SimulatorTrainingConfig}
     differ = []
     for section, cls in sections.items():
-        head, *rest = section.split(".")
-        values = shipped[head][rest[0]] if rest else shipped[head]
+        values = shipped
+        for key in section.split("."):
+            values = values[key]
         from_yaml, default = cls.from_dict(values), cls()
         for field in dataclasses.fields(cls):
             if getattr(from_yaml, field.name) != getattr(default, field.name) and (

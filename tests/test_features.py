@@ -7,6 +7,7 @@ import io
 import json
 import pickle
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,17 @@ import torch
 from chat_server import ChatServer
 
 from pipeline.artifacts import ArtifactError, read_provenance
+from pipeline.tasks.features.settings import (DescriptionsConfig, ExemplarsConfig, FeaturesConfig, OodConfig, SaeConfig,
+                                              SimulatorConfig, SimulatorTrainingConfig)
+
+# The tiny model's exemplar windows: small, so the fixtures stay fast.
+EXEMPLARS = ExemplarsConfig(tokens=2000, top=4, random=2, window_before=6, window_after=2, seed=1, batch_size=32)
+
+
+def simulator_settings(training: SimulatorTrainingConfig) -> FeaturesConfig:
+    """What train_simulator reads: its training, the windows it trains on (every top rank: nothing described)."""
+    return FeaturesConfig(simulator=SimulatorConfig(training=training, top=3, random=3, tokens_before=None),
+                          descriptions=DescriptionsConfig(describe_every=1))
 
 PLAY = ("*** START OF THIS PROJECT GUTENBERG EBOOK THE TEMPEST ***\n\nTHE TEMPEST\n\nPROSPERO.\n"
         "Thou art my own dear daughter, and I love thee well,\nMore than the sea that beats upon this isle.\n\n"
@@ -74,13 +86,11 @@ def trained_saes(tmp_path_factory, tiny_dir):
 
     folder = tmp_path_factory.mktemp("features")
     build_corpus(("facts",), None, 0.2, 0, folder / "corpus.parquet")
-    cfg = {"layers": [1, 3], "expansion_factor": 2, "k": 8, "context": 16, "max_tokens": 3000, "batch_size": 8,
-           "seed": 0, "eval_tokens": 400, "always_on_fraction": 0.5}
+    cfg = SaeConfig(layers=(1, 3), expansion_factor=2, k=8, context=16, max_tokens=3000, batch_size=8, seed=0,
+                    eval_tokens=400, always_on_fraction=0.5)
     train_saes(tiny_dir, folder / "corpus.parquet", cfg, folder / "sae", {"sae": "test"})
     quality = sae_quality(tiny_dir, folder / "sae", folder / "corpus.parquet", cfg, folder / "quality.parquet", {})
-    exemplar_cfg = {"tokens": 2000, "top": 4, "random": 2, "window_before": 6, "window_after": 2, "seed": 1,
-                    "batch_size": 32, "context": 16, "always_on_fraction": 0.5}
-    build_exemplars(tiny_dir, folder / "sae", folder / "corpus.parquet", exemplar_cfg, [1, 3],
+    build_exemplars(tiny_dir, folder / "sae", folder / "corpus.parquet", FeaturesConfig(sae=cfg, exemplars=EXEMPLARS),
                     folder / "exemplars.parquet", folder / "stats.parquet", {})
     return folder, cfg, quality
 
@@ -93,7 +103,7 @@ def test_saes_are_saved_in_sparsifys_layout_and_reported_per_layer(trained_saes)
     assert {name: sae.num_latents for name, sae in loaded.items()} == {"layers.1": 128, "layers.3": 128}
     assert json.loads((folder / "sae" / "layers.1" / "cfg.json").read_text())["d_in"] == 64
     assert quality["layer"].tolist() == [1, 3]
-    assert (quality["l0"] <= cfg["k"]).all() and (quality["l0"] > 0).all()
+    assert (quality["l0"] <= cfg.k).all() and (quality["l0"] > 0).all()
     for column in ("dead_fraction", "always_on_fraction"):
         assert quality[column].between(0, 1).all()
     assert (quality["fraction_variance_explained"] <= 1).all()
@@ -141,10 +151,9 @@ def test_exemplars_hold_each_features_strongest_contexts(trained_saes):
 def test_random_exemplars_can_be_any_corpus_tokens_as_openai_draws_them(trained_saes, tiny_dir, tmp_path):
     from pipeline.tasks.features.exemplars import build_exemplars
 
-    folder, _, _ = trained_saes
-    cfg = {"tokens": 2000, "top": 4, "random": 6, "window_before": 6, "window_after": 2, "seed": 1, "batch_size": 32,
-           "context": 16, "always_on_fraction": 0.5, "random_from": "corpus"}
-    build_exemplars(tiny_dir, folder / "sae", folder / "corpus.parquet", cfg, [1, 3], tmp_path / "exemplars.parquet",
+    folder, sae, _ = trained_saes
+    cfg = FeaturesConfig(sae=sae, exemplars=replace(EXEMPLARS, random=6, random_from="corpus"))
+    build_exemplars(tiny_dir, folder / "sae", folder / "corpus.parquet", cfg, tmp_path / "exemplars.parquet",
                     tmp_path / "stats.parquet", {})
     exemplars = pd.read_parquet(tmp_path / "exemplars.parquet")
     randoms = exemplars[exemplars["kind"] == "random"]
@@ -164,7 +173,8 @@ def test_offline_descriptions_split_by_feature_with_unit_decoder_directions(trai
     folder, _, _ = trained_saes
     out = {"train": tmp_path / "train.parquet", "train_vectors": tmp_path / "train.v.safetensors",
            "test": tmp_path / "test.parquet", "test_vectors": tmp_path / "test.v.safetensors"}
-    cfg = {"describer": "offline", "features_per_layer": 12, "min_exemplars": 2, "test_fraction": 0.3, "seed": 0}
+    cfg = DescriptionsConfig(describer="offline", features_per_layer=12, min_exemplars=2, test_fraction=0.3, seed=0,
+                             describe_every=1)
     build_descriptions(folder / "exemplars.parquet", folder / "stats.parquet", folder / "sae",
                        folder / "quality.parquet", cfg, 64, out, {})
     train, train_vectors = load_features({"labels": out["train"], "vectors": out["train_vectors"]})
@@ -462,8 +472,8 @@ def test_trained_simulator_learns_where_features_fire_and_loads_in_its_own_forma
 
     assert activation_levels([np.array([0.0, 2.5, -1.0]), np.array([5.0])], 9).tolist() == [0, 4, 0, 9]
     labels, exemplars = synthetic_features(tmp_path)
-    cfg = {"steps": 40, "batch_size": 4, "learning_rate": 1e-2, "lora_r": 8, "lora_layers": 4, "seed": 0, "top": 3,
-           "random": 3, "tokens_before": None}
+    cfg = simulator_settings(SimulatorTrainingConfig(steps=40, batch_size=4, learning_rate=1e-2, lora_r=8,
+                                                     lora_layers=4, seed=0))
     record = train_simulator(tiny_dir, labels, exemplars, cfg, tmp_path / "simulator", {"simulator": "test"})
     assert record["features"] == 8 and record["format"] == "compact"
     assert np.mean(record["loss"][-5:]) < 0.7 * np.mean(record["loss"][:5])  # a tiny random model saturates early
@@ -490,9 +500,9 @@ def test_ood_sets_hold_unit_vectors_whose_exemplars_are_their_projections(traine
     facts.to_parquet(tmp_path / "facts.parquet")
     outputs = {name: {kind: str(tmp_path / f"{name}.{kind}.{'safetensors' if kind == 'vectors' else 'parquet'}")
                       for kind in ("labels", "vectors", "exemplars")} for name in ("ood_fw", "ood_diff")}
-    cfg = {"vectors_per_layer": 3, "tokens": 800, "top": 3, "random": 2, "seed": 0, "batch_size": 16, "context": 16,
-           "window_before": 4, "window_after": 1}
-    counts = build_ood(tiny_dir, folder / "corpus.parquet", tmp_path / "facts.parquet", cfg, [1, 3], outputs, {})
+    cfg = FeaturesConfig(sae=SaeConfig(layers=(1, 3), context=16), exemplars=ExemplarsConfig(window_before=4, window_after=1),
+                         ood=OodConfig(vectors_per_layer=3, tokens=800, top=3, random=2, seed=0, batch_size=16))
+    counts = build_ood(tiny_dir, folder / "corpus.parquet", tmp_path / "facts.parquet", cfg, outputs, {})
     assert counts["ood_fw"]["vectors"] == counts["ood_diff"]["vectors"] == 6
     model, tokenizer = tiny
     for name, paths in outputs.items():
@@ -546,8 +556,8 @@ def test_the_papers_released_simulator_format_is_read_from_the_checkpoint_and_on
                                     train_simulator)
 
     labels, exemplars = synthetic_features(tmp_path)
-    cfg = {"steps": 60, "batch_size": 4, "learning_rate": 1e-2, "lora_r": 8, "lora_layers": 4, "seed": 0, "top": 3,
-           "random": 3, "tokens_before": None, "format": "finetuned"}
+    cfg = simulator_settings(SimulatorTrainingConfig(steps=60, batch_size=4, learning_rate=1e-2, lora_r=8,
+                                                     lora_layers=4, seed=0, format="finetuned"))
     record = train_simulator(tiny_dir, labels, exemplars, cfg, tmp_path / "trained", {"simulator": "test"})
     assert record["format"] == "finetuned" and record["numbers"] == list(range(11))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "trained")

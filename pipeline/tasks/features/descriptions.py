@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from pipeline.artifacts import ArtifactError, provenance, read_table, write_table, write_tensors
+from pipeline.tasks.features.settings import DescriptionsConfig
 
 DESCRIPTION_COLUMNS = ["row_id", "feature_id", "layer", "feature", "split", "description", "describer"]
 SPLITS = ("train", "test")
@@ -108,7 +109,7 @@ def _write_splits(frame: pd.DataFrame, vectors: torch.Tensor, out: dict, prov: d
         write_table(part, out[split], prov)
 
 
-def build_descriptions(exemplars_path, stats_path, sae_dir, quality_path, cfg: dict, width: int, out: dict,
+def build_descriptions(exemplars_path, stats_path, sae_dir, quality_path, cfg: DescriptionsConfig, width: int, out: dict,
                        settings: dict):
     """Describe a seeded sample of live features per layer from their top exemplars of ranks 0, k, 2k, ... (k =
     `describe_every`); write train/test tables and decoder directions.
@@ -119,21 +120,21 @@ def build_descriptions(exemplars_path, stats_path, sae_dir, quality_path, cfg: d
     exemplars = read_table(exemplars_path, required=["layer", "feature", "kind", "rank", "tokens", "window_index",
                                                      "activation"])
     stats = read_table(stats_path, required=["layer", "feature", "frequency", "status"])
-    rng = np.random.default_rng(cfg["seed"])
-    top = described_exemplars(exemplars, cfg.get("describe_every", 1))
+    rng = np.random.default_rng(cfg.seed)
+    top = described_exemplars(exemplars, cfg.describe_every)
     enough = top.groupby(["layer", "feature"]).size()
-    enough = set(enough[enough >= cfg["min_exemplars"]].index)
+    enough = set(enough[enough >= cfg.min_exemplars].index)
     chosen = []
     for layer, group in stats[stats["status"] == "live"].groupby("layer"):
         candidates = [f for f in group["feature"] if (layer, f) in enough]
-        take = min(len(candidates), cfg["features_per_layer"])
+        take = min(len(candidates), cfg.features_per_layer)
         chosen += [(int(layer), int(f)) for f in sorted(rng.choice(candidates, take, replace=False))]
     if not chosen:
-        raise ArtifactError(f"{exemplars_path}: no live feature has {cfg['min_exemplars']} top exemplars")
+        raise ArtifactError(f"{exemplars_path}: no live feature has {cfg.min_exemplars} top exemplars")
     by_feature = {key: part for key, part in top.groupby(["layer", "feature"]) if key in set(chosen)}
-    if cfg["describer"] == "openai":
-        texts = openai_descriptions({k: by_feature[k] for k in chosen}, cfg["model"], cfg.get("base_url"), cfg["cache"])
-        describer = f"openai:{cfg['model']}"
+    if cfg.describer == "openai":
+        texts = openai_descriptions({k: by_feature[k] for k in chosen}, cfg.model, cfg.base_url, cfg.cache)
+        describer = f"openai:{cfg.model}"
     else:
         texts = {k: offline_description(by_feature[k]) for k in chosen}
         describer = "offline"
@@ -143,7 +144,7 @@ def build_descriptions(exemplars_path, stats_path, sae_dir, quality_path, cfg: d
     for layer, feature in chosen:
         strongest = by_feature[(layer, feature)].sort_values("activation", ascending=False).iloc[0]
         rows.append({"feature_id": f"L{layer}/F{feature}", "layer": layer, "feature": feature,
-                     "split": feature_split(layer, feature, cfg["test_fraction"], cfg["seed"]),
+                     "split": feature_split(layer, feature, cfg.test_fraction, cfg.seed),
                      "description": texts[(layer, feature)], "describer": describer,
                      "frequency": float(frequency[(layer, feature)]),
                      "context": _snippet(strongest["tokens"], int(strongest["window_index"]), before=12, mark=True)})

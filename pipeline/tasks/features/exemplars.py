@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.lazy import lazy_import
+from pipeline.tasks.features.settings import FeaturesConfig
 from pipeline.artifacts import provenance, write_table
 from pipeline.tasks.features.sae import corpus_texts, encode_layers, load_saes, token_chunks
 
@@ -85,42 +86,46 @@ def corpus_sample(fired: pd.DataFrame, features, count: int, shape: tuple[int, i
     return drawn.sort_values(["feature"], kind="stable")
 
 
-def build_exemplars(model_dir, sae_dir, corpus_path, cfg: dict, layers: list[int], out_exemplars, out_stats,
+def build_exemplars(model_dir, sae_dir, corpus_path, features: FeaturesConfig, out_exemplars, out_stats,
                     settings: dict) -> pd.DataFrame:
+    """Each live feature's top-activating and random contexts (`features.exemplars`) at the SAE layers, over chunks
+    of `features.sae.context` tokens, and every feature's firing statistics (dead, live, always on)."""
     from pipeline.models import load_model, read_manifest
+
+    cfg, sae, layers = features.exemplars, features.sae, features.sae.layers
 
     model, tokenizer = load_model(model_dir)
     saes = load_saes(sae_dir, layers, read_manifest(model_dir)["hidden_size"])
-    chunks = token_chunks(tokenizer, corpus_texts(corpus_path, "train"), cfg["context"], cfg["tokens"], cfg["seed"])
+    chunks = token_chunks(tokenizer, corpus_texts(corpus_path, "train"), sae.context, cfg.tokens, cfg.seed)
     tokens = chunks[:, 1:].numel()
-    firings = _firings(model, saes, chunks, cfg["batch_size"])
-    rng = np.random.default_rng(cfg["seed"])
+    firings = _firings(model, saes, chunks, cfg.batch_size)
+    rng = np.random.default_rng(cfg.seed)
     stats, picked, counts = [], [], {}
     for layer, fired in firings.items():
         latents = saes[layer].num_latents
         frequency = np.bincount(fired["feature"], minlength=latents) / tokens
         largest = np.zeros(latents)
         np.maximum.at(largest, fired["feature"].to_numpy(), fired["activation"].to_numpy())
-        status = np.where(frequency == 0, "dead", np.where(frequency > cfg["always_on_fraction"], "always_on", "live"))
+        status = np.where(frequency == 0, "dead", np.where(frequency > sae.always_on_fraction, "always_on", "live"))
         stats.append(pd.DataFrame({"layer": layer, "feature": np.arange(latents), "frequency": frequency,
                                    "max_activation": largest, "status": status}))
         counts[f"layer_{layer}"] = {s: int((status == s).sum()) for s in ("live", "dead", "always_on")}
         live = fired[status[fired["feature"].to_numpy()] == "live"]
-        top = live.sort_values(["feature", "activation"], ascending=[True, False]).groupby("feature").head(cfg["top"])
-        if cfg.get("random_from", "firings") == "corpus":
-            rest = corpus_sample(fired, live["feature"].unique(), cfg["random"], chunks.shape, rng)
+        top = live.sort_values(["feature", "activation"], ascending=[True, False]).groupby("feature").head(cfg.top)
+        if cfg.random_from == "corpus":
+            rest = corpus_sample(fired, live["feature"].unique(), cfg.random, chunks.shape, rng)
         else:
             rest = live.drop(top.index)
             rest = rest.assign(_draw=rng.random(len(rest))).sort_values(["feature", "_draw"]).groupby("feature").head(
-                cfg["random"]).drop(columns="_draw")
+                cfg.random).drop(columns="_draw")
         for kind, part in (("top", top), ("random", rest)):
             part = part.assign(layer=layer, kind=kind)
             part["rank"] = part.groupby("feature").cumcount()
-            part["activations"] = _window_activations(part, fired, cfg["window_before"], cfg["window_after"],
+            part["activations"] = _window_activations(part, fired, cfg.window_before, cfg.window_after,
                                                       chunks.shape[1])
             picked.append(part)
     frame = pd.concat(picked, ignore_index=True).sort_values(["layer", "feature", "kind", "rank"], ignore_index=True)
-    windows = [window_tokens(tokenizer, chunks[s].tolist(), p, cfg["window_before"], cfg["window_after"])
+    windows = [window_tokens(tokenizer, chunks[s].tolist(), p, cfg.window_before, cfg.window_after)
                for s, p in zip(frame["sequence"], frame["token_index"])]
     frame["tokens"] = [w[0] for w in windows]
     frame["window_index"] = [w[1] for w in windows]

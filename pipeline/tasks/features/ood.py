@@ -24,6 +24,7 @@ from pipeline.lazy import lazy_import
 from pipeline.artifacts import ArtifactError, provenance, read_table, write_table, write_tensors
 from pipeline.tasks.features.exemplars import EXEMPLAR_COLUMNS, window_bounds, window_tokens
 from pipeline.tasks.features.sae import corpus_texts, residual_states, separator_id, token_chunks
+from pipeline.tasks.features.settings import ExemplarsConfig, FeaturesConfig, OodConfig
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
@@ -102,16 +103,16 @@ def difference_vectors(model, tokenizer, facts_path, layers: list[int], count: i
     return vectors, contexts
 
 
-def projection_exemplars(model, tokenizer, chunks: torch.Tensor, vectors: dict[int, torch.Tensor], cfg: dict,
-                         batch_size: int) -> pd.DataFrame:
-    """Per layer and vector: its `top` largest-projection tokens and `random` other tokens of `chunks`, each with
-    its window (`window_before`/`window_after`) and the projection at every window token."""
+def projection_exemplars(model, tokenizer, chunks: torch.Tensor, vectors: dict[int, torch.Tensor], cfg: OodConfig,
+                         window: ExemplarsConfig) -> pd.DataFrame:
+    """Per layer and vector: its `cfg.top` largest-projection tokens and `cfg.random` other tokens of `chunks`, each
+    with its window (the exemplars' `window_before`/`window_after`) and the projection at every window token."""
     layers = list(vectors)
     projections = {layer: [] for layer in layers}
-    for _, states in residual_states(model, chunks, layers, batch_size, "projections"):
+    for _, states in residual_states(model, chunks, layers, cfg.batch_size, "projections"):
         for layer in layers:
             projections[layer].append(states[layer].cpu() @ vectors[layer].T)  # [B, T, n]
-    rng = np.random.default_rng(cfg["seed"])
+    rng = np.random.default_rng(cfg.seed)
     length, rows = chunks.shape[1], []
     for layer in layers:
         values = torch.cat(projections[layer])  # [chunks, T, n]
@@ -119,16 +120,16 @@ def projection_exemplars(model, tokenizer, chunks: torch.Tensor, vectors: dict[i
         flat = values.flatten(0, 1)
         for feature in range(values.shape[2]):
             column = flat[:, feature]
-            top = torch.topk(column, cfg["top"]).indices.numpy()
+            top = torch.topk(column, cfg.top).indices.numpy()
             others = np.setdiff1d(np.flatnonzero(np.isfinite(column.numpy())), top)
-            picks = [("top", top), ("random", rng.choice(others, min(cfg["random"], len(others)), replace=False))]
+            picks = [("top", top), ("random", rng.choice(others, min(cfg.random, len(others)), replace=False))]
             for kind, cells in picks:
                 for rank, cell in enumerate(cells):
                     sequence, position = divmod(int(cell), length)
-                    start, end = (int(v) for v in window_bounds(position, cfg["window_before"], cfg["window_after"],
+                    start, end = (int(v) for v in window_bounds(position, window.window_before, window.window_after,
                                                                  length))
-                    tokens, index = window_tokens(tokenizer, chunks[sequence].tolist(), position, cfg["window_before"],
-                                                  cfg["window_after"])
+                    tokens, index = window_tokens(tokenizer, chunks[sequence].tolist(), position, window.window_before,
+                                                  window.window_after)
                     rows.append({"layer": layer, "feature": feature, "kind": kind, "rank": rank, "sequence": sequence,
                                  "token_index": position, "tokens": tokens, "window_index": index,
                                  "activation": float(values[sequence, position, feature]),
@@ -136,29 +137,31 @@ def projection_exemplars(model, tokenizer, chunks: torch.Tensor, vectors: dict[i
     return pd.DataFrame(rows, columns=EXEMPLAR_COLUMNS)
 
 
-def build_ood(model_dir, corpus_path, facts_path, cfg: dict, layers: list[int], outputs: dict[str, dict[str, str]],
+def build_ood(model_dir, corpus_path, facts_path, features: FeaturesConfig, outputs: dict[str, dict[str, str]],
               settings: dict) -> dict:
-    """Write every configured set's labels, vectors and exemplars (`outputs`: set -> set_paths)."""
+    """Write every configured set's labels, vectors and exemplars (`outputs`: set -> set_paths) at the SAE layers,
+    over chunks of `features.sae.context` tokens, with the exemplars' windows."""
     from pipeline.models import load_model, read_manifest
 
+    cfg, context, layers = features.ood, features.sae.context, list(features.sae.layers)
     model, tokenizer = load_model(model_dir)
     manifest = read_manifest(model_dir)
-    chunks = token_chunks(tokenizer, corpus_texts(corpus_path, "train"), cfg["context"], cfg["tokens"], cfg["seed"])
+    chunks = token_chunks(tokenizer, corpus_texts(corpus_path, "train"), context, cfg.tokens, cfg.seed)
     made = {}
     for name in outputs:
         if name == "ood_fw":
-            made[name] = full_activation_vectors(model, tokenizer, corpus_path, layers, cfg["vectors_per_layer"],
-                                                 cfg["context"], cfg["seed"])
+            made[name] = full_activation_vectors(model, tokenizer, corpus_path, layers, cfg.vectors_per_layer,
+                                                 context, cfg.seed)
         elif name == "ood_diff":
             if not facts_path:
                 raise ValueError("features.ood.sets: ood_diff needs act_patch's facts of the target")
-            made[name] = difference_vectors(model, tokenizer, facts_path, layers, cfg["vectors_per_layer"], cfg["seed"])
+            made[name] = difference_vectors(model, tokenizer, facts_path, layers, cfg.vectors_per_layer, cfg.seed)
         else:
             raise ValueError(f"features.ood.sets: unknown set '{name}'; expected some of {SETS}")
     # One pass over the corpus measures every set's projections; feature f of set i is column i * n + f.
-    n = cfg["vectors_per_layer"]
+    n = cfg.vectors_per_layer
     stacked = {layer: torch.cat([_unit(made[name][0][layer]) for name in made]) for layer in layers}
-    exemplars = projection_exemplars(model, tokenizer, chunks, stacked, cfg, cfg["batch_size"])
+    exemplars = projection_exemplars(model, tokenizer, chunks, stacked, cfg, features.exemplars)
     counts = {}
     for i, (name, paths) in enumerate(outputs.items()):
         raw, contexts = made[name]

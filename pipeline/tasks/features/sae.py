@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from pipeline.lazy import lazy_import, no_grad
 from pipeline.artifacts import ArtifactError, atomic_dir, provenance, read_table, write_table
+from pipeline.tasks.features.settings import SaeConfig as SaeSettings  # sparsify has its own SaeConfig
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
@@ -64,8 +65,8 @@ def corpus_texts(corpus_path, split: str) -> list[str]:
     return texts
 
 
-def train_saes(model_dir, corpus_path, cfg: dict, out_dir, settings: dict) -> dict:
-    """Train one TopK SAE per layer of `cfg["layers"]` and save them in sparsify's layout in `out_dir`."""
+def train_saes(model_dir, corpus_path, cfg: SaeSettings, out_dir, settings: dict) -> dict:
+    """Train one TopK SAE per layer of `cfg.layers` and save them in sparsify's layout in `out_dir`."""
     import tempfile
 
     from datasets import Dataset
@@ -74,26 +75,26 @@ def train_saes(model_dir, corpus_path, cfg: dict, out_dir, settings: dict) -> di
     from pipeline.models import load_model, read_manifest
 
     num_layers = read_manifest(model_dir)["num_layers"]
-    bad = [layer for layer in cfg["layers"] if not 0 <= layer < num_layers]
+    bad = [layer for layer in cfg.layers if not 0 <= layer < num_layers]
     if bad:
         raise ValueError(f"features.sae.layers: {bad} are not layers of {model_dir} (it has {num_layers})")
     model, tokenizer = load_model(model_dir)
-    torch.manual_seed(cfg["seed"])
-    chunks = token_chunks(tokenizer, corpus_texts(corpus_path, "train"), cfg["context"], cfg["max_tokens"], cfg["seed"])
-    print(f"training SAEs at layers {cfg['layers']} on {chunks.numel()} tokens ({len(chunks)} chunks of {cfg['context']})")
+    torch.manual_seed(cfg.seed)
+    chunks = token_chunks(tokenizer, corpus_texts(corpus_path, "train"), cfg.context, cfg.max_tokens, cfg.seed)
+    print(f"training SAEs at layers {cfg.layers} on {chunks.numel()} tokens ({len(chunks)} chunks of {cfg.context})")
     dataset = Dataset.from_dict({"input_ids": chunks.tolist()}).with_format("torch")
     with tempfile.TemporaryDirectory(prefix="sparsify.") as scratch, atomic_dir(out_dir) as folder:
-        train_cfg = TrainConfig(SaeConfig(expansion_factor=cfg["expansion_factor"], k=cfg["k"]),
-                                batch_size=cfg["batch_size"], layers=list(cfg["layers"]),
-                                exclude_tokens=[separator_id(tokenizer)], init_seeds=[cfg["seed"]],
+        train_cfg = TrainConfig(SaeConfig(expansion_factor=cfg.expansion_factor, k=cfg.k),
+                                batch_size=cfg.batch_size, layers=list(cfg.layers),
+                                exclude_tokens=[separator_id(tokenizer)], init_seeds=[cfg.seed],
                                 log_to_wandb=False, save_dir=scratch, run_name="run", save_every=10**9)
         Trainer(train_cfg, dataset, model).fit()
         for hookpoint in sorted(Path(scratch, "run").iterdir()):
             if (hookpoint / "cfg.json").exists():
                 hookpoint.rename(folder / hookpoint.name)
         found = sorted(p.name for p in folder.iterdir())
-        if found != sorted(f"layers.{layer}" for layer in cfg["layers"]):
-            raise ArtifactError(f"sparsify wrote {found}, expected one folder per layer {cfg['layers']}")
+        if found != sorted(f"layers.{layer}" for layer in cfg.layers):
+            raise ArtifactError(f"sparsify wrote {found}, expected one folder per layer {cfg.layers}")
         meta = provenance(settings, {"target": read_manifest(model_dir)["source"]}) | {
             "tokens": int(chunks.numel()), "separator_id": separator_id(tokenizer)}
         (folder / PROVENANCE_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
@@ -168,19 +169,19 @@ def encode_layers(model, saes: dict, chunks: torch.Tensor, batch_size: int, desc
 
 
 @no_grad
-def sae_quality(model_dir, sae_dir, corpus_path, cfg: dict, out_path, settings: dict) -> pd.DataFrame:
+def sae_quality(model_dir, sae_dir, corpus_path, cfg: SaeSettings, out_path, settings: dict) -> pd.DataFrame:
     """Per layer, on held-out chunks: variance explained, L0, dead and always-on fractions, loss increase."""
     from pipeline.models import decoder_layers, load_model, read_manifest
 
     model, tokenizer = load_model(model_dir)
     width = read_manifest(model_dir)["hidden_size"]
-    saes = load_saes(sae_dir, cfg["layers"], width)
-    chunks = token_chunks(tokenizer, corpus_texts(corpus_path, "eval"), cfg["context"], cfg["eval_tokens"], cfg["seed"])
+    saes = load_saes(sae_dir, cfg.layers, width)
+    chunks = token_chunks(tokenizer, corpus_texts(corpus_path, "eval"), cfg.context, cfg.eval_tokens, cfg.seed)
     sums = {layer: {"error": 0.0, "square": 0.0, "l0": 0.0, "x": torch.zeros(width, dtype=torch.float64)}
             for layer in saes}
     fired = {layer: torch.zeros(sae.num_latents) for layer, sae in saes.items()}
     count = chunks[:, 1:].numel()
-    for _, states, codes in encode_layers(model, saes, chunks, cfg["batch_size"], "quality"):
+    for _, states, codes in encode_layers(model, saes, chunks, cfg.batch_size, "quality"):
         for layer, h in states.items():
             acts, indices = (c[:, 1:].flatten(0, 1) for c in codes[layer])
             x = h[:, 1:].flatten(0, 1)
@@ -210,8 +211,8 @@ def sae_quality(model_dir, sae_dir, corpus_path, cfg: dict, out_path, settings: 
             handle = decoder_layers(model)[layer].register_forward_hook(splice)
         try:
             total, tokens = 0.0, 0
-            for start in range(0, len(chunks), cfg["batch_size"]):
-                ids, target = chunks[start:start + cfg["batch_size"]], labels[start:start + cfg["batch_size"]]
+            for start in range(0, len(chunks), cfg.batch_size):
+                ids, target = chunks[start:start + cfg.batch_size], labels[start:start + cfg.batch_size]
                 n = int((target[:, 1:] != -100).sum())
                 total += float(model(input_ids=ids, labels=target).loss) * n
                 tokens += n
@@ -228,7 +229,7 @@ def sae_quality(model_dir, sae_dir, corpus_path, cfg: dict, out_path, settings: 
         rows.append({"layer": layer, "latents": saes[layer].num_latents, "k": saes[layer].cfg.k,
                      "fraction_variance_explained": 1 - stats["error"] / total,
                      "l0": stats["l0"] / count, "dead_fraction": float((frequency == 0).float().mean()),
-                     "always_on_fraction": float((frequency > cfg["always_on_fraction"]).float().mean()),
+                     "always_on_fraction": float((frequency > cfg.always_on_fraction).float().mean()),
                      "clean_loss": clean, "spliced_loss": loss_with(layer), "eval_tokens": count})
         rows[-1]["loss_increase"] = rows[-1]["spliced_loss"] - clean
     frame = pd.DataFrame(rows)

@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.tasks.features.settings import FeaturesConfig, SimulatorConfig
+
 # The paper's simulator system prompt ("unk_base", observatory_utils/simulator.py).
 SYSTEM_PROMPT = """\
 You are a meticulous AI researcher conducting an important investigation into a specific neuron inside a language model that activates in response to text inputs.
@@ -304,14 +306,15 @@ def feature_windows(exemplars: pd.DataFrame, top: int, random: int, before: int 
     return out
 
 
-def read_windows(exemplars_path, cfg: dict) -> dict[tuple[int, int], dict]:
-    """feature_windows of an exemplars table (the SAE's or an out-of-distribution set's), as `cfg` (top, random,
-    tokens_before, describe_every: 1 where absent) sizes them."""
+def read_windows(exemplars_path, cfg: SimulatorConfig, describe_every: int = 1) -> dict[tuple[int, int], dict]:
+    """feature_windows of an exemplars table (the SAE's or an out-of-distribution set's), as the simulator's
+    settings size them (top, random, tokens_before), leaving out the top ranks the describer read (describe_every;
+    1: none, as for the out-of-distribution sets, which nothing describes)."""
     from pipeline.artifacts import read_table
 
     exemplars = read_table(exemplars_path, required=["layer", "feature", "kind", "rank", "tokens", "window_index",
                                                      "activations"])
-    return feature_windows(exemplars, cfg["top"], cfg["random"], cfg["tokens_before"], cfg.get("describe_every", 1))
+    return feature_windows(exemplars, cfg.top, cfg.random, cfg.tokens_before, describe_every)
 
 
 def pooled_correlations(simulated: np.ndarray, entry: dict) -> dict[str, float]:
@@ -343,8 +346,9 @@ def activation_levels(truth: list[np.ndarray], top: int) -> np.ndarray:
     return np.zeros(len(values), dtype=np.int64) if scale <= 0 else np.rint(values / scale * top).astype(np.int64)
 
 
-def train_simulator(base_dir, labels_path, exemplars_path, cfg: dict, out_dir, settings: dict) -> dict:
-    """Fine-tune `base_dir` (LoRA on its top `cfg['lora_layers']` layers) to predict, in `cfg['format']` (compact,
+def train_simulator(base_dir, labels_path, exemplars_path, features: FeaturesConfig, out_dir, settings: dict) -> dict:
+    """Fine-tune `base_dir` (LoRA on its top `lora_layers` layers, `features.simulator.training`) to predict, on the
+    windows the score stage reads (`features.simulator`, the describer's ranks left out), in `format` (compact,
     or the paper's finetuned: one window per prompt, classes 0..10 at vocabulary ids 0..10), the
     activation class of every token of a training feature's windows from its reference description; save the
     merged model as a prepared model folder with `simulator.json` (format, settings, loss history)."""
@@ -353,16 +357,17 @@ def train_simulator(base_dir, labels_path, exemplars_path, cfg: dict, out_dir, s
     from pipeline.artifacts import atomic_dir, config_hash, read_table
     from pipeline.models import MANIFEST, load_model, read_manifest
 
-    torch.manual_seed(cfg["seed"])
+    cfg = features.simulator.training
+    torch.manual_seed(cfg.seed)
     labels = read_table(labels_path, required=["layer", "feature", "description"])
-    windows = read_windows(exemplars_path, cfg)
+    windows = read_windows(exemplars_path, features.simulator, features.descriptions.describe_every)
     items = [(str(d), windows[(int(layer), int(feature))]) for layer, feature, d in
              zip(labels["layer"], labels["feature"], labels["description"]) if (int(layer), int(feature)) in windows]
     if not items:
         raise ValueError(f"{labels_path}: no training feature has exemplars in {exemplars_path} to train on")
     manifest = read_manifest(base_dir)
     model, tokenizer = load_model(base_dir, trainable=True)
-    fmt = cfg.get("format", "compact")
+    fmt = cfg.format
     if fmt not in ("compact", "finetuned"):
         raise ValueError(f"features.simulator.training.format: {fmt!r} is not compact or finetuned")
     numbers = class_tokens(tokenizer, fmt)
@@ -374,20 +379,20 @@ def train_simulator(base_dir, labels_path, exemplars_path, cfg: dict, out_dir, s
     read_ids = torch.arange(model.get_output_embeddings().weight.shape[0]) if fmt == "finetuned" else number_ids
     layers = manifest["num_layers"]
     model = get_peft_model(model, LoraConfig(
-        r=cfg["lora_r"], lora_alpha=2 * cfg["lora_r"], lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj",
+        r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj",
         "o_proj", "gate_proj", "up_proj", "down_proj"],
-        layers_to_transform=list(range(max(0, layers - cfg["lora_layers"]), layers))))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"])
+        layers_to_transform=list(range(max(0, layers - cfg.lora_layers), layers))))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10))
     from pipeline.models import input_device
 
     device, pad = input_device(model), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = np.random.default_rng(cfg["seed"]).permutation(len(items))
+    order = np.random.default_rng(cfg.seed).permutation(len(items))
     history = []
     from tqdm.auto import tqdm
 
-    for step in tqdm(range(cfg["steps"]), desc="simulator training", mininterval=10):
-        batch = [items[order[(step * cfg["batch_size"] + j) % len(items)]] for j in range(cfg["batch_size"])]
+    for step in tqdm(range(cfg.steps), desc="simulator training", mininterval=10):
+        batch = [items[order[(step * cfg.batch_size + j) % len(items)]] for j in range(cfg.batch_size)]
         encoded = [prompt for description, entry in batch for prompt in encode_prompt(tokenizer, fmt, description,
                                                                                       entry["windows"])]
         ids, mask = _pad_right([e[0] for e in encoded], pad)

@@ -26,6 +26,7 @@ from pipeline.lazy import lazy_import, no_grad
 from pipeline.artifacts import ArtifactError, check_same_run, read_table, read_tensors
 from pipeline.tasks.features.ood import SETS as OOD_SETS
 from pipeline.tasks.features.ood import set_paths
+from pipeline.tasks.features.settings import FeaturesConfig, JudgeConfig, SimulatorConfig
 from pipeline.explainer.prompts import phrasing
 from pipeline.tasks import Examples, Task, register
 
@@ -273,7 +274,7 @@ def _judged(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], d
     return aligned, {"name": judge.name, "description": judge.description}
 
 
-def lm_judge_scores(aligned: dict[str, pd.DataFrame], cfg: dict) -> dict:
+def lm_judge_scores(aligned: dict[str, pd.DataFrame], cfg: JudgeConfig) -> dict:
     """The paper's LM judge on every frame (a column `lm_judge`), when an API is configured: a key in
     OPENAI_API_KEY (environment or .env) or a `base_url`. Returns what the results file says about it."""
     from pipeline.tasks.features.judge import LMJudge
@@ -281,12 +282,12 @@ def lm_judge_scores(aligned: dict[str, pd.DataFrame], cfg: dict) -> dict:
     from pipeline.secrets import get_secret
 
     key = get_secret("OPENAI_API_KEY")
-    if not cfg.get("model") or (key is None and not cfg.get("base_url")):
+    if not cfg.model or (key is None and not cfg.base_url):
         return {"configured": False, "reason": "no OPENAI_API_KEY in the environment or .env and no "
                 "features.judge.base_url: the LM judge did not run; embedding_similarity is the offline judge"}
-    settings = ChatSettings(**{k: cfg[k] for k in ("model", "base_url", "timeout", "concurrency", "retries", "reasks")
-                               if k in cfg})
-    judge = LMJudge(settings, cfg["cache"], key)
+    settings = ChatSettings(model=cfg.model, base_url=cfg.base_url, timeout=cfg.timeout, concurrency=cfg.concurrency,
+                            retries=cfg.retries, reasks=cfg.reasks)
+    judge = LMJudge(settings, cfg.cache, key)
     try:
         for name, frame in aligned.items():
             ids = [f"{name}:{row}" for row in frame["row_key"]]
@@ -302,25 +303,26 @@ def lm_judge_scores(aligned: dict[str, pd.DataFrame], cfg: dict) -> dict:
 SIMULATOR_COLUMNS = ("top", "top_signed", "top_random")
 
 
-def open_simulator(cfg: dict, inputs: dict):
+def open_simulator(cfg: SimulatorConfig, inputs: dict):
     """The simulator the score rule was given: a released checkpoint (config), or the model folder of its input."""
     from pipeline.tasks.features.simulator import Simulator
 
-    return Simulator(cfg.get("checkpoint") or inputs["simulator"], cfg["batch_size"], cfg["cache"],
-                     cfg.get("format", "auto"))
+    return Simulator(cfg.checkpoint or inputs["simulator"], cfg.batch_size, cfg.cache, cfg.format)
 
 
-def simulate_frames(aligned: dict[str, pd.DataFrame], simulator, exemplars_path, cfg: dict, seed: int) -> dict:
+def simulate_frames(aligned: dict[str, pd.DataFrame], simulator, exemplars_path, cfg: SimulatorConfig, seed: int,
+                    describe_every: int = 1) -> dict:
     """Simulator correlations (columns `simulator_top`, `simulator_top_signed`, `simulator_top_random`) of every
-    frame's descriptions, on a seeded sample of `cfg['max_features']` of its features that have exemplars.
+    frame's descriptions, on a seeded sample of `cfg.max_features` of its features that have exemplars, on the top
+    ranks the describer did not read (`describe_every`).
     The paper's code scores an empty description 0 without simulating it."""
     from pipeline.tasks.features.simulator import read_windows, score_descriptions
 
-    windows = read_windows(exemplars_path, cfg)
+    windows = read_windows(exemplars_path, cfg, describe_every)
     base = aligned["finetuned"]
     keys = [(int(layer), int(feature)) for layer, feature in zip(base["layer"], base["feature"])]
     usable = [i for i, key in enumerate(keys) if key in windows]
-    take = min(len(usable), cfg["max_features"] or len(usable))
+    take = min(len(usable), cfg.max_features or len(usable))
     chosen = sorted(np.random.default_rng(seed).choice(usable, take, replace=False).tolist()) if usable else []
     for frame in aligned.values():
         described = [i for i in chosen if str(frame["prediction"].iloc[i]).strip()]
@@ -333,16 +335,17 @@ def simulate_frames(aligned: dict[str, pd.DataFrame], simulator, exemplars_path,
     return {"features": take, "of": len(base), "without_exemplars": len(keys) - len(usable)}
 
 
-def simulator_scores(aligned: dict[str, pd.DataFrame], cfg: dict, simulator, exemplars_path, seed: int) -> dict:
+def simulator_scores(aligned: dict[str, pd.DataFrame], cfg: SimulatorConfig, describe_every: int, simulator,
+                     exemplars_path, seed: int) -> dict:
     """Simulator correlations of every frame and of the reference descriptions themselves (a frame `reference`:
     the ceiling a description reaches with this simulator on this data)."""
     base = aligned["finetuned"]
     aligned["reference"] = base.assign(prediction=base["reference"])
-    sampled = simulate_frames(aligned, simulator, exemplars_path, cfg, seed)
+    sampled = simulate_frames(aligned, simulator, exemplars_path, cfg, seed, describe_every)
     return {"model": simulator.source, "format": simulator.format, "format_from": simulator.format_evidence} | sampled | {
-        "windows": {"top": cfg["top"], "random": cfg["random"], "tokens_before": cfg["tokens_before"],
-                    "scored_top_ranks": "all" if cfg.get("describe_every", 1) == 1 else
-                    f"those not divisible by {cfg['describe_every']} (the describer read the others)"},
+        "windows": {"top": cfg.top, "random": cfg.random, "tokens_before": cfg.tokens_before,
+                    "scored_top_ranks": "all" if describe_every == 1 else
+                    f"those not divisible by {describe_every} (the describer read the others)"},
         "readout": "expected value over vocabulary ids 0..10 (the classes)" if simulator.format == "finetuned" else
                    "expected value over the single-token numbers of '0'..'10'",
         "numbers": [int(v) for v in simulator.values.tolist()],
@@ -351,7 +354,7 @@ def simulator_scores(aligned: dict[str, pd.DataFrame], cfg: dict, simulator, exe
                    "simulator_top_random": "pooled Pearson r on top and random exemplars 1:1 (OpenAI's method)"}}
 
 
-def ood_scores(name: str, inputs: dict, cfg: dict, simulator, selfie_scales: dict | None, samples: int,
+def ood_scores(name: str, inputs: dict, cfg: SimulatorConfig, simulator, selfie_scales: dict | None, samples: int,
                seed: int) -> dict:
     """One out-of-distribution set: every variant's descriptions of its vectors and the baselines that apply
     (nearest training feature, the layer prior, the floors), scored by the simulator against the vectors' own
@@ -470,29 +473,33 @@ def ceiling_ratios(metrics: dict) -> dict:
 SCORE_COLUMNS = ("embedding_similarity", "lm_judge", "simulator_top", "simulator_top_signed", "simulator_top_random")
 
 
+# What score_frames runs without settings: the offline judge only.
+OFFLINE = FeaturesConfig(judge=None, simulator=SimulatorConfig(enabled=False))
+
+
 def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, settings: dict | None = None,
                  inputs: dict | None = None) -> dict:
     """Every variant and baseline scored by the offline judge, the LM judge (when configured) and the simulator
     (when enabled): mean with 95% bootstrap interval and standard error over features, and paired differences of
     the fine-tuned explainer against each and of every variant against each floor; SelfIE scored at every scale
     and reported as its best scale per feature and as one scale chosen out of sample; the simulator scores each
-    out-of-distribution set given in `inputs`."""
-    settings, inputs = settings or {}, inputs or {}
+    out-of-distribution set given in `inputs`. `settings`: the task's section as the score stage's settings hold it
+    (judge, simulator, ood, descriptions.describe_every); None: the offline judge only."""
+    cfg, inputs = FeaturesConfig.from_dict(settings) if settings else OFFLINE, inputs or {}
     aligned, offline = _judged(frames)
-    lm_judge = lm_judge_scores(aligned, settings["judge"]) if settings.get("judge") else {"configured": False}
-    simulator_cfg = settings.get("simulator", {})
+    lm_judge = lm_judge_scores(aligned, cfg.judge) if cfg.judge else {"configured": False}
     simulator, ood, model = {"enabled": False}, {}, None
-    if simulator_cfg.get("enabled") and ("simulator" in inputs or simulator_cfg.get("checkpoint")):
-        model = open_simulator(simulator_cfg, inputs)
+    if cfg.simulator.enabled and ("simulator" in inputs or cfg.simulator.checkpoint):
+        model = open_simulator(cfg.simulator, inputs)
     try:
         if model is not None:  # the target's features: scored on the top ranks the describer did not read
-            held_out = simulator_cfg | {"describe_every": settings.get("descriptions", {}).get("describe_every", 1)}
-            simulator = {"enabled": True} | simulator_scores(aligned, held_out, model, inputs["exemplars"], seed)
+            simulator = {"enabled": True} | simulator_scores(aligned, cfg.simulator, cfg.descriptions.describe_every,
+                                                             model, inputs["exemplars"], seed)
         selfie = collapse_selfie(aligned, seed)
         if model is not None:  # the OOD sets' single SelfIE scale: per score, the scale best on the test features
             for name in OOD_SETS:
                 if f"{name}_labels" in inputs:
-                    ood[name] = ood_scores(name, inputs, simulator_cfg, model, selfie.get("best_scale"), samples, seed)
+                    ood[name] = ood_scores(name, inputs, cfg.simulator, model, selfie.get("best_scale"), samples, seed)
             simulator["calls"] = dict(model.calls)
     finally:
         if model is not None and model.cache is not None:
@@ -515,37 +522,35 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
             "per_feature": per_feature(aligned)}
 
 
-def simulator_input(target: str, simulator: dict) -> dict[str, str]:
+def simulator_input(target: str, simulator: SimulatorConfig) -> dict[str, str]:
     """The simulator the score rule reads: a released checkpoint's local folder, the one trained for this target
     (rule features_simulator), or the untrained model; a hub id is no file (the job loads it)."""
     from pipeline.artifacts import local_folder
 
-    if simulator.get("checkpoint"):
-        path = str(simulator["checkpoint"])
+    if simulator.checkpoint:
+        path = str(simulator.checkpoint)
         return {"simulator": path} if local_folder(path, "features.simulator.checkpoint") else {}
-    if simulator.get("train"):
+    if simulator.train:
         return {"simulator": f"work/features/simulator/{target}"}
-    return {"simulator": f"resources/models/{simulator['model']}"}
+    return {"simulator": f"resources/models/{simulator.model}"}
 
 
 def eval_sets(section: dict) -> tuple[str, ...]:
     """The out-of-distribution sets the run describes: configured, and only for the pipeline's own features."""
-    if section.get("source", "pipeline") != "pipeline" or not section.get("simulator", {}).get("enabled"):
-        return ()
-    return tuple(section.get("ood", {}).get("sets") or ())
+    return FeaturesConfig.from_dict(section).scored_sets
 
 
 def score_inputs(target: str, section: dict) -> dict[str, str]:
     """The simulator, the target's exemplars (with per-token activations) and each out-of-distribution set's
     labels, vectors and exemplars (with the training features for its nearest-neighbour baseline), when the
     simulator is on and the features are the pipeline's own (the paper's archive is scored by the judges only)."""
-    simulator = section.get("simulator", {})
-    if not simulator.get("enabled") or section.get("source", "pipeline") != "pipeline":
+    cfg = FeaturesConfig.from_dict(section)
+    if not cfg.simulator.enabled or cfg.source != "pipeline":
         return {}
-    paths = simulator_input(target, simulator) | {"exemplars": f"work/features/exemplars/{target}.parquet"}
-    for name in eval_sets(section):
+    paths = simulator_input(target, cfg.simulator) | {"exemplars": f"work/features/exemplars/{target}.parquet"}
+    for name in cfg.scored_sets:
         paths |= {f"{name}_{kind}": path for kind, path in set_paths(target, name).items()}
-    if eval_sets(section):
+    if cfg.scored_sets:
         paths |= {f"train_{kind}": path for kind, path in label_paths(target, "train").items()}
     return paths
 
