@@ -121,8 +121,24 @@ def test_verdict_vs_prior_counts_agreement_and_who_is_right_where_they_differ():
               "copy": frame(prior, "copy").iloc[::-1]}  # the prior's verdicts in another row order
     result = verdict_vs_prior(frames)
     assert result["finetuned"] == {"rows": 6, "agreement": 0.5, "disagreements": 3, "variant_right": 1,
-                                   "prior_right": 2}
-    assert result["copy"] == {"rows": 6, "agreement": 1.0, "disagreements": 0, "variant_right": 0, "prior_right": 0}
+                                   "prior_right": 2, "variant_missed_changes": 1, "variant_false_changes": 2,
+                                   "prior_missed_changes": 1, "prior_false_changes": 1}
+    assert result["copy"] == {"rows": 6, "agreement": 1.0, "disagreements": 0, "variant_right": 0, "prior_right": 0,
+                              "variant_missed_changes": 1, "variant_false_changes": 1, "prior_missed_changes": 1,
+                              "prior_false_changes": 1}
     paired = {name: frames[name] for name in ("finetuned", "structure_prior")}
     assert score_variants(paired, 20, 0)["verdict_vs_prior"] == {"finetuned": result["finetuned"]}
     assert "verdict_vs_prior" not in score_variants({"finetuned": frames["finetuned"]}, 20, 0)
+    # Rows that carry the prior's cell (token type, layer window) are also counted per cell.
+    frames["finetuned"] = frames["finetuned"].assign(token_type=["a"] * 3 + ["b"] * 3,
+                                                     layer=[[0, 1]] * 3 + [[2, 3]] * 3)
+    cells = verdict_vs_prior(frames)["finetuned"]["by_cell"]
+    assert set(cells) == {"a L0-1", "b L2-3"}
+    assert cells["a L0-1"] | {"agreement": pytest.approx(2 / 3)} == {"rows": 3, "agreement": 2 / 3, "disagreements": 1, "variant_right": 0,
+                               "prior_right": 1, "variant_missed_changes": 1, "variant_false_changes": 0,
+                               "prior_missed_changes": 0, "prior_false_changes": 0, "changed_share": 2 / 3,
+                               "prior_says_changed": 2 / 3}
+    assert cells["b L2-3"] | {"agreement": pytest.approx(1 / 3)} == {
+        "rows": 3, "agreement": 1 / 3, "disagreements": 2, "variant_right": 1, "prior_right": 1,
+        "variant_missed_changes": 0, "variant_false_changes": 2, "prior_missed_changes": 1, "prior_false_changes": 1,
+        "changed_share": 1 / 3, "prior_says_changed": 1 / 3}

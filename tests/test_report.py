@@ -18,7 +18,9 @@ def result_file(path, seed, value):
                 "comparisons": {"finetuned - shuffled_vector": {"overall": {"is_changed_f1": {
                     "difference": value - 0.5, "ci": [value - 0.6, value - 0.4], "se": 0.05}}}},
                 "verdict_vs_prior": {"finetuned": {"rows": 10, "agreement": 0.9, "disagreements": 1, "variant_right": 0,
-                                                   "prior_right": 1}},
+                                                   "prior_right": 1, "variant_missed_changes": 2,
+                                                   "variant_false_changes": 0, "prior_missed_changes": 1,
+                                                   "prior_false_changes": 1}},
                 "training": {"seed": seed, "steps": 7, "examples": 56}, "provenance": provenance({})}, path)
     return str(path)
 
@@ -35,6 +37,7 @@ def test_tables_show_each_runs_figures_commit_and_seeds(tmp_path):
     assert rows["finetuned"].split("|")[2:5] == [" 0.200 [0.100, 0.300] ", " 0.800 [0.700, 0.900] ",
                                                  " 0.400 [0.300, 0.500] "]
     assert "+0.300 [+0.200, +0.400]" in rows["finetuned - shuffled_vector"]
-    assert "finetuned agrees on 90.0% of 10 rows, differs on 1 (right on 0, the prior on 1)" in one
+    assert ("finetuned agrees on 90.0% of 10 rows, differs on 1 (right on 0, the prior on 1), misses 2 changes and "
+            "calls 0 that did not happen (the prior 1 and 1)") in one
     # across seeds: the mean with its interval, then each seed's own figure; * where every seed's interval excludes 0
     assert "0.750 [" in seeds and "(0.800, 0.700)" in seeds and "(+0.300, +0.200) *" in seeds

@@ -208,10 +208,14 @@ def score_variants(frames: dict[str, pd.DataFrame], samples: int, seed: int, ref
         {"verdict_vs_prior": verdict_vs_prior(frames)} if "structure_prior" in frames else {})
 
 
-def verdict_vs_prior(frames: dict[str, pd.DataFrame], prior: str = "structure_prior") -> dict:
+def verdict_vs_prior(frames: dict[str, pd.DataFrame], prior: str = "structure_prior",
+                     cell: tuple[str, ...] = ("token_type", "layer")) -> dict:
     """Per variant, on the rows both answered: the share whose verdict (changed or not) equals the prior's, the
-    rows where they differ, and on those how often each is right. A verdict that is the prior's, bar a few rows it
-    gets wrong, is learned from the question's text: the vector told it nothing about whether the output changes."""
+    rows where they differ, and on those how often each is right; the changes each misses and the changes each
+    claims that did not happen. A verdict that is the prior's, bar a few rows it gets wrong, is learned from the
+    question's text: the vector told it nothing about whether the output changes. Where the rows carry the prior's
+    cell (`cell`: act_patch's token type and layer window), the same per cell (`by_cell`), so that a reader sees
+    whether the rows that differ sit in cells the prior answers one way or in the mixed ones."""
     base = frames[prior].set_index("row_key")
     out = {}
     for name, frame in frames.items():
@@ -222,11 +226,41 @@ def verdict_vs_prior(frames: dict[str, pd.DataFrame], prior: str = "structure_pr
         said = np.array([parse_answer(p).changed for p in rows.loc[common, "prediction"]], dtype=object)
         guess = np.array([parse_answer(p).changed for p in base.loc[common, "prediction"]], dtype=object)
         truth = rows.loc[common, "is_different"].astype(bool).to_numpy()
-        differ = said != guess
-        out[name] = {"rows": int(len(common)), "agreement": float(1 - differ.mean()) if len(common) else None,
-                     "disagreements": int(differ.sum()), "variant_right": int((said[differ] == truth[differ]).sum()),
-                     "prior_right": int((guess[differ] == truth[differ]).sum())}
+        out[name] = _agreement(said, guess, truth)
+        if all(column in rows for column in cell) and len(common):
+            keys = [" ".join(_cell_text(v) for v in values) for values in zip(*(rows.loc[common, c] for c in cell))]
+            groups: dict[str, list[int]] = {}
+            for position, key in enumerate(keys):
+                groups.setdefault(key, []).append(position)
+            out[name]["by_cell"] = {key: _agreement(said[index], guess[index], truth[index]) | {
+                "changed_share": float(truth[index].mean()),
+                "prior_says_changed": float(np.mean([g is True for g in guess[index]]))}
+                for key, index in sorted(groups.items())}
     return out
+
+
+def _cell_text(value) -> str:
+    """A cell's part as text: a layer window [12, ..., 17] as "L12-17"."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = [int(v) for v in value]
+        return f"L{values[0]}-{values[-1]}" if values else "L-"
+    return str(value)
+
+
+def _agreement(said: np.ndarray, guess: np.ndarray, truth: np.ndarray) -> dict:
+    differ = said != guess
+    return {"rows": int(len(truth)), "agreement": float(1 - differ.mean()) if len(truth) else None,
+            "disagreements": int(differ.sum()), "variant_right": int((said[differ] == truth[differ]).sum()),
+            "prior_right": int((guess[differ] == truth[differ]).sum()),
+            "variant_missed_changes": _count(said, truth, True), "variant_false_changes": _count(said, truth, False),
+            "prior_missed_changes": _count(guess, truth, True), "prior_false_changes": _count(guess, truth, False)}
+
+
+def _count(verdicts: np.ndarray, truth: np.ndarray, changed: bool) -> int:
+    """Missed changes (changed rows not called changed; no verdict counts) or, with changed False, changes called
+    on rows that did not change."""
+    called = np.array([v is True for v in verdicts], dtype=bool)
+    return int((~called & truth).sum()) if changed else int((called & ~truth).sum())
 
 
 def run_summary(scoring_cfg, prediction_paths: dict[str, str], trained_dir, explainer_dir, target_dir,

@@ -125,7 +125,10 @@ def results_tables(result_paths: list[str]) -> str:
         if verdicts:
             out += ["Verdicts against the structure prior's: " + "; ".join(
                 f"{name} agrees on {v['agreement']:.1%} of {v['rows']} rows, differs on {v['disagreements']} "
-                f"(right on {v['variant_right']}, the prior on {v['prior_right']})"
+                f"(right on {v['variant_right']}, the prior on {v['prior_right']})" + (
+                    f", misses {v['variant_missed_changes']} changes and calls {v['variant_false_changes']} that did "
+                    f"not happen (the prior {v['prior_missed_changes']} and {v['prior_false_changes']})"
+                    if "variant_missed_changes" in v else "")
                 for name, v in verdicts.items() if v["agreement"] is not None) + ".", ""]
     return "\n".join(out) + "\n"
 
