@@ -175,3 +175,25 @@ def test_released_labels_are_checked_before_any_job(base_config, tmp_path):
     check("act_patch", {"smollm": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"released tables hold no counterfactual answers.*reading \(fraction 0.25\)"):
         check("act_patch", {"smollm": str(tmp_path)}, reading=0.25)
+
+
+def test_the_paper_config_trains_act_patch_with_the_papers_recipe():
+    """config.paper.yaml over config.yaml: act_patch's training is the paper's (every row, 20 epochs, batch 32,
+    constant 5e-5, random batches, no loss weights), not the CPU default's act_patch overrides."""
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.config import deep_merge
+    from pipeline.stages import task_section
+
+    root = Path(__file__).resolve().parent.parent
+    config = deep_merge(yaml.safe_load((root / "config.yaml").read_text()),
+                        yaml.safe_load((root / "config.paper.yaml").read_text()))
+    training = task_section(config, "training", "act_patch")
+    assert {k: training[k] for k in ("max_examples", "epochs", "batch_size", "learning_rate", "lr_schedule",
+                                     "group_by_length", "loss_weights")} == {
+        "max_examples": None, "epochs": 20, "batch_size": 32, "learning_rate": 5.0e-5, "lr_schedule": "constant",
+        "group_by_length": False, "loss_weights": {"content": 1.0, "verdict": 1.0}}
+    assert training["lora"] == {"r": 128, "alpha": 16, "dropout": 0.1, "target_modules": [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
