@@ -223,7 +223,7 @@ def test_cross_model_runs_bridge_the_widths(tmp_path, prepared_models, gemma_dir
     prepared_models.into(tmp_path, "smollm", "gemma")
     small = override(tmp_path, "small.yaml", {
         "facts": {"relations": ["capital"], "max_facts_per_relation": 60, "keep_only_correct": True},
-        "act_patch": {"pairs": {"train": 6, "test": 3, "seed": 0},
+        "act_patch": {"pairs": {"train": 6, "test": 3, "seed": 0}, "training": {"max_examples": 16},
                       "patch": {"token_types": ["last_subject_token", "last_token"], "window_size": 6,
                                 "window_stride": 6, "first_layer": 0, "last_layer": None}},
         "training": {"max_examples": 16, "batch_size": 4, "checkpoint_every": 100},
