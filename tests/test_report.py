@@ -20,7 +20,12 @@ def result_file(path, seed, value):
                 "verdict_vs_prior": {"finetuned": {"rows": 10, "agreement": 0.9, "disagreements": 1, "variant_right": 0,
                                                    "prior_right": 1, "variant_missed_changes": 2,
                                                    "variant_false_changes": 0, "prior_missed_changes": 1,
-                                                   "prior_false_changes": 1}},
+                                                   "prior_false_changes": 1, "by_cell": {
+                    "last_token L0-1": {"rows": 4, "changed_share": 0.5, "disagreements": 1, "variant_missed_changes": 2,
+                                        "variant_false_changes": 0, "prior_missed_changes": 1, "prior_false_changes": 1},
+                    "last_token L2-3": {"rows": 6, "changed_share": 0.0, "disagreements": 0, "variant_missed_changes": 0,
+                                        "variant_false_changes": 0, "prior_missed_changes": 0,
+                                        "prior_false_changes": 0}}}},
                 "training": {"seed": seed, "steps": 7, "examples": 56}, "provenance": provenance({})}, path)
     return str(path)
 
@@ -39,5 +44,7 @@ def test_tables_show_each_runs_figures_commit_and_seeds(tmp_path):
     assert "+0.300 [+0.200, +0.400]" in rows["finetuned - shuffled_vector"]
     assert ("finetuned agrees on 90.0% of 10 rows, differs on 1 (right on 0, the prior on 1), misses 2 changes and "
             "calls 0 that did not happen (the prior 1 and 1)") in one
+    assert "by the prior's cell" in one and "last_token L0-1 (4 rows, 50% changed): 2 / 0 [1 / 1]" in one
+    assert "last_token L2-3" not in one  # a cell without errors is left out
     # across seeds: the mean with its interval, then each seed's own figure; * where every seed's interval excludes 0
     assert "0.750 [" in seeds and "(0.800, 0.700)" in seeds and "(+0.300, +0.200) *" in seeds

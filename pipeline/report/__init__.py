@@ -130,6 +130,14 @@ def results_tables(result_paths: list[str]) -> str:
                     f"not happen (the prior {v['prior_missed_changes']} and {v['prior_false_changes']})"
                     if "variant_missed_changes" in v else "")
                 for name, v in verdicts.items() if v["agreement"] is not None) + ".", ""]
+            cells = {cell: c for cell, c in (verdicts.get("finetuned") or {}).get("by_cell", {}).items()
+                     if c["variant_missed_changes"] or c["variant_false_changes"] or c["disagreements"]}
+            if cells:
+                out += ["The fine-tuned verdict's errors by the prior's cell (missed changes / changes called that did "
+                        "not happen; the prior's in brackets): " + "; ".join(
+                            f"{cell} ({c['rows']} rows, {c['changed_share']:.0%} changed): {c['variant_missed_changes']}"
+                            f" / {c['variant_false_changes']} [{c['prior_missed_changes']} / {c['prior_false_changes']}]"
+                            for cell, c in cells.items()) + ".", ""]
     return "\n".join(out) + "\n"
 
 
