@@ -14,8 +14,9 @@ def from_section(cls, section: dict[str, Any]):
 
 
 class Section:
-    """A settings dataclass read from its config section: `Cls.from_dict(section)`."""
+    """A settings dataclass read from its config section: `Cls.from_dict(section)`, lists read as tuples (the
+    settings are frozen, so their values are too)."""
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]):
-        return from_section(cls, section)
+        return from_section(cls, {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})

@@ -248,19 +248,17 @@ def _cell_text(value) -> str:
 
 
 def _agreement(said: np.ndarray, guess: np.ndarray, truth: np.ndarray) -> dict:
+    """Agreement of two verdict columns (True, False or None: no verdict) and each one's errors against `truth`:
+    missed changes (changed rows not called changed; no verdict counts) and changes called on unchanged rows."""
     differ = said != guess
-    return {"rows": int(len(truth)), "agreement": float(1 - differ.mean()) if len(truth) else None,
-            "disagreements": int(differ.sum()), "variant_right": int((said[differ] == truth[differ]).sum()),
-            "prior_right": int((guess[differ] == truth[differ]).sum()),
-            "variant_missed_changes": _count(said, truth, True), "variant_false_changes": _count(said, truth, False),
-            "prior_missed_changes": _count(guess, truth, True), "prior_false_changes": _count(guess, truth, False)}
-
-
-def _count(verdicts: np.ndarray, truth: np.ndarray, changed: bool) -> int:
-    """Missed changes (changed rows not called changed; no verdict counts) or, with changed False, changes called
-    on rows that did not change."""
-    called = np.array([v is True for v in verdicts], dtype=bool)
-    return int((~called & truth).sum()) if changed else int((called & ~truth).sum())
+    out = {"rows": int(len(truth)), "agreement": float(1 - differ.mean()) if len(truth) else None,
+           "disagreements": int(differ.sum()), "variant_right": int((said[differ] == truth[differ]).sum()),
+           "prior_right": int((guess[differ] == truth[differ]).sum())}
+    for who, verdicts in (("variant", said), ("prior", guess)):
+        called = np.array([v is True for v in verdicts], dtype=bool)
+        out[f"{who}_missed_changes"] = int((~called & truth).sum())
+        out[f"{who}_false_changes"] = int((called & ~truth).sum())
+    return out
 
 
 def run_summary(scoring_cfg, prediction_paths: dict[str, str], trained_dir, explainer_dir, target_dir,

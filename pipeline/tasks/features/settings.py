@@ -9,19 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.typed import from_section
-
-
-def _frozen(section: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
-
-
-class Section:
-    """A part of the section: `Cls.from_dict(part)`, lists read as tuples (the settings are frozen)."""
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]):
-        return from_section(cls, _frozen(section))
+from pipeline.typed import Section
 
 
 @dataclass(frozen=True)
@@ -117,8 +105,7 @@ class SimulatorConfig(Section):
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "SimulatorConfig":
-        training = SimulatorTrainingConfig.from_dict(section.get("training") or {})
-        return from_section(cls, _frozen(section) | {"training": training})
+        return super().from_dict(section | {"training": SimulatorTrainingConfig.from_dict(section.get("training") or {})})
 
 
 @dataclass(frozen=True)
