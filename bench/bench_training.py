@@ -3,7 +3,8 @@
 Measured side by side in one run on the same model, LoRA adapter and batch (act_patch-shaped rows: a ~130-token
 question, a ~15-token answer, left-padded as training pads them):
   full:    logits at every position, then the answer tokens' cross-entropy (what training did before);
-  answers: `logits_to_keep` = the positions that predict an answer token (what `pipeline.explainer.training` does).
+  answers: `logits_to_keep` = the (row, position) pairs that predict an answer token (what
+           `pipeline.explainer.training` does).
 Both compute the same loss and gradient (tests/test_training.py); the ratio is the time per forward+backward step.
 Usage: python bench/bench_training.py [--model-dir resources/models/gemma] [--batch-size 8] [--repeats 3]
 """
@@ -61,7 +62,7 @@ def main() -> None:
     times = {name: min(step(explainer, batch, labels, keep) for _ in range(args.repeats))
              for name, keep in (("full", False), ("answers", True))}
     print(f"model {args.model_dir}: vocabulary {explainer.lm.get_output_embeddings().weight.shape[0]}, batch "
-          f"{args.batch_size} x {labels.shape[1]} tokens, {len(answer_positions(labels))} answer positions")
+          f"{args.batch_size} x {labels.shape[1]} tokens, {int(answer_positions(labels).sum())} answer tokens")
     print(f"logits everywhere:       {times['full']:6.2f} s/step")
     print(f"logits at answers only:  {times['answers']:6.2f} s/step")
     print(f"full / answers = {times['full'] / times['answers']:.2f}")

@@ -292,9 +292,9 @@ def test_layer_injection_trains_to_read_the_vector_and_reloads_as_such(tmp_path,
 
 @pytest.mark.parametrize("model", ["tiny_dir", "tiny_gemma_dir"])
 def test_loss_from_answer_positions_alone_equals_the_full_loss_and_its_gradient(model, request):
-    """Training runs the output layer only where an answer token is predicted (Gemma's is 262k wide); the loss and
-    its gradient must be those of the full logits, with answers of different lengths in one left-padded batch and
-    Gemma's soft-capping included."""
+    """Training runs the output layer only at the (row, position) pairs that predict an answer token (Gemma's is 262k
+    wide); the loss and its gradient must be those of the full logits, with answers of different lengths in one
+    left-padded batch (so no position is an answer position in every row) and Gemma's soft-capping included."""
     model_dir = request.getfixturevalue(model)
     explainer, tokenizer = load_explainer(None, model_dir, 64)
     questions, answers, vectors = toy_examples(n=3)
@@ -303,18 +303,23 @@ def test_loss_from_answer_positions_alone_equals_the_full_loss_and_its_gradient(
                      for q, a in zip(questions, answers)], vectors, tokenizer.pad_token_id, "cpu")
     labels = batch.pop("labels")
     positions = training.answer_positions(labels)
-    assert 0 < len(positions) < labels.shape[1] - 1  # the prompt's positions are left out
+    answer_tokens = int((labels != -100).sum())
+    assert positions.sum() == answer_tokens  # one output row per answer token: no prompt or padding position
+    assert positions.any(dim=0).sum() * len(labels) > answer_tokens  # fewer than every row at every such position
+    weights = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0)) + 0.5
     results = []
     for keep in (None, positions):
         explainer.zero_grad()
         out = explainer(**batch, **({} if keep is None else {"logits_to_keep": keep}))
         loss, count = training.answer_loss_sum(out.logits, labels, keep)
+        weighted, _ = training.answer_loss_sum(out.logits, labels, keep, weights)  # loss_weights meet the same tokens
         loss.backward()
         grads = [p.grad.clone() for p in explainer.parameters() if p.grad is not None]
-        results.append((loss.detach(), count, out.logits.shape[1], grads))
-    (full, n_full, width_full, g_full), (kept, n_kept, width_kept, g_kept) = results
-    assert n_full == n_kept and width_kept == len(positions) < width_full
-    assert torch.allclose(full, kept, rtol=1e-5)
+        results.append((loss.detach(), count, out.logits.shape[1], grads, weighted.detach()))
+    (full, n_full, width_full, g_full, w_full), (kept, n_kept, width_kept, g_kept, w_kept) = results
+    assert n_full == n_kept == answer_tokens and width_kept == answer_tokens
+    assert torch.allclose(full, kept, rtol=1e-5) and torch.allclose(w_full, w_kept, rtol=1e-5)
+    assert not torch.allclose(w_full, full, rtol=1e-3)
     assert g_full and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g_full, g_kept))
 
 

@@ -87,12 +87,15 @@ def unit(x: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
-def own_token_ranks(mapped: torch.Tensor, token_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """The rank (0 = nearest) of each row's own token among all rows of `table` by cosine similarity."""
-    table = table / table.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+def own_token_ranks(mapped: torch.Tensor, token_ids: torch.Tensor, table: torch.Tensor,
+                    normalised: bool = False) -> torch.Tensor:
+    """The rank (0 = nearest) of each row's own token among all rows of `table` by cosine similarity (`normalised`:
+    the table's rows are unit already, as fit_alignment passes it once for every layer)."""
+    if not normalised:
+        table = table / table.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     scores = unit(mapped) @ table.T
     own = scores.gather(1, token_ids[:, None])
-    return (scores > own).sum(dim=1)
+    return (scores > own).sum(dim=1, dtype=torch.int32)
 
 
 def r_squared(predicted: torch.Tensor, truth: torch.Tensor) -> float:
@@ -164,14 +167,16 @@ def fit_alignment(cfg: AlignmentConfig, target_dir, explainer_dir, text_path, ou
     y_train, y_test = embeddings[ids_train], embeddings[ids_test]
     same_width = x_train.shape[-1] == embeddings.shape[-1]
     ranked = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.rank_tokens]
+    table = unit(embeddings)  # normalised once: a rank scores every embedding (Gemma: 262k rows)
     tensors, rows = {}, []
     for layer in layers:
         mean = x_train[:, layer].mean(dim=0) if cfg.center else torch.zeros(x_train.shape[-1])
         weight = fit_ridge(unit(x_train[:, layer], mean), y_train, cfg.ridge)
         tensors[f"layers.{layer}.weight"], tensors[f"layers.{layer}.mean"] = weight, mean
         mapped = unit(x_test[:, layer], mean) @ weight.T
-        after = own_token_ranks(mapped[ranked], ids_test[ranked], embeddings).float()
-        before = own_token_ranks(x_test[ranked, layer], ids_test[ranked], embeddings).float() if same_width else None
+        after = own_token_ranks(mapped[ranked], ids_test[ranked], table, normalised=True).float()
+        before = (own_token_ranks(x_test[ranked, layer], ids_test[ranked], table, normalised=True).float()
+                  if same_width else None)
         own = embeddings[ids_test]
         rows.append({"layer": layer, "train_tokens": len(x_train), "test_tokens": len(x_test),
                      "r2": r_squared(mapped, y_test),

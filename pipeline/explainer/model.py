@@ -222,11 +222,30 @@ class ContinuousTokenExplainer(nn.Module):
         self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
                                                 every_n_layers=every_n_layers, offload=offload)
 
+    @contextlib.contextmanager
+    def output_at(self, mask: torch.Tensor | None):
+        """While inside, the output layer runs only at `mask`'s (row, position) pairs, in row-major order: its input
+        [batch, length, width] becomes [1, pairs, width], so the logits are [1, pairs, vocabulary]. What the model
+        does to the logits after the output layer (Gemma's soft-capping) still applies."""
+        if mask is None:
+            yield
+            return
+        head = self.lm.get_output_embeddings()
+        handle = head.register_forward_pre_hook(lambda module, args: (args[0][mask.to(args[0].device)][None],
+                                                                      *args[1:]))
+        try:
+            yield
+        finally:
+            handle.remove()
+
     def forward(self, input_ids, attention_mask, vectors=None, labels=None, vector_layers=None, logits_to_keep=0):
+        """`logits_to_keep`: as the model takes it (a count of last positions, or position indices shared by every
+        row), or a [batch, length] bool mask: logits at exactly those (row, position) pairs (see `output_at`)."""
         embeds = self.embed(input_ids, vectors, vector_layers)
-        with self.injected(input_ids, attention_mask, vectors, vector_layers):
+        mask = logits_to_keep if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dim() == 2 else None
+        with self.injected(input_ids, attention_mask, vectors, vector_layers), self.output_at(mask):
             return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
-                           logits_to_keep=logits_to_keep)
+                           logits_to_keep=0 if mask is not None else logits_to_keep)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, vectors=None, max_new_tokens=24, pad_token_id=None,

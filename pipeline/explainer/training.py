@@ -70,21 +70,26 @@ def _init_process_group() -> None:
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:
-    """The positions whose next token is an answer token in some row of the batch: the only logits the loss reads.
-    Passed to the model as `logits_to_keep`, the output layer runs there alone (Gemma's is 262k wide)."""
-    return (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
+    """[batch, length] bool: the (row, position) pairs whose next token is an answer token, the only logits the loss
+    reads. Passed to the explainer as `logits_to_keep`, the output layer runs there alone (Gemma's is 262k wide),
+    not at every row of a position where some row's answer is (left-padded rows' answers differ in length)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    return mask
 
 
 def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None,
                     weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over answer tokens (each times its weight, where `weights` [batch, length]
-    are given), and their count. `logits` are at every position, or only at `positions` (see answer_positions)."""
+    are given), and their count. `logits` are at every position [batch, length, vocabulary], or only at the
+    answer_positions mask `positions` [1, pairs, vocabulary]."""
     if positions is None:
         shifted, targets = logits[:, :-1].float(), labels[:, 1:]
         weights = weights[:, 1:] if weights is not None else None
     else:
-        shifted, targets = logits.float(), labels[:, positions + 1]
-        weights = weights[:, positions + 1] if weights is not None else None
+        kept = positions[:, :-1]
+        shifted, targets = logits.float(), labels[:, 1:][kept]
+        weights = weights[:, 1:][kept] if weights is not None else None
     losses = torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1),
                                                ignore_index=-100, reduction="none")
     if weights is not None:
