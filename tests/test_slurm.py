@@ -39,7 +39,7 @@ def cluster_profile(tmp_path: Path) -> Path:
     slurmdbd here), short waits, and memory/CPU requests that fit 2 cores; every GPU request stays."""
     settings = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     assert settings["default-resources"]["slurm_partition"] == PARTITION
-    settings |= {"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 5,
+    settings |= {"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1,
                  "latency-wait": 5, "retries": 0, "jobs": 4, "slurm-no-account": True}
     settings["default-resources"] |= {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 2}
     settings["set-resources"] = {rule: {k: v for k, v in resources.items() if k == "gpu"}
