@@ -48,3 +48,17 @@ def test_tables_show_each_runs_figures_commit_and_seeds(tmp_path):
     assert "last_token L2-3" not in one  # a cell without errors is left out
     # across seeds: the mean with its interval, then each seed's own figure; * where every seed's interval excludes 0
     assert "0.750 [" in seeds and "(0.800, 0.700)" in seeds and "(+0.300, +0.200) *" in seeds
+
+
+def test_features_tables_say_how_many_descriptions_differ(tmp_path):
+    """Whether the descriptions change with the vector is read from the table: distinct descriptions per variant and
+    the share differing from the fine-tuned explainer's."""
+    figure = {"value": 0.3, "ci": [0.2, 0.4], "se": 0.05}
+    overall = lambda distinct, **more: {"n": 300, "clusters": 3, "embedding_similarity": figure,  # noqa: E731
+                                        "distinct_descriptions": distinct, "distinct_share": distinct / 300} | more
+    write_json({"task": "features", "explainer": "a", "target": "a",
+                       "metrics": {"finetuned": {"overall": overall(12)},
+                                   "no_vector": {"overall": overall(1, differs_from_finetuned=0.057)}},
+                       "comparisons": {}, "provenance": provenance({})}, tmp_path / "features.json")
+    text = results_tables([str(tmp_path / "features.json")])
+    assert "finetuned 12 of 300; no_vector 1 of 300 (6% differ)." in text

@@ -121,6 +121,14 @@ def results_tables(result_paths: list[str]) -> str:
         ours = {name: parts for name, parts in result.get("comparisons", {}).items() if name.startswith("finetuned - ")}
         if ours:
             out += [*_table(ours, columns, signed=True), ""]
+        texts = {name: parts["overall"] for name, parts in result["metrics"].items()
+                 if "distinct_descriptions" in (parts.get("overall") or {})}
+        if texts:  # the features task: does the description change with the vector?
+            out += ["Distinct descriptions over the test features (the share that differ from the fine-tuned "
+                    "explainer's, feature by feature): " + "; ".join(
+                        f"{name} {o['distinct_descriptions']} of {o['n']}"
+                        + (f" ({o['differs_from_finetuned']:.0%} differ)" if "differs_from_finetuned" in o else "")
+                        for name, o in texts.items()) + ".", ""]
         verdicts = result.get("verdict_vs_prior") or {}
         if verdicts:
             out += ["Verdicts against the structure prior's: " + "; ".join(
