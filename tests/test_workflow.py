@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -369,6 +370,13 @@ def test_features_results_hold_variants_baselines_and_sae_quality(features_run):
                                                                  "constant_description"}} <= set(result["comparisons"])
     assert [q["layer"] for q in result["counts"]["labels_train"]["sae_quality"]] == [1, 3]
     assert (workdir / "work/features/sae/tiny/layers.1/cfg.json").exists()
+    # The default explainer: per-layer projections started from the fitted maps, the directions left uncentred,
+    # trained for features.training.epochs (3) over the training features.
+    meta = json.loads((workdir / "work/features/explainers/tiny_tiny/explainer.json").read_text())
+    assert meta["alignment"] == "fitted" and (workdir / "work/alignment/tiny_tiny.quality.parquet").exists()
+    log = json.loads((workdir / "work/features/explainers/tiny_tiny/training_log.json").read_text())
+    batch = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())["training"]["batch_size"]
+    assert log["steps"] == math.ceil(3 * log["examples"] / batch)
     page = (workdir / "report/features/tiny_tiny/examples.html").read_text()
     assert "reference" in page and result["examples"][0]["feature_id"] in page
     for table in ("work/features/corpus.parquet", "work/features/exemplars/tiny.parquet",
