@@ -10,7 +10,7 @@ Both count the tokens of their batches (padding not included) over the time of t
 varied lengths (with reading rows, as act_patch.training_rows adds), the Trainer with random batches against
 length-grouped batches (training.group_by_length), and length-grouped batches with the LoRA dropout of the training
 section (0.05) against none: on CPU the dropout masks (one Bernoulli draw per input element of each of the seven
-adapted projections) cost about a fifth of a step.
+adapted projections) cost about a seventh of a step (1.16x without them, 2026-12-03).
 Usage: python bench/bench_trainer.py [--model-dir resources/models/gemma] [--steps 6] [--batch-size 8]
 """
 

@@ -91,9 +91,7 @@ def own_token_ranks(mapped: torch.Tensor, token_ids: torch.Tensor, table: torch.
                     normalised: bool = False) -> torch.Tensor:
     """The rank (0 = nearest) of each row's own token among all rows of `table` by cosine similarity (`normalised`:
     the table's rows are unit already, as fit_alignment passes it once for every layer)."""
-    if not normalised:
-        table = table / table.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    scores = unit(mapped) @ table.T
+    scores = unit(mapped) @ (table if normalised else unit(table)).T
     own = scores.gather(1, token_ids[:, None])
     return (scores > own).sum(dim=1, dtype=torch.int32)
 
