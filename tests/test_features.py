@@ -600,3 +600,59 @@ def test_a_released_simulator_checkpoint_loads_from_a_plain_folder_or_fails_nami
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="features.simulator.checkpoint: cannot load 'nobody/no-such-simulator'"):
         Simulator("nobody/no-such-simulator")
+
+
+def test_the_archives_exemplars_are_read_by_the_papers_row_order_with_padding_stripped(tiny_dir, tmp_path):
+    """Rows are positions in {split}_layer_feature_idxs.pkl when the arrays have that many rows (the paper's
+    layer_to_indices_map), feature indices for arrays over the whole SAE; the pad id (the base vocabulary's size)
+    is stripped from the left; a feature whose rows belong to another split's list is counted, not misread."""
+    from paper_archive import write_exemplars, write_explanations
+
+    from pipeline.models import load_tokenizer
+    from pipeline.tasks.features.exemplars import archive_exemplars
+
+    vocabulary = len(load_tokenizer(tiny_dir))
+    labels = {"train": tmp_path / "train.parquet", "test": tmp_path / "test.parquet"}
+    pd.DataFrame({"layer": [3, 3], "feature": [0, 1]}).to_parquet(labels["train"])
+    pd.DataFrame({"layer": [3, 3], "feature": [4, 2]}).to_parquet(labels["test"])
+    archive = tmp_path / "listed"
+    write_explanations(archive, {"train": [((3, 0), {}), ((3, 1), {}), ((3, 7), {})],
+                                 "test": [((3, 2), {}), ((3, 4), {})]}, listed=True)
+    ids = np.full((2, 3, 6), 300)  # rows: the test list's (3, 2) then (3, 4)
+    ids[1] = 400
+    ids[:, :, :2] = vocabulary
+    acts = np.zeros((2, 3, 6))
+    acts[:, :, 4] = [[3.0, 2.0, 1.0], [6.0, 5.0, 4.0]]
+    write_exemplars(archive, 3, acts, ids)
+    write_exemplars(archive, 3, np.zeros((2, 1, 6)), np.full((2, 1, 6), 500), folder="random_train")
+    features = FeaturesConfig(source="paper", exemplars=replace(EXEMPLARS, top=2, random=1),
+                              simulator=SimulatorConfig(checkpoint="a/released-simulator"))
+    frame = archive_exemplars(archive, tiny_dir, labels, features, tmp_path / "ex.parquet", {})
+    top = frame[frame["kind"] == "top"]
+    assert sorted(set(top["feature"])) == [2, 4] and len(top) == 4  # top 2 of each; (3, 4) is row 1
+    four = top[top["feature"] == 4].sort_values("rank")
+    assert four["activation"].tolist() == [6.0, 5.0]
+    assert all(len(t) == 4 and a[2] == 6.0 - r for t, a, r in zip(four["tokens"], four["activations"], four["rank"]))
+    assert four["window_index"].tolist() == [2, 2]  # the largest activation, in the stripped sequence
+    assert set(frame[frame["kind"] == "random"]["feature"]) == {2, 4}
+    counts = read_provenance(tmp_path / "ex.parquet")["counts"]
+    assert counts["features"] == 2 and counts["without_exemplars"]["train"] == 0  # a released simulator: no train
+
+    trains = replace(features, simulator=SimulatorConfig(train=True))  # trained here: on the training features
+    archive_exemplars(archive, tiny_dir, labels, trains, tmp_path / "ex2.parquet", {})
+    counts = read_provenance(tmp_path / "ex2.parquet")["counts"]  # the 2 rows are the test list's: train not there
+    assert counts["features"] == 2 and counts["without_exemplars"]["train"] == 2
+
+    whole = tmp_path / "whole"  # no lists; arrays over all 5 features of the SAE: rows are feature indices
+    write_exemplars(whole, 3, np.arange(5 * 2 * 4).reshape(5, 2, 4), np.full((5, 2, 4), 300))
+    frame = archive_exemplars(whole, tiny_dir, labels, trains, tmp_path / "ex3.parquet", {})
+    largest = frame[frame["kind"] == "top"].groupby("feature")["activation"].max().to_dict()
+    assert largest == {0: 7.0, 1: 15.0, 2: 23.0, 4: 39.0}
+    assert read_provenance(tmp_path / "ex3.parquet")["counts"]["random_missing_layers"] == [3, 3]
+
+    write_exemplars(whole, 3, np.ones((5, 2, 4)), np.full((5, 2, 4), vocabulary + 3))
+    with pytest.raises(ArtifactError, match=r"max_seq_ids.npy: token id .* beyond the target's tokenizer"):
+        archive_exemplars(whole, tiny_dir, labels, trains, tmp_path / "ex4.parquet", {})
+    with pytest.raises(ArtifactError, match=r"train/layer3/max_seq_acts.npy: not found"):
+        archive_exemplars(tmp_path / "empty", tiny_dir, labels, trains, tmp_path / "ex5.parquet", {})
+    assert not (tmp_path / "ex4.parquet").exists() and not (tmp_path / "ex5.parquet").exists()

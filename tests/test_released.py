@@ -176,5 +176,6 @@ def test_the_released_config_plans_the_papers_explainers_with_no_training_job(tm
     assert not any(job.endswith("_train") for job in plan)
     # The released label tables are the labels: nothing is patched or asked here.
     assert plan["act_patch_labels"] == plan["input_ablation_labels"] == 2
-    assert not {"act_patch_facts", "act_patch_pairs", "act_patch_label_chunk", "input_ablation_questions"} & set(plan)
+    assert not {"act_patch_pairs", "act_patch_label_chunk", "input_ablation_questions"} & set(plan)
+    assert plan["act_patch_facts"] == 1 and plan["features_ood"] == 1  # the facts only for features' ood_diff set
     assert plan["act_patch_generate"] == plan["features_generate"] == 4 and plan["input_ablation_generate"] == 2

@@ -464,10 +464,46 @@ def test_features_changes_rerun_exactly_the_jobs_they_affect(features_run, tmp_p
 
 
 def test_features_paper_run_plans_from_the_archive_without_saes(tmp_path):
+    """The archive's features, descriptions and exemplars, the released simulator (no simulator training), and the
+    out-of-distribution sets built from the target; no SAE."""
     plan = planned_jobs(snakemake(tmp_path, "-n", "results/features/llama_llama.json",
                                   configfiles=[REPO / "config.paper.yaml"]))
-    assert plan == {"prepare_model": 1, "features_descriptions": 1, "features_train": 1, "features_generate": 4,
+    assert plan == {"prepare_model": 1, "features_descriptions": 1, "features_archive_exemplars": 1,
+                    "features_train": 1, "features_generate": 4, "features_corpus": 1, "act_patch_facts": 1,
+                    "features_ood": 1, "features_generate_ood_fw": 4, "features_generate_ood_diff": 4,
                     "features_score": 1}
+
+
+def test_the_papers_archive_is_scored_by_the_simulator_and_on_the_ood_sets(tmp_path, prepared_models):
+    """features.source: paper on a fixture archive in the paper's layout (tiny's width): the simulator, trained on
+    the archive's training features' exemplars, scores the test features on the archive's whole sequences (in
+    sample, as the paper scores them), and the OOD sets are built from the target and scored."""
+    from paper_archive import tiny_archive
+
+    from pipeline.artifacts import read_provenance
+    from pipeline.models import load_tokenizer
+
+    prepared_models.into(tmp_path, "tiny")
+    archive = tiny_archive(tmp_path / "archive", width=64, vocabulary=len(load_tokenizer(prepared_models.path("tiny"))))
+    paper = override(tmp_path, "paper.yaml", {"features": {
+        "source": "paper", "paper_dir": str(archive), "exemplars": {"top": 3, "random": 2},
+        "simulator": {"top": 3, "random": 2, "tokens_before": None, "max_features": None},
+        "ood": {"sets": ["ood_fw"]}}})
+    target = "results/features/tiny_tiny.json"
+    assert "features_sae" not in planned_jobs(snakemake(tmp_path, "-n", target, configfiles=[paper]))
+    run = snakemake(tmp_path, target, configfiles=[paper], timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    counts = read_provenance(tmp_path / "work/features/exemplars/tiny.archive.parquet")["counts"]
+    assert counts["features"] == 12 and counts["without_exemplars"] == {"train": 0, "test": 0}
+    simulator = json.loads((tmp_path / target).read_text())["judges"]["simulator"]
+    assert simulator["enabled"] and simulator["features"] == 4
+    assert simulator["windows"]["scored_top_ranks"] == "all" and simulator["windows"]["tokens_before"] is None
+    reference = json.loads((tmp_path / target).read_text())["metrics"]["reference"]["overall"]["simulator_top"]
+    assert reference["n"] == 4 and 0 <= reference["value"] <= 1
+    assert "label_scores" in simulator["paper_ratio"] and simulator["paper_ratio"]["label_scores"].startswith(
+        "the archive's")
+    ood = json.loads((tmp_path / target).read_text())["ood"]["ood_fw"]
+    assert ood["vectors"] > 0 and ood["metrics"]["finetuned"]["overall"]["simulator_top"]["n"] > 0
 
 
 def test_settings_that_cannot_run_are_refused_before_any_job(tmp_path):

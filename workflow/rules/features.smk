@@ -71,6 +71,28 @@ rule features_exemplars:
         "../scripts/features_exemplars.py"
 
 
+rule features_archive_exemplars:
+    input:
+        unpack(archive_exemplar_inputs),
+    output:
+        exemplars="work/features/exemplars/{target}.archive.parquet",
+    params:
+        settings=settings_of("features_archive_exemplars"),
+        code=code_of("features_archive_exemplars"),
+    log:
+        "logs/features_archive_exemplars/{target}.log",
+    benchmark:
+        "benchmarks/features_archive_exemplars/{target}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/features_archive_exemplars.py"
+
+
 rule features_descriptions:
     input:
         unpack(description_inputs),

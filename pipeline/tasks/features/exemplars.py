@@ -137,3 +137,107 @@ def build_exemplars(model_dir, sae_dir, corpus_path, features: FeaturesConfig, o
     write_table(stats_frame, out_stats, prov)
     write_table(frame, out_exemplars, prov)
     return frame
+
+
+# The paper's archive (SAE_feature_explanations_*): exemplar sequences per layer, as its ExemplarsWrapper reads them
+# (observatory_utils/exemplar.py): {split}/layer{L}/max_seq_acts.npy [rows, k, seq_len] and max_seq_ids.npy (token ids,
+# left-padded with the id the paper's tokenizer gives its added <PAD>, the base vocabulary's size). Its simulator
+# score reads exemplar split `train`, ranks 0..19 (exem_slice_to_score); random sequences are `random_train`.
+ARCHIVE_FOLDERS = {"top": "train", "random": "random_train"}
+
+
+def _archive_rows(features: list[int], rows: int, order: list[int] | None, listed_lengths: set[int]
+                  ) -> dict[int, int]:
+    """feature -> row of a layer's exemplar arrays. The paper's simulator evaluation reads a feature's row as its
+    position among the layer's features in explanations/{split}_layer_feature_idxs.pkl (`layer_to_indices_map`), and
+    as the feature index for a layer that file does not list; here the position is used when the arrays have as many
+    rows as the list, the index otherwise, unless the rows follow another split's list. A feature neither reading
+    finds is left out (and counted)."""
+    if order is not None and len(order) == rows:
+        position = {feature: i for i, feature in enumerate(order)}
+        return {f: position[f] for f in features if f in position}
+    if rows in listed_lengths:  # the arrays are another split's features: none of these is in them
+        return {}
+    return {f: f for f in features if f < rows}
+
+
+def archive_exemplars(archive, model_dir, labels: dict, features: FeaturesConfig, out_exemplars, settings: dict
+                      ) -> pd.DataFrame:
+    """The archive's exemplars of its described features (both splits), in this workflow's exemplars table: per
+    feature its top `features.exemplars.top` sequences of exemplar split train and `features.exemplars.random` of
+    random_train, each whole (padding stripped), `window_index` at its largest activation. The simulator then
+    scores them as the paper's code does (whole sequences: set features.simulator.tokens_before to null)."""
+    import pickle
+    from pathlib import Path
+
+    from pipeline.artifacts import ArtifactError, read_table
+    from pipeline.models import load_tokenizer, read_manifest
+
+    archive, cfg = Path(archive), features.exemplars
+    tokenizer = load_tokenizer(model_dir)
+    pad, vocabulary = len(tokenizer), len(tokenizer)
+    listed = {}
+    for split in ("train", "test"):
+        path = archive / "explanations" / f"{split}_layer_feature_idxs.pkl"
+        if path.is_file():
+            with open(path, "rb") as handle:
+                pairs = pickle.load(handle)
+            listed[split] = {}
+            for layer, feature in pairs:
+                listed[split].setdefault(int(layer), []).append(int(feature))
+    decoded: dict[int, str] = {}
+    rows, counts = [], {"features": 0, "without_exemplars": {"train": 0, "test": 0}, "random_missing_layers": []}
+    for split in ("train", "test") if features.simulator_trains else ("test",):  # training features: to train it
+        frame = read_table(labels[split], required=["layer", "feature"])
+        for layer, group in frame.groupby("layer"):
+            wanted = [int(f) for f in group["feature"]]
+            found = set()
+            for kind, folder in ARCHIVE_FOLDERS.items():
+                count = cfg.top if kind == "top" else cfg.random
+                base = archive / folder / f"layer{int(layer)}"
+                acts_path, ids_path = base / "max_seq_acts.npy", base / "max_seq_ids.npy"
+                if not acts_path.is_file() or not ids_path.is_file():
+                    if kind == "top":
+                        raise ArtifactError(f"{acts_path}: not found; the paper's archive keeps each layer's exemplar "
+                                            f"sequences in {{train,random_train}}/layer{{L}}/max_seq_acts.npy and "
+                                            f"max_seq_ids.npy")
+                    counts["random_missing_layers"].append(int(layer))
+                    continue
+                acts, ids = np.load(acts_path, mmap_mode="r"), np.load(ids_path, mmap_mode="r")
+                if acts.ndim != 3 or acts.shape != ids.shape:
+                    raise ArtifactError(f"{acts_path}: shape {acts.shape} with ids {ids.shape}; expected the same "
+                                        f"[features, sequences, tokens] in both")
+                order = listed.get(split, {}).get(int(layer))
+                lengths = {len(by_layer[int(layer)]) for by_layer in listed.values() if int(layer) in by_layer}
+                for feature, row in _archive_rows(wanted, acts.shape[0], order, lengths).items():
+                    if kind == "top":
+                        found.add(feature)
+                    for rank in range(min(count, acts.shape[1])):
+                        sequence = np.asarray(ids[row, rank], dtype=np.int64)
+                        start = int(np.argmax(sequence != pad)) if (sequence != pad).any() else len(sequence)
+                        sequence, values = sequence[start:], np.asarray(acts[row, rank], dtype=np.float32)[start:]
+                        if len(sequence) == 0:
+                            continue
+                        if sequence.max() >= vocabulary:
+                            raise ArtifactError(f"{ids_path}: token id {int(sequence.max())} beyond the target's "
+                                                f"tokenizer ({vocabulary} ids): the archive is of another model")
+                        for i in sequence.tolist():
+                            if i not in decoded:
+                                decoded[i] = tokenizer.decode([i])
+                        centre = int(np.argmax(values))
+                        rows.append({"layer": int(layer), "feature": feature, "kind": kind, "rank": rank,
+                                     "sequence": -1, "token_index": centre,
+                                     "tokens": [decoded[i] for i in sequence.tolist()], "window_index": centre,
+                                     "activation": float(values[centre]), "activations": values.tolist()})
+            counts["features"] += len(found)
+            counts["without_exemplars"][split] += len(wanted) - len(found)
+    if not any(r["kind"] == "top" for r in rows):
+        raise ArtifactError(f"{archive}: no exemplars for any described feature (rows of train/layer{{L}}/"
+                            f"max_seq_acts.npy are read as positions in explanations/{{split}}_layer_feature_idxs.pkl "
+                            f"when their numbers agree, else as feature indices)")
+    frame = pd.DataFrame(rows, columns=EXEMPLAR_COLUMNS).sort_values(["layer", "feature", "kind", "rank"],
+                                                                     ignore_index=True)
+    prov = provenance(settings, {"target": read_manifest(model_dir)["source"]}) | {"counts": counts}
+    print(f"archive exemplars: {counts}")
+    write_table(frame, out_exemplars, prov)
+    return frame

@@ -150,5 +150,18 @@ class FeaturesConfig:
 
     @property
     def scored_sets(self) -> tuple[str, ...]:
-        """The OOD sets the score stage reads: only the pipeline's own features, with the simulator on."""
-        return self.ood.sets if self.source == "pipeline" and self.simulator.enabled else ()
+        """The OOD sets the score stage reads: with the simulator on (built from the target for the pipeline's own
+        features and for the paper's archive alike)."""
+        return self.ood.sets if self.simulator.enabled else ()
+
+    @property
+    def described_every(self) -> int:
+        """k: the references were written from top ranks 0, k, 2k, ..., which the simulator leaves out. The
+        archive's references were written from the same top 20 sequences the paper's code scores
+        (exem_slice_for_exp = exem_slice_to_score = [0, 20, 1]): 1, in sample, as the paper scores them."""
+        return 1 if self.source == "paper" else self.descriptions.describe_every
+
+    @property
+    def simulator_trains(self) -> bool:
+        """The simulator is fine-tuned here (rule features_simulator) on the training features' exemplars."""
+        return self.simulator.enabled and self.simulator.train and not self.simulator.checkpoint

@@ -360,7 +360,7 @@ def train_simulator(base_dir, labels_path, exemplars_path, features: FeaturesCon
     cfg = features.simulator.training
     torch.manual_seed(cfg.seed)
     labels = read_table(labels_path, required=["layer", "feature", "description"])
-    windows = read_windows(exemplars_path, features.simulator, features.descriptions.describe_every)
+    windows = read_windows(exemplars_path, features.simulator, features.described_every)
     items = [(str(d), windows[(int(layer), int(feature))]) for layer, feature, d in
              zip(labels["layer"], labels["feature"], labels["description"]) if (int(layer), int(feature)) in windows]
     if not items:

@@ -493,8 +493,8 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
         model = open_simulator(cfg.simulator, inputs)
     try:
         if model is not None:  # the target's features: scored on the top ranks the describer did not read
-            simulator = {"enabled": True} | simulator_scores(aligned, cfg.simulator, cfg.descriptions.describe_every,
-                                                             model, inputs["exemplars"], seed)
+            simulator = {"enabled": True} | simulator_scores(aligned, cfg.simulator, cfg.described_every, model,
+                                                             inputs["exemplars"], seed)
         selfie = collapse_selfie(aligned, seed)
         if model is not None:  # the OOD sets' single SelfIE scale: per score, the scale best on the test features
             for name in OOD_SETS:
@@ -535,19 +535,25 @@ def simulator_input(target: str, simulator: SimulatorConfig) -> dict[str, str]:
     return {"simulator": f"resources/models/{simulator.model}"}
 
 
+def exemplars_path(target: str, source: str) -> str:
+    """The exemplars table the simulator reads: the SAEs' (features_exemplars) or the paper's archive's
+    (features_archive_exemplars)."""
+    return f"work/features/exemplars/{target}{'.archive' if source == 'paper' else ''}.parquet"
+
+
 def eval_sets(section: dict) -> tuple[str, ...]:
-    """The out-of-distribution sets the run describes: configured, and only for the pipeline's own features."""
+    """The out-of-distribution sets the run describes: configured, with the simulator on."""
     return FeaturesConfig.from_dict(section).scored_sets
 
 
 def score_inputs(target: str, section: dict) -> dict[str, str]:
-    """The simulator, the target's exemplars (with per-token activations) and each out-of-distribution set's
-    labels, vectors and exemplars (with the training features for its nearest-neighbour baseline), when the
-    simulator is on and the features are the pipeline's own (the paper's archive is scored by the judges only)."""
+    """The simulator, the target's exemplars (with per-token activations: the SAEs', or the paper's archive's) and
+    each out-of-distribution set's labels, vectors and exemplars (with the training features for its
+    nearest-neighbour baseline), when the simulator is on."""
     cfg = FeaturesConfig.from_dict(section)
-    if not cfg.simulator.enabled or cfg.source != "pipeline":
+    if not cfg.simulator.enabled:
         return {}
-    paths = simulator_input(target, cfg.simulator) | {"exemplars": f"work/features/exemplars/{target}.parquet"}
+    paths = simulator_input(target, cfg.simulator) | {"exemplars": exemplars_path(target, cfg.source)}
     for name in cfg.scored_sets:
         paths |= {f"{name}_{kind}": path for kind, path in set_paths(target, name).items()}
     if cfg.scored_sets:
@@ -561,7 +567,7 @@ TASK = register(Task(
     examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors,
     figures=("metrics.png", "loss.png", "examples.html"), custom_variants={"selfie": selfie}, score_frames=score_frames,
     heavy_score=True,
-    score_keys=("judge", "simulator", "ood", "descriptions.describe_every"), score_inputs=score_inputs, eval_set_names=OOD_SETS, eval_sets=eval_sets,
+    score_keys=("source", "judge", "simulator", "ood", "descriptions.describe_every"), score_inputs=score_inputs, eval_set_names=OOD_SETS, eval_sets=eval_sets,
     score_execution=("judge.concurrency", "judge.timeout", "judge.retries", "judge.cache", "simulator.batch_size",
                      "simulator.cache", "ood.batch_size"),
     stages={  # the task's own stages, as pipeline/stages.py's Stage: (entry, keys, execution-only keys)
@@ -573,10 +579,14 @@ TASK = register(Task(
         "features_descriptions": ("pipeline.tasks.features.descriptions:build_descriptions",
                                   ("features.source", "features.paper_dir", "features.descriptions"),
                                   ("features.descriptions.cache",)),
+        "features_archive_exemplars": ("pipeline.tasks.features.exemplars:archive_exemplars",
+                                       ("features.source", "features.paper_dir", "features.exemplars.top",
+                                        "features.exemplars.random", "features.simulator.enabled",
+                                        "features.simulator.train", "features.simulator.checkpoint")),
         "features_simulator": ("pipeline.tasks.features.simulator:train_simulator",
-                               ("features.simulator.model", "features.simulator.training", "features.simulator.top",
-                                "features.simulator.random", "features.simulator.tokens_before",
-                                "features.descriptions.describe_every")),
+                               ("features.source", "features.simulator.model", "features.simulator.training",
+                                "features.simulator.top", "features.simulator.random",
+                                "features.simulator.tokens_before", "features.descriptions.describe_every")),
         "features_ood": ("pipeline.tasks.features.ood:build_ood",
                          ("features.ood", "features.sae.layers", "features.sae.context",
                           "features.exemplars.window_before", "features.exemplars.window_after"),

