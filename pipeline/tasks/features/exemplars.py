@@ -175,7 +175,8 @@ def archive_exemplars(archive, model_dir, labels: dict, features: FeaturesConfig
 
     archive, cfg = Path(archive), features.exemplars
     tokenizer = load_tokenizer(model_dir)
-    pad, vocabulary = len(tokenizer), len(tokenizer)
+    vocabulary = len(tokenizer)
+    pad = vocabulary  # the paper's tokenizer appends <PAD> to the base vocabulary (Llama 3.1: 128256)
     listed = {}
     for split in ("train", "test"):
         path = archive / "explanations" / f"{split}_layer_feature_idxs.pkl"

@@ -492,7 +492,7 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
     if cfg.simulator.enabled and ("simulator" in inputs or cfg.simulator.checkpoint):
         model = open_simulator(cfg.simulator, inputs)
     try:
-        if model is not None:  # the target's features: scored on the top ranks the describer did not read
+        if model is not None:  # the target's features: on the top ranks the describer did not read (archive: all)
             simulator = {"enabled": True} | simulator_scores(aligned, cfg.simulator, cfg.described_every, model,
                                                              inputs["exemplars"], seed)
         selfie = collapse_selfie(aligned, seed)
