@@ -215,13 +215,17 @@ def score_inputs(task, prefix=""):
     def inputs(wildcards):
         spec, run = get_task(task), f"{wildcards.explainer}_{wildcards.target}"
         where = f"work/{task}/{_prefix(prefix, wildcards)}"
-        paths = {"predictions": [f"{where}predictions/{run}/{v}.parquet" for v in spec.variants]}
+        # The variants answered without the trained explainer (untrained, SelfIE) are the same in every seed's run:
+        # each seed reads the run of training.seed's, so they are generated once.
+        shared = {"untrained", *spec.custom_variants}
+        at = lambda variant: f"work/{task}/" if variant in shared else where  # noqa: E731
+        paths = {"predictions": [f"{at(v)}predictions/{run}/{v}.parquet" for v in spec.variants]}
         paths |= trained_explainer(task, f"{where}explainers/{run}") | _models(wildcards, task)
         for split in ("train", "test"):
             paths |= {f"{split}_{k}": v for k, v in spec.label_paths(wildcards.target, split).items()}
         paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, config.get(task, {})).items()}
         for name in spec.eval_sets(config.get(task, {})):
-            paths |= {f"extra_pred_{name}_{v}": f"{where}predictions/{run}/{name}/{v}.parquet" for v in spec.variants}
+            paths |= {f"extra_pred_{name}_{v}": f"{at(v)}predictions/{run}/{name}/{v}.parquet" for v in spec.variants}
         if released_source(config.get(task), wildcards.target):
             return paths  # released labels: nothing built here to count
         return paths | {f"count_{k}": v for k, v in spec.count_paths(wildcards.target).items()}
