@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 import tarfile
 from dataclasses import replace
 
@@ -215,17 +214,14 @@ def test_saelens_layout_and_bad_sae_files(tmp_path):
 
 
 def paper_archive(root, width=8, features=5, transposed=False, extra=()):
-    (root / "features").mkdir(parents=True)
-    (root / "explanations").mkdir()
+    from paper_archive import write_directions, write_explanations
+
     matrix = np.random.default_rng(0).normal(size=(width, features)).astype(np.float32)
-    with open(root / "features" / "layer_3.pkl", "wb") as handle:
-        pickle.dump(matrix.T if transposed else matrix, handle)
+    write_directions(root, 3, matrix.T if transposed else matrix)
     train = [((3, f), {"chosen_label": f"feature {f} text", "all_labels": [f"feature {f} text"]}) for f in (0, 1, 2)]
     test = [((3, 2), {"chosen_label": "two", "all_labels": ["two", "2"], "all_label_scores": {"2": 0.1, "two": 0.4}}),
             ((3, 4), {"chosen_label": "four", "all_labels": []})]
-    for split, items in (("train", train + list(extra)), ("test", test)):
-        with open(root / "explanations" / f"{split}_explanations.pkl", "wb") as handle:
-            pickle.dump(items, handle)
+    write_explanations(root, {"train": train + list(extra), "test": test})
     return matrix
 
 

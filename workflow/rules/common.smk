@@ -192,13 +192,19 @@ def _prefix(prefix, wildcards):
     return prefix.format(seed=wildcards.seed) if "{seed}" in prefix else prefix
 
 
+def answered_without_trained_explainer(spec, variant):
+    """The untrained variant and the task's custom ones (SelfIE): they read no trained explainer, so they are the
+    same in every seed's run."""
+    return variant == "untrained" or variant in spec.custom_variants
+
+
 def generation_inputs(task, split="test", prefix=""):
     """The task's labels of `split` (the test split or an evaluation set), both models, and the trained explainer
     (not for the untrained variant, nor for the variants the task answers without the explainer, such as SelfIE)."""
     def inputs(wildcards):
         spec = get_task(task)
         paths = spec.label_paths(wildcards.target, split) | _models(wildcards, task)
-        if wildcards.variant != "untrained" and wildcards.variant not in spec.custom_variants:
+        if not answered_without_trained_explainer(spec, wildcards.variant):
             run = f"{_prefix(prefix, wildcards)}explainers/{wildcards.explainer}_{wildcards.target}"
             paths |= trained_explainer(task, f"work/{task}/{run}")
         elif wildcards.variant == "untrained":  # the untrained explainer starts from the fitted maps, as training does
@@ -215,10 +221,9 @@ def score_inputs(task, prefix=""):
     def inputs(wildcards):
         spec, run = get_task(task), f"{wildcards.explainer}_{wildcards.target}"
         where = f"work/{task}/{_prefix(prefix, wildcards)}"
-        # The variants answered without the trained explainer (untrained, SelfIE) are the same in every seed's run:
-        # each seed reads the run of training.seed's, so they are generated once.
-        shared = {"untrained", *spec.custom_variants}
-        at = lambda variant: f"work/{task}/" if variant in shared else where  # noqa: E731
+        # The variants answered without the trained explainer are the same in every seed's run: each seed reads the
+        # run of training.seed's, so they are generated once.
+        at = lambda v: f"work/{task}/" if answered_without_trained_explainer(spec, v) else where  # noqa: E731
         paths = {"predictions": [f"{at(v)}predictions/{run}/{v}.parquet" for v in spec.variants]}
         paths |= trained_explainer(task, f"{where}explainers/{run}") | _models(wildcards, task)
         for split in ("train", "test"):

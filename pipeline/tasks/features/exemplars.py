@@ -161,75 +161,83 @@ def _archive_rows(features: list[int], rows: int, order: list[int] | None, liste
     return {f: f for f in features if f < rows}
 
 
+def _archive_row(layer: int, feature: int, kind: str, rank: int, ids, acts, pad: int, tokenizer, decoded: dict,
+                 ids_path) -> dict | None:
+    """One archived sequence as an exemplars-table row: left padding stripped, every token decoded alone (cached in
+    `decoded`), centred at its largest activation; None for a sequence that is all padding."""
+    from pipeline.artifacts import ArtifactError
+
+    ids, acts = np.asarray(ids, dtype=np.int64), np.asarray(acts, dtype=np.float32)
+    real = ids != pad
+    if not real.any():
+        return None
+    start = int(np.argmax(real))
+    ids, acts = ids[start:].tolist(), acts[start:]
+    if max(ids) >= pad:
+        raise ArtifactError(f"{ids_path}: token id {max(ids)} beyond the target's tokenizer ({pad} ids): the archive is "
+                            f"of another model")
+    for i in ids:
+        if i not in decoded:
+            decoded[i] = tokenizer.decode([i])
+    centre = int(np.argmax(acts))
+    return {"layer": layer, "feature": feature, "kind": kind, "rank": rank, "sequence": -1, "token_index": centre,
+            "tokens": [decoded[i] for i in ids], "window_index": centre, "activation": float(acts[centre]),
+            "activations": acts.tolist()}
+
+
 def archive_exemplars(archive, model_dir, labels: dict, features: FeaturesConfig, out_exemplars, settings: dict
                       ) -> pd.DataFrame:
     """The archive's exemplars of its described features (both splits), in this workflow's exemplars table: per
     feature its top `features.exemplars.top` sequences of exemplar split train and `features.exemplars.random` of
     random_train, each whole (padding stripped), `window_index` at its largest activation. The simulator then
     scores them as the paper's code does (whole sequences: set features.simulator.tokens_before to null)."""
-    import pickle
     from pathlib import Path
 
     from pipeline.artifacts import ArtifactError, read_table
     from pipeline.models import load_tokenizer, read_manifest
+    from pipeline.tasks.features.descriptions import _load_pickle
 
     archive, cfg = Path(archive), features.exemplars
     tokenizer = load_tokenizer(model_dir)
-    vocabulary = len(tokenizer)
-    pad = vocabulary  # the paper's tokenizer appends <PAD> to the base vocabulary (Llama 3.1: 128256)
-    listed = {}
+    pad = len(tokenizer)  # the paper's tokenizer appends <PAD> to the base vocabulary (Llama 3.1: 128256)
+    listed = {}  # split -> layer -> its features in the order of explanations/{split}_layer_feature_idxs.pkl
     for split in ("train", "test"):
         path = archive / "explanations" / f"{split}_layer_feature_idxs.pkl"
         if path.is_file():
-            with open(path, "rb") as handle:
-                pairs = pickle.load(handle)
             listed[split] = {}
-            for layer, feature in pairs:
+            for layer, feature in _load_pickle(path):
                 listed[split].setdefault(int(layer), []).append(int(feature))
     decoded: dict[int, str] = {}
     rows, counts = [], {"features": 0, "without_exemplars": {"train": 0, "test": 0}, "random_missing_layers": []}
     for split in ("train", "test") if features.simulator_trains else ("test",):  # training features: to train it
         frame = read_table(labels[split], required=["layer", "feature"])
         for layer, group in frame.groupby("layer"):
-            wanted = [int(f) for f in group["feature"]]
-            found = set()
+            layer, wanted, found = int(layer), [int(f) for f in group["feature"]], set()
+            order = listed.get(split, {}).get(layer)
+            lengths = {len(by_layer[layer]) for by_layer in listed.values() if layer in by_layer}
             for kind, folder in ARCHIVE_FOLDERS.items():
-                count = cfg.top if kind == "top" else cfg.random
-                base = archive / folder / f"layer{int(layer)}"
+                base = archive / folder / f"layer{layer}"
                 acts_path, ids_path = base / "max_seq_acts.npy", base / "max_seq_ids.npy"
                 if not acts_path.is_file() or not ids_path.is_file():
                     if kind == "top":
                         raise ArtifactError(f"{acts_path}: not found; the paper's archive keeps each layer's exemplar "
                                             f"sequences in {{train,random_train}}/layer{{L}}/max_seq_acts.npy and "
                                             f"max_seq_ids.npy")
-                    counts["random_missing_layers"].append(int(layer))
+                    counts["random_missing_layers"].append(layer)
                     continue
                 acts, ids = np.load(acts_path, mmap_mode="r"), np.load(ids_path, mmap_mode="r")
                 if acts.ndim != 3 or acts.shape != ids.shape:
                     raise ArtifactError(f"{acts_path}: shape {acts.shape} with ids {ids.shape}; expected the same "
                                         f"[features, sequences, tokens] in both")
-                order = listed.get(split, {}).get(int(layer))
-                lengths = {len(by_layer[int(layer)]) for by_layer in listed.values() if int(layer) in by_layer}
+                ranks = range(min(cfg.top if kind == "top" else cfg.random, acts.shape[1]))
                 for feature, row in _archive_rows(wanted, acts.shape[0], order, lengths).items():
                     if kind == "top":
                         found.add(feature)
-                    for rank in range(min(count, acts.shape[1])):
-                        sequence = np.asarray(ids[row, rank], dtype=np.int64)
-                        start = int(np.argmax(sequence != pad)) if (sequence != pad).any() else len(sequence)
-                        sequence, values = sequence[start:], np.asarray(acts[row, rank], dtype=np.float32)[start:]
-                        if len(sequence) == 0:
-                            continue
-                        if sequence.max() >= vocabulary:
-                            raise ArtifactError(f"{ids_path}: token id {int(sequence.max())} beyond the target's "
-                                                f"tokenizer ({vocabulary} ids): the archive is of another model")
-                        for i in sequence.tolist():
-                            if i not in decoded:
-                                decoded[i] = tokenizer.decode([i])
-                        centre = int(np.argmax(values))
-                        rows.append({"layer": int(layer), "feature": feature, "kind": kind, "rank": rank,
-                                     "sequence": -1, "token_index": centre,
-                                     "tokens": [decoded[i] for i in sequence.tolist()], "window_index": centre,
-                                     "activation": float(values[centre]), "activations": values.tolist()})
+                    for rank in ranks:
+                        record = _archive_row(layer, feature, kind, rank, ids[row, rank], acts[row, rank], pad,
+                                              tokenizer, decoded, ids_path)
+                        if record is not None:
+                            rows.append(record)
             counts["features"] += len(found)
             counts["without_exemplars"][split] += len(wanted) - len(found)
     if not any(r["kind"] == "top" for r in rows):

@@ -13,26 +13,30 @@ def corpus_sources(wildcards):
     return []
 
 
+def archive_input():
+    """The paper's archive folder (features.paper_dir) as an input when it is here; when it is not, the job says where
+    to get it, so `snakemake -n` plans the paper's run before the archive is downloaded."""
+    archive = config["features"].get("paper_dir")
+    return {"archive": archive} if archive and Path(archive).is_dir() else {}
+
+
 def description_inputs(wildcards):
     """The SAEs, their quality and exemplars; or, for the paper's archive, that folder (checked by the job, so
     `snakemake -n` plans the paper's run before the archive is downloaded)."""
     target = f"resources/models/{known_model(wildcards.target)}"
     if config["features"]["source"] == "paper":
-        archive = config["features"].get("paper_dir")
-        return {"target": target} | ({"archive": archive} if archive and Path(archive).is_dir() else {})
+        return {"target": target} | archive_input()
     return {"target": target, "sae": f"work/features/sae/{wildcards.target}",
             "quality": f"work/features/sae/{wildcards.target}.quality.parquet",
-            "exemplars": f"work/features/exemplars/{wildcards.target}.parquet",
+            "exemplars": exemplars_path(wildcards.target, "pipeline"),
             "stats": f"work/features/exemplars/{wildcards.target}.stats.parquet"}
 
 
 def archive_exemplar_inputs(wildcards):
     """The target's tokenizer, the archive's described features of both splits, and the archive (when present)."""
     target = known_model(wildcards.target)
-    archive = config["features"].get("paper_dir")
     return {"target": f"resources/models/{target}", "train": f"work/features/descriptions/{target}/train.parquet",
-            "test": f"work/features/descriptions/{target}/test.parquet"} | (
-        {"archive": archive} if archive and Path(archive).is_dir() else {})
+            "test": f"work/features/descriptions/{target}/test.parquet"} | archive_input()
 
 
 def sae_target(wildcards):
