@@ -22,6 +22,7 @@ from pipeline.config import ActPatchConfig, PromptConfig
 from pipeline.tasks.facts import countryinfo_facts, render_prompt
 from pipeline.models import load_model, read_manifest
 from pipeline.engine.patching import pad_left, patched_next_tokens, wrap
+from pipeline.runtime import cpu_matmul
 
 
 def rendered_pairs(tokenizer, count: int):
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"fp32 matrix products: {cpu_matmul()}")  # as every stage (pipeline.runtime.stage)
     model, tokenizer = load_model(args.model_dir)
     num_layers = read_manifest(args.model_dir)["num_layers"]
     cfg = ActPatchConfig()

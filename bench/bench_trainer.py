@@ -10,7 +10,10 @@ Both count the tokens of their batches (padding not included) over the time of t
 varied lengths (with reading rows, as act_patch.training_rows adds), the Trainer with random batches against
 length-grouped batches (training.group_by_length), and length-grouped batches with the LoRA dropout of the training
 section (0.05) against none: on CPU the dropout masks (one Bernoulli draw per input element of each of the seven
-adapted projections) cost about a seventh of a step (1.16x without them, 2026-12-03).
+adapted projections) cost about a seventh of a step (1.16x without them, 2026-12-03); and the default (grouped,
+dropout 0.05) with fp32 matrix products in MKL against oneDNN (pipeline.runtime.cpu_matmul, every stage's choice
+since 2026-12-03). The last line is the default today against the default when the throughput goal was set (random
+batches, MKL).
 Usage: python bench/bench_trainer.py [--model-dir resources/models/gemma] [--steps 6] [--batch-size 8]
 """
 
@@ -28,6 +31,7 @@ from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
 from pipeline.models import load_model, read_manifest
 from pipeline.explainer.training import answer_loss_sum, answer_positions, train_explainer, with_lora
+from pipeline.runtime import cpu_matmul
 
 QUESTION = ("Here is a prompt: 'Fact: The official language of {} is'. If the hidden state at <vector> were patched "
             "into layers 6 to 9 at the last token of the subject, what would the next token be? Answer with the "
@@ -99,6 +103,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    library = cpu_matmul()  # as every stage does; MKL below only where named
     width = read_manifest(args.model_dir)["hidden_size"]
     cfg = TrainingConfig(batch_size=args.batch_size, epochs=1, max_examples=None, warmup_steps=0,
                          checkpoint_every=10 ** 6, max_length=512)
@@ -109,7 +114,7 @@ def main() -> None:
                               Path(scratch) / "out", Path(scratch) / "ckpt", {"bench": True})
     trainer = log["tokens_per_second"]
     print(f"model {args.model_dir}: LoRA r={cfg.lora_r} on {len(cfg.lora_target_modules)} projections, "
-          f"{args.steps} steps of {args.batch_size} examples, {args.threads} threads")
+          f"{args.steps} steps of {args.batch_size} examples, {args.threads} threads, fp32 products in {library}")
     print(f"hand-written loop:  {loop:8.1f} tokens/s")
     print(f"Trainer:            {trainer:8.1f} tokens/s")
     print(f"trainer / loop = {trainer / loop:.2f}   (goal >= 1.00)")
@@ -117,6 +122,10 @@ def main() -> None:
     # Tokens are the rows' own tokens (padding not counted): what grouping saves is the padding computed.
     varied = varied_examples(args.steps * args.batch_size * 2, width)
     random_batches = trainer_tokens_per_second(cfg, args.model_dir, width, *varied)
+    cpu_matmul("mkl")
+    random_mkl = trainer_tokens_per_second(cfg, args.model_dir, width, *varied)
+    grouped_mkl = trainer_tokens_per_second(replace(cfg, group_by_length=True), args.model_dir, width, *varied)
+    cpu_matmul()
     grouped = trainer_tokens_per_second(replace(cfg, group_by_length=True), args.model_dir, width, *varied)
     print(f"varied lengths, random batches:  {random_batches:8.1f} tokens/s")
     print(f"varied lengths, grouped batches: {grouped:8.1f} tokens/s")
@@ -126,7 +135,12 @@ def main() -> None:
     print(f"varied lengths, grouped, LoRA dropout {cfg.lora_dropout}: {grouped:8.1f} tokens/s")
     print(f"varied lengths, grouped, LoRA dropout 0:    {undropped:8.1f} tokens/s")
     print(f"no dropout / dropout = {undropped / grouped:.2f}   no dropout and grouped / random = "
-          f"{undropped / random_batches:.2f}   (goal >= 1.5)")
+          f"{undropped / random_batches:.2f}")
+    print(f"varied lengths, random batches, MKL:  {random_mkl:8.1f} tokens/s")
+    print(f"varied lengths, grouped, MKL:         {grouped_mkl:8.1f} tokens/s")
+    print(f"{library} / MKL = {grouped / grouped_mkl:.2f} (grouped), {random_batches / random_mkl:.2f} (random)")
+    print(f"the default (grouped, dropout {cfg.lora_dropout}, {library}) / the default when the goal was set (random, "
+          f"MKL) = {grouped / random_mkl:.2f}   (goal >= 1.5)")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pipeline.config import TrainingConfig
 from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
 from pipeline.models import load_model, read_manifest
 from pipeline.explainer.training import answer_loss_sum, answer_positions, with_lora
+from pipeline.runtime import cpu_matmul
 
 QUESTION = ("Here is a prompt: 'Fact: The official language of {} is'. If the hidden state at <vector> were patched "
             "into layers 6 to 9 at the last token of the subject, what would the next token be? Answer with the "
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"fp32 matrix products: {cpu_matmul()}")  # as every stage (pipeline.runtime.stage)
     width = read_manifest(args.model_dir)["hidden_size"]
     model, tokenizer = load_model(args.model_dir, trainable=True)
     placeholder = placeholder_token_id(tokenizer, model)

@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.runtime import cpu_matmul
+
 
 def process_count(gpus: int, cpu_processes: int) -> int:
     """GPUs the job holds (capped by those visible), or the CPU process count where CUDA is absent."""
@@ -67,6 +69,7 @@ def main(spec_path: str) -> None:
 
     spec = pickle.loads(Path(spec_path).read_bytes())
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cpu_matmul()
     _call(spec["target"], spec["kwargs"])
 
 

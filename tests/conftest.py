@@ -11,9 +11,12 @@ import torch
 import yaml
 from workflow_runs import PreparedModels, snakemake
 
+from pipeline.runtime import cpu_matmul
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: every test is offline
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(2)
+cpu_matmul()  # as every stage does (pipeline.runtime.stage)
 
 REPO = Path(__file__).resolve().parent.parent
 

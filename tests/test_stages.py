@@ -2,6 +2,8 @@
 
 import copy
 
+import pytest
+
 from pipeline import stages
 
 
@@ -135,6 +137,24 @@ def test_gpu_count_and_threads_follow_what_the_process_is_given(monkeypatch):
     assert runtime.usable_threads(256) == allowed and runtime.usable_threads(1) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # as under a one-CPU SLURM allocation
     assert runtime.usable_threads(256) == 1
+
+
+def test_the_cpu_matmul_choice_keeps_fp32_precision_and_refuses_unknown_values(monkeypatch):
+    import torch
+    from pipeline import runtime
+
+    generator = torch.Generator().manual_seed(1)
+    left, right = torch.randn(40, 300, generator=generator), torch.randn(300, 70, generator=generator)
+    exact = left.double() @ right.double()
+    for choice in ("mkl", None):  # None: the stages' own choice (oneDNN where exact on this CPU)
+        library = runtime.cpu_matmul(choice)
+        assert library == ("mkl" if choice else library) and library in ("mkl", "onednn")
+        assert float(((left @ right).double() - exact).norm() / exact.norm()) < 1e-5
+        assert torch.backends.mkldnn.matmul.fp32_precision == ("ieee" if library == "mkl" else "bf16")
+    monkeypatch.setenv(runtime.MATMUL_ENV, "bf16")
+    with pytest.raises(ValueError, match="PIPELINE_CPU_MATMUL='bf16'"):
+        runtime.cpu_matmul()
+    runtime.cpu_matmul("auto")
 
 
 def test_code_hashes_see_behaviour_not_comments_or_docstrings(tmp_path, monkeypatch):
