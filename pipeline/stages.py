@@ -9,7 +9,8 @@ Every registered task (pipeline/tasks/__init__.py) gets `{task}_train`, `{task}_
 (pipeline/explainer/explain.py); a task's own section may override the shared `training` and `generation`
 sections for its stages.
 `code_hash` hashes the source of the entry's module and every pipeline module it can reach through
-imports (the entry module's own, the entry function's, and, transitively, all of theirs).
+imports (the entry module's own, the entry function's, and, transitively, all of theirs), and what every job runs
+around its entry (`pipeline.runtime.stage`: threads and the CPU's matrix-product library).
 """
 
 from __future__ import annotations
@@ -352,12 +353,16 @@ def _behaviour(path: str, size: int, mtime: int) -> str:
     return ast.dump(tree)
 
 
+RUNTIME_ENTRY = "pipeline.runtime:stage"  # every job runs inside it: its threads, the CPU's matrix-product library
+
+
 def _hash_stage(stage: str) -> str:
-    """`module:hash` for every module of the stage's closure (a short hash of its behaviour each), so that when
-    Snakemake says a job's params have changed, its before/now lines name the module whose code changed."""
+    """`module:hash` for every module of the stage's closure and the runtime's (a short hash of its behaviour each),
+    so that when Snakemake says a job's params have changed, its before/now lines name the module whose code changed."""
     declared = _stage(stage)
+    modules = set(code_closure(declared.entry, declared.modules)) | set(code_closure(RUNTIME_ENTRY))
     return " ".join(f"{module.removeprefix('pipeline.')}:{hashlib.sha256(behaviour(module).encode()).hexdigest()[:8]}"
-                    for module in sorted(code_closure(declared.entry, declared.modules)))
+                    for module in sorted(modules))
 
 
 def code_hash(stage: str) -> str:

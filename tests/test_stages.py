@@ -151,6 +151,8 @@ def test_the_cpu_matmul_choice_keeps_fp32_precision_and_refuses_unknown_values(m
         assert library == ("mkl" if choice else library) and library in ("mkl", "onednn")
         assert float(((left @ right).double() - exact).norm() / exact.norm()) < 1e-5
         assert torch.backends.mkldnn.matmul.fp32_precision == ("ieee" if library == "mkl" else "bf16")
+    # Every stage runs inside runtime.stage, so its choice is part of every stage's code (caches rerun when it changes).
+    assert all(" runtime:" in f" {stages.code_hash(name)}" for name in stages.all_stages())
     monkeypatch.setenv(runtime.MATMUL_ENV, "bf16")
     with pytest.raises(ValueError, match="PIPELINE_CPU_MATMUL='bf16'"):
         runtime.cpu_matmul()
