@@ -32,6 +32,21 @@ def test_local_hf_folder_goes_through_the_same_loader(tmp_path, tiny):
     assert model.dtype == torch.bfloat16 and model.config.num_hidden_layers == 2
 
 
+def test_the_output_layer_gets_a_contiguous_input(tiny_dir):
+    # Hugging Face slices the kept positions (a strided view) before the output layer; under oneDNN a strided input
+    # takes a reference kernel hundreds of times slower (pipeline.models.contiguous_output_layer), so every loaded
+    # model's output layer makes it contiguous, with the same logits.
+    model, _ = load_model(tiny_dir)
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, 1000, (3, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        last = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+        full = model(input_ids=ids).logits[:, -1]
+    assert seen == [True, True]
+    torch.testing.assert_close(last, full)
+
+
 def test_missing_local_folder_and_unknown_key(tmp_path):
     specs = {"gone": {"source": "hf", "path": str(tmp_path / "nowhere")}}
     with pytest.raises(ModelUnavailableError, match="models.gone.path"):

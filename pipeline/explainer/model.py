@@ -405,6 +405,8 @@ def load_released(checkpoint: str, target_width: int, continuous_tokens: tuple[s
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pipeline.models import contiguous_output_layer
+
     folder = released_folder(checkpoint)
     if not (folder / "config.json").is_file():
         found = sorted(p.name for p in folder.iterdir())[:8]
@@ -422,8 +424,8 @@ def load_released(checkpoint: str, target_width: int, continuous_tokens: tuple[s
         if token not in vocab:
             raise ValueError(f"explainer.continuous_tokens.{name}: {token!r} is not a token of {checkpoint}'s tokenizer")
         ids.append(vocab[token])
-    model = AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype="auto",
-                                                 device_map="auto" if torch.cuda.is_available() else None)
+    model = contiguous_output_layer(AutoModelForCausalLM.from_pretrained(
+        str(folder), torch_dtype="auto", device_map="auto" if torch.cuda.is_available() else None))
     if text_only:
         explainer = ContinuousTokenExplainer(model, target_width, tokenizer.eos_token_id, projection="none")
         explainer.eval()

@@ -83,7 +83,7 @@ def _load(model_dir: str, fmt: str = "auto"):
     format `probe_format` reads from the checkpoint unless `fmt` names one."""
     from pathlib import Path
 
-    from pipeline.models import MANIFEST, load_model, read_manifest
+    from pipeline.models import MANIFEST, contiguous_output_layer, load_model, read_manifest
 
     if fmt != "auto" and fmt not in FORMATS:
         raise ValueError(f"features.simulator.format: {fmt!r} is not one of auto, {', '.join(FORMATS)}")
@@ -97,7 +97,7 @@ def _load(model_dir: str, fmt: str = "auto"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+        model = contiguous_output_layer(AutoModelForCausalLM.from_pretrained(str(model_dir)))
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except OSError as error:
         raise ValueError(f"features.simulator.checkpoint: cannot load {model_dir!r} as a released simulator (a local "
