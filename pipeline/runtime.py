@@ -43,6 +43,9 @@ def cpu_matmul(choice: str | None = None) -> str:
     oneDNN only under `torch.backends.mkldnn.matmul.fp32_precision = "bf16"`, which *allows* oneDNN to round inputs to
     bf16; it does so on CPUs with AMX, not on these. So a probe product decides: oneDNN is kept only where it equals
     the fp64 product to fp32 precision (relative error < 1e-5; a bf16 product is off by ~1e-3), MKL otherwise.
+    One trap: oneDNN runs a linear layer on a strided 3-D input through a reference kernel (hundreds of times
+    slower); the one place Hugging Face models pass one, the output layer after `logits_to_keep`'s slice, is made
+    contiguous by pipeline.models.contiguous_output_layer (tests/test_models.py).
     `choice` (else PIPELINE_CPU_MATMUL, else "auto"): "mkl" keeps MKL (the default before 2026-12-03; results differ
     by summation order only)."""
     import torch
