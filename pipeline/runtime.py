@@ -41,13 +41,13 @@ def cpu_matmul(choice: str | None = None) -> str:
     640 x 2,048 product takes 9.0 ms with MKL against 4.5 ms with oneDNN's AVX-512 kernels, and one Gemma 3 270M LoRA
     training step 4.1 s against 2.3 s, with the same loss to six decimals (2026-12-03). torch routes fp32 products to
     oneDNN only under `torch.backends.mkldnn.matmul.fp32_precision = "bf16"`, which *allows* oneDNN to round inputs to
-    bf16; it does so on CPUs with AMX, not on these. So a probe product decides: oneDNN is kept only where it equals
+    bf16 where it has fast bf16 kernels (AMX); on these CPUs it computes in fp32 (measured). So a probe product decides: oneDNN is kept only where it equals
     the fp64 product to fp32 precision (relative error < 1e-5; a bf16 product is off by ~1e-3), MKL otherwise.
     One trap: oneDNN runs a linear layer on a strided 3-D input through a reference kernel (hundreds of times
     slower); the one place Hugging Face models pass one, the output layer after `logits_to_keep`'s slice, is made
     contiguous by pipeline.models.contiguous_output_layer (tests/test_models.py).
-    `choice` (else PIPELINE_CPU_MATMUL, else "auto"): "mkl" keeps MKL (the default before 2026-12-03; results differ
-    by summation order only)."""
+    `choice` (else PIPELINE_CPU_MATMUL, else "auto"): "mkl" keeps MKL (the default before 2026-12-03; one product
+    differs by summation order only, a whole training run is another draw of its recipe)."""
     import torch
 
     backend = torch.backends.mkldnn
