@@ -61,6 +61,7 @@ def validate_config(config: dict[str, Any], source: str = "config", base: str | 
             raise ConfigError(f"{source}: task_rules[{index}]: no rule file {path}")
     for task in ("act_patch", "input_ablation"):
         _check_released_labels(config, task, source)
+    _check_feature_exemplars(config, source)
     for key, spec in config["models"].items():
         needed = {"gguf_wheel": ["package", "file"], "random": ["tokenizer_from"], "hf": ["path"]}[spec["source"]]
         for name in needed:
@@ -68,6 +69,31 @@ def validate_config(config: dict[str, Any], source: str = "config", base: str | 
                 raise ConfigError(f"{source}: models.{key}: source '{spec['source']}' needs field '{name}'")
         if spec["source"] == "random" and spec["tokenizer_from"] not in config["models"]:
             raise ConfigError(f"{source}: models.{key}.tokenizer_from: unknown model key '{spec['tokenizer_from']}'")
+
+
+def _check_feature_exemplars(config: dict[str, Any], source: str) -> None:
+    """The workflow's own features: the top exemplars kept must hold the ranks the describer reads (0, k, 2k, ...;
+    at least `min_exemplars`) and the ranks the simulator scores out of sample (the others, `simulator.top`)."""
+    features = config.get("features")
+    if not isinstance(features, dict) or features.get("source", "pipeline") != "pipeline":
+        return
+    kept = (features.get("exemplars") or {}).get("top")
+    every = (features.get("descriptions") or {}).get("describe_every", 1)
+    wanted = (features.get("descriptions") or {}).get("min_exemplars", 1)
+    if not isinstance(kept, int) or not isinstance(every, int) or every < 1:
+        return
+    read = -(-kept // every)
+    if isinstance(wanted, int) and read < wanted:
+        raise ConfigError(f"{source}: features.descriptions.min_exemplars: {wanted} exemplars for the describer, but "
+                          f"features.exemplars.top {kept} with describe_every {every} leaves it {read} (ranks 0, "
+                          f"{every}, ...); keep more top exemplars or ask for fewer")
+    simulator = features.get("simulator") or {}
+    scored = kept - read if every > 1 else kept
+    if simulator.get("enabled", True) and isinstance(simulator.get("top"), int) and simulator["top"] > scored:
+        raise ConfigError(f"{source}: features.simulator.top: {simulator['top']} top exemplars to score, but "
+                          f"features.exemplars.top {kept} with describe_every {every} leaves {scored} that the "
+                          f"describer did not read; set features.exemplars.top to at least "
+                          f"{simulator['top'] * every if every > 1 else simulator['top']}")
 
 
 def _check_released_labels(config: dict[str, Any], task: str, source: str) -> None:

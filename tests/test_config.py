@@ -177,6 +177,37 @@ def test_released_labels_are_checked_before_any_job(base_config, tmp_path):
         check("act_patch", {"smollm": str(tmp_path)}, reading=0.25)
 
 
+def test_the_feature_exemplars_kept_must_hold_what_the_describer_reads_and_the_simulator_scores(base_config):
+    """With describe_every k, the describer reads top ranks 0, k, 2k, ... and the simulator scores the others: too few
+    kept for either is refused before any job, naming the setting; the default scores whole 64-token chunks."""
+    import copy
+
+    from pipeline.config import ConfigError, validate_config
+    from pipeline.tasks.features.exemplars import window_bounds
+
+    features = base_config["features"]
+    kept, every = features["exemplars"]["top"], features["descriptions"]["describe_every"]
+    assert features["simulator"]["top"] == kept - kept // every and features["simulator"]["tokens_before"] is None
+    start, end = window_bounds([1, 30, 63], features["exemplars"]["window_before"], features["exemplars"]["window_after"],
+                               features["sae"]["context"])
+    assert (start == 1).all() and (end == features["sae"]["context"]).all()  # every window is its whole chunk
+
+    def check(**changes):
+        config = copy.deepcopy(base_config)
+        for path, value in changes.items():
+            section, name = path.split("__")
+            config["features"][section][name] = value
+        validate_config(config, source="my.yaml")
+
+    with pytest.raises(ConfigError, match=r"my.yaml: features.simulator.top: 11 top exemplars .* leaves 10 .* at least 22"):
+        check(simulator__top=11)
+    with pytest.raises(ConfigError, match=r"features.descriptions.min_exemplars: 5 .*top 8 with describe_every 2 leaves it 4"):
+        check(exemplars__top=8, simulator__top=4)
+    check(exemplars__top=22, simulator__top=11)
+    check(simulator__top=20, descriptions__describe_every=1)  # in sample: the same 20 (the paper's reading)
+    check(simulator__top=50, simulator__enabled=False)
+
+
 def test_the_paper_config_trains_act_patch_with_the_papers_recipe():
     """config.paper.yaml over config.yaml: act_patch's training is the paper's (every row, 20 epochs, batch 32,
     constant 5e-5, random batches, no loss weights), not the CPU default's act_patch overrides."""

@@ -37,11 +37,13 @@ DESCRIBE_PROMPT = (
 )
 
 
-def _snippet(tokens, index: int, before: int = 8, mark: bool = False) -> str:
+def _snippet(tokens, index: int, before: int = 8, mark: bool = False, after: int = 3) -> str:
+    """The text of a window up to its firing token (`before` tokens of context); marked, the token in <<>> and
+    `after` tokens of what follows (a whole-chunk window holds up to 62 more)."""
     tokens = [str(t) for t in tokens]
     start = max(0, index - before)
     token = f"<<{tokens[index]}>>" if mark else tokens[index]
-    return ("".join(tokens[start:index]) + token + "".join(tokens[index + 1:] if mark else [])).strip()
+    return ("".join(tokens[start:index]) + token + "".join(tokens[index + 1:index + 1 + after] if mark else [])).strip()
 
 
 def offline_description(top: pd.DataFrame) -> str:

@@ -49,11 +49,27 @@ def window_bounds(positions, before: int, after: int, length: int):
     return np.maximum(1, positions - before), np.minimum(length, positions + after + 1)
 
 
+def token_texts(tokenizer) -> dict[int, str]:
+    """A memo of each token id's text as `tokenizer.decode([id], skip_special_tokens=True)` gives it, filled on
+    use and kept on the tokenizer: whole-chunk windows hold millions of tokens but only thousands of distinct ids."""
+    memo = getattr(tokenizer, "_pipeline_token_texts", None)
+    if memo is None:
+        memo = {}
+        setattr(tokenizer, "_pipeline_token_texts", memo)
+    return memo
+
+
 def window_tokens(tokenizer, chunk: list[int], position: int, before: int, after: int) -> tuple[list[str], int]:
     """The tokens of the window around `position` as text, and the position's index in it; the separator
     between passages (a special token) reads as empty."""
     start, end = (int(v) for v in window_bounds(position, before, after, len(chunk)))
-    return [tokenizer.decode([i], skip_special_tokens=True) for i in chunk[start:end]], position - start
+    memo = token_texts(tokenizer)
+    texts = []
+    for i in chunk[start:end]:
+        if i not in memo:
+            memo[i] = tokenizer.decode([i], skip_special_tokens=True)
+        texts.append(memo[i])
+    return texts, position - start
 
 
 def _window_activations(frame: pd.DataFrame, fired: pd.DataFrame, before: int, after: int, length: int) -> list:

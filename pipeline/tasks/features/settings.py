@@ -40,11 +40,11 @@ class SaeConfig(Section):
 class ExemplarsConfig(Section):
     """Top-activating and random contexts per feature (`features_exemplars`)."""
     tokens: int = 60000
-    top: int = 10
+    top: int = 20
     random: int = 5
     random_from: str = "firings"
-    window_before: int = 12
-    window_after: int = 3
+    window_before: int = 63
+    window_after: int = 63
     seed: int = 1
     batch_size: int = 32
 
@@ -79,7 +79,7 @@ class JudgeConfig(Section):
 class SimulatorTrainingConfig(Section):
     """Fine-tuning the simulator on the training features (`features_simulator`)."""
     steps: int = 150
-    batch_size: int = 4
+    batch_size: int = 2
     learning_rate: float = 5.0e-4
     lora_r: int = 16
     lora_layers: int = 12
@@ -96,10 +96,10 @@ class SimulatorConfig(Section):
     checkpoint: str | None = None
     format: str = "auto"
     training: SimulatorTrainingConfig = field(default_factory=SimulatorTrainingConfig)
-    top: int = 5
+    top: int = 10
     random: int = 5
-    tokens_before: int | None = 5
-    max_features: int | None = 120
+    tokens_before: int | None = None
+    max_features: int | None = 30
     batch_size: int = 8
     cache: str = "work/cache/simulator.sqlite"
 
@@ -112,7 +112,7 @@ class SimulatorConfig(Section):
 class OodConfig(Section):
     """Out-of-distribution vectors and their projection exemplars (`features_ood`)."""
     sets: tuple[str, ...] = ("ood_fw", "ood_diff")
-    vectors_per_layer: int = 16
+    vectors_per_layer: int = 4
     tokens: int = 20000
     top: int = 5
     random: int = 5
