@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from workflow_runs import PreparedModels, snakemake
+from workflow_runs import PreparedModels, built_once, session_folder, snakemake
 
 from pipeline.runtime import cpu_matmul
 
@@ -28,8 +28,11 @@ def base_config() -> dict:
 
 @pytest.fixture(scope="session")
 def prepared_models(tmp_path_factory) -> PreparedModels:
-    """The test settings' models, each prepared once per session (on first use) and copied where needed."""
-    return PreparedModels(tmp_path_factory.mktemp("models"))
+    """The test settings' models, each prepared once per session (on first use; with pytest-xdist, by one worker for
+    all) and copied where needed."""
+    folder = session_folder(tmp_path_factory) / "prepared_models"
+    folder.mkdir(exist_ok=True)
+    return PreparedModels(folder)
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +73,27 @@ def gemma_dir(prepared_models) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_act_patch_run(tmp_path_factory, prepared_models) -> Path:
-    """`results/act_patch/tiny_tiny.json` of the test settings, run once per session. Never change it: tests that
-    run more in it work on a copy (`copy_tree`)."""
-    workdir = prepared_models.into(tmp_path_factory.mktemp("tiny_act_patch"), "tiny")
-    result = snakemake(workdir, "results/act_patch/tiny_tiny.json")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return workdir
+    """`results/act_patch/tiny_tiny.json` of the test settings, run once per session (by one pytest-xdist worker for
+    all). Never change it: tests that run more in it work on a copy (`copy_tree`)."""
+    def build(workdir: Path) -> None:
+        prepared_models.into(workdir, "tiny")
+        result = snakemake(workdir, "results/act_patch/tiny_tiny.json")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "tiny_act_patch_run", build)
+
+
+# Module fixtures that build something expensive (a workflow run, a cluster, a trained model): with pytest-xdist
+# (`--dist loadgroup`, the README's command) the tests that use one run on one worker, so it is built once.
+SHARED_MODULE_FIXTURES = ("features_run", "input_ablation_run", "cluster", "built_case", "compiled_case",
+                          "trained_saes", "constrained_labels")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Group each expensive module fixture's tests (see SHARED_MODULE_FIXTURES) and run the slow tests first, so that
+    two workers are not left waiting on one long test started last; a module's tests stay in their own order."""
+    for item in items:
+        shared = [name for name in SHARED_MODULE_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{shared[0]}"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -57,9 +58,35 @@ def copy_tree(source: Path, destination: Path, link_from: int = 1 << 20) -> Path
     return destination
 
 
+def session_folder(tmp_path_factory) -> Path:
+    """The temporary folder of the whole test session: with pytest-xdist, the one every worker's folder is in."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)` run once per test session, across pytest-xdist workers: the first worker to ask builds it
+    under a file lock in the session's shared folder, the others wait for it and reuse it (it is never changed
+    after: tests that run more in it work on a copy). A failed build leaves nothing, so the next asker retries."""
+    root = session_folder(tmp_path_factory)
+    folder, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                build(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            done.write_text("")
+    return folder
+
+
 class PreparedModels:
-    """Each model of the test settings (config.yaml and tests/config_tiny.yaml) prepared once per test session by the
-    function the prepare_model rule runs, and copied into the workflow folders that need it."""
+    """Each model of the test settings (config.yaml and tests/config_tiny.yaml) prepared once per test session (across
+    pytest-xdist workers: under a file lock in a shared folder) by the function the prepare_model rule runs, and
+    copied into the workflow folders that need it."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -70,8 +97,9 @@ class PreparedModels:
         from pipeline.models import prepare_model
 
         out = self.folder / key
-        if not out.exists():
-            prepare_model(key, self.specs, out)
+        with FileLock(str(self.folder / f"{key}.lock")):
+            if not out.exists():  # prepare_model writes the folder whole or not at all
+                prepare_model(key, self.specs, out)
         return out
 
     def into(self, workdir: Path, *keys: str) -> Path:
