@@ -12,4 +12,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -q --no-install-recommends munge slurmctld slurmd slurm-client >/dev/null \
   || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends munge slurmctld slurmd slurm-client >/dev/null; }
-echo "set up: $(sbatch --version)"
+echo "set up: slurmd $(dpkg-query -W -f='${Version}' slurmd) (sbatch --version needs a cluster's slurm.conf, which the test writes)"
