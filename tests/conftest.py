@@ -89,6 +89,7 @@ SHARED_MODULE_FIXTURES = ("features_run", "input_ablation_run", "cluster", "buil
                           "trained_saes", "constrained_labels")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Group each expensive module fixture's tests (see SHARED_MODULE_FIXTURES) and run the slow tests first, so that
     two workers are not left waiting on one long test started last; a module's tests stay in their own order."""

@@ -485,6 +485,27 @@ def test_trained_simulator_learns_where_features_fire_and_loads_in_its_own_forma
     assert (score_descriptions(untrained, [("the word king", (1, 0))], windows)["top_random"] < 0.9).all()
 
 
+def test_the_balanced_simulator_loss_gives_firing_and_silent_tokens_equal_shares():
+    """A whole window is mostly silent tokens: balanced, adding silent tokens changes nothing and a simulator that says
+    0 everywhere pays half the loss for the firings it missed; unbalanced, the silent tokens drown them."""
+    from pipeline.tasks.features.simulator import class_balanced_loss
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(10, 11), torch.tensor([0] * 9 + [7])
+    each = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    assert torch.isclose(class_balanced_loss(logits, target), 0.5 * each[:9].mean() + 0.5 * each[9])
+    assert torch.isclose(class_balanced_loss(logits, target, balance=False), each.mean())
+    assert torch.isclose(class_balanced_loss(torch.zeros(4, 11), torch.zeros(4, dtype=torch.long)),
+                         torch.tensor(float(np.log(11))))  # one share only: the plain mean
+    says_zero = torch.full((100, 11), -10.0)
+    says_zero[:, 0] = 10.0
+    target = torch.tensor([0] * 95 + [5] * 5)
+    more_silence = torch.cat([says_zero, says_zero[:1].expand(100, 11)]), torch.cat([target, torch.zeros(100).long()])
+    assert torch.isclose(class_balanced_loss(*more_silence), class_balanced_loss(says_zero, target))
+    assert class_balanced_loss(says_zero, target) > 9.9  # half of the missed firings' cross-entropy (~20)
+    assert class_balanced_loss(says_zero, target, balance=False) < 1.1  # unbalanced: 5% of it
+
+
 def test_ood_sets_hold_unit_vectors_whose_exemplars_are_their_projections(trained_saes, tiny, tiny_dir, tmp_path):
     from pipeline.tasks.facts import countryinfo_facts
     from pipeline.tasks.features.task import examples

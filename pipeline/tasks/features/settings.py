@@ -85,6 +85,7 @@ class SimulatorTrainingConfig(Section):
     lora_layers: int = 12
     seed: int = 0
     format: str = "compact"
+    balance: bool = True
 
 
 @dataclass(frozen=True)

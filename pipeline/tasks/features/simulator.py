@@ -346,6 +346,17 @@ def activation_levels(truth: list[np.ndarray], top: int) -> np.ndarray:
     return np.zeros(len(values), dtype=np.int64) if scale <= 0 else np.rint(values / scale * top).astype(np.int64)
 
 
+def class_balanced_loss(logits: torch.Tensor, target: torch.Tensor, balance: bool = True) -> torch.Tensor:
+    """Cross-entropy of each token's activation class; with `balance`, the tokens of class 0 (the feature off) and the
+    others (it fires) carry equal shares of the loss, whatever their counts (a whole window is mostly off), and
+    within each share every token counts alike. Plain mean cross-entropy when either share is empty or not balanced."""
+    each = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    off = target == 0
+    if not balance or off.all() or not off.any():
+        return each.mean()
+    return 0.5 * each[off].mean() + 0.5 * each[~off].mean()
+
+
 def train_simulator(base_dir, labels_path, exemplars_path, features: FeaturesConfig, out_dir, settings: dict) -> dict:
     """Fine-tune `base_dir` (LoRA on its top `lora_layers` layers, `features.simulator.training`) to predict, on the
     windows the score stage reads (`features.simulator`, the describer's ranks left out), in `format` (compact,
@@ -400,7 +411,7 @@ def train_simulator(base_dir, labels_path, exemplars_path, features: FeaturesCon
         positions = torch.cat([torch.tensor(e[1], dtype=torch.long) for e in encoded])
         target = torch.from_numpy(np.concatenate([activation_levels(entry["truth"], top) for _, entry in batch]))
         logits = number_logits(model, ids.to(device), mask.to(device), rows.to(device), positions.to(device), read_ids)
-        loss = torch.nn.functional.cross_entropy(logits, target.to(logits.device))
+        loss = class_balanced_loss(logits, target.to(logits.device), cfg.balance)
         loss.backward()
         optimizer.step()
         schedule.step()
