@@ -89,12 +89,15 @@ SHARED_MODULE_FIXTURES = ("features_run", "input_ablation_run", "cluster", "buil
                           "trained_saes", "constrained_labels")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
+def pytest_itemcollected(item):
+    """Group each expensive module fixture's tests (see SHARED_MODULE_FIXTURES), as each test is collected: before any
+    pytest_collection_modifyitems, so before pytest-xdist's, which reads the groups."""
+    shared = [name for name in SHARED_MODULE_FIXTURES if name in getattr(item, "fixturenames", ())]
+    if shared:
+        item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{shared[0]}"))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Group each expensive module fixture's tests (see SHARED_MODULE_FIXTURES) and run the slow tests first, so that
-    two workers are not left waiting on one long test started last; a module's tests stay in their own order."""
-    for item in items:
-        shared = [name for name in SHARED_MODULE_FIXTURES if name in getattr(item, "fixturenames", ())]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{shared[0]}"))
+    """The slow tests first, so that two workers are not left waiting on one long test started last; a module's tests
+    keep their order (a group is sent to one worker whole, in this order)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
