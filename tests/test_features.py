@@ -506,6 +506,19 @@ def test_the_balanced_simulator_loss_gives_firing_and_silent_tokens_equal_shares
     assert class_balanced_loss(says_zero, target, balance=False) < 1.1  # unbalanced: 5% of it
 
 
+def test_the_quoted_token_check_reads_only_what_a_description_quotes():
+    from pipeline.tasks.features.quoted import quoted_scores, quoted_simulation, quoted_tokens
+
+    assert quoted_tokens('"king", " queen" and "of", as in "the king"') == {"king", "queen", "of"}
+    entry = {"windows": [["the", " king", " said"], [" a", " queen", "."], ["of", " old", " kings"]],
+             "truth": [np.array([0, 3.0, 0]), np.array([0, 2.0, 0]), np.array([0.5, 0, 0])],
+             "sets": {"top": [0, 1], "top_random": [0, 1, 2]}}
+    assert quoted_simulation('"king" and "queen"', entry).tolist() == [0, 1, 0, 0, 1, 0, 0, 0, 0]
+    scores = quoted_scores([('"king" and "queen"', "f"), ('"said"', "f"), ("nothing quoted", "f")], {"f": entry})
+    assert scores["top"][0] > 0.95 and scores["top"][1] < 0.5
+    assert scores["top"][2] == 0.0  # a constant simulation counts 0, not NaN
+
+
 def test_ood_sets_hold_unit_vectors_whose_exemplars_are_their_projections(trained_saes, tiny, tiny_dir, tmp_path):
     from pipeline.tasks.facts import countryinfo_facts
     from pipeline.tasks.features.task import examples

@@ -1,0 +1,73 @@
+"""A simulator with no language model: 1 where a window token is one of the description's quoted tokens, else 0.
+
+A check on the trained simulator, not a score of the workflow: it reads only what a description quotes (the offline
+describer's references quote a feature's commonest firing tokens), so on a run's scored windows it gives a reader's
+ceiling (the references) and floor (the references shuffled among features) that no layout shortcut can reach.
+
+    python -m pipeline.tasks.features.quoted [WORKDIR]   # a finished features run (default: .), target smollm
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.tasks.features.simulator import feature_windows, pooled_correlations
+
+QUOTED = re.compile(r'"(.*?)"')
+
+
+def quoted_tokens(description: str) -> set[str]:
+    """The quoted strings of a description before any `, as in` example, stripped."""
+    return {q.strip() for q in QUOTED.findall(str(description).split(", as in")[0]) if q.strip()}
+
+
+def quoted_simulation(description: str, entry: dict) -> np.ndarray:
+    """1.0 at each window token (stripped) that the description quotes, 0.0 elsewhere, in the windows' order."""
+    quoted = quoted_tokens(description)
+    return np.asarray([float(str(token).strip() in quoted) for window in entry["windows"] for token in window])
+
+
+def quoted_scores(items: list[tuple[str, tuple[int, int]]], windows: dict) -> pd.DataFrame:
+    """Per (description, feature): pooled correlations of the quoted-token simulation (a constant one counts 0)."""
+    rows = []
+    for description, key in items:
+        score = pooled_correlations(quoted_simulation(description, windows[key]), windows[key])
+        rows.append({name: 0.0 if np.isnan(value) else value for name, value in score.items()})
+    return pd.DataFrame(rows, columns=["top", "top_signed", "top_random"])
+
+
+def _interval(values: pd.Series, seed: int = 0, samples: int = 1000) -> tuple[float, float, float]:
+    rng = np.random.default_rng(seed)
+    data = values.to_numpy()
+    means = [data[rng.integers(0, len(data), len(data))].mean() for _ in range(samples)]
+    return float(data.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def main(workdir: str = ".", target: str = "smollm", explainer: str = "smollm") -> None:
+    from pipeline.config import load_config
+    from pipeline.tasks.features.settings import FeaturesConfig
+
+    root = Path(workdir)
+    features = FeaturesConfig.from_dict(load_config(root / "config.yaml")["features"])
+    cfg = features.simulator
+    windows = feature_windows(pd.read_parquet(root / f"work/features/exemplars/{target}.parquet"), cfg.top, cfg.random,
+                              cfg.tokens_before, features.described_every)
+    folder = root / f"work/features/predictions/{explainer}_{target}"
+    frames = {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet")) if path.stem != "selfie"}
+    first = next(iter(frames.values()))
+    keys = [(int(layer), int(feature)) for layer, feature in zip(first["layer"], first["feature"])]
+    rows = {name: list(frame["prediction"]) for name, frame in frames.items()}
+    rows["reference"] = list(first["reference"])
+    rows["reference, shuffled"] = list(first["reference"].iloc[np.random.default_rng(0).permutation(len(first))])
+    for name, descriptions in rows.items():
+        mean, low, high = _interval(quoted_scores(list(zip(descriptions, keys)), windows)["top"])
+        print(f"{name}: |r| on the top exemplars {mean:.3f} [{low:.3f}, {high:.3f}] over {len(keys)} features")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
