@@ -128,18 +128,7 @@ def test_deepspeed_zero_on_cpu_matches_plain_training(tmp_path, tiny_dir, monkey
         monkeypatch.delenv(key, raising=False)
     examples = toy_examples(8)
     plain = run(tmp_path, tiny_dir, "plain", cfg(epochs=2, checkpoint_every=100), examples)
-    try:
-        speed = run(tmp_path, tiny_dir, "ds", cfg(epochs=2, checkpoint_every=100, deepspeed=True, zero_stage=2),
-                    examples)
-        check_deepspeed_run(tmp_path, plain, speed)
-    finally:  # the one-process group DeepSpeed started would make later in-process trainers (sparsify's) wrap in DDP
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def check_deepspeed_run(tmp_path, plain, speed):
-    import torch.distributed as dist
-
+    speed = run(tmp_path, tiny_dir, "ds", cfg(epochs=2, checkpoint_every=100, deepspeed=True, zero_stage=2), examples)
     assert (tmp_path / "ds" / "adapter_model.safetensors").exists()
     assert [e["loss"] for e in speed["losses"]] == pytest.approx([e["loss"] for e in plain["losses"]], rel=1e-3)
     meta = json.loads((tmp_path / "ds" / "explainer.json").read_text())
