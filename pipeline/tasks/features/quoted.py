@@ -41,15 +41,9 @@ def quoted_scores(items: list[tuple[str, tuple[int, int]]], windows: dict) -> pd
     return pd.DataFrame(rows, columns=["top", "top_signed", "top_random"])
 
 
-def _interval(values: pd.Series, seed: int = 0, samples: int = 1000) -> tuple[float, float, float]:
-    rng = np.random.default_rng(seed)
-    data = values.to_numpy()
-    means = [data[rng.integers(0, len(data), len(data))].mean() for _ in range(samples)]
-    return float(data.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def main(workdir: str = ".", target: str = "smollm", explainer: str = "smollm") -> None:
     from pipeline.config import load_config
+    from pipeline.explainer.metrics import mean_with_interval
     from pipeline.tasks.features.settings import FeaturesConfig
 
     root = Path(workdir)
@@ -65,8 +59,9 @@ def main(workdir: str = ".", target: str = "smollm", explainer: str = "smollm") 
     rows["reference"] = list(first["reference"])
     rows["reference, shuffled"] = list(first["reference"].iloc[np.random.default_rng(0).permutation(len(first))])
     for name, descriptions in rows.items():
-        mean, low, high = _interval(quoted_scores(list(zip(descriptions, keys)), windows)["top"])
-        print(f"{name}: |r| on the top exemplars {mean:.3f} [{low:.3f}, {high:.3f}] over {len(keys)} features")
+        scored = mean_with_interval(quoted_scores(list(zip(descriptions, keys)), windows)["top"], keys, 1000, 0)
+        low, high = scored["ci"]
+        print(f"{name}: |r| on the top exemplars {scored['value']:.3f} [{low:.3f}, {high:.3f}] over {len(keys)} features")
 
 
 if __name__ == "__main__":
