@@ -109,6 +109,38 @@ def test_saes_are_saved_in_sparsifys_layout_and_reported_per_layer(trained_saes)
     assert np.allclose(quality["loss_increase"], quality["spliced_loss"] - quality["clean_loss"])
 
 
+ONE_PROCESS_GROUP = """
+import sys, torch.distributed as dist
+from pipeline.tasks.features.settings import SaeConfig
+from pipeline.tasks.features.sae import train_saes
+import sparsify.trainer
+folder, tiny_dir, store = sys.argv[1:]
+dist.init_process_group("gloo", init_method="file://" + store, rank=0, world_size=1)  # as DeepSpeed leaves one open
+cfg = SaeConfig(layers=(1,), expansion_factor=2, k=8, context=16, max_tokens=600, batch_size=8, seed=0)
+train_saes(tiny_dir, folder + "/corpus.parquet", cfg, folder + "/sae", {})
+assert dist.is_initialized() and sparsify.trainer.dist is dist  # the group is left as it was, sparsify restored
+print("trained with the group open")
+"""
+
+
+@pytest.mark.slow
+def test_saes_train_in_one_process_while_a_one_process_group_is_open(tiny_dir, tmp_path):
+    """sparsify wraps its SAEs in DDP whenever a process group is open; a group of one process (DeepSpeed's, left
+    open in the same process) must not send it there. In a subprocess, so no group outlives the test."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.tasks.features.corpus import build_corpus
+
+    build_corpus(("facts",), None, 0.2, 0, tmp_path / "corpus.parquet")
+    done = subprocess.run([sys.executable, "-c", ONE_PROCESS_GROUP, str(tmp_path), str(tiny_dir),
+                           str(tmp_path / "store")], cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and "trained with the group open" in done.stdout, done.stderr[-3000:]
+    assert (tmp_path / "sae" / "layers.1" / "sae.safetensors").exists()
+
+
 def test_chunks_open_with_the_separator_left_out_of_training(tiny):
     from pipeline.tasks.features.sae import separator_id, token_chunks
 

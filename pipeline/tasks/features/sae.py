@@ -12,6 +12,7 @@ from sparsify's or SAELens's layout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -65,6 +66,43 @@ def corpus_texts(corpus_path, split: str) -> list[str]:
     return texts
 
 
+class _NoGroup:
+    """torch.distributed as sparsify sees it inside `_one_process`: every name as torch has it, but no group open."""
+
+    def __getattr__(self, name):
+        import torch.distributed
+
+        return getattr(torch.distributed, name)
+
+    @staticmethod
+    def is_initialized() -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _one_process():
+    """sparsify's trainer wraps each SAE in DDP (and its Muon optimiser splits work across ranks) whenever a process
+    group is open. A group of one process (one DeepSpeed opened earlier in this process, as a test or a notebook
+    can) holds nobody to share with, and DDP over it fails on CPU: inside this, sparsify sees no group. A group of
+    several processes is left as it is (sparsify's own multi-GPU training)."""
+    import sparsify.muon
+    import sparsify.trainer
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == 1):
+        yield
+        return
+    modules = (sparsify.trainer, sparsify.muon)
+    saved = [module.dist for module in modules]
+    for module in modules:
+        module.dist = _NoGroup()
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved):
+            module.dist = original
+
+
 def train_saes(model_dir, corpus_path, cfg: SaeSettings, out_dir, settings: dict) -> dict:
     """Train one TopK SAE per layer of `cfg.layers` and save them in sparsify's layout in `out_dir`."""
     import tempfile
@@ -88,7 +126,8 @@ def train_saes(model_dir, corpus_path, cfg: SaeSettings, out_dir, settings: dict
                                 batch_size=cfg.batch_size, layers=list(cfg.layers),
                                 exclude_tokens=[separator_id(tokenizer)], init_seeds=[cfg.seed],
                                 log_to_wandb=False, save_dir=scratch, run_name="run", save_every=10**9)
-        Trainer(train_cfg, dataset, model).fit()
+        with _one_process():
+            Trainer(train_cfg, dataset, model).fit()
         for hookpoint in sorted(Path(scratch, "run").iterdir()):
             if (hookpoint / "cfg.json").exists():
                 hookpoint.rename(folder / hookpoint.name)
