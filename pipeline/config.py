@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.sampling import top_rank_counts
 from pipeline.typed import from_section
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
@@ -82,13 +83,12 @@ def _check_feature_exemplars(config: dict[str, Any], source: str) -> None:
     wanted = (features.get("descriptions") or {}).get("min_exemplars", 1)
     if not isinstance(kept, int) or not isinstance(every, int) or every < 1:
         return
-    read = -(-kept // every)
+    read, scored = top_rank_counts(kept, every)
     if isinstance(wanted, int) and read < wanted:
         raise ConfigError(f"{source}: features.descriptions.min_exemplars: {wanted} exemplars for the describer, but "
                           f"features.exemplars.top {kept} with describe_every {every} leaves it {read} (ranks 0, "
                           f"{every}, ...); keep more top exemplars or ask for fewer")
     simulator = features.get("simulator") or {}
-    scored = kept - read if every > 1 else kept
     if simulator.get("enabled", True) and isinstance(simulator.get("top"), int) and simulator["top"] > scored:
         raise ConfigError(f"{source}: features.simulator.top: {simulator['top']} top exemplars to score, but "
                           f"features.exemplars.top {kept} with describe_every {every} leaves {scored} that the "

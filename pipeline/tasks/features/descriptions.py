@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from pipeline.artifacts import ArtifactError, provenance, read_table, write_table, write_tensors
+from pipeline.sampling import described_by_rank
 from pipeline.tasks.features.settings import DescriptionsConfig
 
 DESCRIPTION_COLUMNS = ["row_id", "feature_id", "layer", "feature", "split", "description", "describer"]
@@ -89,7 +90,7 @@ def openai_descriptions(exemplars: dict, model: str, base_url: str | None, cache
 def described_exemplars(exemplars: pd.DataFrame, every: int) -> pd.DataFrame:
     """The top exemplars a describer reads: ranks 0, k, 2k, ... (k = `every`); the simulator scores the other top
     ranks (simulator.feature_windows), so a reference description is scored out of sample."""
-    return exemplars[(exemplars["kind"] == "top") & (exemplars["rank"] % every == 0)]
+    return exemplars[(exemplars["kind"] == "top") & described_by_rank(exemplars["rank"], every)]
 
 
 def feature_split(layer: int, feature: int, test_fraction: float, seed: int) -> str:

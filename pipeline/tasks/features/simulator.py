@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.sampling import described_by_rank
 from pipeline.tasks.features.settings import FeaturesConfig, SimulatorConfig
 
 # The paper's simulator system prompt ("unk_base", observatory_utils/simulator.py).
@@ -286,7 +287,7 @@ def feature_windows(exemplars: pd.DataFrame, top: int, random: int, before: int 
     `describe_every` k > 1 the top ranks 0, k, 2k, ... (the describer's) are left out: scored out of sample."""
     out = {}
     if describe_every > 1:
-        exemplars = exemplars[(exemplars["kind"] != "top") | (exemplars["rank"] % describe_every != 0)]
+        exemplars = exemplars[(exemplars["kind"] != "top") | ~described_by_rank(exemplars["rank"], describe_every)]
     if before is not None:
         cut = lambda values, centre: list(values)[max(0, int(centre) - before):]  # noqa: E731
         exemplars = exemplars.assign(
