@@ -20,7 +20,7 @@ import torch
 from pipeline.tasks.act_patch import run_patches
 from pipeline.config import ActPatchConfig, PromptConfig
 from pipeline.tasks.facts import countryinfo_facts, render_prompt
-from pipeline.models import load_model, read_manifest
+from pipeline.models import input_device, load_model, read_manifest
 from pipeline.engine.patching import pad_left, patched_next_tokens, wrap
 from pipeline.runtime import cpu_matmul
 
@@ -34,12 +34,19 @@ def rendered_pairs(tokenizer, count: int):
             for i in range(count)]
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # a GPU's work is queued: the clock stops when it is done, not when it is launched
+
+
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
     best = float("inf")
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -54,7 +61,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"fp32 matrix products: {cpu_matmul()}")  # as every stage (pipeline.runtime.stage)
-    model, tokenizer = load_model(args.model_dir)
+    model, tokenizer = load_model(args.model_dir)  # on the GPU where there is one (pipeline.models.placement)
+    device = input_device(model)
     num_layers = read_manifest(args.model_dir)["num_layers"]
     cfg = ActPatchConfig()
     windows, types = cfg.windows(num_layers), list(cfg.token_types)
@@ -80,7 +88,7 @@ def main() -> None:
         for start in range(0, len(pairs), pairs_per_batch):
             chunk = range(start, min(start + pairs_per_batch, len(pairs)))
             batches.append(pad_left([run.orig_enc[i]["input_ids"] for i in chunk for _ in range(rows_per_pair)],
-                                    tokenizer.pad_token_id)[:2])
+                                    tokenizer.pad_token_id, device)[:2])
         bare_s = timed(lambda: [model(input_ids=i, attention_mask=m, logits_to_keep=1) for i, m in batches],
                        args.repeats)
         traced = wrap(model)
@@ -89,18 +97,20 @@ def main() -> None:
 
         def naive():
             for i, t, w in jobs:
-                ids = torch.tensor([run.orig_enc[i]["input_ids"]])
-                mask = torch.zeros(1, num_layers, dtype=torch.bool)
+                ids = torch.tensor([run.orig_enc[i]["input_ids"]], device=device)
+                mask = torch.zeros(1, num_layers, dtype=torch.bool, device=device)
                 mask[0, windows[w]] = True
-                patched_next_tokens(traced, ids, torch.ones_like(ids), torch.tensor([run.orig_pos[i][types[t]]]),
-                                    mask, run.states[i, t, w][None])
+                patched_next_tokens(traced, ids, torch.ones_like(ids),
+                                    torch.tensor([run.orig_pos[i][types[t]]], device=device), mask,
+                                    run.states[i, t, w][None].to(device))
 
         naive_s = timed(naive, 1) * patches / naive_count
 
     engine_rate, full_rate = patches / engine_s, patches / full_s
     bare_rate, naive_rate = patches / bare_s, patches / naive_s
     print(f"model {args.model_dir}: {num_layers} layers, {args.pairs} pairs x {len(types)} token types x "
-          f"{len(windows)} windows = {patches} patches, batch {args.batch_size}, {args.threads} threads")
+          f"{len(windows)} windows = {patches} patches, batch {args.batch_size}, "
+          f"{torch.cuda.get_device_name() if device.type == 'cuda' else f'{args.threads} threads'}")
     print(f"bare forward, one per patch:      {bare_rate:8.1f} patches/s")
     print(f"engine, prefix reuse (default):   {engine_rate:8.1f} patches/s")
     print(f"engine, full forward per patch:   {full_rate:8.1f} patches/s")
