@@ -4,6 +4,7 @@ SmolLM2 tokenizer, the real SmolLM2 and Gemma) and one finished act_patch run on
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,17 @@ def pytest_collection_modifyitems(config, items):
     """The slow tests first, so that two workers are not left waiting on one long test started last; a module's tests
     keep their order (a group is sent to one worker whole, in this order)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+TIMELINE = os.environ.get("PYTEST_TIMELINE")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With PYTEST_TIMELINE=FILE: each test's wall-clock start and end (set-up and tear-down included) and its worker,
+    appended to FILE, to see where two workers wait on each other (`python tests/timeline.py FILE`)."""
+    started = time.time()
+    yield
+    if TIMELINE:
+        with open(TIMELINE, "a") as out:
+            out.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}\t{started:.2f}\t{time.time():.2f}\t{item.nodeid}\n")
