@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench_patching import synchronize
 from bench_trainer import examples
 from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
@@ -30,11 +31,6 @@ from pipeline.explainer.training import answer_loss_sum, answer_positions, train
 from pipeline.models import load_model, read_manifest
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU only as a smoke test of this script
-
-
-def synchronize() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 def peak_tflops(size: int = 8192, repeats: int = 10) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.tasks.features.simulator import feature_windows, pooled_correlations
+from pipeline.tasks.features.simulator import pooled_correlations, read_windows
 
 QUOTED = re.compile(r'"(.*?)"')
 
@@ -49,8 +49,7 @@ def main(workdir: str = ".", target: str = "smollm", explainer: str = "smollm") 
     root = Path(workdir)
     features = FeaturesConfig.from_dict(load_config(root / "config.yaml")["features"])
     cfg = features.simulator
-    windows = feature_windows(pd.read_parquet(root / f"work/features/exemplars/{target}.parquet"), cfg.top, cfg.random,
-                              cfg.tokens_before, features.described_every)
+    windows = read_windows(root / f"work/features/exemplars/{target}.parquet", cfg, features.described_every)
     folder = root / f"work/features/predictions/{explainer}_{target}"
     frames = {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet")) if path.stem != "selfie"}
     first = next(iter(frames.values()))
