@@ -105,7 +105,7 @@ def test_layer_injection_writes_each_vector_at_its_own_layer_in_the_prompt_pass_
     assert explainer.projection is None  # a layer reads its own model's states as they are
     examples = [encode_example(tokenizer, q, None, "plain", placeholder)
                 for q in ("What does <vector> mean at layer 1?", "Say what <vector> is, at layer 2, briefly.")]
-    vectors = torch.randn(2, 64)
+    vectors = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
     batch = collate(examples, vectors, tokenizer.pad_token_id, "cpu", [1, 2])
     seen = {}
     blocks = model.model.layers
@@ -128,12 +128,25 @@ def test_layer_injection_writes_each_vector_at_its_own_layer_in_the_prompt_pass_
         other = seen[0][0][row][position[row]]  # layer 0's output is left alone for both rows
         assert not torch.allclose(other / other.norm(), vectors[row] / vectors[row].norm(), atol=1e-2)
     assert torch.equal(explainer.embed(batch["input_ids"], batch["vectors"]), plain_embeds)  # no embedding swap
-    # Generation: the vector changes what is said, and a zero vector writes zeros, not the plain state.
-    said = explainer.generate(batch["input_ids"], batch["attention_mask"], batch["vectors"], max_new_tokens=4,
-                              pad_token_id=tokenizer.pad_token_id, vector_layers=[1, 2])
-    zero = explainer.generate(batch["input_ids"], batch["attention_mask"], torch.zeros_like(vectors), max_new_tokens=4,
-                              pad_token_id=tokenizer.pad_token_id, vector_layers=[1, 2])
-    assert said.shape[1] <= 4 and not torch.equal(said, zero)
+    # Generation: in the prompt pass only, the vector is written at its layer and changes the first token's logits (a
+    # random tiny model's argmax need not move), and a zero vector writes zeros, not the plain state.
+    def generate(vectors):
+        logits, states = [], []
+        on_head = model.lm_head.register_forward_hook(lambda m, args, out: logits.append(out[:, -1].clone()))
+        on_block = blocks[2].register_forward_pre_hook(lambda m, args: states.append(args[0].clone()))
+        try:
+            said = explainer.generate(batch["input_ids"], batch["attention_mask"], vectors, max_new_tokens=4,
+                                      pad_token_id=tokenizer.pad_token_id, vector_layers=[1, 2])
+        finally:
+            on_head.remove(), on_block.remove()
+        return said, logits, states
+    said, logits, states = generate(batch["vectors"])
+    _, zero_logits, zero_states = generate(torch.zeros_like(vectors))
+    assert said.shape[1] <= 4 and len(logits) == said.shape[1]
+    assert states[0].shape[1] == batch["input_ids"].shape[1] and states[1].shape[1] == 1  # the prompt, then one token
+    assert torch.allclose(states[0][0, position[0]], seen[1][0][0, position[0]], atol=1e-4)  # row 0's, at layer 1
+    assert torch.count_nonzero(zero_states[0][0, position[0]]) == 0
+    assert not torch.allclose(logits[0], zero_logits[0], atol=1e-3)
     assert all(len(h) == 0 for h in (b._forward_hooks for b in blocks))  # nothing is left hooked
     with pytest.raises(ValueError, match="needs the layer it was taken from"):
         explainer(batch["input_ids"], batch["attention_mask"], batch["vectors"])
