@@ -36,14 +36,15 @@ def cluster(tmp_path_factory):
 
 def cluster_profile(tmp_path: Path) -> Path:
     """profiles/slurm as it is, apart from what this one small node needs: squeue status checks (no
-    slurmdbd here), short waits, and memory/CPU requests that fit 2 cores; every GPU request stays."""
+    slurmdbd here), short waits, and memory/CPU requests that fit 2 cores (one CPU a job, as the local run's one
+    thread a job: tests/workflow_runs.py); every GPU request stays."""
     settings = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     assert settings["default-resources"]["slurm_partition"] == PARTITION
     settings |= {"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1,
                  "latency-wait": 5, "retries": 0, "jobs": 4, "slurm-no-account": True}
-    settings["default-resources"] |= {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 2}
+    settings["default-resources"] |= {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 1}
     settings["set-resources"] = {rule: {k: v for k, v in resources.items() if k == "gpu"}
-                                 | {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 2}
+                                 | {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 1}
                                  for rule, resources in settings["set-resources"].items()}
     folder = tmp_path / "profile"
     folder.mkdir()

@@ -22,7 +22,9 @@ TINY_CONFIG = REPO / "tests" / "config_tiny.yaml"
 def snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 600, env: dict | None = None
               ) -> subprocess.CompletedProcess:
     command = ["timeout", "-k", "10", str(timeout), *SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--cores", "2", *args,  # targets before --configfile, which takes every value after it
+               # One thread a job, two jobs at a time: a tiny model's job is mostly one-threaded start-up (Python,
+               # torch), so two of them keep both cores busy where one two-thread job at a time left one idle.
+               "--cores", "2", "--max-threads", "1", *args,  # targets before --configfile, which takes every value after it
                "--configfile", str(TINY_CONFIG), *map(str, configfiles)]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)} | (env or {})
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
