@@ -26,8 +26,9 @@ import torch
 from bench_patching import synchronize
 from bench_trainer import examples
 from pipeline.config import ExplainerConfig, TrainingConfig
-from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
-from pipeline.explainer.training import answer_loss_sum, answer_positions, train_explainer, with_lora
+from hand_loop import HandLoop
+from pipeline.explainer.model import encode_example, placeholder_token_id
+from pipeline.explainer.training import train_explainer
 from pipeline.models import load_model, read_manifest
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU only as a smoke test of this script
@@ -71,48 +72,24 @@ def trainer_run(cfg: TrainingConfig, model_dir: str, width: int, data) -> dict:
 
 
 def profile_step(cfg: TrainingConfig, model_dir: str, width: int, data, steps: int = 8) -> dict:
-    """A hand-written bf16 step (autocast, fused AdamW) timed after warm-up, then one step under torch.profiler:
-    the step's wall time against the time the GPU spent in kernels, and the kernels that took it."""
+    """The hand-written bf16 step (bench/hand_loop.py: autocast, fused AdamW) timed after warm-up, then one step
+    under torch.profiler: the step's wall time against the time the GPU spent in kernels, and the kernels that took
+    it."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.manual_seed(0)
-    model, tokenizer = load_model(model_dir, trainable=True)
-    placeholder = placeholder_token_id(tokenizer, model)
-    if cfg.method == "lora":
-        model = with_lora(model, cfg)
-    explainer = ContinuousTokenExplainer(model, width, placeholder).to(DEVICE)
-    questions, answers, vectors = data
-    encoded = [encode_example(tokenizer, q, a, "plain", placeholder) for q, a in zip(questions, answers)]
-    trainable = [p for p in explainer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=True)
-    steps = min(steps, len(encoded) // cfg.batch_size)
+    loop = HandLoop(cfg, model_dir, width, *data, device=DEVICE)
+    steps = min(steps, loop.batches)
     warm = min(3, steps - 1)
-    batches = [collate(encoded[i:i + cfg.batch_size], vectors[i:i + cfg.batch_size], tokenizer.pad_token_id, DEVICE)
-               for i in range(0, cfg.batch_size * steps, cfg.batch_size)]
-
-    def step(batch) -> None:
-        batch = dict(batch)
-        labels = batch.pop("labels")
-        positions = answer_positions(labels)
-        with torch.autocast(DEVICE, dtype=torch.bfloat16):
-            loss_sum, count = answer_loss_sum(explainer(**batch, logits_to_keep=positions).logits, labels, positions)
-        (loss_sum / count).backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for batch in batches[:warm]:
-        step(batch)
+    for index in range(warm):
+        loop.step(index)
     synchronize()
     started = time.perf_counter()
-    for batch in batches[warm:]:
-        step(batch)
+    tokens = sum(loop.step(index) for index in range(warm, steps)) / (steps - warm)
     synchronize()
     seconds = (time.perf_counter() - started) / (steps - warm)
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches[warm:]) / (steps - warm)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     with profile(activities=activities) as prof:
-        step(batches[-1])
+        loop.step(steps - 1)
         synchronize()
     averages = prof.key_averages()
 

@@ -2,8 +2,8 @@
 
 Measured side by side in one run on the same model, LoRA adapter, examples (act_patch-shaped: a ~130-token
 question, a ~15-token answer, a vector) and batch:
-  loop:    the core of the loop pipeline.explainer.training ran before the Trainer (collate, forward with logits at
-           answer positions, answer-only loss, backward, clip, AdamW step), without its checkpointing;
+  loop:    the core of the loop pipeline.explainer.training ran before the Trainer (bench/hand_loop.py: collate,
+           forward with logits at answer positions, answer-only loss, backward, clip, AdamW step);
   trainer: `pipeline.explainer.training.train_explainer` as the workflow runs it (Trainer, logging every step,
            TensorBoard, the explainer folder written at the end).
 Both count the tokens of their batches (padding not included) over the time of their training steps. Then, on rows of
@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from pipeline.config import ExplainerConfig, TrainingConfig
-from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
-from pipeline.models import load_model, read_manifest
-from pipeline.explainer.training import answer_loss_sum, answer_positions, train_explainer, with_lora
+from hand_loop import HandLoop
+from pipeline.explainer.training import train_explainer
+from pipeline.models import read_manifest
 from pipeline.runtime import cpu_matmul
 
 QUESTION = ("Here is a prompt: 'Fact: The official language of {} is'. If the hidden state at <vector> were patched "
@@ -48,28 +48,10 @@ def examples(count: int, width: int):
 
 
 def loop_tokens_per_second(cfg: TrainingConfig, model_dir: str, width: int, questions, answers, vectors) -> float:
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(model_dir, trainable=True)
-    placeholder = placeholder_token_id(tokenizer, model)
-    explainer = ContinuousTokenExplainer(with_lora(model, cfg), width, placeholder)
-    encoded = [encode_example(tokenizer, q, a, "plain", placeholder) for q, a in zip(questions, answers)]
-    groups = [{"params": [p for p in explainer.lm.parameters() if p.requires_grad], "lr": cfg.learning_rate},
-              {"params": list(explainer.projection.parameters()), "lr": cfg.projection_learning_rate}]
-    trainable = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    explainer.train()
+    loop = HandLoop(cfg, model_dir, width, questions, answers, vectors)
     tokens, started = 0, time.perf_counter()
-    for start in range(0, len(encoded), cfg.batch_size):
-        index = list(range(start, start + cfg.batch_size))
-        batch = collate([encoded[i] for i in index], vectors[index], tokenizer.pad_token_id, "cpu")
-        tokens += int(batch["attention_mask"].sum())
-        labels = batch.pop("labels")
-        positions = answer_positions(labels)
-        loss_sum, count = answer_loss_sum(explainer(**batch, logits_to_keep=positions).logits, labels, positions)
-        (loss_sum / count).backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    for index in range(loop.batches):
+        tokens += loop.step(index)
     return tokens / (time.perf_counter() - started)
 
 
