@@ -114,23 +114,24 @@ def test_changed_pipeline_code_reruns_what_uses_it(finished_run, tmp_path):
 
 
 def test_seeds_train_generate_and_score_apart_and_gather_into_one_table(finished_run, tmp_path):
-    """training.seeds: each seed its own cached jobs (the untrained explainer's answers, the same in every seed, are
-    the run of training.seed's); the gathered table equals its seeds' results recomputed; the run of training.seed
-    is not touched."""
+    """training.seeds: each seed its own cached jobs, but training.seed's is the run itself (the same settings: it is
+    not trained again) and the untrained explainer's answers, the same in every seed, are that run's; the gathered
+    table equals its seeds' results recomputed; the run of training.seed is not touched."""
     from pipeline.report.seeds import combine
 
     seeds = override(tmp_path, "seeds.yaml", {"training": {"seeds": [0, 1]}})
     target = "results/act_patch/tiny_tiny.seeds.json"
     plan = planned_jobs(snakemake(finished_run, "-n", target, configfiles=[seeds]))
-    assert plan == {"act_patch_train_seeded": 2, "act_patch_generate_seeded": 6, "act_patch_score_seeded": 2,
+    assert plan == {"act_patch_train_seeded": 1, "act_patch_generate_seeded": 3, "act_patch_score_seeded": 1,
                     "act_patch_seeds": 1}
     run = snakemake(finished_run, target, configfiles=[seeds])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     gathered = json.loads((finished_run / target).read_text())
-    per_seed = [json.loads((finished_run / f"results/act_patch/seeds/{s}/tiny_tiny.json").read_text()) for s in (0, 1)]
+    per_seed = [json.loads((finished_run / path).read_text())
+                for path in ("results/act_patch/tiny_tiny.json", "results/act_patch/seeds/1/tiny_tiny.json")]
     assert [r["training"]["seed"] for r in per_seed] == [0, 1]
     assert per_seed[0]["metrics"]["untrained"] == per_seed[1]["metrics"]["untrained"]
-    assert not (finished_run / "work/act_patch/seeds/0/predictions/tiny_tiny/untrained.parquet").exists()
+    assert not (finished_run / "work/act_patch/seeds/0").exists() and not (finished_run / "results/act_patch/seeds/0").exists()
     for path in (("metrics", "finetuned", "overall", "exact_match"),
                  ("comparisons", "finetuned - shuffled_vector", "is_different=True", "exact_match")):
         leaves = [r for r in per_seed]

@@ -35,8 +35,8 @@ wildcard_constraints:
 
 
 # Where a run's explainer, predictions and results live: "" the run of training.seed (results/{task}/{run}.json);
-# "_seeded" one run per seed of training.seeds (results/{task}/seeds/{seed}/{run}.json), gathered by {task}_seeds
-# into results/{task}/{run}.seeds.json.
+# "_seeded" one run per other seed of training.seeds (results/{task}/seeds/{seed}/{run}.json), gathered with the run
+# of training.seed by {task}_seeds into results/{task}/{run}.seeds.json.
 LAYOUTS = {"": "", "_seeded": "seeds/{seed}/"}
 
 
@@ -78,9 +78,16 @@ def training_seeds(task):
 
 
 def seed_results(task):
-    """Every seed's results file of a run, for {task}_seeds."""
-    return lambda wildcards: {f"seed_{s}": f"results/{task}/seeds/{s}/{wildcards.explainer}_{wildcards.target}.json"
-                              for s in training_seeds(task)}
+    """Every seed's results file of a run, for {task}_seeds: training.seed's is the run itself (the same settings, so
+    it is not trained again), every other seed's the seeded layout's."""
+    own = int(stages.task_section(config, "training", task)["seed"])
+
+    def files(wildcards):
+        run = f"{wildcards.explainer}_{wildcards.target}.json"
+        return {f"seed_{s}": f"results/{task}/{run}" if s == own else f"results/{task}/seeds/{s}/{run}"
+                for s in training_seeds(task)}
+
+    return files
 
 
 def code_of(stage):
