@@ -84,7 +84,7 @@ def seed_results(task):
 
     def files(wildcards):
         run = f"{wildcards.explainer}_{wildcards.target}.json"
-        return {f"seed_{s}": f"results/{task}/{run}" if s == own else f"results/{task}/seeds/{s}/{run}"
+        return {f"seed_{s}": f"results/{task}/{LAYOUTS['' if s == own else '_seeded'].format(seed=s)}{run}"
                 for s in training_seeds(task)}
 
     return files
