@@ -7,7 +7,7 @@ configfile: "config.yaml"
 
 
 # config.yaml is always the base: files given with --configfile (and --config values) only override it.
-config.update(with_base_config(config, f"{workflow.basedir}/config.yaml"))
+config.update(with_base_config(config, f"{workflow.basedir}/config.yaml", dict(workflow.config_settings.config)))
 validate_config(config, source="config.yaml (with any --configfile/--config overrides)", base=workflow.basedir)
 
 
@@ -31,6 +31,10 @@ include: "workflow/rules/circuits.smk"
 for task_rules in config.get("task_rules") or []:  # tasks from outside pipeline/: relative to this folder
 
     include: task_rules
+
+
+onstart:
+    before_the_first_job(workflow.dag.needrun_jobs())
 
 
 rule all:

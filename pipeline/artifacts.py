@@ -110,6 +110,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def as_umask_says(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` the mode a plain `open` would (0666 less the umask) and every folder 0777 less
+    it: libraries that write weights (safetensors' `save_file`, `save_pretrained`) leave them 0600 whatever the
+    umask, which a cluster's group could not read."""
+    mask = _umask()
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
+def unwritable(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """{folder: why} for each folder where an artifact of `paths` could not be written (atomically, beside itself),
+    found by writing a file there: permissions, a read-only mount, a full or missing device. Where the folder does
+    not exist yet, the nearest existing folder above it must take the new one."""
+    found: dict[str, str] = {}
+    tried: set[Path] = set()
+    for path in paths:
+        folder = Path(path).parent.absolute()
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if folder in tried:
+            continue
+        tried.add(folder)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            found[str(folder)] = error.strerror or type(error).__name__
+    return found
+
+
 def _backup_name(path: Path) -> Path:
     return path.parent / f".{path.name}.previous"
 
@@ -130,6 +165,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     backup = _backup_name(path)
     try:
         yield tmp
+        as_umask_says(tmp)
         if path.exists():
             os.replace(path, backup)
         try:
@@ -202,6 +238,40 @@ def checked_table(frame: pd.DataFrame, where: str, required: Iterable[str] = (),
     if frame.empty and not allow_empty:
         raise ArtifactError(f"{where}: table has no rows")
     return frame
+
+
+def damage(path: str | os.PathLike) -> str | None:
+    """Why a Parquet, safetensors or JSON artifact cannot be read (cut off, overwritten, empty), or None when it reads:
+    a Parquet file's footer, a safetensors file's header against its size, a JSON file parsed. Other files (and
+    folders, by the same test of each such file inside) are not examined."""
+    path = Path(path)
+    if path.is_dir():
+        for inner in sorted(path.rglob("*")):
+            why = damage(inner) if inner.is_file() else None
+            if why:
+                return f"{inner.relative_to(path)}: {why}"
+        return None
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix == ".parquet":
+            pq.read_metadata(path)
+        elif path.suffix == ".safetensors":
+            with open(path, "rb") as handle:
+                header_bytes = handle.read(8)
+                if len(header_bytes) < 8:
+                    return "shorter than a safetensors header"
+                size = int.from_bytes(header_bytes, "little")
+                header = json.loads(handle.read(size))
+            end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
+                      default=0)
+            if path.stat().st_size < 8 + size + end:
+                return f"cut off: {path.stat().st_size} bytes, its header describes {8 + size + end}"
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def read_provenance(path: str | os.PathLike) -> dict[str, Any]:

@@ -326,10 +326,29 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def with_base_config(config: dict[str, Any], base_path: str | Path) -> dict[str, Any]:
-    """The workflow's config.yaml with the run's --configfile/--config values layered on top."""
+def with_base_config(config: dict[str, Any], base_path: str | Path, command_line: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The workflow's config.yaml with the run's --configfile/--config values layered on top. `command_line`: the
+    --config values as Snakemake parsed them, whose nested values it leaves as strings (`--config 'scoring={"seed":
+    3}'` gives seed '3'): each such string is read as YAML here (3, true, null, [1, 2]), so they reach the settings
+    typed as a config file's would."""
     base = yaml.safe_load(Path(base_path).read_text())
-    return deep_merge(base, config)
+    merged = deep_merge(base, config)
+    return deep_merge(merged, {key: _typed(value) for key, value in (command_line or {}).items() if isinstance(
+        value, (dict, list))})
+
+
+def _typed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_typed(item) for item in value]
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    return value
 
 
 def check_files(paths: list[str], base_path: str | Path = Path(__file__).resolve().parent.parent / "config.yaml") -> None:
@@ -350,11 +369,22 @@ def check_files(paths: list[str], base_path: str | Path = Path(__file__).resolve
                     base=Path(base_path).parent)
 
 
-if __name__ == "__main__":  # python -m pipeline.config my.yaml [more.yaml ...]
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipeline.config FILE...`: check config files as a run layers them over config.yaml."""
+    import argparse
     import sys
 
+    parser = argparse.ArgumentParser(prog="python -m pipeline.config", description=(
+        "Check config files as `snakemake --configfile FILE...` layers them over config.yaml, naming the file, the "
+        "line of YAML that does not parse, and every setting the schema refuses."))
+    parser.add_argument("files", nargs="*", metavar="FILE", help="config files, in the order --configfile takes them")
+    files = parser.parse_args(argv).files
     try:
-        check_files(sys.argv[1:])
+        check_files(files)
     except ConfigError as error:
         sys.exit(str(error))
-    print(f"valid: config.yaml + {' + '.join(sys.argv[1:]) or 'nothing'}")
+    print(f"valid: config.yaml + {' + '.join(files) or 'nothing'}")
+
+
+if __name__ == "__main__":
+    main()

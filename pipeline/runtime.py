@@ -31,6 +31,17 @@ def stage(log_path: str | None, threads: int = 1) -> Iterator[None]:
             raise
 
 
+def warn(message: str) -> None:
+    """A warning the user must see: in the job's log and on the console that started the job (Snakemake's own
+    terminal, or the cluster job's output), not in the log alone."""
+    import sys
+
+    line = f"WARNING: {message}"
+    print(line, file=sys.stderr, flush=True)
+    if sys.__stderr__ is not None and sys.stderr is not sys.__stderr__:
+        print(line, file=sys.__stderr__, flush=True)
+
+
 MATMUL_ENV = "PIPELINE_CPU_MATMUL"
 
 

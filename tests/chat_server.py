@@ -1,6 +1,6 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1 for the LM judge's tests.
 
-It answers `POST /v1/chat/completions` with `reply(prompt)`, by default the way the judge's prompt asks: a
+It answers `GET /v1/models` with `models` and `POST /v1/chat/completions` with `reply(prompt)`, by default the way the judge's prompt asks: a
 rating from 1 to 5 of the pair at the end of the prompt (5 when predicted and expected are the same text, else 1 plus the number of
 shared words, at most 4). It records every request (path and body), counts every answered prompt, and injects faults: a queue
 consumed one per request (`401`, `429`, `500`, `502`, `timeout`: answer after the client gave up, `garbage`: a reply
@@ -26,8 +26,10 @@ def rating(prompt: str) -> int:
 
 
 class ChatServer:
-    def __init__(self, slow_seconds: float = 2.0, reply=rating):
+    def __init__(self, slow_seconds: float = 2.0, reply=rating, models=("judge-test",)):
         self.reply = reply
+        self.models = list(models)  # what GET /v1/models lists
+        self.listed = 0  # models lists answered
         self.bodies: list[dict] = []  # {"path", "body"} of every request
         self.faults: list[str] = []
         self.always: dict[str, str] = {}  # predicted text -> fault on every request for it
@@ -41,6 +43,17 @@ class ChatServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):  # the models list (llm.check_server asks it before a run)
+                with server._lock:
+                    server.listed += 1
+                models = [{"id": name, "object": "model", "created": 0, "owned_by": "test"} for name in server.models]
+                payload = json.dumps({"object": "list", "data": models}).encode()
+                self.send_response(200 if self.path.rstrip("/").endswith("/models") else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

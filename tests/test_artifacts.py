@@ -119,6 +119,9 @@ def test_artifacts_are_readable_as_the_umask_says(tmp_path, umask, file_mode, di
     import os
     import stat
 
+    import torch
+    from safetensors.torch import save_file
+
     from pipeline.artifacts import atomic_dir, write_json
 
     old = os.umask(umask)
@@ -127,8 +130,11 @@ def test_artifacts_are_readable_as_the_umask_says(tmp_path, umask, file_mode, di
         write_table(pd.DataFrame({"x": [1]}), tmp_path / "table.parquet", provenance({}))
         with atomic_dir(tmp_path / "folder") as folder:
             (folder / "inside.txt").write_text("x")
+            (folder / "sub").mkdir()
+            save_file({"w": torch.zeros(2)}, str(folder / "sub" / "weights.safetensors"))  # 0600 whatever the umask
     finally:
         os.umask(old)
-    for name in ("result.json", "table.parquet"):
+    for name in ("result.json", "table.parquet", "folder/inside.txt", "folder/sub/weights.safetensors"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name
-    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == dir_mode
+    for name in ("folder", "folder/sub"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == dir_mode, name

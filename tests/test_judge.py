@@ -136,3 +136,29 @@ def test_identical_calls_in_one_batch_are_asked_once_and_answer_every_id(tmp_pat
         chat.cache.close()
     assert replies == {"L1/F0": "about kings", "L1/F1": "about kings", "L2/F3": "about ships"}
     assert server.requests == 2 and max(server.answered.values()) == 1
+
+
+def test_servers_are_asked_for_their_models_only_for_the_rules_about_to_run(tmp_path, monkeypatch, capsys):
+    """The onstart check: the judge's server when features_score (or its seeded form) will run, the describer's when
+    features_descriptions will; an unreachable one stops the run naming the setting and the address; a model the
+    server does not list is a warning; `check_servers: false` asks nothing."""
+    from pipeline.tasks.features.judge import check_servers
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env with a key
+    with ChatServer(models=["judge-test"]) as server:
+        section = {"judge": {"model": "judge-test", "base_url": server.base_url},
+                   "descriptions": {"describer": "openai", "model": "describer-test", "base_url": server.base_url}}
+        check_servers(section, {"act_patch_train"})
+        assert server.listed == 0
+        check_servers(section, {"features_score_seeded"})
+        assert server.listed == 1 and server.requests == 0  # a models list, no chat call
+        check_servers(section, {"features_score", "features_descriptions"})  # one server: asked once a check
+        assert server.listed == 2 and "'describer-test' is not among the models" in capsys.readouterr().err
+        check_servers(section | {"check_servers": False}, {"features_score"})
+        assert server.listed == 2
+    unreachable = {"judge": {"model": "judge-test", "base_url": "http://127.0.0.1:9/v1"}}
+    with pytest.raises(ValueError, match=r"features.judge: the server at http://127.0.0.1:9/v1 did not list its "
+                                         r"models \(APIConnectionError\)"):
+        check_servers(unreachable, {"features_score"})
+    check_servers({"judge": {"model": "judge-test", "base_url": None}}, {"features_score"})  # no key: judge off

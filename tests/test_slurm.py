@@ -52,17 +52,61 @@ def cluster_profile(tmp_path: Path) -> Path:
     return folder
 
 
-def snakemake(workdir: Path, env: dict, *args: str, timeout: int) -> tuple:
-    command = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-               "-d", str(workdir), *args, TARGET, "--configfile", str(REPO / "tests/config_tiny.yaml")]
+def snakemake_command(workdir: Path, *args: str, timeout: int, configfiles=()) -> list[str]:
+    return ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+            "-d", str(workdir), *args, TARGET, "--configfile", str(REPO / "tests/config_tiny.yaml"), *map(str, configfiles)]
+
+
+def snakemake(workdir: Path, env: dict, *args: str, timeout: int, configfiles=()) -> tuple:
     started = time.time()
-    result = subprocess.run(command, cwd=REPO, env=env | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True)
+    result = subprocess.run(snakemake_command(workdir, *args, timeout=timeout, configfiles=configfiles), cwd=REPO,
+                            env=env | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     return result, time.time() - started
 
 
 def metrics(workdir: Path) -> dict:
     return json.loads((workdir / TARGET).read_text())["metrics"]
+
+
+def test_a_training_job_cancelled_mid_way_resumes_where_its_sigterm_saved(cluster, tmp_path, tiny_act_patch_run):
+    """A longer training (a changed setting over a finished run) goes to SLURM and is cancelled mid-training
+    (`scancel`: SIGTERM, then SIGKILL after KillWait, as at a time limit). The job saves a checkpoint at the step in
+    flight; the same command again resumes from that step, and its results equal those of the same settings run
+    locally without a stop."""
+    from workflow_runs import copy_tree, override
+
+    training = yaml.safe_load((REPO / "tests/config_tiny.yaml").read_text())["training"]
+    longer = override(tmp_path, "longer.yaml", {"training": training | {"epochs": 40, "checkpoint_every": 5}})
+    local, remote = (copy_tree(tiny_act_patch_run, tmp_path / name) for name in ("local", "remote"))
+    straight, _ = snakemake(local, os.environ, "--cores", "2", timeout=600, configfiles=[longer])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    profile = ("--profile", str(cluster_profile(tmp_path)))
+    command = snakemake_command(remote, *profile, timeout=900, configfiles=[longer])
+    env = cluster.env | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    running = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoints = remote / "work/act_patch/checkpoints/tiny_tiny"
+    cancelled = None
+    deadline = time.time() + 600
+    while cancelled is None and time.time() < deadline and running.poll() is None:
+        if any(checkpoints.glob("checkpoint-*")):
+            queue = cluster.run("squeue", "-h", "-o", "%i %k").stdout.split("\n")
+            training_jobs = [line.split()[0] for line in queue if "rule_act_patch_train" in line]
+            if training_jobs:
+                cancelled = training_jobs[0]
+                cluster.run("scancel", cancelled)
+        time.sleep(0.2)
+    output = running.communicate(timeout=600)[0]
+    assert cancelled and running.returncode != 0, output[-3000:]
+    saved = [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")]
+    log = (remote / "logs/act_patch_train/tiny_tiny.log").read_text()
+    assert len(saved) == 1 and "stopped by SIGTERM" in log, log[-2000:]
+
+    resumed, _ = snakemake(remote, cluster.env, *profile, timeout=900, configfiles=[longer])
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    result = json.loads((remote / TARGET).read_text())
+    assert result["training"]["resumed_from_step"] == saved[0] and result["training"]["steps"] == 120
+    assert metrics(remote) == metrics(local)
 
 
 def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path, tiny_act_patch_run):

@@ -113,6 +113,48 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_dir, mo
     assert [e["loss"] for e in resumed["losses"]] == pytest.approx(straight, rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_at_the_step_in_flight_and_the_rerun_resumes_there(tmp_path, tiny_dir, monkeypatch):
+    """SIGTERM (a SLURM time limit) arrives after step 3's checkpoint: training saves another at the next step (4, not
+    a multiple of checkpoint_every), stops without writing the explainer, and the rerun resumes at step 4 with the
+    losses of a run never stopped."""
+    import signal
+
+    examples = toy_examples()
+    config = cfg(checkpoint_every=3)
+    reference = run(tmp_path, tiny_dir, "straight", config, examples)
+    sent = []
+
+    def time_limit(folder):  # once, as SLURM does
+        if not sent:
+            sent.append(folder)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "checkpoint_written", time_limit)
+        with pytest.raises(training.TrainingStopped, match="stopped by SIGTERM at step 4 of 24"):
+            run(tmp_path, tiny_dir, "stopped", config, examples)
+    assert not (tmp_path / "stopped").exists()
+    assert sorted(p.name for p in (tmp_path / "stopped.ckpt").glob("checkpoint-*")) == ["checkpoint-4"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the training
+    resumed = run(tmp_path, tiny_dir, "stopped", config, examples)
+    assert resumed["resumed_from_step"] == 4
+    assert [e["loss"] for e in resumed["losses"]] == pytest.approx([e["loss"] for e in reference["losses"]],
+                                                                   rel=1e-4, abs=1e-5)
+
+
+def test_a_second_training_of_a_live_run_is_refused_naming_who_trains(tmp_path, tiny_dir):
+    """`snakemake --unlock` while a run still trains lets a second run start the same job: it is refused, naming the
+    process that holds the run, instead of resuming from that run's half-written checkpoint."""
+    import socket
+
+    with training._only_trainer(tmp_path / "m.ckpt"):
+        with pytest.raises(training.RunInProgress, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+            run(tmp_path, tiny_dir, "m", cfg(epochs=1), toy_examples(4))
+    assert not (tmp_path / "m").exists()
+    assert run(tmp_path, tiny_dir, "m", cfg(epochs=1), toy_examples(4))["steps"] == 1  # once it is gone
+
+
 def test_checkpoint_of_other_settings_is_ignored(tmp_path, tiny_dir, monkeypatch):
     examples = toy_examples(8)
     interrupted_run(tmp_path, tiny_dir, "m", cfg(epochs=2, checkpoint_every=1), examples, monkeypatch)
@@ -407,10 +449,12 @@ def test_fsdp_across_two_processes_matches_one_process(tmp_path, tiny_dir):
         assert torch.allclose(one[name], two[name], rtol=1e-3, atol=1e-5), name
 
 
-def test_a_checkpoint_cut_off_mid_write_is_ignored_not_stuck(tmp_path, capsys):
+def test_a_checkpoint_cut_off_mid_write_is_ignored_not_stuck(tmp_path, capfd):
     """A crash while the Trainer writes checkpoint-N in place leaves it without trainer_state.json: a rerun resumes
-    from the newest complete checkpoint (or starts over) instead of failing on the missing file every time."""
+    from the newest complete checkpoint (or starts over) instead of failing on the missing file every time, and says
+    so on the console as well as in the job's log."""
     from pipeline.explainer.training import TRAINABLE_FILE, _checkpoint_to_resume
+    from pipeline.runtime import stage
 
     for step, files in ((10, [TRAINABLE_FILE, "trainer_state.json"]), (20, [TRAINABLE_FILE])):
         folder = tmp_path / f"checkpoint-{step}"
@@ -418,7 +462,10 @@ def test_a_checkpoint_cut_off_mid_write_is_ignored_not_stuck(tmp_path, capsys):
         for name in files:
             (folder / name).write_text("x")
     (tmp_path / "run_key.json").write_text(json.dumps({"run_hash": "abc"}))
-    assert _checkpoint_to_resume(tmp_path, "abc") == str(tmp_path / "checkpoint-10")
-    assert not (tmp_path / "checkpoint-20").exists() and "incomplete (no trainer_state.json)" in capsys.readouterr().err
+    with stage(str(tmp_path / "job.log")):  # as a job runs: its output goes to its log
+        assert _checkpoint_to_resume(tmp_path, "abc") == str(tmp_path / "checkpoint-10")
+    assert not (tmp_path / "checkpoint-20").exists()
+    assert "incomplete (no trainer_state.json)" in (tmp_path / "job.log").read_text()
+    assert "WARNING: ignoring checkpoint" in capfd.readouterr().err  # the console that started the job
     (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
     assert _checkpoint_to_resume(tmp_path, "abc") is None

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from chat_server import ChatServer, rating
-from workflow_runs import REPO, SNAKEMAKE, copy_tree, override, planned_jobs, snakemake
+from workflow_runs import REPO, SNAKEMAKE, copy_tree, modes_unlike, override, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -362,6 +362,10 @@ def features_run(tmp_path_factory, judge_server, prepared_models):
 
 def test_features_results_hold_variants_baselines_and_sae_quality(features_run):
     workdir, _ = features_run
+    umask = os.umask(0)
+    os.umask(umask)
+    for weights in ("work/features/sae/tiny", "work/features/simulator/tiny"):  # safetensors' own files are 0600
+        assert list((workdir / weights).rglob("*.safetensors")) and modes_unlike(workdir / weights, umask) == []
     result = json.loads((workdir / "results/features/tiny_tiny.json").read_text())
     assert result["task"] == "features" and result["judge"]["name"] == "embedding_similarity"
     variants = {"finetuned", "untrained", "no_vector", "nearest_neighbor", "nearest_neighbor_layer", "structure_prior",

@@ -19,15 +19,54 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY_CONFIG = REPO / "tests" / "config_tiny.yaml"
 
 
-def snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 600, env: dict | None = None
-              ) -> subprocess.CompletedProcess:
+def snakemake_command(workdir: Path, *args: str, configfiles=(), timeout: int = 600, env: dict | None = None
+                      ) -> tuple[list[str], dict]:
+    """The command line and environment of a Snakemake run of the test settings in `workdir`."""
     command = ["timeout", "-k", "10", str(timeout), *SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                # One thread a job, two jobs at a time: a tiny model's job is mostly one-threaded start-up (Python,
                # torch), so two of them keep both cores busy where one two-thread job at a time left one idle.
                "--cores", "2", "--max-threads", "1", *args,  # targets before --configfile, which takes every value after it
                "--configfile", str(TINY_CONFIG), *map(str, configfiles)]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)} | (env or {})
+    return command, os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)} | (env or {})
+
+
+def snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 600, env: dict | None = None
+              ) -> subprocess.CompletedProcess:
+    command, env = snakemake_command(workdir, *args, configfiles=configfiles, timeout=timeout, env=env)
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+
+
+def job_processes(workdir: Path, script: str) -> list[int]:
+    """The pids of the processes running a rule's script (`workflow/scripts/{script}`) for a run in `workdir`:
+    Snakemake runs each job's script as `python {workdir}/.snakemake/scripts/tmpXXXX.{script}`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.decode(errors="replace").startswith(str(workdir / ".snakemake" / "scripts")) and
+               a.decode(errors="replace").endswith(f".{script}") for a in args):
+            found.append(int(proc.name))
+    return found
+
+
+def signal_job_when(workdir: Path, script: str, ready, signum: int, timeout: float = 300) -> int:
+    """Once `ready()` is true, send `signum` to the processes running `script` in `workdir` (as a cluster's time limit
+    does); returns how many got it. Gives up after `timeout` seconds."""
+    import signal as signals
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            pids = job_processes(workdir, script)
+            for pid in pids:
+                os.kill(pid, signum or signals.SIGTERM)
+            if pids:
+                return len(pids)
+        time.sleep(0.05)
+    return 0
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -108,3 +147,18 @@ class PreparedModels:
         for key in keys:
             copy_tree(self.path(key), workdir / "resources" / "models" / key)
         return workdir
+
+
+def modes_unlike(folder: Path, umask: int) -> list[str]:
+    """Files and folders the workflow wrote under `folder` whose mode is not what the umask gives a plain `open` or
+    `mkdir` (Snakemake's own .snakemake/ state left out)."""
+    import stat
+
+    wrong = []
+    for path in folder.rglob("*"):
+        if ".snakemake" in path.relative_to(folder).parts or path.is_symlink():
+            continue
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        if stat.S_IMODE(path.stat().st_mode) != expected:
+            wrong.append(f"{path.relative_to(folder)} {oct(stat.S_IMODE(path.stat().st_mode))}")
+    return wrong

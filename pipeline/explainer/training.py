@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import ArtifactError, atomic_dir, atomic_path, config_hash, provenance
+from pipeline.artifacts import ArtifactError, as_umask_says, atomic_dir, atomic_path, config_hash, provenance
 from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id, save_explainer
 from pipeline.sampling import seeded_subset
 from pipeline.models import load_model, read_manifest
+from pipeline.runtime import warn
 
 
 def world() -> tuple[int, int]:
@@ -166,6 +167,7 @@ def trainer_class():
             os.makedirs(output_dir, exist_ok=True)
             save_file({n: t.detach().cpu().contiguous() for n, t in state.items() if n in names},
                       os.path.join(output_dir, TRAINABLE_FILE))
+            as_umask_says(output_dir)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             from safetensors.torch import load_file
@@ -194,13 +196,65 @@ def checkpoint_written(folder: str) -> None:
     """Called once a checkpoint is complete on disk (tests interrupt training here)."""
 
 
-def _callbacks(first_step_gradients, tensorboard_dir: Path) -> list:
-    """The checkpoint and first-step hooks, and (on rank 0) TensorBoard event files in `tensorboard_dir`."""
+class TrainingStopped(RuntimeError):
+    """Training was stopped by a signal after saving a checkpoint; the same command resumes from it."""
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")  # a SLURM time limit (or --signal), Ctrl-C, a requeue warning
+
+
+@contextlib.contextmanager
+def _stop_on_signal():
+    """While inside, SIGTERM (what SLURM sends at a time limit, before SIGKILL), SIGINT (Ctrl-C) and SIGUSR1 ask
+    training to stop after the step in flight with a checkpoint saved; the list yielded holds the signals received.
+    A second signal stops at once. Outside the main thread (where signals cannot be caught) nothing is installed."""
+    import signal
+    import threading
+
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        if received:  # asked twice: stop now, without a checkpoint
+            signal.signal(signum, previous.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
+        received.append(signum)
+        print(f"{signal.Signals(signum).name} received: saving a checkpoint after the step in flight, then stopping",
+              file=sys.stderr, flush=True)
+
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name)
+        previous[number] = signal.signal(number, handler)
+    try:
+        yield received
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+def _any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on any (so all stop at the same step)."""
+    return bool(_all_sum(float(flag)) > 0) if world()[1] > 1 else flag
+
+
+def _callbacks(first_step_gradients, tensorboard_dir: Path, stop_signals: list | None = None,
+               stopped: dict | None = None) -> list:
+    """The checkpoint, first-step and stop-on-signal hooks (a signal in `stop_signals` on any process: every process
+    saves a checkpoint and stops at the same step, recorded in `stopped["step"]`), and (on rank 0) TensorBoard event
+    files in `tensorboard_dir`."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers import TrainerCallback
     from transformers.integrations import TensorBoardCallback
 
     class Hooks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop_signals is not None and _any_process(bool(stop_signals)):
+                control.should_save, control.should_training_stop = True, True
+                stopped["step"] = state.global_step
+
         def on_save(self, args, state, control, **kwargs):
             checkpoint_written(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
 
@@ -264,6 +318,40 @@ def _deepspeed_scope():
                 os.environ[key] = value
 
 
+class RunInProgress(RuntimeError):
+    """Another live process is training the same run (the same checkpoint folder)."""
+
+
+@contextlib.contextmanager
+def _only_trainer(checkpoint_dir: Path):
+    """While inside, this process alone trains into `checkpoint_dir` (a lock file beside it, with who holds it): a
+    second run of the same job, such as one started after `snakemake --unlock` while the first still trains, is
+    refused instead of resuming from the first's half-written checkpoint. Only rank 0 holds it."""
+    import socket
+    from datetime import datetime
+
+    from filelock import FileLock, Timeout
+
+    if world()[0] != 0:
+        yield
+        return
+    checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(f"{checkpoint_dir}.lock"), Path(f"{checkpoint_dir}.owner")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        held = owner.read_text().strip() if owner.exists() else "unknown"
+        raise RunInProgress(f"another process is training this run now ({held}; lock {checkpoint_dir}.lock): "
+                            f"`snakemake --unlock` was run while that run is live. Wait for it to end, or stop it, "
+                            f"then run again") from None
+    try:
+        owner.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
 def _checkpoint_to_resume(checkpoint_dir: Path, run_hash: str) -> str | None:
     """The newest checkpoint written under this run's key; checkpoints of other settings are deleted."""
     key_file = checkpoint_dir / KEY_FILE
@@ -297,8 +385,8 @@ def _newest_complete_checkpoint(checkpoint_dir: Path) -> str | None:
         missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
         if not missing:
             return str(folder)
-        print(f"WARNING: ignoring checkpoint {folder}: it is incomplete (no {', '.join(missing)}), as a run killed "
-              f"while writing it leaves it; resuming from an earlier one or from the start", file=sys.stderr)
+        warn(f"ignoring checkpoint {folder}: it is incomplete (no {', '.join(missing)}), as a run killed "
+              f"while writing it leaves it; resuming from an earlier one or from the start")
         _barrier()
         if world()[0] == 0:
             shutil.rmtree(folder, ignore_errors=True)
@@ -362,7 +450,9 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         return collate([encoded[i] for i in index], vectors[index] if vectors is not None else None,
                        tokenizer.pad_token_id, "cpu", [vector_layers[i] for i in index] if vector_layers else None)
 
-    with _deepspeed_scope() if cfg.deepspeed else contextlib.nullcontext():
+    with _only_trainer(checkpoint_dir), _deepspeed_scope() if cfg.deepspeed else contextlib.nullcontext(), \
+            _stop_on_signal() as stop_signals:
+        stopped: dict = {"step": None}
         run_hash = config_hash(settings)
         resume = _checkpoint_to_resume(checkpoint_dir, run_hash)
         args = TrainingArguments(
@@ -378,11 +468,20 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
             deepspeed=deepspeed_config(cfg) if cfg.deepspeed else None, fsdp=cfg.fsdp or "",
             ddp_find_unused_parameters=False)
         trainer = trainer_class()(model=explainer, args=args, train_dataset=_Rows(encoded, chosen), data_collator=collator,
-                                  callbacks=_callbacks(first_step_gradients, checkpoint_dir / "tensorboard"), lm_lr=cfg.learning_rate,
+                                  callbacks=_callbacks(first_step_gradients, checkpoint_dir / "tensorboard", stop_signals,
+                                                     stopped),
+                                  lm_lr=cfg.learning_rate,
                                   projection_lr=cfg.projection_learning_rate)
         started = time.time()
         trainer.train(resume_from_checkpoint=resume)
         elapsed = time.time() - started
+        if stopped["step"] is not None and stopped["step"] < total_steps:
+            import signal
+
+            cause = signal.Signals(stop_signals[0]).name if stop_signals else "a signal to another process"
+            saved = checkpoint_dir / f"checkpoint-{stopped['step']}"
+            raise TrainingStopped(f"stopped by {cause} at step {stopped['step']} of {total_steps}; checkpoint saved in "
+                                  f"{saved}: the same command resumes from it")
         start_step = int(resume.rsplit("-", 1)[1]) if resume else 0
         history = [{"step": e["step"], "loss": e["loss"], "lr": e["learning_rate"]}
                    for e in trainer.state.log_history if "loss" in e]

@@ -119,6 +119,9 @@ class Task:
     # Scoring that is heavy (judge API calls, a simulator LM): its score job goes to the cluster like the GPU stages;
     # otherwise it is a localrule that runs beside Snakemake.
     heavy_score: bool = False
+    # (the task's config section, the names of the rules about to run) -> None, or an error naming the setting of an
+    # external server (an LM judge's) that those rules will call and that does not answer: checked before any job.
+    check_servers: Callable[[dict, set[str]], None] = lambda section, rules: None
 
 
 _TASKS: dict[str, Task] = {}

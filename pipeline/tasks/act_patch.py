@@ -22,6 +22,7 @@ from pipeline.lazy import lazy_import
 from pipeline.artifacts import (ArtifactError, check_same_run, provenance, read_table, read_tensors, write_table,
                                 write_tensors)
 from pipeline.config import ActPatchConfig
+from pipeline.runtime import warn
 from pipeline.tasks.facts import RenderedPrompt, draw_options, make_pairs, render_prompt, token_positions
 from pipeline.explainer.prompts import FORMAT_INSTRUCTION, change_answer, phrasing, token_text
 from pipeline.tasks import Examples, Task, register
@@ -102,7 +103,7 @@ def choose_pairs(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
                             f"(below pairs.min_fraction {cfg.min_fraction}); use more facts (facts.source: counterfact "
                             f"with its path, more relations) or ask for fewer pairs")
     if len(chosen) < asked:
-        print(f"WARNING: {where}: {len(chosen)} pairs instead of the {asked} asked")
+        warn(f"{where}: {len(chosen)} pairs instead of the {asked} asked")
     print(f"pairs ({split}): {counts}")
     frame = pd.DataFrame([{
         "pair_id": pair_id, "relation": original["relation"], "subject": original["subject"],

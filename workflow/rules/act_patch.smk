@@ -6,6 +6,7 @@ rule act_patch_facts:
     params:
         settings=settings_of("act_patch_facts"),
         code=code_of("act_patch_facts"),
+        upstream=upstream_of("act_patch_facts"),
     log:
         "logs/act_patch_facts/{target}.log",
     benchmark:
@@ -30,6 +31,7 @@ rule act_patch_pairs:
     params:
         settings=settings_of("act_patch_pairs"),
         code=code_of("act_patch_pairs"),
+        upstream=upstream_of("act_patch_pairs"),
     log:
         "logs/act_patch_pairs/{target}_{split}.log",
     benchmark:
@@ -55,6 +57,7 @@ rule act_patch_label_chunk:
     params:
         settings=settings_of("act_patch_label_chunk"),
         code=code_of("act_patch_label_chunk"),
+        upstream=upstream_of("act_patch_label_chunk"),
     log:
         "logs/act_patch_label_chunk/{target}_{split}_{chunk}.log",
     benchmark:
@@ -79,6 +82,7 @@ rule act_patch_labels:
     params:
         settings=label_settings("act_patch_labels"),
         code=code_of("act_patch_labels"),
+        upstream=upstream_of("act_patch_labels"),
     log:
         "logs/act_patch_labels/{target}_{split}.log",
     benchmark:
@@ -101,6 +105,7 @@ rule act_patch_diagnostics:
     params:
         settings=settings_of("act_patch_diagnostics"),
         code=code_of("act_patch_diagnostics"),
+        upstream=upstream_of("act_patch_diagnostics"),
     log:
         "logs/act_patch_diagnostics/{explainer}_{target}.log",
     benchmark:
@@ -130,6 +135,7 @@ rule act_patch_patch_effect:
         ),
     params:
         code=code_of("act_patch_patch_effect"),
+        upstream=upstream_of("act_patch_patch_effect"),
     log:
         "logs/act_patch_patch_effect/{target}.log",
     benchmark:

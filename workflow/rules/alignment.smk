@@ -7,6 +7,7 @@ rule alignment:
     params:
         settings=settings_of("alignment"),
         code=code_of("alignment"),
+        upstream=upstream_of("alignment"),
     log:
         "logs/alignment/{explainer}_{target}.log",
     benchmark:

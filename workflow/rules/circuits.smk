@@ -9,6 +9,7 @@ rule circuits_labels:
     params:
         settings=settings_of("circuits_labels"),
         code=code_of("circuits_labels"),
+        upstream=upstream_of("circuits_labels"),
         cases=circuit_split_cases,
     log:
         "logs/circuits_labels/{split}.log",
@@ -32,6 +33,7 @@ rule circuits_target:
     params:
         settings=settings_of("circuits_target"),
         code=code_of("circuits_target"),
+        upstream=upstream_of("circuits_target"),
         cases=circuit_target_cases,
     log:
         "logs/circuits_target/ib.log",

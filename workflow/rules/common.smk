@@ -4,7 +4,7 @@ from pathlib import Path
 
 from pipeline import runtime, stages
 from pipeline.interpbench import cases as interpbench
-from pipeline.artifacts import local_folder, released_source
+from pipeline.artifacts import config_hash, damage, local_folder, released_source, unwritable
 from pipeline.tasks import TASK_MODULES, add_task_modules, all_variants, get_task
 
 add_task_modules(config.get("task_modules") or {})
@@ -84,6 +84,11 @@ def seed_results(task):
 
     def files(wildcards):
         run = f"{wildcards.explainer}_{wildcards.target}.json"
+        seeds = training_seeds(task)
+        if len(set(seeds)) < 2:
+            raise ValueError(f"results/{task}/{wildcards.explainer}_{wildcards.target}.seeds.json gathers the runs of "
+                             f"training.seeds, which gives one seed ({seeds}): an interval over training draws needs "
+                             f"at least two (e.g. training.seeds: [0, 1, 2]); results/{task}/{run} is the one seed's")
         return {f"seed_{s}": f"results/{task}/{LAYOUTS['' if s == own else '_seeded'].format(seed=s)}{run}"
                 for s in training_seeds(task)}
 
@@ -93,6 +98,72 @@ def seed_results(task):
 def code_of(stage):
     """A hash of the pipeline code the stage runs, so changed code reruns exactly what it affects."""
     return stages.code_hash(stage)
+
+
+# Every rule's params hold `upstream`: for each job that makes one of its inputs, a digest of that job's params (its
+# settings, code and own upstream), so a job's params change whenever a setting or code anywhere above it changes.
+# Snakemake reruns a job whose params changed, but it does not rerun one whose output exists while an input is
+# missing: without this, a setting changed above a job that then failed (killed at a SLURM time limit, say) left the
+# old results reported as up to date. A function of the wildcards alone: Snakemake leaves params derived from
+# `input` out of its comparison.
+_UPSTREAM = {}
+_PRODUCERS = {}
+
+
+def upstream_of(rule_name):
+    """The `upstream` param of the rule named `rule_name` (per producing job, a digest of its params)."""
+    return lambda wildcards: _upstream(rule_name, dict(wildcards.items()))
+
+
+def _upstream(rule_name, values):
+    key = (rule_name, tuple(sorted(values.items())))
+    if key not in _UPSTREAM:
+        job_rule = workflow.get_rule(rule_name)
+        found = {}
+        for path in sorted({str(f) for f in job_rule.expand_input(values)[0]}):
+            producer = _producer(path)
+            if producer is not None:
+                made_by, wildcard_values = producer
+                _check_intact(path, made_by.name)
+                label = f"{made_by.name}{''.join(f'[{k}={v}]' for k, v in sorted(wildcard_values.items()))}"
+                found[label] = _params_digest(made_by, wildcard_values)
+        _UPSTREAM[key] = dict(sorted(found.items()))
+    return _UPSTREAM[key]
+
+
+_INTACT = set()
+
+
+def _check_intact(path, rule_name):
+    """An input this workflow made that no longer reads (cut off, overwritten) stops the run before any job, naming
+    it and the command that rebuilds it: a job that started on it would fail, after Snakemake had removed the
+    job's own previous outputs."""
+    forced = workflow.dag_settings.forcerun
+    if path in _INTACT or workflow.dag_settings.forceall or rule_name in forced or path in forced:
+        return  # about to be made again
+    why = damage(path)
+    if why:
+        raise ValueError(f"{path} is damaged ({why}); to rebuild it and what was made from it, run the same command "
+                         f"with --forcerun {rule_name} after the targets")
+    _INTACT.add(path)
+
+
+def _producer(path):
+    """The rule and wildcards of the job that makes `path`, or None for a file this workflow does not make."""
+    if path not in _PRODUCERS:
+        makers = [r for r in workflow.rules if r.output and r.is_producer(path)]
+        if len(makers) > 1:
+            raise ValueError(f"{path} is made by several rules ({', '.join(r.name for r in makers)})")
+        _PRODUCERS[path] = (makers[0], makers[0].get_wildcards(path)) if makers else None
+    return _PRODUCERS[path]
+
+
+def _params_digest(maker, values):
+    """A short digest of the params a job of rule `maker` with these wildcards runs with (its own upstream among
+    them)."""
+    inputs = maker.expand_input(values)[0]
+    params, _ = maker.expand_params(values, inputs, maker.expand_output(values)[0], None)
+    return config_hash(dict(params.items()))
 
 
 def model_settings(wildcards):
@@ -120,6 +191,20 @@ def model_sources(wildcards):
     if spec["source"] == "hf":
         local_folder(spec["path"], f"models.{wildcards.model}.path")
     return []
+
+
+def before_the_first_job(jobs):
+    """The Snakefile's onstart (not in a dry run): each task asks the external servers that the rules about to run
+    will call (the features task's LM judge and describer) to answer, and every folder those jobs write into must take
+    a file; else the run stops naming the setting or the folder."""
+    jobs = list(jobs)
+    rules = {job.rule.name for job in jobs}
+    for task in TASKS:
+        get_task(task).check_servers(config.get(task) or {}, rules)
+    blocked = unwritable(str(f) for job in jobs for f in job.output)
+    if blocked:
+        raise ValueError("the jobs about to run could not write their outputs, so they would fail after computing: "
+                         + "; ".join(f"{folder}: {why}" for folder, why in blocked.items()))
 
 
 def all_results():

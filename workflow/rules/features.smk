@@ -6,6 +6,7 @@ rule features_corpus:
     params:
         settings=settings_of("features_corpus"),
         code=code_of("features_corpus"),
+        upstream=upstream_of("features_corpus"),
     log:
         "logs/features_corpus/corpus.log",
     benchmark:
@@ -30,6 +31,7 @@ rule features_sae:
     params:
         settings=settings_of("features_sae"),
         code=code_of("features_sae"),
+        upstream=upstream_of("features_sae"),
     log:
         "logs/features_sae/{target}.log",
     benchmark:
@@ -56,6 +58,7 @@ rule features_exemplars:
     params:
         settings=settings_of("features_exemplars"),
         code=code_of("features_exemplars"),
+        upstream=upstream_of("features_exemplars"),
     log:
         "logs/features_exemplars/{target}.log",
     benchmark:
@@ -79,6 +82,7 @@ rule features_archive_exemplars:
     params:
         settings=settings_of("features_archive_exemplars"),
         code=code_of("features_archive_exemplars"),
+        upstream=upstream_of("features_archive_exemplars"),
     log:
         "logs/features_archive_exemplars/{target}.log",
     benchmark:
@@ -104,6 +108,7 @@ rule features_descriptions:
     params:
         settings=settings_of("features_descriptions"),
         code=code_of("features_descriptions"),
+        upstream=upstream_of("features_descriptions"),
     log:
         "logs/features_descriptions/{target}.log",
     benchmark:
@@ -126,6 +131,7 @@ rule features_simulator:
     params:
         settings=settings_of("features_simulator"),
         code=code_of("features_simulator"),
+        upstream=upstream_of("features_simulator"),
     log:
         "logs/features_simulator/{target}.log",
     benchmark:
@@ -149,6 +155,7 @@ rule features_ood:
     params:
         settings=settings_of("features_ood"),
         code=code_of("features_ood"),
+        upstream=upstream_of("features_ood"),
     log:
         "logs/features_ood/{target}.log",
     benchmark:
@@ -192,6 +199,7 @@ rule features_figures:
         ),
     params:
         code=code_of("features_figures"),
+        upstream=upstream_of("features_figures"),
     log:
         "logs/features_figures/{explainer}_{target}.log",
     benchmark:

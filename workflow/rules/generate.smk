@@ -4,10 +4,11 @@ for task in TASKS:
     for layout, prefix in LAYOUTS.items():
         for eval_set in ("", *get_task(task).eval_set_names):
             folder, tag = (f"{eval_set}/", f"{eval_set}_") if eval_set else ("", "")
+            generate_rule = "_".join(part for part in (f"{task}_generate", eval_set, layout.strip("_")) if part)
 
             rule:
                 name:
-                    "_".join(part for part in (f"{task}_generate", eval_set, layout.strip("_")) if part)
+                    generate_rule
                 input:
                     unpack(generation_inputs(task, eval_set or "test", prefix)),
                 output:
@@ -16,6 +17,7 @@ for task in TASKS:
                     task=task,
                     settings=settings_of(f"{task}_generate"),
                     code=code_of(f"{task}_generate"),
+                    upstream=upstream_of(generate_rule),
                 log:
                     f"logs/{task}_generate/{prefix}{{explainer}}_{{target}}_{tag}{{variant}}.log",
                 benchmark:

@@ -6,6 +6,7 @@ rule input_ablation_questions:
     params:
         settings=settings_of("input_ablation_questions"),
         code=code_of("input_ablation_questions"),
+        upstream=upstream_of("input_ablation_questions"),
     log:
         "logs/input_ablation_questions/questions.log",
     benchmark:
@@ -29,6 +30,7 @@ rule input_ablation_labels:
     params:
         settings=label_settings("input_ablation_labels"),
         code=code_of("input_ablation_labels"),
+        upstream=upstream_of("input_ablation_labels"),
     log:
         "logs/input_ablation_labels/{target}_{split}.log",
     benchmark:

@@ -7,6 +7,7 @@ rule interpbench_case:
     params:
         settings=settings_of("interpbench_case"),
         code=code_of("interpbench_case"),
+        upstream=upstream_of("interpbench_case"),
     log:
         "logs/interpbench_case/{case}.log",
     benchmark:
@@ -29,6 +30,7 @@ rule interpbench_cases:
     params:
         settings=settings_of("interpbench_cases"),
         code=code_of("interpbench_cases"),
+        upstream=upstream_of("interpbench_cases"),
         skipped=INTERPBENCH_SKIPPED,
     log:
         "logs/interpbench_cases/cases.log",
@@ -56,6 +58,7 @@ rule interpbench_patching:
     params:
         settings=settings_of("interpbench_patching"),
         code=code_of("interpbench_patching"),
+        upstream=upstream_of("interpbench_patching"),
     log:
         "logs/interpbench_patching/{case}.log",
     benchmark:
@@ -84,6 +87,7 @@ rule interpbench_summary:
     params:
         settings=settings_of("interpbench_summary"),
         code=code_of("interpbench_summary"),
+        upstream=upstream_of("interpbench_summary"),
     log:
         "logs/interpbench_summary/summary.log",
     benchmark:

@@ -13,6 +13,7 @@ rule matrix:
     params:
         settings=settings_of("matrix"),
         code=code_of("matrix"),
+        upstream=upstream_of("matrix"),
     log:
         "logs/matrix/{task}.log",
     benchmark:

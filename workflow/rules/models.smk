@@ -6,6 +6,7 @@ rule prepare_model:
     params:
         settings=model_settings,
         code=code_of("prepare_model"),
+        upstream=upstream_of("prepare_model"),
     log:
         "logs/prepare_model/{model}.log",
     benchmark:

@@ -27,6 +27,7 @@ rule report_figures:
         ),
     params:
         code=code_of("report_figures"),
+        upstream=upstream_of("report_figures"),
     log:
         "logs/report_figures/{task}_{explainer}_{target}.log",
     benchmark:
@@ -49,6 +50,7 @@ rule summary_table:
         "results/summary.parquet",
     params:
         code=code_of("summary_table"),
+        upstream=upstream_of("summary_table"),
     log:
         "logs/summary_table/summary.log",
     benchmark:
@@ -71,6 +73,7 @@ rule results_tables:
         "results/tables.md",
     params:
         code=code_of("results_tables"),
+        upstream=upstream_of("results_tables"),
     log:
         "logs/results_tables/tables.log",
     benchmark:

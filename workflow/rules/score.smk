@@ -12,6 +12,7 @@ for task in TASKS:
                 task=task,
                 settings=settings_of(f"{task}_score"),
                 code=code_of(f"{task}_score"),
+                upstream=upstream_of(f"{task}_score{layout}"),
             log:
                 f"logs/{task}_score/{prefix}{{explainer}}_{{target}}.log",
             benchmark:
@@ -38,6 +39,7 @@ for task in TASKS:
         params:
             settings=settings_of("seeds"),
             code=code_of("seeds"),
+            upstream=upstream_of(f"{task}_seeds"),
         log:
             f"logs/{task}_seeds/{{explainer}}_{{target}}.log",
         benchmark:

@@ -12,6 +12,7 @@ for task in TASKS:
                 task=task,
                 settings=seeded_settings(f"{task}_train", layout),
                 code=code_of(f"{task}_train"),
+                upstream=upstream_of(f"{task}_train{layout}"),
                 checkpoint=f"work/{task}/{prefix}checkpoints/{{explainer}}_{{target}}",
             log:
                 f"logs/{task}_train/{prefix}{{explainer}}_{{target}}.log",

@@ -124,3 +124,48 @@ class LMJudge:
 
     def accounting(self) -> dict:
         return self.chat.report()
+
+
+def servers(section: dict) -> dict[str, list[tuple[str, object, str | None]]]:
+    """The OpenAI-compatible servers the features stages will call, by stage: the LM judge (`features_score`, when
+    OPENAI_API_KEY or judge.base_url is set) and the describer (`features_descriptions`, describer: openai), each as
+    (setting, ChatSettings, API key); nothing when `check_servers` is false."""
+    from pipeline.secrets import get_secret
+    from pipeline.tasks.features.llm import ChatSettings
+    from pipeline.tasks.features.settings import FeaturesConfig
+
+    cfg = FeaturesConfig.from_dict(section)
+    key = get_secret("OPENAI_API_KEY")
+    found: dict[str, list] = {}
+    if not cfg.check_servers:
+        return found
+    judge = cfg.judge
+    if judge is not None and judge.model and (key is not None or judge.base_url):
+        found["features_score"] = [("features.judge", ChatSettings(model=judge.model, base_url=judge.base_url,
+                                                                   timeout=judge.timeout), key)]
+    described = cfg.descriptions
+    if cfg.source == "pipeline" and described.describer == "openai" and (key is not None or described.base_url):
+        found["features_descriptions"] = [("features.descriptions", ChatSettings(
+            model=described.model, base_url=described.base_url), key)]
+    return found
+
+
+def check_servers(section: dict, rules: set[str]) -> None:
+    """Before the first job: each server a rule about to run will call lists its models (llm.check_server), or the
+    run stops naming the setting; a model the server does not list is warned about on the console."""
+    import sys
+
+    from pipeline.tasks.features.llm import check_server, server
+
+    asked: dict[str, list[str]] = {}
+    for stage, entries in servers(section).items():
+        if not any(rule == stage or rule.startswith(f"{stage}_") for rule in rules):
+            continue
+        for setting, settings, key in entries:
+            address = server(settings)
+            if address not in asked:
+                asked[address] = check_server(settings, key, setting)
+            if settings.model not in asked[address]:
+                print(f"WARNING: {setting}.model {settings.model!r} is not among the models {address} lists "
+                      f"({', '.join(asked[address][:5]) or 'none'}); a server that answers for any name may still "
+                      f"work", file=sys.stderr)

@@ -101,6 +101,29 @@ def server(settings: ChatSettings) -> str:
     return (settings.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_SERVER).rstrip("/")
 
 
+def check_server(settings: ChatSettings, api_key: str | None, setting: str, timeout: float = 10.0) -> list[str]:
+    """Ask the server `settings` send calls to for its models (one cheap request), before any work that needs it.
+    Unreachable, refusing the key, or not an OpenAI-compatible API: ValueError naming the `setting` section, the
+    address and what to do. Returns the models it serves (a model not among them is the caller's to report: some
+    servers answer for any model name)."""
+    import openai
+    from openai import OpenAI
+
+    address = server(settings)
+    client = OpenAI(api_key=api_key or "unused", base_url=settings.base_url, max_retries=0,
+                    timeout=min(timeout, settings.timeout))
+    try:
+        return sorted(model.id for model in client.models.list())
+    except openai.APIStatusError as error:
+        why = f"HTTP {error.status_code}" + (" (the API key is refused: OPENAI_API_KEY in the environment or .env)"
+                                            if error.status_code in (401, 403) else "")
+    except openai.APIError as error:
+        why = type(error).__name__
+    raise ValueError(f"{setting}: the server at {address} did not list its models ({why}); start it, or correct "
+                     f"{setting}.base_url (or OPENAI_BASE_URL), or set features.check_servers: false to start without "
+                     f"checking")
+
+
 def cache_key(settings: ChatSettings, messages: list[dict], attempt: int) -> str:
     """Everything that can change a reply: the server, the model, the messages, the sampling and the attempt."""
     blob = json.dumps({"server": server(settings), "model": settings.model, "messages": messages,

@@ -10,7 +10,6 @@ ceiling (the references) and floor (the references shuffled among features) that
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,4 +63,13 @@ def main(workdir: str = ".", target: str = "smollm", explainer: str = "smollm") 
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tasks.features.quoted", description=(
+        "Score a finished features run's descriptions with the quoted-token check (no LM): a description scores on "
+        "the tokens it quotes."))
+    parser.add_argument("workdir", nargs="?", default=".", help="the workflow folder (config.yaml, work/)")
+    parser.add_argument("target", nargs="?", default="smollm")
+    parser.add_argument("explainer", nargs="?", default="smollm")
+    arguments = parser.parse_args()
+    main(arguments.workdir, arguments.target, arguments.explainer)

@@ -131,6 +131,7 @@ class FeaturesConfig:
     the section leaves out is its default here, as config.yaml ships it. `judge: null` turns the LM judge off."""
     source: str = "pipeline"
     paper_dir: str | None = None
+    check_servers: bool = True  # ask the judge's and describer's servers for their models before the first job
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     sae: SaeConfig = field(default_factory=SaeConfig)
     exemplars: ExemplarsConfig = field(default_factory=ExemplarsConfig)
@@ -142,7 +143,7 @@ class FeaturesConfig:
     @classmethod
     def from_dict(cls, section: dict[str, Any] | None) -> "FeaturesConfig":
         section = dict(section or {})
-        typed: dict[str, Any] = {key: section[key] for key in ("source", "paper_dir") if key in section}
+        typed: dict[str, Any] = {key: section[key] for key in ("source", "paper_dir", "check_servers") if key in section}
         for key, part in _PARTS.items():
             if key in section:
                 value = section[key]

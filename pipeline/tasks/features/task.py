@@ -26,6 +26,7 @@ from pipeline.lazy import lazy_import, no_grad
 from pipeline.artifacts import ArtifactError, check_same_run, read_table, read_tensors
 from pipeline.tasks.features.ood import SETS as OOD_SETS
 from pipeline.tasks.features.ood import set_paths
+from pipeline.tasks.features.judge import check_servers
 from pipeline.tasks.features.settings import FeaturesConfig, JudgeConfig, SimulatorConfig
 from pipeline.explainer.prompts import phrasing
 from pipeline.tasks import Examples, Task, register
@@ -566,7 +567,7 @@ TASK = register(Task(
     name="features", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors,
     figures=("metrics.png", "loss.png", "examples.html"), custom_variants={"selfie": selfie}, score_frames=score_frames,
-    heavy_score=True,
+    heavy_score=True, check_servers=check_servers,
     score_keys=("source", "judge", "simulator", "ood", "descriptions.describe_every"), score_inputs=score_inputs, eval_set_names=OOD_SETS, eval_sets=eval_sets,
     score_execution=("judge.concurrency", "judge.timeout", "judge.retries", "judge.cache", "simulator.batch_size",
                      "simulator.cache", "ood.batch_size"),
