@@ -170,6 +170,7 @@ class ActPatchConfig:
     min_fraction: float = 0.5  # fewer chosen pairs than this share of `pairs` is an error
     batch_size: int = 64
     chunk_pairs: int = 1000  # pairs per label job (scattered, then gathered)
+    precision: str = "fp32"  # the target's weights while it answers and is patched (labels are ground truth)
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "ActPatchConfig":
@@ -188,6 +189,7 @@ class ActPatchConfig:
             min_fraction=pairs.get("min_fraction", cls.min_fraction),
             batch_size=section["batch_size"],
             chunk_pairs=section.get("chunk_pairs", cls.chunk_pairs),
+            precision=section.get("precision", cls.precision),
         )
 
     def windows(self, num_layers: int) -> list[list[int]]:
@@ -274,7 +276,7 @@ class TrainingConfig:
     cpu_processes: int = 1
     deepspeed: bool = False
     zero_stage: int = 2
-    precision: str = "fp32"
+    precision: str = "auto"  # fp32, bf16, or auto: bf16 where it is faster (pipeline.runtime.resolve_precision)
     group_by_length: bool = False  # batches of similar lengths (less padding; another order than random batches)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
     fsdp: str | None = None  # the Trainer's FSDP option, e.g. "full_shard auto_wrap" (instead of DeepSpeed)
@@ -302,6 +304,7 @@ class GenerationConfig:
     batch_size: int = 32
     max_examples: int | None = 300
     seed: int = 0
+    precision: str = "auto"
 
     @classmethod
     def from_dict(cls, section: dict[str, Any]) -> "GenerationConfig":

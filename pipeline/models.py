@@ -199,14 +199,16 @@ def placement(spec: dict, environ=None, cuda: bool | None = None) -> tuple[str |
     return None, "cuda" if cuda else None
 
 
-def load_model(model_dir: str | Path, trainable: bool = False, weights: str | Path | None = None):
-    """(model, tokenizer) from a prepared folder, in the dtype and device map the config asked for;
-    `weights` loads other weights of the same model (a fully fine-tuned explainer) the same way."""
+def load_model(model_dir: str | Path, trainable: bool = False, weights: str | Path | None = None,
+               dtype: torch.dtype | None = None):
+    """(model, tokenizer) from a prepared folder, in the dtype and device map the config asked for (`dtype`, where
+    given, instead: a stage that computes in bf16 holds the weights it does not train in bf16); `weights` loads other
+    weights of the same model (a fully fine-tuned explainer) the same way."""
     from transformers import AutoModelForCausalLM
 
     manifest = read_manifest(model_dir)
     spec = manifest["source"]
-    kwargs: dict[str, Any] = {"dtype": DTYPES[spec.get("dtype", "float32")]}
+    kwargs: dict[str, Any] = {"dtype": dtype or DTYPES[spec.get("dtype", "float32")]}
     device_map, device = placement(spec)
     if device_map:
         kwargs["device_map"] = device_map

@@ -5,6 +5,7 @@ the config)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Iterator
@@ -77,6 +78,79 @@ def cpu_matmul(choice: str | None = None) -> str:
         return "onednn"
     backend.matmul.fp32_precision = "ieee"
     return "mkl"
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16 / AMX, ARM's BF16 dot products
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def product_rate(dtype, size: tuple[int, int, int] = (1024, 640, 2048), repeats: int = 5) -> float:
+    """GFLOP/s of an [m, k] x [k, n] matrix product in `dtype` on this process's threads: the best of `repeats`
+    (a busy machine slows each the same way; the best is the chip's own rate)."""
+    import time
+
+    import torch
+
+    m, k, n = size
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(m, k, generator=generator).to(dtype)
+    right = torch.randn(k, n, generator=generator).to(dtype)
+    left @ right  # first call: kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        left @ right
+        best = min(best, time.perf_counter() - started)
+    return 2 * m * k * n / best / 1e9
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16() -> dict:
+    """Whether bf16 pays on this CPU: it has native bf16 dot products (BF16_FLAGS) and a bf16 probe product runs at
+    least 1.3x the fp32 one's rate (fp32 through the library cpu_matmul chose). Without native bf16 the products are
+    emulated and never faster, so nothing is timed."""
+    import torch
+
+    native = sorted(set(BF16_FLAGS) & cpu_flags())
+    if not native:
+        return {"native": [], "faster": False, "why": "no native bf16 dot products (avx512_bf16, amx_bf16)"}
+    cpu_matmul()
+    fp32, bf16 = product_rate(torch.float32), product_rate(torch.bfloat16)
+    return {"native": native, "fp32_gflops": round(fp32, 1), "bf16_gflops": round(bf16, 1),
+            "faster": bf16 >= 1.3 * fp32, "why": f"bf16 {bf16:.0f} against fp32 {fp32:.0f} GFLOP/s"}
+
+
+def resolve_precision(setting: str | None) -> str:
+    """fp32 or bf16 for a stage's `precision` setting: as given, or for `auto` bf16 on a GPU that supports it and on a
+    CPU where bf16 products are faster (cpu_bf16), fp32 elsewhere."""
+    setting = (setting or "auto").lower()
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision {setting!r}: expected one of {PRECISIONS}")
+    if setting != "auto":
+        return setting
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_bf16()["faster"] else "fp32"
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[resolve_precision(precision)]
 
 
 def visible_gpus() -> int:

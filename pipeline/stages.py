@@ -72,6 +72,7 @@ def all_stages() -> dict[str, Stage]:
         for name in [n for n in stages if n.startswith(f"{task}_") and n[len(task) + 1:].startswith(
                 ("train", "generate", "score"))]:
             stages[f"{name}_seeded"] = stages[name]  # one run per seed of training.seeds: the same stage
+            stages[f"{name}_budget"] = stages[name]  # one run per point of a training budget: the same stage
         for name, declared in spec.stages.items():  # the task's own stages (labels, figures, diagnostics)
             stages[name] = Stage(*declared)
     return stages
@@ -92,6 +93,15 @@ def with_training_seed(settings: dict[str, Any], seed: int) -> dict[str, Any]:
     settings = copy.deepcopy(settings)
     settings.setdefault("training", {})["seed"] = seed
     settings["training"].pop("seeds", None)
+    return settings
+
+
+def with_budget(settings: dict[str, Any], rows: str | int | None, epochs: str | int, seed: int) -> dict[str, Any]:
+    """A training stage's settings at one point of a training budget: its rows (`max_examples`; "all" or None: every
+    row), epochs and seed."""
+    settings = with_training_seed(settings, seed)
+    settings["training"]["max_examples"] = None if rows in (None, "all") else int(rows)
+    settings["training"]["epochs"] = int(epochs)
     return settings
 
 

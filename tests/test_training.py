@@ -469,3 +469,54 @@ def test_a_checkpoint_cut_off_mid_write_is_ignored_not_stuck(tmp_path, capfd):
     assert "WARNING: ignoring checkpoint" in capfd.readouterr().err  # the console that started the job
     (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
     assert _checkpoint_to_resume(tmp_path, "abc") is None
+
+
+@pytest.mark.parametrize("setting", ["identity", "fitted", "raw", "layer", "full", "released"])
+def test_bf16_trains_and_generates_with_every_explainer_setting(tmp_path, tiny_dir, setting):
+    """precision bf16 with each explainer setting: LoRA keeps its adapter and projections fp32 over bf16 frozen
+    weights (full fine-tuning fp32 master weights), two steps train to finite losses, and the explainer answers in
+    bf16; a released explainer (the paper's layout) answers in bf16 too."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from pipeline.artifacts import provenance, write_tensors
+    from pipeline.models import load_model
+
+    questions, answers, vectors = toy_examples(8)
+    layers = [i % 2 * 2 for i in range(8)]  # vectors from layers 0 and 2
+    explainer_cfg, alignment = ExplainerConfig(), None
+    if setting == "fitted":
+        generator = torch.Generator().manual_seed(1)
+        alignment = tmp_path / "alignment.safetensors"
+        write_tensors({f"layers.{layer}.{kind}": torch.randn(*shape, generator=generator) * 0.1 for layer in (0, 2)
+                       for kind, shape in (("weight", (64, 64)), ("mean", (64,)))}, alignment, provenance({}))
+        explainer_cfg = replace(explainer_cfg, alignment="fitted")
+    elif setting == "raw":
+        explainer_cfg = replace(explainer_cfg, scale="raw")
+    elif setting == "layer":
+        explainer_cfg = replace(explainer_cfg, inject="layer", projection="none")
+    folder = tmp_path / "explainer"
+    if setting == "released":
+        from test_released import TOKENS, released
+
+        released(load_model(tiny_dir), folder)
+        dtype_seen = None
+    else:
+        config = cfg(epochs=1, precision="bf16", method="full" if setting == "full" else "lora")
+        log = training.train_explainer(config, explainer_cfg, tiny_dir, 64, questions, answers, vectors, folder,
+                                       tmp_path / "ckpt", {"setting": setting}, vector_layers=layers,
+                                       alignment=alignment)
+        assert log["precision"] == "bf16" and log["steps"] == 2
+        assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log["losses"])
+        saved = {name: tensor for path in folder.glob("*.safetensors") for name, tensor in load_file(str(path)).items()}
+        assert saved and all(t.dtype == torch.float32 for n, t in saved.items() if "lora" in n or "layers." in n)
+        dtype_seen = {t.dtype for n, t in saved.items() if "lora" not in n and "layers." not in n and n != "weight"}
+        assert dtype_seen <= {torch.float32}  # full fine-tuning: fp32 master weights; LoRA saves no frozen weight
+    explainer, tokenizer = load_explainer(folder, tiny_dir, 64, explainer_cfg.projection, explainer_cfg.inject,
+                                          scale=explainer_cfg.scale, dtype=torch.bfloat16,
+                                          continuous_tokens=TOKENS if setting == "released" else None)
+    assert explainer.lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    predictions = generate_answers(explainer, tokenizer, questions[:4], vectors[:4],
+                                   "paper" if setting == "released" else "plain", 6, 4, vector_layers=layers[:4])
+    assert len(predictions) == 4 and all(isinstance(p, str) for p in predictions)

@@ -37,6 +37,7 @@ class AlignmentConfig:
     center: bool = True  # subtract the layer's mean state before normalising (the explainer does the same)
     batch_size: int = 32
     seed: int = 0
+    precision: str = "auto"  # the models' weights while states and embeddings are read (the maps are fitted in fp64)
 
     @classmethod
     def from_dict(cls, section: dict) -> "AlignmentConfig":
@@ -102,13 +103,13 @@ def r_squared(predicted: torch.Tensor, truth: torch.Tensor) -> float:
     return float(1 - residual / total.clamp_min(1e-12))
 
 
-def collect(target_dir, explainer_dir, texts: list[str], max_tokens: int, batch_size: int):
+def collect(target_dir, explainer_dir, texts: list[str], max_tokens: int, batch_size: int, dtype=None):
     """Target states at every layer and the explainer's embedding row ids of the same tokens, per text:
-    a list of (states [tokens, layers, d_target], explainer token ids [tokens])."""
+    a list of (states [tokens, layers, d_target], explainer token ids [tokens]); `dtype`: the models' weights."""
     from pipeline.models import embedding_norm, load_model, load_tokenizer, read_manifest
     from pipeline.engine.patching import capture_states, encode, pad_left, wrap
 
-    model, tokenizer = load_model(target_dir)
+    model, tokenizer = load_model(target_dir, dtype=dtype)
     explainer_tokenizer = load_tokenizer(explainer_dir)
     layers = list(range(read_manifest(target_dir)["num_layers"]))
     traced, device = wrap(model), model.get_input_embeddings().weight.device
@@ -135,7 +136,7 @@ def collect(target_dir, explainer_dir, texts: list[str], max_tokens: int, batch_
         if total >= max_tokens:
             break
     del model
-    explainer, _ = load_model(explainer_dir)
+    explainer, _ = load_model(explainer_dir)  # its embedding rows only: no products
     table = explainer.get_input_embeddings()
     norm = float(embedding_norm(explainer))
     with torch.no_grad():
@@ -153,8 +154,10 @@ def fit_alignment(cfg: AlignmentConfig, target_dir, explainer_dir, text_path, ou
         raise ArtifactError(f"{text_path}: {len(texts)} texts; the alignment needs at least 4")
     order = np.random.default_rng(cfg.seed).permutation(len(texts))
     held = set(order[:max(1, int(round(cfg.test_fraction * len(texts))))].tolist())
+    from pipeline.runtime import torch_dtype
+
     per_text, embeddings, layers = collect(target_dir, explainer_dir, [texts[i] for i in order], cfg.max_tokens,
-                                           cfg.batch_size)
+                                           cfg.batch_size, torch_dtype(cfg.precision))
     is_held = [int(order[i]) in held for i in range(len(per_text))]
     pick = lambda flag: [p for p, h in zip(per_text, is_held) if h == flag]  # noqa: E731
     train, test = pick(False), pick(True)

@@ -158,6 +158,7 @@ def generate(run: Run, variant: str, out_path) -> pd.DataFrame:
     and the task's vector controls."""
     from pipeline.artifacts import provenance, write_table
     from pipeline.explainer.model import load_explainer
+    from pipeline.runtime import resolve_precision, torch_dtype
     from pipeline.explainer.generation import generate_answers
     from pipeline.sampling import seeded_subset
     from pipeline.models import read_manifest
@@ -180,7 +181,8 @@ def generate(run: Run, variant: str, out_path) -> pd.DataFrame:
     explainer, tokenizer = load_explainer(trained, explainer_dir, width, projection or explainer_cfg.projection,
                                           explainer_cfg.inject, run.alignment if projection is None else None,
                                           explainer_cfg.scale, explainer_cfg.center, explainer_cfg.continuous_tokens,
-                                          text_only=examples.vectors is None)
+                                          text_only=examples.vectors is None,
+                                          dtype=torch_dtype(generation_cfg.precision))
     questions, prompt_format = asked(examples.questions, explainer_cfg, spec), explainer_cfg.prompt_format
     if variant == "untrained":
         questions = [q + spec.format_instruction for q in questions]
@@ -190,7 +192,8 @@ def generate(run: Run, variant: str, out_path) -> pd.DataFrame:
                                    generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant,
                                    vector_layers=vector_layers(examples, explainer_cfg, explainer_dir, target_dir))
     out = prediction_frame(examples, questions, predictions, variant)
-    write_table(out, out_path, provenance(run.provenance, models))
+    write_table(out, out_path, provenance(run.provenance | {"precision": resolve_precision(generation_cfg.precision)},
+                                          models))
     return out
 
 

@@ -136,12 +136,13 @@ class ContinuousTokenExplainer(nn.Module):
             for layer in sorted({int(x) for x in vector_layers}):
                 rows = torch.tensor([i for i, x in enumerate(vector_layers) if int(x) == layer], device=vectors.device)
                 key = str(layer)
+                # (under bf16 autocast the map returns bf16: it is stored in the fp32 result as it is)
                 if self.scale == "raw":  # the paper's embed_projs: the layer's map on the vector as it is
-                    mapped[rows] = self.layer_projections[key](vectors[rows].to(weight.dtype))
+                    mapped[rows] = self.layer_projections[key](vectors[rows].to(weight.dtype)).to(mapped.dtype)
                     continue
                 centred = vectors[rows].float() - self.layer_means[key].float()
                 unit = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-                mapped[rows] = self.layer_projections[key](unit.to(weight.dtype))
+                mapped[rows] = self.layer_projections[key](unit.to(weight.dtype)).to(mapped.dtype)
             return mapped if self.scale == "raw" else mapped * self.embed_norm
         if self.scale == "raw":
             raw = vectors.float()
@@ -396,7 +397,7 @@ def released_folder(checkpoint: str) -> Path:
 
 
 def load_released(checkpoint: str, target_width: int, continuous_tokens: tuple[str, str, str] | None,
-                  text_only: bool = False) -> tuple[ContinuousTokenExplainer, object]:
+                  text_only: bool = False, dtype: torch.dtype | None = None) -> tuple[ContinuousTokenExplainer, object]:
     """A released explainer in the layout the paper's code writes (`model/continuous_*.py`, `save_pretrained`): a
     transformers model folder whose weights may hold one map per target layer (`embed_projs.{L}.weight`), prompted
     with `begin rep end` tokens around the vector (its config's `continuous_tokens`). As its
@@ -425,7 +426,7 @@ def load_released(checkpoint: str, target_width: int, continuous_tokens: tuple[s
             raise ValueError(f"explainer.continuous_tokens.{name}: {token!r} is not a token of {checkpoint}'s tokenizer")
         ids.append(vocab[token])
     model = contiguous_output_layer(AutoModelForCausalLM.from_pretrained(
-        str(folder), torch_dtype="auto", device_map="auto" if torch.cuda.is_available() else None))
+        str(folder), dtype=dtype or "auto", device_map="auto" if torch.cuda.is_available() else None))
     if text_only:
         explainer = ContinuousTokenExplainer(model, target_width, tokenizer.eos_token_id, projection="none")
         explainer.eval()
@@ -455,24 +456,27 @@ def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target
                    projection: str = "linear", inject: str = "embedding", alignment: str | Path | None = None,
                    scale: str = "embedding_norm", center: bool = True,
                    continuous_tokens: tuple[str, str, str] | None = None,
-                   text_only: bool = False) -> tuple[ContinuousTokenExplainer, object]:
+                   text_only: bool = False, dtype: torch.dtype | None = None) -> tuple[ContinuousTokenExplainer, object]:
     """A trained explainer from `folder` (this workflow's, or a released one in the paper's layout:
     `load_released`), or the untrained base explainer when `folder` is None (started from the fitted `alignment`
-    artifact, where given, as training starts)."""
+    artifact, where given, as training starts). `dtype`: the language model's weights (bf16 to generate in bf16; the
+    projections stay fp32)."""
     from safetensors.torch import load_file
 
     from pipeline.models import load_model
 
     if folder is not None and not (Path(folder) / EXPLAINER_META).is_file():
-        return load_released(str(folder), target_width, continuous_tokens, text_only)
+        return load_released(str(folder), target_width, continuous_tokens, text_only, dtype)
     meta = json.loads((Path(folder) / EXPLAINER_META).read_text()) if folder else {}
     full = meta.get("method") == "full"
-    model, tokenizer = load_model(base_model_dir, weights=folder if full else None)
+    model, tokenizer = load_model(base_model_dir, weights=folder if full else None, dtype=dtype)
     placeholder = placeholder_token_id(tokenizer, model)
     if folder and not full:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        if dtype is not None:
+            model.to(dtype)  # the merged adapter in the weights' dtype
     width = meta.get("target_width", target_width)
     maps = None
     if folder and meta.get("alignment") == "fitted":

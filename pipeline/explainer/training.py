@@ -32,7 +32,7 @@ from pipeline.config import ExplainerConfig, TrainingConfig
 from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id, save_explainer
 from pipeline.sampling import seeded_subset
 from pipeline.models import load_model, read_manifest
-from pipeline.runtime import warn
+from pipeline.runtime import resolve_precision, warn
 
 
 def world() -> tuple[int, int]:
@@ -421,7 +421,12 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         del os.environ[key]
     torch.manual_seed(cfg.seed)
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
-    model, tokenizer = load_model(base_model_dir, trainable=True)
+    precision = resolve_precision(cfg.precision)
+    # In bf16 the weights LoRA leaves frozen are held in bf16 (not cast again in every forward pass); the adapter, the
+    # projections and the optimizer state stay fp32 (peft keeps adapters fp32), and the products run under bf16
+    # autocast. Full fine-tuning keeps fp32 master weights under autocast; DeepSpeed casts as its config says.
+    frozen_bf16 = precision == "bf16" and cfg.method == "lora" and not cfg.deepspeed
+    model, tokenizer = load_model(base_model_dir, trainable=True, dtype=torch.bfloat16 if frozen_bf16 else None)
     placeholder = placeholder_token_id(tokenizer, model)
     if cfg.method == "lora":
         model = with_lora(model, cfg)
@@ -459,7 +464,7 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
             output_dir=str(checkpoint_dir), max_steps=total_steps, per_device_train_batch_size=cfg.batch_size // size,
             gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate, weight_decay=0.0,
             lr_scheduler_type="constant_with_warmup" if cfg.lr_schedule == "constant" else "linear", warmup_steps=min(cfg.warmup_steps, total_steps // 2), max_grad_norm=1.0,
-            seed=cfg.seed, data_seed=cfg.seed, bf16=cfg.precision == "bf16", use_cpu=not torch.cuda.is_available(),
+            seed=cfg.seed, data_seed=cfg.seed, bf16=precision == "bf16", use_cpu=not torch.cuda.is_available(),
             logging_strategy="steps", logging_steps=1, report_to="none", save_strategy="steps", save_steps=cfg.checkpoint_every, save_total_limit=1,
             remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=rank != 0,
             train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
@@ -485,13 +490,13 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         start_step = int(resume.rsplit("-", 1)[1]) if resume else 0
         history = [{"step": e["step"], "loss": e["loss"], "lr": e["learning_rate"]}
                    for e in trainer.state.log_history if "loss" in e]
-        log = {"steps": total_steps, "resumed_from_step": start_step, "examples": int(len(chosen)),
+        log = {"steps": total_steps, "resumed_from_step": start_step, "examples": int(len(chosen)), "precision": precision,
                "skipped_too_long": int((~fits).sum()), "processes": size,
                "tokens_per_second": float(_all_sum(trainer.tokens_seen)) / max(elapsed, 1e-9),
                "seconds": elapsed, "losses": history}
         meta = {"method": cfg.method, "base_model": read_manifest(base_model_dir)["source"], "target_width": target_width,
                 "projection": "none" if explainer.projection is None and explainer.layer_projections is None else "linear",
-                "inject": explainer_cfg.inject, "train_projection": explainer_cfg.train_projection,
+                "inject": explainer_cfg.inject, "train_projection": explainer_cfg.train_projection, "precision": precision,
                 "prompt_format": explainer_cfg.prompt_format,
                 "provenance": provenance(settings)}
         # Under ZeRO-3 the weights are partitioned: gather them (every process takes part), then rank 0 writes.

@@ -22,7 +22,7 @@ from pipeline.lazy import lazy_import
 from pipeline.artifacts import (ArtifactError, check_same_run, provenance, read_table, read_tensors, write_table,
                                 write_tensors)
 from pipeline.config import ActPatchConfig
-from pipeline.runtime import warn
+from pipeline.runtime import torch_dtype, warn
 from pipeline.tasks.facts import RenderedPrompt, draw_options, make_pairs, render_prompt, token_positions
 from pipeline.explainer.prompts import FORMAT_INSTRUCTION, change_answer, phrasing, token_text
 from pipeline.tasks import Examples, Task, register
@@ -78,7 +78,7 @@ def choose_pairs(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
     facts = facts[facts["kept"] & (facts["split"] == split)].reset_index(drop=True)
     if facts.empty:
         raise ArtifactError(f"{facts_path}: no kept facts in split '{split}'")
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, dtype=torch_dtype(cfg.precision))
     candidates = make_pairs(facts, cfg.pair_seed, tokenizer)
     rng = random.Random(cfg.pair_seed)
     rendered = []
@@ -137,7 +137,7 @@ def build_label_chunk(cfg: ActPatchConfig, pairs_path: str | Path, model_dir: st
 
     pairs = read_table(pairs_path, required=PAIR_COLUMNS)
     pairs = pairs.iloc[chunk * cfg.chunk_pairs:(chunk + 1) * cfg.chunk_pairs]
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, dtype=torch_dtype(cfg.precision))
     manifest = read_manifest(model_dir)
     windows, types = cfg.windows(manifest["num_layers"]), list(cfg.token_types)
     per_pair = len(types) * len(windows)
@@ -491,18 +491,21 @@ TASK = register(Task(
     # The task's own stages: name -> (entry, the config keys its result depends on, execution-only keys[, the task
     # whose training/generation overrides apply, modules it loads by name]) as pipeline/stages.py's Stage.
     stages={
-        "act_patch_facts": ("pipeline.tasks.facts:build_facts", ("facts", "act_patch.prompt"), ("act_patch.batch_size",)),
+        "act_patch_facts": ("pipeline.tasks.facts:build_facts", ("facts", "act_patch.prompt", "act_patch.precision"),
+                            ("act_patch.batch_size",)),
         "act_patch_pairs": ("pipeline.tasks.act_patch:choose_pairs",
-                            ("act_patch.prompt", "act_patch.pairs", "facts.keep_only_correct"), ("act_patch.batch_size",)),
+                            ("act_patch.prompt", "act_patch.pairs", "facts.keep_only_correct", "act_patch.precision"),
+                            ("act_patch.batch_size",)),
         "act_patch_label_chunk": ("pipeline.tasks.act_patch:build_label_chunk",
-                                  ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct"),
-                                  ("act_patch.batch_size", "act_patch.chunk_pairs")),
+                                  ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct",
+                                   "act_patch.precision"), ("act_patch.batch_size", "act_patch.chunk_pairs")),
         "act_patch_labels": ("pipeline.tasks.act_patch:gather_labels",
                              ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct",
                               "act_patch.released_labels.{target}"), ("act_patch.chunk_pairs",)),
         "act_patch_diagnostics": ("pipeline.tasks.act_patch_diagnostics:diagnose", ("generation", "explainer", "scoring"),
                                   ("generation.batch_size",), "act_patch", ("pipeline.tasks.act_patch",)),
         "act_patch_patch_effect": ("pipeline.tasks.act_patch_figures:patch_effect_figure",),
+        "act_patch_budget": ("pipeline.report.budget:write_budget", ("act_patch.budget", "scoring")),
     },
 ))
 

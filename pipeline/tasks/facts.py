@@ -169,10 +169,12 @@ def answer_matches(answer_token: str, target: str) -> bool:
 
 
 def build_facts(facts_cfg: FactsConfig, prompt_cfg: PromptConfig, model_dir: str | Path, out_path: str | Path,
-                batch_size: int = 64, settings: dict | None = None) -> pd.DataFrame:
-    """All candidate facts with the target's answer, `correct`, `kept` and `split` columns."""
+                batch_size: int = 64, settings: dict | None = None, precision: str = "fp32") -> pd.DataFrame:
+    """All candidate facts with the target's answer (its weights in `precision`), `correct`, `kept` and `split`
+    columns."""
     from pipeline.models import load_model, read_manifest
     from pipeline.engine.patching import greedy_next_tokens
+    from pipeline.runtime import torch_dtype
 
     raw = countryinfo_facts(facts_cfg.relations) if facts_cfg.source == "countryinfo" else read_counterfact(
         facts_cfg.path or "")
@@ -181,7 +183,7 @@ def build_facts(facts_cfg: FactsConfig, prompt_cfg: PromptConfig, model_dir: str
     if facts_cfg.max_facts_per_relation:
         frame = frame.groupby("relation", group_keys=False).head(facts_cfg.max_facts_per_relation)
     frame["split"] = split_by_subject(frame["subject"], facts_cfg.test_fraction, facts_cfg.seed)
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, dtype=torch_dtype(precision))
     rng = random.Random(facts_cfg.seed)
     prompts = []
     for row in frame.itertuples():

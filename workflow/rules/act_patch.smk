@@ -149,3 +149,35 @@ rule act_patch_patch_effect:
         "../../envs/pipeline.yaml"
     script:
         "../scripts/act_patch_patch_effect.py"
+
+
+rule act_patch_budget:
+    input:
+        unpack(budget_inputs),
+    output:
+        result="results/act_patch/{explainer}_{target}.budget.json",
+        figure=report(
+            "report/act_patch/{explainer}_{target}/budget.png",
+            caption="../report/budget.rst",
+            category="act_patch",
+            subcategory="{explainer} explains {target}",
+            labels={"run": "{explainer}_{target}", "figure": "training budget"},
+        ),
+    params:
+        settings=settings_of("act_patch_budget"),
+        code=code_of("act_patch_budget"),
+        upstream=upstream_of("act_patch_budget"),
+        points=budget_points,
+    log:
+        "logs/act_patch_budget/{explainer}_{target}.log",
+    benchmark:
+        "benchmarks/act_patch_budget/{explainer}_{target}.tsv"
+    threads: 1
+    localrule: True
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../envs/pipeline.yaml"
+    script:
+        "../scripts/act_patch_budget.py"

@@ -32,12 +32,15 @@ wildcard_constraints:
     case="[A-Za-z0-9_]+",
     chunk="[0-9]+",
     seed="[0-9]+",
+    rows="[0-9]+|all",
+    epochs="[0-9]+",
 
 
 # Where a run's explainer, predictions and results live: "" the run of training.seed (results/{task}/{run}.json);
 # "_seeded" one run per other seed of training.seeds (results/{task}/seeds/{seed}/{run}.json), gathered with the run
-# of training.seed by {task}_seeds into results/{task}/{run}.seeds.json.
-LAYOUTS = {"": "", "_seeded": "seeds/{seed}/"}
+# of training.seed by {task}_seeds into results/{task}/{run}.seeds.json; "_budget" one run per point of a training
+# budget that is not one of those (rows, epochs and seed; results/{task}/budget/r{rows}_e{epochs}/s{seed}/{run}.json).
+LAYOUTS = {"": "", "_seeded": "seeds/{seed}/", "_budget": "budget/r{rows}_e{epochs}/s{seed}/"}
 
 
 def released_label_files(task, wildcards):
@@ -64,10 +67,13 @@ def settings_of(stage):
 
 
 def seeded_settings(stage, layout):
-    """A training stage's settings; in the seeded layout with training.seed set to the run's {seed}."""
+    """A training stage's settings; in the seeded layout with training.seed set to the run's {seed}, in the budget
+    layout with its rows and epochs too."""
     settings = stages.settings(config, stage)
     if not layout:
         return settings
+    if layout == "_budget":
+        return lambda wildcards: stages.with_budget(settings, wildcards.rows, wildcards.epochs, int(wildcards.seed))
     return lambda wildcards: stages.with_training_seed(settings, int(wildcards.seed))
 
 
@@ -281,7 +287,9 @@ def trained_explainer(task, folder):
 
 
 def _prefix(prefix, wildcards):
-    return prefix.format(seed=wildcards.seed) if "{seed}" in prefix else prefix
+    """A layout's folder for the job's wildcards (its seed; a budget point's rows and epochs)."""
+    return prefix.format(**{name: getattr(wildcards, name) for name in ("seed", "rows", "epochs")
+                            if f"{{{name}}}" in prefix})
 
 
 def answered_without_trained_explainer(spec, variant):

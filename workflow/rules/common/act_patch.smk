@@ -22,3 +22,33 @@ def diagnostic_inputs(wildcards):
     run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
     return (get_task("act_patch").label_paths(wildcards.target, "test") | _models(wildcards, "act_patch")
             | {"trained": f"work/act_patch/explainers/{run}"} | alignment_input(wildcards, "act_patch"))
+
+
+def budget_points(wildcards):
+    """Every run of a training budget (act_patch.budget): for the explainer and each of `others` on the same target,
+    each point of rows x epochs with its seeds, where its results and fine-tuned answers are. The point of the
+    training section's own rows and epochs is the run itself (training.seed) or its seeded runs, not trained again."""
+    from pipeline.report.budget import grid
+
+    section = config["act_patch"].get("budget") or {}
+    training = stages.task_section(config, "training", "act_patch")
+    own = (training.get("max_examples"), int(training["epochs"]) if float(training["epochs"]).is_integer() else None)
+    points = []
+    for explainer in [wildcards.explainer, *[known_model(o) for o in section.get("others") or []
+                                             if o != wildcards.explainer]]:
+        run = f"{known_model(explainer)}_{known_model(wildcards.target)}"
+        for rows, epochs, seed in grid(section):
+            if (rows, epochs) == own:
+                layout = "" if seed == int(training["seed"]) else "_seeded"
+            else:
+                layout = "_budget"
+            where = LAYOUTS[layout].format(seed=seed, rows="all" if rows is None else rows, epochs=epochs)
+            points.append({"explainer": explainer, "rows": rows, "epochs": epochs, "seed": seed,
+                           "result": f"results/act_patch/{where}{run}.json",
+                           "predictions": f"work/act_patch/{where}predictions/{run}/finetuned.parquet"})
+    return points
+
+
+def budget_inputs(wildcards):
+    points = budget_points(wildcards)
+    return {"results": [p["result"] for p in points], "predictions": [p["predictions"] for p in points]}
