@@ -62,6 +62,7 @@ def all_stages() -> dict[str, Stage]:
         extra = tuple(f"{task}.{key}" for key in get_task(task).training_keys)
         stages[f"{task}_train"] = Stage("pipeline.explainer.explain:train", ("training", "explainer", *extra), _TRAINING_EXECUTION,
                                         task, (module,))
+        stages[f"{task}_train_baseline"] = stages[f"{task}_train"]  # map_only, affine: training.method changed
         stages[f"{task}_generate"] = Stage("pipeline.explainer.explain:generate", ("generation", "explainer"),
                                            ("generation.batch_size",), task, (module,))
         spec = get_task(task)

@@ -520,3 +520,44 @@ def test_bf16_trains_and_generates_with_every_explainer_setting(tmp_path, tiny_d
     predictions = generate_answers(explainer, tokenizer, questions[:4], vectors[:4],
                                    "paper" if setting == "released" else "plain", 6, 4, vector_layers=layers[:4])
     assert len(predictions) == 4 and all(isinstance(p, str) for p in predictions)
+
+
+@pytest.mark.parametrize("method", ["map", "affine"])
+def test_the_frozen_explainer_baselines_train_only_the_vectors_map(tmp_path, tiny_dir, method):
+    """map: the language model frozen, the fitted per-layer maps trained; affine: the maps frozen too, only a scale and
+    a shift (d + 1 parameters) trained. Their folders hold no model weights, and the loaded explainer gives the
+    placeholder what the trained one did."""
+    from safetensors.torch import load_file
+
+    from pipeline.artifacts import provenance, write_tensors
+    from pipeline.explainer.model import collate, encode_example
+
+    questions, answers, vectors = toy_examples(8)
+    layers = [i % 2 * 2 for i in range(8)]
+    generator = torch.Generator().manual_seed(1)
+    alignment = tmp_path / "alignment.safetensors"
+    write_tensors({f"layers.{layer}.{kind}": torch.randn(*shape, generator=generator) * 0.1 for layer in (0, 2)
+                   for kind, shape in (("weight", (64, 64)), ("mean", (64,)))}, alignment, provenance({}))
+    explainer_cfg = ExplainerConfig(alignment="fitted")
+    first = {name: load_file(str(alignment))[f"layers.{name}.weight"] for name in (0, 2)}
+    log = training.train_explainer(cfg(epochs=2, method=method, learning_rate=1e-2, projection_learning_rate=1e-2),
+                                   explainer_cfg, tiny_dir, 64, questions, answers, vectors, tmp_path / "m",
+                                   tmp_path / "ckpt", {"method": method}, vector_layers=layers, alignment=alignment)
+    assert log["steps"] == 4
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert "model.safetensors" not in files and "adapter_model.safetensors" not in files
+    saved = load_file(str(tmp_path / "m" / "projection.safetensors"))
+    moved = {layer: not torch.allclose(saved[f"layers.{layer}.weight"], first[layer]) for layer in (0, 2)}
+    if method == "map":
+        assert all(moved.values()) and "affine.scale" not in saved
+    else:
+        assert not any(moved.values()) and saved["affine.shift"].shape == (64,)
+        assert float(saved["affine.scale"]) != 1.0 and saved["affine.shift"].abs().sum() > 0
+    explainer, tokenizer = load_explainer(tmp_path / "m", tiny_dir, 64)
+    base, _ = load_explainer(None, tiny_dir, 64, alignment=alignment)
+    batch = collate([encode_example(tokenizer, questions[0], None, "plain", explainer.placeholder_id)], vectors[:1],
+                    tokenizer.pad_token_id, "cpu", layers[:1])
+    for name, parameter in explainer.lm.named_parameters():  # the model is the base model
+        assert torch.equal(parameter, dict(base.lm.named_parameters())[name]), name
+    assert not torch.allclose(explainer.embed(batch["input_ids"], batch["vectors"], batch["vector_layers"]),
+                              base.embed(batch["input_ids"], batch["vectors"], batch["vector_layers"]))

@@ -15,6 +15,7 @@ import pandas as pd
 from pipeline.tasks import Examples, Task, get_task
 
 _MODEL_INPUTS = ("explainer", "target", "trained", "alignment")
+CONTEXT = "context_"  # an in-context baseline's inputs: the training split's labels, its solved examples
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,10 @@ class Run:
 
         settings, prov = stage_settings(job.params, job.config, job.rule)
         files = named_inputs(job.input)
+        labels = {name: path for name, path in named_inputs(job.input, exclude=_MODEL_INPUTS).items()
+                  if not name.startswith(CONTEXT)}
         return cls(task=job.params.task, explainer_dir=files["explainer"], target_dir=files["target"],
-                   settings=settings, provenance=prov, labels=named_inputs(job.input, exclude=_MODEL_INPUTS),
+                   settings=settings, provenance=prov, labels=labels,
                    trained_dir=files.get("trained"), alignment=files.get("alignment"),
                    names={k: str(getattr(job.wildcards, k)) for k in ("explainer", "target") if hasattr(job.wildcards, k)},
                    inputs=files, predictions=tuple(map(str, job.input.get("predictions", []))))
@@ -163,10 +166,13 @@ def generate(run: Run, variant: str, out_path) -> pd.DataFrame:
     from pipeline.sampling import seeded_subset
     from pipeline.models import read_manifest
 
+    from pipeline.tasks import IN_CONTEXT
+
     spec, generation_cfg, explainer_cfg = run.spec, run.config("generation"), run.config("explainer")
     explainer_dir, target_dir = run.explainer_dir, run.target_dir
-    if variant not in spec.variants:
-        raise ValueError(f"unknown {run.task} variant '{variant}'; expected one of {spec.variants}")
+    if variant not in spec.variants + spec.baseline_variants:
+        raise ValueError(f"unknown {run.task} variant '{variant}'; expected one of "
+                         f"{spec.variants + spec.baseline_variants}")
     examples = spec.examples(run.labels, target_dir)
     examples.vectors = spec.variant_vectors(variant, examples, generation_cfg.seed)
     examples = examples.subset(seeded_subset(len(examples.questions), generation_cfg.max_examples, generation_cfg.seed))
@@ -177,24 +183,56 @@ def generate(run: Run, variant: str, out_path) -> pd.DataFrame:
         return out
     width, projection = _explainer_width(examples, explainer_dir, target_dir)
     # A released explainer (explainer.checkpoint) stands where this workflow's trained one would.
-    trained = None if variant == "untrained" else (explainer_cfg.checkpoint or run.trained_dir)
+    untrained = variant == "untrained" or variant in IN_CONTEXT
+    trained = None if untrained else (explainer_cfg.checkpoint or run.trained_dir)
     explainer, tokenizer = load_explainer(trained, explainer_dir, width, projection or explainer_cfg.projection,
                                           explainer_cfg.inject, run.alignment if projection is None else None,
                                           explainer_cfg.scale, explainer_cfg.center, explainer_cfg.continuous_tokens,
                                           text_only=examples.vectors is None,
                                           dtype=torch_dtype(generation_cfg.precision))
     questions, prompt_format = asked(examples.questions, explainer_cfg, spec), explainer_cfg.prompt_format
-    if variant == "untrained":
+    layers = vector_layers(examples, explainer_cfg, explainer_dir, target_dir)
+    vectors = examples.vectors
+    if untrained:
         questions = [q + spec.format_instruction for q in questions]
         # Zero-shot, an instruct model is asked as it was trained to be asked: in its chat template.
         prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else prompt_format
-    predictions = generate_answers(explainer, tokenizer, questions, examples.vectors, prompt_format,
+    if variant in IN_CONTEXT:
+        questions, vectors, layers, prompt_format = _in_context(run, examples, questions, layers, IN_CONTEXT[variant],
+                                                                 prompt_format, tokenizer, generation_cfg.seed)
+    predictions = generate_answers(explainer, tokenizer, questions, vectors, prompt_format,
                                    generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant,
-                                   vector_layers=vector_layers(examples, explainer_cfg, explainer_dir, target_dir))
+                                   vector_layers=layers)
     out = prediction_frame(examples, questions, predictions, variant)
     write_table(out, out_path, provenance(run.provenance | {"precision": resolve_precision(generation_cfg.precision)},
                                           models))
     return out
+
+
+def _in_context(run: Run, examples: Examples, questions: list[str], layers, k: int, prompt_format: str, tokenizer,
+                seed: int):
+    """The in-context baseline's prompts: before each question (as the untrained explainer is asked it), k solved
+    examples of the training split (`run`'s context_* inputs), each asked the same way and answered; their vectors
+    at their own placeholders, then the question's ([rows, k + 1, width], each slot's layer)."""
+    import torch
+
+    from pipeline.explainer.prompts import in_context_examples, in_context_prompt
+
+    explainer_cfg, spec = run.config("explainer"), run.spec
+    pool = spec.examples({name[len(CONTEXT):]: path for name, path in run.inputs.items()
+                          if name.startswith(CONTEXT)}, run.target_dir)
+    solved_questions = [q + spec.format_instruction for q in asked(pool.questions, explainer_cfg, spec)]
+    pool_layers = vector_layers(pool, explainer_cfg, run.explainer_dir, run.target_dir)
+    picks = in_context_examples(len(questions), len(pool.questions), k, seed)
+    prompts = [in_context_prompt([(solved_questions[j], pool.answers[j]) for j in pick], question, tokenizer,
+                                 prompt_format) for pick, question in zip(picks, questions)]
+    vectors = None
+    if examples.vectors is not None:
+        vectors = torch.stack([torch.cat([pool.vectors[pick], examples.vectors[row:row + 1]])
+                               for row, pick in enumerate(picks)])
+    if layers is not None:
+        layers = [[pool_layers[j] for j in pick] + [layers[row]] for row, pick in enumerate(picks)]
+    return prompts, vectors, layers, "templated" if prompt_format == "chat" else "paper"
 
 
 def score(run: Run, out_path) -> dict:
@@ -205,7 +243,7 @@ def score(run: Run, out_path) -> dict:
     from pipeline.explainer.metrics import run_summary, score_variants
 
     spec, scoring_cfg = run.spec, run.config("scoring")
-    prediction_paths = dict(zip(spec.variants, run.predictions))
+    prediction_paths = {Path(path).stem: path for path in run.predictions}  # {variant}.parquet: the task's, baselines
     train_paths, test_paths = run.named("train_"), run.named("test_")
     frames = {v: read_table(p, required=["row_key", "cluster", "prediction", "reference"])
               for v, p in prediction_paths.items()}

@@ -29,6 +29,9 @@ from pipeline.models import decoder_layers, embedding_norm
 from pipeline.explainer.prompts import VECTOR
 
 EXPLAINER_META = "explainer.json"
+# Training methods that leave the language model as it is: only the vector's map (map), or an affine adapter after
+# the fitted map (affine); their folders hold the projections and no weights of the model.
+FROZEN_METHODS = ("map", "affine")
 PROJECTION_FILE = "projection.safetensors"
 RESERVED_PLACEHOLDERS = ("<|reserved_special_token_12|>", "<|vision_pad|>", "<unused0>")
 ADDED_PLACEHOLDER = "<|vector|>"
@@ -61,12 +64,13 @@ def placeholder_token_id(tokenizer, model: nn.Module | None = None) -> int:
 class ContinuousTokenExplainer(nn.Module):
     def __init__(self, lm: nn.Module, target_width: int, placeholder_id: int, projection: str = "linear",
                  inject: str = "embedding", alignment: dict[int, tuple] | None = None,
-                 train_projection: bool = True, scale: str = "embedding_norm"):
+                 train_projection: bool = True, scale: str = "embedding_norm", affine: bool = False):
         """`alignment` (layer -> (weight, mean), pipeline/explainer/alignment.py) gives one projection per target layer
         started from the fitted map (the paper's `embed_projs`), applied to the unit vector less the layer's mean;
         without it one projection serves every layer. `scale`: embedding_norm (the unit vector's image at the
         embeddings' mean norm) or raw (the vector as it is, through the projection where there is one: the
-        paper's code)."""
+        paper's code). `affine`: d + 1 more parameters after the map, a scale (from 1) and a shift (from 0) of what
+        the placeholder receives (the frozen-explainer adapter of arXiv 2602.10352)."""
         super().__init__()
         self.lm = lm
         embeddings = lm.get_input_embeddings().weight
@@ -114,6 +118,8 @@ class ContinuousTokenExplainer(nn.Module):
                 self.layer_means[str(layer)] = nn.Parameter(mean.float().to(embeddings.device), requires_grad=False)
         for parameter in self.projection_parameters():
             parameter.requires_grad_(train_projection)
+        self.affine_scale = nn.Parameter(torch.ones((), device=embeddings.device)) if affine else None
+        self.affine_shift = nn.Parameter(torch.zeros(width, device=embeddings.device)) if affine else None
         self.register_buffer("embed_norm", embedding_norm(lm, {placeholder_id}).to(embeddings.device), persistent=False)
 
     def projection_parameters(self) -> list:
@@ -122,8 +128,17 @@ class ContinuousTokenExplainer(nn.Module):
             return list(self.layer_projections.parameters())
         return list(self.projection.parameters()) if self.projection is not None else []
 
+    def affine_parameters(self) -> list:
+        return [self.affine_scale, self.affine_shift] if self.affine_scale is not None else []
+
     def project(self, vectors: torch.Tensor, vector_layers=None) -> torch.Tensor:
         """What the placeholder's embedding becomes for each vector (before the cast to the model's dtype)."""
+        mapped = self._mapped(vectors, vector_layers)
+        if self.affine_scale is None:
+            return mapped
+        return self.affine_scale * mapped.float() + self.affine_shift
+
+    def _mapped(self, vectors: torch.Tensor, vector_layers=None) -> torch.Tensor:
         if self.layer_projections is not None:
             if vector_layers is None or len(vector_layers) != len(vectors):
                 raise ValueError("this explainer has one projection per target layer: every vector needs its layer")
@@ -156,18 +171,24 @@ class ContinuousTokenExplainer(nn.Module):
         if vectors.shape[-1] != self.target_width:
             raise WidthError(f"vectors have width {vectors.shape[-1]} but this explainer reads width {self.target_width}")
         found = input_ids == self.placeholder_id
-        if not bool((found.sum(dim=1) == 1).all()):
-            raise ValueError(f"every prompt given a vector must hold the placeholder token (id {self.placeholder_id}) "
-                             f"exactly once; found counts {found.sum(dim=1).tolist()}")
+        slots = vectors.shape[1] if vectors.dim() == 3 else 1
+        if not bool((found.sum(dim=1) == slots).all()):
+            raise ValueError(f"every prompt given {slots} vector(s) must hold the placeholder token (id "
+                             f"{self.placeholder_id}) {slots} time(s); found counts {found.sum(dim=1).tolist()}")
         return found
 
     def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None, vector_layers=None):
         """Input embeddings with row b's placeholder replaced by the projected vectors[b] (embedding injection;
-        with layer injection the embeddings are left as they are)."""
+        with layer injection the embeddings are left as they are). A row of several placeholders (an in-context
+        prompt: each solved example's vector, then the question's) takes vectors [rows, slots, width] in order, and
+        `vector_layers` per row a list of the slots' layers."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         if vectors is None or self.inject == "layer":
             return embeds
         found = self._placeholders(input_ids, vectors)
+        if vectors.dim() == 3:  # row-major, as `embeds[found]` orders the placeholders
+            vector_layers = None if vector_layers is None else [layer for row in vector_layers for layer in row]
+            vectors = vectors.reshape(-1, vectors.shape[-1])
         mapped = self.project(vectors, vector_layers).to(embeds.dtype)
         embeds = embeds.clone()
         embeds[found] = mapped
@@ -183,6 +204,8 @@ class ContinuousTokenExplainer(nn.Module):
             return
         if vector_layers is None or len(vector_layers) != len(vectors):
             raise ValueError("explainer.inject is 'layer': every vector needs the layer it was taken from")
+        if vectors.dim() == 3:
+            raise ValueError("explainer.inject is 'layer': a prompt of several vectors (in context) needs 'embedding'")
         found = self._placeholders(input_ids, vectors)
         positions = found.float().argmax(dim=1)
         width = input_ids.shape[1]
@@ -290,8 +313,8 @@ def prompt_text(question: str, tokenizer, prompt_format: str) -> str:
     if prompt_format == "chat":
         return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                              add_generation_prompt=True)
-    if prompt_format == "paper":  # the paper's string template as it is (its task's ending added), the answer right after
-        return question
+    if prompt_format in ("paper", "templated"):  # as it is: the paper's string template (its task's ending added), or a
+        return question                          # prompt already in the chat template (in-context turns)
     return f"{question}\nAnswer:"
 
 
@@ -302,18 +325,19 @@ def encode_example(tokenizer, question: str, answer: str | None, prompt_format: 
     as the paper's prompts hold it); labels cover only the answer, whose <<<content>>> and verdict tokens weigh
     `content_weight` and `verdict_weight` in the loss (1: every answer token alike)."""
     text = prompt_text(question, tokenizer, prompt_format)
-    special = prompt_format != "chat"
-    before, marker, after = text.partition(VECTOR)
-    ids = tokenizer(before, add_special_tokens=special)["input_ids"]
-    if marker:
-        if placeholder_id is None:
-            raise ValueError("the question holds <vector> but no placeholder token id was given")
+    special = prompt_format not in ("chat", "templated")  # a chat template writes its own special tokens
+    pieces = text.split(VECTOR)  # one placeholder per <vector> (several in an in-context prompt)
+    marker = len(pieces) > 1
+    ids = tokenizer(pieces[0], add_special_tokens=special)["input_ids"]
+    if marker and placeholder_id is None:
+        raise ValueError("the question holds <vector> but no placeholder token id was given")
+    for after in pieces[1:]:
         middle = [wrap[0], placeholder_id, wrap[1]] if wrap else [placeholder_id]
         ids = ids + middle + tokenizer(after, add_special_tokens=False)["input_ids"]
     labels = [-100] * len(ids)
     weights = None
     if answer is not None:
-        answer_text = ("" if prompt_format in ("chat", "paper") else " ") + answer
+        answer_text = ("" if prompt_format in ("chat", "paper", "templated") else " ") + answer
         answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
         if content_weight != 1.0 or verdict_weight != 1.0:
             weights = [0.0] * len(ids) + answer_weights(tokenizer, answer_text, content_weight, verdict_weight) + [1.0]
@@ -356,24 +380,28 @@ def save_explainer(explainer: ContinuousTokenExplainer, folder: Path, meta: dict
     from peft import PeftModel
 
     meta = meta | {"embed_norm": float(explainer.embed_norm), "placeholder_id": explainer.placeholder_id,
-                   "inject": explainer.inject, "scale": explainer.scale,
+                   "inject": explainer.inject, "scale": explainer.scale, "affine": explainer.affine_scale is not None,
                    "alignment": "fitted" if explainer.layer_projections is not None else "identity"}
     lm_state = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")} if state else None
     if isinstance(explainer.lm, PeftModel):
         # The adapter alone: the placeholder's embedding row is recreated (zero) wherever the explainer loads.
         explainer.lm.save_pretrained(folder, save_embedding_layers=False, state_dict=lm_state)
-    else:
+    elif meta.get("method") not in FROZEN_METHODS:  # a frozen language model is the base model: not saved again
         explainer.lm.save_pretrained(folder, state_dict=lm_state)
+    affine = {}
+    if explainer.affine_scale is not None:
+        affine = {"affine.scale": explainer.affine_scale.detach().float().cpu().reshape(1).contiguous(),
+                  "affine.shift": explainer.affine_shift.detach().float().cpu().contiguous()}
     if explainer.layer_projections is not None:
         tensors = {}
         for key, linear in explainer.layer_projections.items():
             weight = state[f"layer_projections.{key}.weight"] if state else linear.weight
             tensors[f"layers.{key}.weight"] = weight.detach().float().cpu().contiguous()
             tensors[f"layers.{key}.mean"] = explainer.layer_means[key].detach().float().cpu().contiguous()
-        save_file(tensors, str(folder / PROJECTION_FILE))
+        save_file(tensors | affine, str(folder / PROJECTION_FILE))
     elif explainer.projection is not None:
         weight = state["projection.weight"] if state else explainer.projection.weight
-        save_file({"weight": weight.detach().float().cpu().contiguous()}, str(folder / PROJECTION_FILE))
+        save_file({"weight": weight.detach().float().cpu().contiguous()} | affine, str(folder / PROJECTION_FILE))
     (folder / EXPLAINER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
@@ -471,7 +499,7 @@ def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target
     full = meta.get("method") == "full"
     model, tokenizer = load_model(base_model_dir, weights=folder if full else None, dtype=dtype)
     placeholder = placeholder_token_id(tokenizer, model)
-    if folder and not full:
+    if folder and not full and meta.get("method") not in FROZEN_METHODS:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
@@ -483,15 +511,20 @@ def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target
         projection = meta["projection"] = "linear"  # per-layer projections (written as "none" before 2026-12-02)
         saved = load_file(str(Path(folder) / PROJECTION_FILE))
         maps = {int(name.split(".")[1]): (weight, saved[name.replace(".weight", ".mean")])
-                for name, weight in saved.items() if name.endswith(".weight")}
+                for name, weight in saved.items() if name.startswith("layers.") and name.endswith(".weight")}
     elif not folder and alignment:
         from pipeline.explainer.alignment import load_alignment
 
         maps = load_alignment(alignment, width, model.get_input_embeddings().weight.shape[1], center)
     explainer = ContinuousTokenExplainer(model, width, placeholder, meta.get("projection", projection),
-                                         meta.get("inject", inject), maps, scale=meta.get("scale", scale))
+                                         meta.get("inject", inject), maps, scale=meta.get("scale", scale),
+                                         affine=bool(meta.get("affine")))
+    saved = load_file(str(Path(folder) / PROJECTION_FILE)) if folder and (Path(folder) / PROJECTION_FILE).is_file() else {}
     if folder and explainer.projection is not None:
-        explainer.projection.weight.data.copy_(load_file(str(Path(folder) / PROJECTION_FILE))["weight"])
+        explainer.projection.weight.data.copy_(saved["weight"])
+    if explainer.affine_scale is not None:
+        explainer.affine_scale.data.copy_(saved["affine.scale"].reshape(()))
+        explainer.affine_shift.data.copy_(saved["affine.shift"])
     if "embed_norm" in meta:  # the scale training used (full fine-tuning moves the embeddings a little)
         explainer.embed_norm.fill_(float(meta["embed_norm"]))
     explainer.eval()

@@ -63,3 +63,26 @@ def parse_answer(text: str | None) -> ParsedAnswer:
 def token_text(token: str) -> str:
     """A decoded token as shown in answers: surrounding whitespace dropped, unless that empties it."""
     return token.strip() or token
+
+
+def in_context_prompt(solved: list[tuple[str, str]], question: str, tokenizer, prompt_format: str) -> str:
+    """The untrained explainer's prompt with solved examples first (the field's in-context baseline): each example's
+    question and answer, then the question, as the explainer is asked zero-shot (its chat template's turns where it
+    has one: user, assistant, ..., user; otherwise "Answer:" lines). Every <vector> stays where it stands, one
+    placeholder each."""
+    if prompt_format == "chat":
+        messages = [turn for q, a in solved for turn in ({"role": "user", "content": q},
+                                                          {"role": "assistant", "content": a})]
+        return tokenizer.apply_chat_template(messages + [{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+    return "".join(f"{q}\nAnswer: {a}\n\n" for q, a in solved) + f"{question}\nAnswer:"
+
+
+def in_context_examples(rows: int, pool: int, k: int, seed: int) -> list[list[int]]:
+    """For each of `rows` questions, `k` distinct solved examples of the training pool (`pool` rows), drawn with a
+    seed of its own: the same examples for the same question in every run."""
+    import numpy as np
+
+    if k > pool:
+        raise ValueError(f"{k} solved examples asked for, but the training split holds {pool} rows")
+    return [np.random.default_rng([seed, row]).choice(pool, size=k, replace=False).tolist() for row in range(rows)]

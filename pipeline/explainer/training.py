@@ -29,7 +29,8 @@ import torch
 
 from pipeline.artifacts import ArtifactError, as_umask_says, atomic_dir, atomic_path, config_hash, provenance
 from pipeline.config import ExplainerConfig, TrainingConfig
-from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id, save_explainer
+from pipeline.explainer.model import (FROZEN_METHODS, ContinuousTokenExplainer, collate, encode_example,
+                                      placeholder_token_id, save_explainer)
 from pipeline.sampling import seeded_subset
 from pipeline.models import load_model, read_manifest
 from pipeline.runtime import resolve_precision, warn
@@ -150,7 +151,9 @@ def trainer_class():
             if self.optimizer is None:
                 explainer = self.model
                 groups = [{"params": [p for p in explainer.lm.parameters() if p.requires_grad], "lr": self.lm_lr}]
-                projection = [p for p in explainer.projection_parameters() if p.requires_grad]
+                projection = [p for p in explainer.projection_parameters() + explainer.affine_parameters()
+                              if p.requires_grad]
+                groups = [g for g in groups if g["params"]]  # map-only training leaves the model with none
                 if projection:
                     groups.append({"params": projection, "lr": self.projection_lr})
                 self.optimizer = torch.optim.AdamW(groups, lr=self.lm_lr, weight_decay=0.0)
@@ -425,11 +428,16 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
     # In bf16 the weights LoRA leaves frozen are held in bf16 (not cast again in every forward pass); the adapter, the
     # projections and the optimizer state stay fp32 (peft keeps adapters fp32), and the products run under bf16
     # autocast. Full fine-tuning keeps fp32 master weights under autocast; DeepSpeed casts as its config says.
-    frozen_bf16 = precision == "bf16" and cfg.method == "lora" and not cfg.deepspeed
+    frozen_bf16 = precision == "bf16" and cfg.method != "full" and not cfg.deepspeed
     model, tokenizer = load_model(base_model_dir, trainable=True, dtype=torch.bfloat16 if frozen_bf16 else None)
     placeholder = placeholder_token_id(tokenizer, model)
     if cfg.method == "lora":
         model = with_lora(model, cfg)
+    elif cfg.method in FROZEN_METHODS:  # the field's baselines: the model as it is, only the vector's map trained
+        model.requires_grad_(False)
+        if explainer_cfg.inject != "embedding":
+            raise ValueError(f"training.method {cfg.method!r} trains the map to the placeholder's embedding: it needs "
+                             f"explainer.inject 'embedding' (got {explainer_cfg.inject!r})")
     maps = None
     if alignment is not None:
         from pipeline.explainer.alignment import load_alignment
@@ -437,8 +445,12 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         maps = load_alignment(alignment, target_width, model.get_input_embeddings().weight.shape[1],
                               explainer_cfg.center)
     explainer = ContinuousTokenExplainer(model, target_width, placeholder, explainer_cfg.projection,
-                                         explainer_cfg.inject, maps, explainer_cfg.train_projection,
-                                         explainer_cfg.scale)
+                                         explainer_cfg.inject, maps,
+                                         cfg.method == "map" or (explainer_cfg.train_projection and cfg.method != "affine"),
+                                         explainer_cfg.scale, affine=cfg.method == "affine")
+    if cfg.method in FROZEN_METHODS and not trainable_names(explainer):
+        raise ValueError(f"training.method {cfg.method!r}: nothing to train (no projection: the vector enters as it "
+                         f"is, or the task has no vector)")
 
     encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format, placeholder, cfg.content_weight,
                               cfg.verdict_weight) for q, a in zip(questions, answers)]

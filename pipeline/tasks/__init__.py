@@ -122,6 +122,29 @@ class Task:
     # (the task's config section, the names of the rules about to run) -> None, or an error naming the setting of an
     # external server (an LM judge's) that those rules will call and that does not answer: checked before any job.
     check_servers: Callable[[dict, set[str]], None] = lambda section, rules: None
+    # The field's baselines this task can have (BASELINE_VARIANTS: in-context needs questions an untrained explainer
+    # can answer; the frozen-explainer ones need a vector to map).
+    baseline_variants: tuple[str, ...] = ()
+
+
+# The field's baselines: variants a run adds where its task section lists them (`baselines`), scored beside the
+# fine-tuned explainer with paired differences. in_context_k: the untrained explainer with k solved examples of the
+# training split in its prompt (each with its vector at its own placeholder); map_only: the explainer frozen and only
+# the vector's map trained (from the fitted maps), same rows and steps; affine: the maps frozen too, only a scale and a
+# shift of the placeholder's embedding trained (d + 1 parameters; arXiv 2602.10352).
+IN_CONTEXT = {"in_context_4": 4, "in_context_8": 8}
+FROZEN_BASELINES = {"map_only": "map", "affine": "affine"}  # variant -> training.method of its own training job
+BASELINE_VARIANTS = (*IN_CONTEXT, *FROZEN_BASELINES)
+
+
+def baselines_of(spec: "Task", section: dict | None) -> tuple[str, ...]:
+    """The baseline variants a task section asks for, each checked against what the task can have."""
+    asked = tuple((section or {}).get("baselines") or ())
+    wrong = [b for b in asked if b not in spec.baseline_variants]
+    if wrong:
+        raise ValueError(f"{spec.name}.baselines: {wrong} are not baselines of this task (it can have "
+                         f"{list(spec.baseline_variants) or 'none'})")
+    return asked
 
 
 _TASKS: dict[str, Task] = {}
@@ -142,4 +165,4 @@ def get_task(name: str) -> Task:
 
 
 def all_variants() -> tuple[str, ...]:
-    return tuple(sorted({v for name in TASK_MODULES for v in get_task(name).variants}))
+    return tuple(sorted({v for name in TASK_MODULES for v in get_task(name).variants} | set(BASELINE_VARIANTS)))

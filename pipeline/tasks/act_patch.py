@@ -482,6 +482,7 @@ def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
 
 TASK = register(Task(
     headline=("is_different=True", "exact_match"),  # names the counterfactual's answer: reads the vector
+    baseline_variants=("in_context_4", "in_context_8", "map_only", "affine"),
     name="act_patch", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     paper_suffix="\n",  # the paper's act_patch templates end in "?\n"
     examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train, target_dir),

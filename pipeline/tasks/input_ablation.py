@@ -344,7 +344,7 @@ def training_rows(rows: Examples, settings: dict, seed: int, target_dir: str | N
 
 
 TASK = register(Task(
-    name="input_ablation", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION_CHOICE, label_paths=label_paths,
+    name="input_ablation", variants=VARIANTS, baseline_variants=("in_context_4", "in_context_8"), format_instruction=FORMAT_INSTRUCTION_CHOICE, label_paths=label_paths,
     examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train["labels"]),
     training_rows=training_rows, training_keys=("rebalance_train", "max_train_examples"),
     stages={  # the task's own stages, as pipeline/stages.py's Stage: (entry, keys, execution-only keys)

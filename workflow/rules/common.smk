@@ -5,7 +5,8 @@ from pathlib import Path
 from pipeline import runtime, stages
 from pipeline.interpbench import cases as interpbench
 from pipeline.artifacts import config_hash, damage, local_folder, released_source, unwritable
-from pipeline.tasks import TASK_MODULES, add_task_modules, all_variants, get_task
+from pipeline.tasks import (FROZEN_BASELINES, IN_CONTEXT, TASK_MODULES, add_task_modules, all_variants, baselines_of,
+                            get_task)
 
 add_task_modules(config.get("task_modules") or {})
 TASKS = tuple(TASK_MODULES)
@@ -34,6 +35,7 @@ wildcard_constraints:
     seed="[0-9]+",
     rows="[0-9]+|all",
     epochs="[0-9]+",
+    baseline="|".join(FROZEN_BASELINES),
 
 
 # Where a run's explainer, predictions and results live: "" the run of training.seed (results/{task}/{run}.json);
@@ -230,7 +232,7 @@ def run_figure_inputs(wildcards):
     run = f"{wildcards.explainer}_{wildcards.target}"
     return {
         "result": f"results/{wildcards.task}/{run}.json",
-        "predictions": [f"work/{wildcards.task}/predictions/{run}/{v}.parquet" for v in get_task(wildcards.task).variants],
+        "predictions": [f"work/{wildcards.task}/predictions/{run}/{v}.parquet" for v in run_variants(wildcards.task)],
         "trained": f"work/{wildcards.task}/explainers/{run}",
     }
 
@@ -293,9 +295,30 @@ def _prefix(prefix, wildcards):
 
 
 def answered_without_trained_explainer(spec, variant):
-    """The untrained variant and the task's custom ones (SelfIE): they read no trained explainer, so they are the
-    same in every seed's run."""
-    return variant == "untrained" or variant in spec.custom_variants
+    """The untrained variant, the in-context baselines and the task's custom ones (SelfIE): they read no trained
+    explainer, so they are the same in every seed's run."""
+    return variant == "untrained" or variant in spec.custom_variants or variant in IN_CONTEXT
+
+
+def run_variants(task, prefix=""):
+    """The variants a run answers with: the task's, and in the run of training.seed (not the seeded or budget runs)
+    the field's baselines its section lists (`{task}.baselines`)."""
+    spec = get_task(task)
+    return spec.variants + (baselines_of(spec, config.get(task)) if not prefix else ())
+
+
+def baseline_settings(task):
+    """A frozen-explainer baseline's training settings: the fine-tuned run's, with its own training.method."""
+    settings = stages.settings(config, f"{task}_train")
+
+    def with_method(wildcards):
+        import copy
+
+        changed = copy.deepcopy(settings)
+        changed.setdefault("training", {})["method"] = FROZEN_BASELINES[wildcards.baseline]
+        return changed
+
+    return with_method
 
 
 def generation_inputs(task, split="test", prefix=""):
@@ -304,11 +327,16 @@ def generation_inputs(task, split="test", prefix=""):
     def inputs(wildcards):
         spec = get_task(task)
         paths = spec.label_paths(wildcards.target, split) | _models(wildcards, task)
-        if not answered_without_trained_explainer(spec, wildcards.variant):
+        if wildcards.variant in FROZEN_BASELINES:
+            run = f"baselines/{wildcards.variant}/{wildcards.explainer}_{wildcards.target}"
+            paths |= {"trained": f"work/{task}/{run}"}
+        elif not answered_without_trained_explainer(spec, wildcards.variant):
             run = f"{_prefix(prefix, wildcards)}explainers/{wildcards.explainer}_{wildcards.target}"
             paths |= trained_explainer(task, f"work/{task}/{run}")
-        elif wildcards.variant == "untrained":  # the untrained explainer starts from the fitted maps, as training does
-            paths |= alignment_input(wildcards, task)
+        elif wildcards.variant == "untrained" or wildcards.variant in IN_CONTEXT:
+            paths |= alignment_input(wildcards, task)  # the untrained explainer starts from the fitted maps
+        if wildcards.variant in IN_CONTEXT:  # its solved examples: the training split
+            paths |= {f"context_{k}": v for k, v in spec.label_paths(wildcards.target, "train").items()}
         return paths
 
     return inputs
@@ -324,7 +352,7 @@ def score_inputs(task, prefix=""):
         # The variants answered without the trained explainer are the same in every seed's run: each seed reads the
         # run of training.seed's, so they are generated once.
         at = lambda v: f"work/{task}/" if answered_without_trained_explainer(spec, v) else where  # noqa: E731
-        paths = {"predictions": [f"{at(v)}predictions/{run}/{v}.parquet" for v in spec.variants]}
+        paths = {"predictions": [f"{at(v)}predictions/{run}/{v}.parquet" for v in run_variants(task, prefix)]}
         paths |= trained_explainer(task, f"{where}explainers/{run}") | _models(wildcards, task)
         for split in ("train", "test"):
             paths |= {f"{split}_{k}": v for k, v in spec.label_paths(wildcards.target, split).items()}

@@ -27,3 +27,33 @@ for task in TASKS:
                 "../../envs/pipeline.yaml"
             script:
                 "../scripts/train.py"
+
+
+    # The frozen-explainer baselines of the run of training.seed (map_only, affine): the same rows and steps with
+    # only the vector's map (or an affine adapter after it) trained.
+    rule:
+        name:
+            f"{task}_train_baseline"
+        input:
+            unpack(train_inputs(task)),
+        output:
+            directory(f"work/{task}/baselines/{{baseline}}/{{explainer}}_{{target}}"),
+        params:
+            task=task,
+            settings=baseline_settings(task),
+            code=code_of(f"{task}_train"),
+            upstream=upstream_of(f"{task}_train_baseline"),
+            checkpoint=f"work/{task}/baselines/{{baseline}}/checkpoints/{{explainer}}_{{target}}",
+        log:
+            f"logs/{task}_train_baseline/{{baseline}}_{{explainer}}_{{target}}.log",
+        benchmark:
+            f"benchmarks/{task}_train_baseline/{{baseline}}_{{explainer}}_{{target}}.tsv"
+        threads: JOB_THREADS
+        resources:
+            mem_mb=20000,
+            runtime=600,
+            gpu=stages.execution(config, f"{task}_train")["training"]["gpus"],
+        conda:
+            "../../envs/pipeline.yaml"
+        script:
+            "../scripts/train.py"
