@@ -1,4 +1,11 @@
-"""Training throughput: the explainer on the Hugging Face Trainer against the hand-written loop it replaced.
+"""Training throughput: fp32 against bf16 with efficiency against the chip's own peak, and the explainer on the
+Hugging Face Trainer against the hand-written loop it replaced.
+
+Precision (first, in one run): the Trainer in fp32 and in bf16 (frozen weights held in bf16, pipeline's training
+precision) on the same rows, each with its CPU MFU: the step's FLOPs counted from the model's shapes as training runs
+them (bench/flops.py) over the rate of a probe matrix product measured in the same run in that precision
+(pipeline.runtime.product_rate). Where the CPU has no native bf16 dot products its bf16 products are emulated
+(hundreds of times slower): the bf16 training is not run, and the probe rates say why.
 
 Measured side by side in one run on the same model, LoRA adapter, examples (act_patch-shaped: a ~130-token
 question, a ~15-token answer, a vector) and batch:
@@ -31,7 +38,7 @@ from pipeline.config import ExplainerConfig, TrainingConfig
 from hand_loop import HandLoop
 from pipeline.explainer.training import train_explainer
 from pipeline.models import read_manifest
-from pipeline.runtime import cpu_matmul
+from pipeline.runtime import cpu_bf16, cpu_matmul, product_rate
 
 QUESTION = ("Here is a prompt: 'Fact: The official language of {} is'. If the hidden state at <vector> were patched "
             "into layers 6 to 9 at the last token of the subject, what would the next token be? Answer with the "
@@ -77,18 +84,62 @@ def trainer_tokens_per_second(cfg: TrainingConfig, model_dir: str, width: int, q
     return log["tokens_per_second"]
 
 
+def training_flops_of(cfg: TrainingConfig, model_dir: str, questions, answers) -> float:
+    """FLOPs of one epoch over these rows, as the Trainer runs them (bench/flops.py)."""
+    from transformers import AutoConfig
+
+    from flops import Shape, training_flops
+    from pipeline.explainer.model import encode_example, placeholder_token_id
+    from pipeline.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    placeholder = placeholder_token_id(tokenizer)
+    encoded = [encode_example(tokenizer, q, a, "plain", placeholder) for q, a in zip(questions, answers)]
+    shape = Shape.of(AutoConfig.from_pretrained(read_manifest(model_dir)["weights"]))
+    return training_flops(shape, [len(e.input_ids) for e in encoded], sum(sum(x != -100 for x in e.labels)
+                                                                            for e in encoded),
+                          cfg.lora_r if cfg.method == "lora" else 0, cfg.lora_target_modules, cfg.method == "full")
+
+
+def precision_section(cfg: TrainingConfig, model_dir: str, width: int, questions, answers, vectors) -> None:
+    """fp32 against bf16 training tokens/s in one run, each with its MFU against its own probe peak."""
+    peaks = {name: product_rate(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    flops = training_flops_of(cfg, model_dir, questions, answers)
+    print(f"probe product [1024 x 640] x [640 x 2048]: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} "
+          f"GFLOP/s ({cpu_bf16()['why'] if cpu_bf16()['native'] else 'no native bf16 dot products: emulated'})")
+    rates = {}
+    for precision in ("fp32", "bf16"):
+        if precision == "bf16" and peaks["bf16"] < peaks["fp32"] / 2:
+            print(f"bf16 training: not run (its products run at {peaks['bf16'] / peaks['fp32']:.3f}x fp32's here)")
+            continue
+        with tempfile.TemporaryDirectory() as scratch:
+            log = train_explainer(replace(cfg, precision=precision), ExplainerConfig(), model_dir, width, questions,
+                                  answers, vectors, Path(scratch) / "out", Path(scratch) / "ckpt", {"p": precision})
+        rates[precision] = log["tokens_per_second"]
+        achieved = flops / log["seconds"] / 1e9
+        print(f"Trainer {precision}: {log['tokens_per_second']:8.1f} tokens/s, {achieved:.1f} GFLOP/s counted, "
+              f"MFU {achieved / peaks[precision]:.0%} of the {precision} probe peak")
+    if len(rates) == 2:
+        print(f"bf16 / fp32 = {rates['bf16'] / rates['fp32']:.2f}   (goal >= 1.4)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default="resources/models/gemma")  # the act_patch default pair's
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=["precision"], help="the precision section alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     library = cpu_matmul()  # as every stage does; MKL below only where named
     width = read_manifest(args.model_dir)["hidden_size"]
     cfg = TrainingConfig(batch_size=args.batch_size, epochs=1, max_examples=None, warmup_steps=0,
-                         checkpoint_every=10 ** 6, max_length=512)
+                         checkpoint_every=10 ** 6, max_length=512, precision="fp32")
+    print(f"model {args.model_dir}, {args.threads} threads, fp32 products in {library}")
+    precision_section(cfg, args.model_dir, width, *varied_examples(args.steps * args.batch_size, width))
+    if args.only:
+        return
     questions, answers, vectors = examples(args.steps * args.batch_size, width)
     loop = loop_tokens_per_second(cfg, args.model_dir, width, questions, answers, vectors)
     with tempfile.TemporaryDirectory() as scratch:
