@@ -1,6 +1,6 @@
 # Train language models to explain their own computations (Li et al., arXiv 2511.08579).
 # Thin entry point: configuration, its schema check, the rule files, and the default target.
-from pipeline.config import validate_config, with_base_config
+from pipeline.config import typed_settings, validate_config, with_base_config
 
 
 configfile: "config.yaml"
@@ -9,6 +9,7 @@ configfile: "config.yaml"
 # config.yaml is always the base: files given with --configfile (and --config values) only override it.
 config.update(with_base_config(config, f"{workflow.basedir}/config.yaml", dict(workflow.config_settings.config)))
 validate_config(config, source="config.yaml (with any --configfile/--config overrides)", base=workflow.basedir)
+SETTINGS = typed_settings(config)  # the same settings, typed (pipeline/settings.py): what the input functions read
 
 
 include: "workflow/rules/common.smk"
@@ -28,7 +29,7 @@ include: "workflow/rules/interpbench.smk"
 include: "workflow/rules/circuits.smk"
 
 
-for task_rules in config.get("task_rules") or []:  # tasks from outside pipeline/: relative to this folder
+for task_rules in SETTINGS.task_rules:  # tasks from outside pipeline/: relative to this folder
 
     include: task_rules
 

@@ -18,14 +18,13 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from bench_patching import synchronize
 from bench_trainer import examples
-from pipeline.config import ExplainerConfig, TrainingConfig
+from pipeline.settings import ExplainerConfig, TrainingConfig
 from hand_loop import HandLoop
 from pipeline.explainer.model import encode_example, placeholder_token_id
 from pipeline.explainer.training import train_explainer
@@ -133,7 +132,7 @@ def main() -> None:
     record["trainer"] = []
     for method in ("lora", "full"):
         for size in sizes:
-            cfg = replace(base, method=method, batch_size=size)
+            cfg = base.replaced(method=method, batch_size=size)
             count = args.steps * size
             log = trainer_run(cfg, args.model_dir, width, tuple(x[:count] for x in data))
             use = mfu(log["tokens_per_second"], method, dims, peak)
@@ -144,7 +143,7 @@ def main() -> None:
                   f"({log['steps']} steps in {log['seconds']:.1f} s); MFU 6N {use['6N']:.1%}, executed "
                   f"{use['executed']:.1%} of the measured peak", flush=True)
     biggest = max(sizes)
-    prof = profile_step(replace(base, method="full", batch_size=biggest), args.model_dir, width, data)
+    prof = profile_step(base.replaced(method="full", batch_size=biggest), args.model_dir, width, data)
     record["profile_full"] = prof
     use = mfu(prof["tokens_per_second"], "full", dims, peak)
     print(f"hand-written bf16 full step, batch {biggest}: {prof['step_ms']:.1f} ms, {prof['tokens_per_second']:.0f} "
@@ -154,11 +153,11 @@ def main() -> None:
         print(f"   {k['ms']:8.2f} ms  {k['calls']:5d}x  {k['name']}")
     # DeepSpeed ZeRO-3 in one process against plain training: the same full fine-tuning, batches and seed.
     steps = 12
-    cfg = replace(base, method="full", batch_size=8)
+    cfg = base.replaced(method="full", batch_size=8)
     small = tuple(x[:steps * 8] for x in data)
     plain = trainer_run(cfg, args.model_dir, width, small)
     try:
-        zero3 = trainer_run(replace(cfg, deepspeed=True, zero_stage=3), args.model_dir, width, small)
+        zero3 = trainer_run(cfg.replaced(deepspeed={'enabled': True, 'zero_stage': 3}), args.model_dir, width, small)
     except Exception as error:  # noqa: BLE001 - recorded, not hidden: the figures above stand without it
         record["deepspeed_error"] = f"{type(error).__name__}: {error}"
         print(f"DeepSpeed ZeRO-3 failed: {record['deepspeed_error']}")

@@ -18,7 +18,7 @@ import time
 import torch
 
 from pipeline.tasks.act_patch import run_patches
-from pipeline.config import ActPatchConfig, PromptConfig
+from pipeline.tasks.act_patch_settings import ActPatchConfig, PromptConfig
 from pipeline.tasks.facts import countryinfo_facts, render_prompt
 from pipeline.models import input_device, load_model, read_manifest
 from pipeline.engine.patching import pad_left, patched_next_tokens, wrap

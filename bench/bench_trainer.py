@@ -29,12 +29,11 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from pipeline.config import ExplainerConfig, TrainingConfig
+from pipeline.settings import ExplainerConfig, TrainingConfig
 from hand_loop import HandLoop
 from pipeline.explainer.training import train_explainer
 from pipeline.models import read_manifest
@@ -98,7 +97,7 @@ def training_flops_of(cfg: TrainingConfig, model_dir: str, questions, answers) -
     shape = Shape.of(AutoConfig.from_pretrained(read_manifest(model_dir)["weights"]))
     return training_flops(shape, [len(e.input_ids) for e in encoded], sum(sum(x != -100 for x in e.labels)
                                                                             for e in encoded),
-                          cfg.lora_r if cfg.method == "lora" else 0, cfg.lora_target_modules, cfg.method == "full")
+                          cfg.lora.r if cfg.method == "lora" else 0, cfg.lora.target_modules, cfg.method == "full")
 
 
 def precision_section(cfg: TrainingConfig, model_dir: str, width: int, questions, answers, vectors) -> None:
@@ -113,7 +112,7 @@ def precision_section(cfg: TrainingConfig, model_dir: str, width: int, questions
             print(f"bf16 training: not run (its products run at {peaks['bf16'] / peaks['fp32']:.3f}x fp32's here)")
             continue
         with tempfile.TemporaryDirectory() as scratch:
-            log = train_explainer(replace(cfg, precision=precision), ExplainerConfig(), model_dir, width, questions,
+            log = train_explainer(cfg.replaced(precision=precision), ExplainerConfig(), model_dir, width, questions,
                                   answers, vectors, Path(scratch) / "out", Path(scratch) / "ckpt", {"p": precision})
         rates[precision] = log["tokens_per_second"]
         achieved = flops / log["seconds"] / 1e9
@@ -146,7 +145,7 @@ def main() -> None:
         log = train_explainer(cfg, ExplainerConfig(), args.model_dir, width, questions, answers, vectors,
                               Path(scratch) / "out", Path(scratch) / "ckpt", {"bench": True})
     trainer = log["tokens_per_second"]
-    print(f"model {args.model_dir}: LoRA r={cfg.lora_r} on {len(cfg.lora_target_modules)} projections, "
+    print(f"model {args.model_dir}: LoRA r={cfg.lora.r} on {len(cfg.lora.target_modules)} projections, "
           f"{args.steps} steps of {args.batch_size} examples, {args.threads} threads, fp32 products in {library}")
     print(f"hand-written loop:  {loop:8.1f} tokens/s")
     print(f"Trainer:            {trainer:8.1f} tokens/s")
@@ -157,22 +156,22 @@ def main() -> None:
     random_batches = trainer_tokens_per_second(cfg, args.model_dir, width, *varied)
     cpu_matmul("mkl")
     random_mkl = trainer_tokens_per_second(cfg, args.model_dir, width, *varied)
-    grouped_mkl = trainer_tokens_per_second(replace(cfg, group_by_length=True), args.model_dir, width, *varied)
+    grouped_mkl = trainer_tokens_per_second(cfg.replaced(group_by_length=True), args.model_dir, width, *varied)
     cpu_matmul()
-    grouped = trainer_tokens_per_second(replace(cfg, group_by_length=True), args.model_dir, width, *varied)
+    grouped = trainer_tokens_per_second(cfg.replaced(group_by_length=True), args.model_dir, width, *varied)
     print(f"varied lengths, random batches:  {random_batches:8.1f} tokens/s")
     print(f"varied lengths, grouped batches: {grouped:8.1f} tokens/s")
     print(f"grouped / random = {grouped / random_batches:.2f}   (goal >= 1.5 with the training rows of act_patch)")
-    undropped = trainer_tokens_per_second(replace(cfg, group_by_length=True, lora_dropout=0.0), args.model_dir, width,
+    undropped = trainer_tokens_per_second(cfg.replaced(group_by_length=True, lora__dropout=0.0), args.model_dir, width,
                                           *varied)
-    print(f"varied lengths, grouped, LoRA dropout {cfg.lora_dropout}: {grouped:8.1f} tokens/s")
+    print(f"varied lengths, grouped, LoRA dropout {cfg.lora.dropout}: {grouped:8.1f} tokens/s")
     print(f"varied lengths, grouped, LoRA dropout 0:    {undropped:8.1f} tokens/s")
     print(f"no dropout / dropout = {undropped / grouped:.2f}   no dropout and grouped / random = "
           f"{undropped / random_batches:.2f}")
     print(f"varied lengths, random batches, MKL:  {random_mkl:8.1f} tokens/s")
     print(f"varied lengths, grouped, MKL:         {grouped_mkl:8.1f} tokens/s")
     print(f"{library} / MKL = {grouped / grouped_mkl:.2f} (grouped), {random_batches / random_mkl:.2f} (random)")
-    print(f"the default (grouped, dropout {cfg.lora_dropout}, {library}) / the default when the goal was set (random, "
+    print(f"the default (grouped, dropout {cfg.lora.dropout}, {library}) / the default when the goal was set (random, "
           f"MKL) = {grouped / random_mkl:.2f}   (goal >= 1.5)")
 
 

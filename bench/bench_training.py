@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from pipeline.config import TrainingConfig
+from pipeline.settings import TrainingConfig
 from pipeline.explainer.model import ContinuousTokenExplainer, collate, encode_example, placeholder_token_id
 from pipeline.models import load_model, read_manifest
 from pipeline.explainer.training import answer_loss_sum, answer_positions, with_lora

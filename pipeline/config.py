@@ -1,42 +1,110 @@
-"""Typed settings: the config schema check and one dataclass per config section.
+"""The configuration: its model (every setting declared once, pipeline/settings.py; each task's section declared
+with the task), the JSON schema generated from it that a run's configuration is checked against before any job, the
+checks the schema cannot say, config files layered over config.yaml, and the generated configuration reference.
 
-The Snakefile validates config.yaml with `validate_config`; each stage receives only its
-own section (through Snakemake `params:`) and builds the dataclass below from it.
+`python -m pipeline.config FILE...` checks config files as a run would layer them; `python -m pipeline.config
+reference` prints docs/configuration.md; `python -m pipeline.config defaults` prints every default as config.yaml
+holds it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import Field, StringConstraints, create_model
 
 from pipeline.sampling import top_rank_counts
-from pipeline.typed import from_section
-
-SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+from pipeline.settings import (SHARED, AlignmentConfig, ExplainerConfig, FactsConfig, GenerationConfig,  # noqa: F401
+                               InterpbenchConfig, MatrixConfig, ModelSpec, ScoringConfig, Section, TrainingConfig,
+                               _models, overrides)
 
 
 class ConfigError(ValueError):
     """The configuration is malformed; the message names the field and what was expected."""
 
 
-OVERRIDABLE = ("training", "generation", "explainer")  # shared sections a task's own section may override
+OVERRIDABLE = tuple(SHARED)  # shared sections a task's own section may override
+RunName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]+_[A-Za-z0-9]+$")]
+ModelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]+$")]
+TaskName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")]
+
+
+def task_settings() -> dict[str, type[Section]]:
+    """Every registered task's settings model (tasks from outside the package included), by section name."""
+    from pipeline.tasks import TASK_MODULES, get_task
+
+    return {name: get_task(name).settings for name in TASK_MODULES if get_task(name).settings is not None}
+
+
+@functools.lru_cache(maxsize=8)
+def _settings_model(tasks: tuple[tuple[str, type], ...]) -> type[Section]:
+    fields: dict[str, Any] = {
+        "runs": (dict[str, tuple[RunName, ...]], Field(
+            default_factory=lambda: {"act_patch": ("gemma_gemma",), "input_ablation": ("smollm_smollm",),
+                                     "features": ("smollm_smollm",)},
+            description="per task, the {explainer}_{target} runs `snakemake` builds with no target")),
+        "task_modules": (dict[TaskName, str], Field(
+            default_factory=dict, description="tasks defined outside pipeline/: task name -> an importable module "
+                                              "that registers it (docs/adding-a-task.md)")),
+        "task_rules": (tuple[str, ...], Field((), description="their label rules' files, included after the "
+                                                              "workflow's own")),
+        "matrix": (MatrixConfig, Field(default_factory=MatrixConfig)),
+        "interpbench": (InterpbenchConfig, Field(default_factory=InterpbenchConfig)),
+        "models": (dict[ModelKey, ModelSpec], Field(default_factory=_models, min_length=1, description=(
+            "model keys (used in paths such as results/act_patch/{explainer}_{target}.json) and their sources"))),
+        "facts": (FactsConfig, Field(default_factory=FactsConfig)),
+    }
+    fields |= {name: (model, Field(default_factory=model)) for name, model in tasks}
+    fields |= {name: (model, Field(default_factory=model)) for name, model in (
+        ("explainer", ExplainerConfig), ("alignment", AlignmentConfig), ("training", TrainingConfig),
+        ("generation", GenerationConfig), ("scoring", ScoringConfig))}
+    model = create_model("Settings", __base__=Section, **fields)
+    model.__doc__ = "Settings of the explain-your-own-computations workflow (config.yaml)."
+    return model
+
+
+def settings_model() -> type[Section]:
+    """The model of the whole configuration: the shared sections and every registered task's."""
+    return _settings_model(tuple(sorted(task_settings().items())))
+
+
+def _nullable(node: Any) -> Any:
+    """The schema pydantic writes, with `anyOf: [X, null]` folded into X where X is a plain type (so that a wrong
+    value is named with X's own message, not "not valid under any of the given schemas")."""
+    if isinstance(node, list):
+        return [_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _nullable(value) for key, value in node.items()}
+    options = node.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        other = next(o for o in options if o != {"type": "null"})
+        if "type" in other and isinstance(other["type"], str):
+            merged = {k: v for k, v in node.items() if k != "anyOf"} | other
+            merged["type"] = [other["type"], "null"]
+            if "enum" in merged:
+                merged["enum"] = [*merged["enum"], None]
+            return merged
+    return node
 
 
 def schema() -> dict[str, Any]:
-    """The config schema, with each task's overrides of a shared section checked as that section is (every key
-    optional, unknown keys refused): one definition, so an override can be no looser than the section."""
-    loaded = yaml.safe_load(SCHEMA_PATH.read_text())
-    sections = loaded["properties"]
-    for task_schema in sections.values():
-        overrides = task_schema.get("properties", {}) if isinstance(task_schema, dict) else {}
-        for head in OVERRIDABLE:
-            if overrides.get(head, {}).get("type") == "object":
-                overrides[head] = {k: v for k, v in sections[head].items() if k != "required"} | {
-                    "description": f"overrides of the {head} section for this task"}
-    return loaded
+    """The JSON schema a configuration is validated against, generated from the settings model."""
+    return _nullable(settings_model().model_json_schema())
+
+
+def _errors(validator, config) -> list:
+    """Every schema error, where a value fails `anyOf: [a section, null]` the section's own errors instead."""
+    def expand(error):
+        if error.validator == "anyOf" and error.context:
+            inner = [e for e in error.context if e.schema != {"type": "null"} and e.validator != "type"]
+            return [found for e in inner for found in expand(e)] or [error]
+        return [error]
+
+    return [found for error in validator.iter_errors(config) for found in expand(error)]
 
 
 def validate_config(config: dict[str, Any], source: str = "config", base: str | Path | None = None) -> None:
@@ -44,8 +112,14 @@ def validate_config(config: dict[str, Any], source: str = "config", base: str | 
     relative `task_rules` paths are read from (the Snakefile's, as its `include:` reads them); None: the current one."""
     import jsonschema
 
+    from pipeline.tasks import add_task_modules
+
+    try:  # tasks from outside the package bring their sections: registered before the schema is made
+        add_task_modules(config.get("task_modules") or {} if isinstance(config.get("task_modules"), dict) else {})
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from error
     validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(_errors(validator, config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         lines = [f"{'.'.join(str(p) for p in e.absolute_path) or '<top level>'}: {e.message}" for e in errors]
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines))
@@ -117,6 +191,121 @@ def _check_released_labels(config: dict[str, Any], task: str, source: str) -> No
                               f"config.paper.yaml does")
 
 
+def typed_settings(config: dict[str, Any]) -> Section:
+    """A validated configuration as the settings model's instance (its sections typed)."""
+    return settings_model().model_validate(config)
+
+
+def shared_section(settings: Section, head: str, task: str | None) -> Section:
+    """A shared section (training, generation, explainer) as a task's stages see it: with the task's overrides."""
+    base = getattr(settings, head)
+    overrides_ = getattr(getattr(settings, task, None), head, None) if task else None
+    if not isinstance(overrides_, Section):  # none; or a task field of that name that is no override (circuits.explainer)
+        return base
+    return type(base).model_validate(deep_merge(base.model_dump(), overrides_.model_dump(exclude_unset=True)))
+
+
+def as_config(value: Any) -> Any:
+    """A settings object as config.yaml holds it: a task's overrides of a shared section only where it sets them."""
+    if isinstance(value, Section):
+        names = [name for name in type(value).model_fields if not type(value).__name__.endswith("Overrides")
+                 or name in value.model_fields_set]
+        return {name: as_config(getattr(value, name)) for name in names}
+    if isinstance(value, dict):
+        return {key: as_config(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [as_config(item) for item in value]
+    return value
+
+
+def defaults() -> dict[str, Any]:
+    """Every setting's default, as config.yaml holds it (config.yaml must equal it: tests/test_config.py)."""
+    return as_config(settings_model()())
+
+
+def _type_name(annotation: Any) -> str:
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return "section"
+    if origin is typing.Literal:
+        return " \\| ".join(repr(a).replace("'", "") for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        parts = [_type_name(a) for a in args if a is not type(None)]
+        return " \\| ".join(parts) + (" \\| null" if type(None) in args else "")
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (tuple, list):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return f"map of {_type_name(args[1])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def reference() -> str:
+    """docs/configuration.md: every setting with its type, default, bounds and description, section by section,
+    generated from the settings model (`python -m pipeline.config reference`)."""
+    import json
+    import typing
+
+    from pipeline.settings import _models_in
+
+    lines = ["# Configuration reference", "",
+             "Generated from the settings model (pipeline/settings.py and each task's settings module) by `python -m "
+             "pipeline.config reference`; tests/test_config.py keeps it current. config.yaml holds every default "
+             "below; `--configfile` files override keys of it. A field marked *execution* changes how a stage runs, "
+             "not what it makes: it is not in any stage's cache key.", ""]
+
+    def bounds(field) -> str:
+        found = []
+        for item in field.metadata:
+            for name, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "length >="),
+                               ("pattern", "matches")):
+                if getattr(item, name, None) is not None:
+                    found.append(f"{sign} {getattr(item, name)}")
+        return ", ".join(found)
+
+    def section(model, where: str, instance) -> None:
+        lines.extend([f"## `{where}`", "", " ".join((model.__doc__ or "").split()), "",
+                      "| setting | type | default | description |", "| --- | --- | --- | --- |"])
+        nested = []
+        for name, field in model.model_fields.items():
+            value = getattr(instance, name, None)
+            inner = [m for m in _models_in(field.annotation) if issubclass(m, Section)]
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            note = "; ".join(p for p in (bounds(field), "*execution*" if extra.get("execution") else "") if p)
+            described = (field.description or "") + (f" ({note})" if note else "")
+            if inner and inner[0].__name__.endswith("Overrides"):  # a task's overrides of a shared section
+                shown = f"`{json.dumps(as_config(value))}`"
+                described = described or f"overrides of the `{name}` section for this task's stages"
+            elif inner and typing.get_origin(field.annotation) is not dict:
+                shown = "see below" if value is not None else "null"
+                nested.append((inner[0], f"{where}.{name}", value))
+            elif field.is_required():
+                shown = "required"
+            else:
+                shown = f"`{json.dumps(as_config(value))}`"
+            kind = "overrides" if inner and inner[0].__name__.endswith("Overrides") else _type_name(field.annotation)
+            lines.append(f"| `{name}` | {kind} | {shown} | {described.replace('|', '/')} |")
+        lines.append("")
+        for inner, path, value in nested:
+            section(inner, path, value if value is not None else inner.model_construct())
+
+    root = settings_model()
+    defaults_ = root()
+    for name, field in root.model_fields.items():
+        inner = [m for m in _models_in(field.annotation) if issubclass(m, Section)]
+        if inner and typing.get_origin(field.annotation) is not dict:
+            section(inner[0], name, getattr(defaults_, name))
+        else:
+            lines.extend([f"## `{name}`", "", field.description or "", "",
+                          f"Default: `{json.dumps(as_config(getattr(defaults_, name)))}`", ""])
+            if name == "models":
+                section(ModelSpec, "models.{key}", ModelSpec.model_construct())
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(Path(path).read_text())
@@ -126,199 +315,6 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     validate_config(config, source=str(path))
     return config
-
-
-_build = from_section
-
-
-@dataclass(frozen=True)
-class FactsConfig:
-    source: str = "countryinfo"
-    relations: tuple[str, ...] = ("capital", "continent", "currency", "demonym")
-    few_shot: int = 1
-    keep_only_correct: bool = True
-    test_fraction: float = 0.3
-    seed: int = 0
-    path: str | None = None
-    max_facts_per_relation: int | None = None
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "FactsConfig":
-        return _build(cls, {**section, "relations": tuple(section.get("relations", cls.relations))})
-
-
-@dataclass(frozen=True)
-class PromptConfig:
-    format: str = "completion"
-    n_options: int = 4
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "PromptConfig":
-        return _build(cls, section)
-
-
-@dataclass(frozen=True)
-class ActPatchConfig:
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    token_types: tuple[str, ...] = ("last_subject_token", "relation_suffix", "last_token")
-    window_size: int = 6
-    window_stride: int = 6
-    first_layer: int = 0
-    last_layer: int | None = None
-    pairs: dict[str, int] = field(default_factory=lambda: {"train": 240, "test": 100})
-    pair_seed: int = 0
-    min_fraction: float = 0.5  # fewer chosen pairs than this share of `pairs` is an error
-    batch_size: int = 64
-    chunk_pairs: int = 1000  # pairs per label job (scattered, then gathered)
-    precision: str = "fp32"  # the target's weights while it answers and is patched (labels are ground truth)
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "ActPatchConfig":
-        """From the config's act_patch section, or the part of it a stage's settings hold (the pairs stage has no
-        `patch`: what is missing keeps its default)."""
-        patch, pairs = section.get("patch", {}), section["pairs"]
-        return cls(
-            prompt=PromptConfig.from_dict(section["prompt"]),
-            token_types=tuple(patch.get("token_types", cls.token_types)),
-            window_size=patch.get("window_size", cls.window_size),
-            window_stride=patch.get("window_stride", cls.window_stride),
-            first_layer=patch.get("first_layer", cls.first_layer),
-            last_layer=patch.get("last_layer"),
-            pairs={"train": pairs["train"], "test": pairs["test"]},
-            pair_seed=pairs["seed"],
-            min_fraction=pairs.get("min_fraction", cls.min_fraction),
-            batch_size=section["batch_size"],
-            chunk_pairs=section.get("chunk_pairs", cls.chunk_pairs),
-            precision=section.get("precision", cls.precision),
-        )
-
-    def windows(self, num_layers: int) -> list[list[int]]:
-        """Full windows of `window_size` consecutive layers starting every `window_stride` layers, e.g. [[0..5],
-        [6..11], ...]; a window that would run past the last layer is left out (stride 4, size 8 on 32 layers
-        ends with [24..31]), as in the published tables."""
-        last = num_layers - 1 if self.last_layer is None else min(self.last_layer, num_layers - 1)
-        if self.first_layer > last:
-            raise ConfigError(
-                f"act_patch.patch: first_layer {self.first_layer} is beyond the model's last layer {last}"
-            )
-        windows = [list(range(start, start + self.window_size))
-                   for start in range(self.first_layer, last + 1, self.window_stride) if start + self.window_size - 1 <= last]
-        if not windows:
-            raise ConfigError(f"act_patch.patch: window_size {self.window_size} from first_layer {self.first_layer} "
-                              f"does not fit below the last layer {last}")
-        return windows
-
-
-@dataclass(frozen=True)
-class InputAblationConfig:
-    source: str = "countryinfo"
-    path: str | None = None
-    relations: tuple[str, ...] = ("capital", "currency", "language", "region", "subregion", "borders", "demonym")
-    n_choices: int = 4
-    max_questions_per_relation: int | None = 100
-    test_fraction: float = 0.3
-    seed: int = 0
-    system_prompt: str = "Answer the multiple-choice question with the letter of the correct option."
-    choice_format: str = "({letter}) {text}"
-    answer_prefix: str = "Answer: ("
-    max_new_tokens: int = 2
-    batch_size: int = 32
-    keep: str = "all"  # or "known": only questions the target answers correctly without the hint
-    min_confidence: float = 0.0  # with keep: known, the least probability of that answer among the letters
-    rebalance_train: bool = True
-    max_train_examples: int | None = None
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "InputAblationConfig":
-        flat = {k: v for k, v in section.items() if k not in ("training", "generation", "explainer")}
-        return _build(cls, {**flat, "relations": tuple(flat.get("relations", cls.relations))})
-
-
-@dataclass(frozen=True)
-class ExplainerConfig:
-    prompt_format: str = "plain"
-    projection: str = "linear"
-    inject: str = "embedding"  # or "layer": write the vector at the layer it came from (explainer = target)
-    alignment: str = "identity"  # or "fitted": one projection per target layer, started from the alignment stage's map
-    train_projection: bool = True  # false: the projection(s) stay as started (identity or fitted) in training
-    scale: str = "embedding_norm"  # or "raw": the vector as it is (the paper's code), no normalisation
-    center: bool = True  # fitted alignment: subtract the layer's mean state first (false for directions, not states)
-    checkpoint: str | None = None  # a released explainer (the paper's layout): generated and scored without training
-    continuous_tokens: tuple[str, str, str] | None = None  # (begin, rep, end) of a released explainer's prompts
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "ExplainerConfig":
-        flat = dict(section)
-        tokens = flat.pop("continuous_tokens", None)
-        if tokens:
-            flat["continuous_tokens"] = (tokens["begin"], tokens["rep"], tokens["end"])
-        return _build(cls, flat)
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    method: str = "lora"
-    lora_r: int = 16
-    lora_alpha: float = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    learning_rate: float = 5e-4
-    projection_learning_rate: float = 1e-3
-    warmup_steps: int = 10
-    epochs: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_examples: int | None = 1200
-    max_length: int = 192
-    seed: int = 0
-    checkpoint_every: int = 25
-    gpus: int = 1
-    cpu_processes: int = 1
-    deepspeed: bool = False
-    zero_stage: int = 2
-    precision: str = "auto"  # fp32, bf16, or auto: bf16 where it is faster (pipeline.runtime.resolve_precision)
-    group_by_length: bool = False  # batches of similar lengths (less padding; another order than random batches)
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
-    fsdp: str | None = None  # the Trainer's FSDP option, e.g. "full_shard auto_wrap" (instead of DeepSpeed)
-    content_weight: float = 1.0  # loss weight of the answer's <<<content>>> tokens (1: as every answer token)
-    verdict_weight: float = 1.0  # loss weight of the verdict's words ("remain unchanged" / "change to")
-    lr_schedule: str = "linear"  # or "constant" (the paper's code: constant 5e-5 after warm-up)
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "TrainingConfig":
-        flat = dict(section)
-        for key, value in (flat.pop("loss_weights", None) or {}).items():
-            flat[f"{key}_weight"] = value
-        for key, value in (flat.pop("lora", None) or {}).items():
-            flat[f"lora_{key}"] = tuple(value) if isinstance(value, list) else value
-        speed = flat.pop("deepspeed", None) or {}
-        flat["deepspeed"] = bool(speed.get("enabled", False))
-        flat["zero_stage"] = speed.get("zero_stage", cls.zero_stage)
-        flat["precision"] = flat.get("precision") or speed.get("precision", cls.precision)
-        return _build(cls, flat)
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 20
-    batch_size: int = 32
-    max_examples: int | None = 300
-    seed: int = 0
-    precision: str = "auto"
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "GenerationConfig":
-        return _build(cls, section)
-
-
-@dataclass(frozen=True)
-class ScoringConfig:
-    bootstrap_samples: int = 1000
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "ScoringConfig":
-        return _build(cls, section)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -380,8 +376,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.config", description=(
         "Check config files as `snakemake --configfile FILE...` layers them over config.yaml, naming the file, the "
         "line of YAML that does not parse, and every setting the schema refuses."))
-    parser.add_argument("files", nargs="*", metavar="FILE", help="config files, in the order --configfile takes them")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="config files, in the order --configfile takes "
+                                                                  "them; or `reference`, or `defaults`")
     files = parser.parse_args(argv).files
+    if files == ["reference"]:
+        print(reference(), end="")
+        return
+    if files == ["defaults"]:
+        print(yaml.safe_dump(defaults(), sort_keys=False, width=120), end="")
+        return
     try:
         check_files(files)
     except ConfigError as error:

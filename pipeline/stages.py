@@ -1,10 +1,11 @@
 """Which settings and which code each stage's result depends on: one declaration for all cache keys.
 
-Every stage lists the config paths its result depends on (`keys`), the paths that change only how
-it runs (`execution`: batch sizes, process counts, checkpoint spacing) and the function it calls
-(`entry`). The rules' `params:` hold `settings()` and `code_hash()` of their stage, so Snakemake
-reruns exactly the jobs whose settings or code changed and never one whose batch size changed;
-the same `settings()` feed the provenance of the stage's artifacts and the training checkpoint key.
+Every stage (pipeline/tasks/__init__.py's Stage) names the function it calls (`entry`) and the settings it takes:
+section models, fields of them, or per-job keys. Its cache key, `settings()`, is those settings less the fields the
+models mark `execution` (batch sizes, process counts, checkpoint spacing: pipeline/settings.py), which `execution()`
+gives the stage to run with. The rules' `params:` hold `settings()` and `code_hash()` of their stage, so Snakemake
+reruns exactly the jobs whose settings or code changed and never one whose batch size changed; the same `settings()`
+feed the provenance of the stage's artifacts and the training checkpoint key.
 Every registered task (pipeline/tasks/__init__.py) gets `{task}_train`, `{task}_generate` and `{task}_score`
 (pipeline/explainer/explain.py); a task's own section may override the shared `training` and `generation`
 sections for its stages.
@@ -18,65 +19,85 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.tasks import Stage
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-@dataclass(frozen=True)
-class Stage:
-    entry: str  # "pipeline.module:function"
-    keys: tuple[str, ...] = ()
-    execution: tuple[str, ...] = ()
-    task: str | None = None  # a task whose `training`/`generation` overrides apply to those shared sections
-    modules: tuple[str, ...] = ()  # modules the entry loads by name (a task's module), hashed with its closure
+def _shared_stages() -> dict[str, "Stage"]:
+    """The stages every task shares; a task declares its own (Task.stages)."""
+    from pipeline.settings import (AlignmentConfig, InterpbenchConfig, InterpbenchBuild, InterpbenchPatching,
+                                   MatrixConfig, ScoringConfig)
+    from pipeline.tasks import Stage
 
-
-_TRAINING_EXECUTION = ("training.gpus", "training.cpu_processes", "training.checkpoint_every",
-                       "training.gradient_checkpointing", "training.fsdp", "training.seeds")
-
-STAGES: dict[str, Stage] = {  # the stages every task shares; a task declares its own (Task.stages)
-    "prepare_model": Stage("pipeline.models:prepare_model", ("models.{model}", "models.{tokenizer_from}")),
-    "alignment": Stage("pipeline.explainer.alignment:fit_alignment", ("alignment",), ("alignment.batch_size",)),
-    "matrix": Stage("pipeline.report.matrix:build_matrix", ("matrix", "scoring")),
-    "seeds": Stage("pipeline.report.seeds:aggregate"),
-    "interpbench_case": Stage("pipeline.interpbench.cases:build_case", ("interpbench.build",)),
-    "interpbench_cases": Stage("pipeline.interpbench.cases:summarize", ("interpbench.cases",)),
-    "interpbench_patching": Stage("pipeline.interpbench.discovery:discover", ("interpbench.patching",)),
-    "interpbench_summary": Stage("pipeline.interpbench.discovery:write_summary"),
-    "report_figures": Stage("pipeline.explainer.figures:run_figures"),
-    "summary_table": Stage("pipeline.report:write_summary"),
-    "results_tables": Stage("pipeline.report:write_results_tables"),
-}
+    return {
+        "prepare_model": Stage("pipeline.models:prepare_model", ("models.{model}", "models.{tokenizer_from}")),
+        "alignment": Stage("pipeline.explainer.alignment:fit_alignment", (AlignmentConfig,)),
+        "matrix": Stage("pipeline.report.matrix:build_matrix", (MatrixConfig, ScoringConfig)),
+        "seeds": Stage("pipeline.report.seeds:aggregate"),
+        "interpbench_case": Stage("pipeline.interpbench.cases:build_case", (InterpbenchBuild,)),
+        "interpbench_cases": Stage("pipeline.interpbench.cases:summarize", (InterpbenchConfig.key("cases"),)),
+        "interpbench_patching": Stage("pipeline.interpbench.discovery:discover", (InterpbenchPatching,)),
+        "interpbench_summary": Stage("pipeline.interpbench.discovery:write_summary"),
+        "report_figures": Stage("pipeline.explainer.figures:run_figures"),
+        "summary_table": Stage("pipeline.report:write_summary"),
+        "results_tables": Stage("pipeline.report:write_results_tables"),
+    }
 
 
 @functools.lru_cache(maxsize=1)
-def all_stages() -> dict[str, Stage]:
-    """The stages above and, for every task, its `{task}_train`, `{task}_generate` and `{task}_score`."""
-    from pipeline.tasks import TASK_MODULES, get_task
+def all_stages() -> dict[str, "Stage"]:
+    """The shared stages and, for every task, its `{task}_train`, `{task}_generate` and `{task}_score` (and their
+    seeded and budget layouts' copies), and the task's own."""
+    from pipeline.settings import ExplainerConfig, GenerationConfig, ScoringConfig, TrainingConfig
+    from pipeline.tasks import TASK_MODULES, Stage, get_task
 
-    stages = dict(STAGES)
+    stages = _shared_stages()
     for task, module in TASK_MODULES.items():
-        extra = tuple(f"{task}.{key}" for key in get_task(task).training_keys)
-        stages[f"{task}_train"] = Stage("pipeline.explainer.explain:train", ("training", "explainer", *extra), _TRAINING_EXECUTION,
-                                        task, (module,))
-        stages[f"{task}_train_baseline"] = stages[f"{task}_train"]  # map_only, affine: training.method changed
-        stages[f"{task}_generate"] = Stage("pipeline.explainer.explain:generate", ("generation", "explainer"),
-                                           ("generation.batch_size",), task, (module,))
         spec = get_task(task)
+        stages[f"{task}_train"] = Stage("pipeline.explainer.explain:train",
+                                        (TrainingConfig, ExplainerConfig, *spec.training_keys), task, (module,))
+        stages[f"{task}_train_baseline"] = stages[f"{task}_train"]  # map_only, affine: training.method changed
+        stages[f"{task}_generate"] = Stage("pipeline.explainer.explain:generate", (GenerationConfig, ExplainerConfig),
+                                           task, (module,))
         for name in spec.eval_set_names:  # the same stage on another evaluation set
             stages[f"{task}_generate_{name}"] = stages[f"{task}_generate"]
-        stages[f"{task}_score"] = Stage("pipeline.explainer.explain:score", ("scoring", *(f"{task}.{k}" for k in spec.score_keys)),
-                                        tuple(f"{task}.{k}" for k in spec.score_execution), task, (module,))
+        stages[f"{task}_score"] = Stage("pipeline.explainer.explain:score", (ScoringConfig, *spec.score_keys), task,
+                                        (module,))
         for name in [n for n in stages if n.startswith(f"{task}_") and n[len(task) + 1:].startswith(
                 ("train", "generate", "score"))]:
             stages[f"{name}_seeded"] = stages[name]  # one run per seed of training.seeds: the same stage
             stages[f"{name}_budget"] = stages[name]  # one run per point of a training budget: the same stage
-        for name, declared in spec.stages.items():  # the task's own stages (labels, figures, diagnostics)
-            stages[name] = Stage(*declared)
+        stages[f"{task}_seeds"] = Stage("pipeline.report.seeds:aggregate")
+        stages |= spec.stages  # the task's own stages (labels, figures, diagnostics)
     return stages
+
+
+def execution_keys(path: str) -> list[str]:
+    """The fields at or below config path `path` marked `execution` (pipeline/settings.py): they change how a stage
+    runs, not what it makes. A path the settings model does not reach (a per-job key) has none."""
+    from pipeline.config import settings_model
+    from pipeline.settings import _models_in, execution_fields
+
+    model, parts, walked = settings_model(), path.split("."), []
+    for part in parts:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return []
+        field = fields[part]
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        walked.append(part)
+        inner = _models_in(field.annotation)
+        if extra.get("execution"):
+            return [".".join(walked)]
+        if not inner:
+            return []
+        model = inner[0]
+    return execution_fields(model, f"{path}.")
 
 
 SHARED_SECTIONS = ("training", "generation", "explainer")  # a task may override these under its own section
@@ -106,7 +127,7 @@ def with_budget(settings: dict[str, Any], rows: str | int | None, epochs: str | 
     return settings
 
 
-def _stage(name: str) -> Stage:
+def _stage(name: str) -> "Stage":
     stages = all_stages()
     if name not in stages:
         raise KeyError(f"unknown stage '{name}'; declared: {sorted(stages)}")
@@ -135,8 +156,9 @@ def _lookup(config: dict[str, Any], path: str, task: str | None) -> tuple[bool, 
     return found, value
 
 
-def _put(tree: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split(".")
+def put_at(tree: dict, path: str | tuple, value: Any) -> None:
+    """`tree[a][b][c] = value` for the path "a.b.c" (or the keys (a, b, c)), making the dicts on the way."""
+    *parents, last = path.split(".") if isinstance(path, str) else path
     for part in parents:
         tree = tree.setdefault(part, {})
     tree[last] = value
@@ -180,9 +202,9 @@ def settings(config: dict[str, Any], stage: str, **wildcards: str) -> dict[str, 
             continue
         found, value = _lookup(config, path, declared.task)
         if found:
-            _put(tree, path, copy.deepcopy(value))
-    for path in declared.execution:
-        _drop(tree, path)
+            put_at(tree, path, copy.deepcopy(value))
+        for execution_path in execution_keys(path):
+            _drop(tree, execution_path)
     return tree
 
 
@@ -190,10 +212,10 @@ def execution(config: dict[str, Any], stage: str) -> dict[str, Any]:
     """The execution-only settings of the stage (batch sizes, processes), nested as in config.yaml."""
     declared = _stage(stage)
     tree: dict[str, Any] = {}
-    for path in declared.execution:
+    for path in {execution for key in declared.keys for execution in execution_keys(key.split(".")[0])}:
         found, value = _lookup(config, path, declared.task)
         if found and value is not None:
-            _put(tree, path, value)
+            put_at(tree, path, value)
     return tree
 
 

@@ -8,7 +8,8 @@ import torch
 from pipeline.tasks.act_patch import examples_from_rows, load_examples, shuffled_vectors
 from pipeline.tasks.facts import token_positions
 from pipeline.artifacts import ArtifactError, provenance, write_tensors
-from pipeline.config import ActPatchConfig, FactsConfig, PromptConfig
+from pipeline.settings import FactsConfig
+from pipeline.tasks.act_patch_settings import ActPatchConfig, PromptConfig
 from pipeline.tasks.facts import render_prompt
 from pipeline.explainer.prompts import phrasing
 from pipeline.tasks.act_patch import ACT_PATCH_QUESTIONS
@@ -95,7 +96,8 @@ def constrained_labels(tmp_path_factory, tiny_dir):
     prompt = PromptConfig(format="constrained", n_options=4)
     facts = build_facts(FactsConfig(relations=("capital",), keep_only_correct=False, max_facts_per_relation=40),
                         prompt, tiny_dir, folder / "facts.parquet")
-    cfg = ActPatchConfig(prompt=prompt, window_size=2, window_stride=2, pairs={"train": 4, "test": 2}, batch_size=16)
+    cfg = ActPatchConfig(prompt=prompt, patch={"window_size": 2, "window_stride": 2}, pairs={"train": 4, "test": 2},
+                         batch_size=16)
     for split in ("train", "test"):
         build_labels(cfg, folder / "facts.parquet", tiny_dir, split, folder / f"{split}.parquet",
                      folder / f"{split}.vectors.safetensors", {"act_patch": "test"}, keep_only_correct=False)
@@ -165,13 +167,12 @@ def test_shuffled_vectors_come_from_another_pair_of_the_same_group(constrained_l
 def test_label_chunks_gather_into_the_same_labels_and_a_shortfall_is_said(tmp_path, constrained_labels, tiny_dir):
     """Chunks of one pair give the table and vectors of one chunk; asking for more pairs than the facts give is
     logged and kept in the provenance, and below pairs.min_fraction it is an error."""
-    import dataclasses
 
     from pipeline.tasks.act_patch import build_labels
     from pipeline.artifacts import read_provenance
 
     folder, _, cfg = constrained_labels
-    chunked = dataclasses.replace(cfg, chunk_pairs=1)
+    chunked = cfg.replaced(chunk_pairs=1)
     build_labels(chunked, folder / "facts.parquet", tiny_dir, "train", tmp_path / "c.parquet",
                  tmp_path / "c.safetensors", {"act_patch": "test"}, keep_only_correct=False)
     whole, vectors = load_examples(folder / "train.parquet", folder / "train.vectors.safetensors")
@@ -182,13 +183,13 @@ def test_label_chunks_gather_into_the_same_labels_and_a_shortfall_is_said(tmp_pa
     assert not list(tmp_path.glob(".labels-*"))  # the scratch folder is gone
 
     candidates = read_provenance(folder / "train.parquet")["counts"]["candidate_pairs"]
-    short = dataclasses.replace(cfg, pairs={"train": candidates + 5, "test": 2}, min_fraction=0.0, chunk_pairs=8)
+    short = cfg.replaced(pairs={"train": candidates + 5, "test": 2, "min_fraction": 0.0}, chunk_pairs=8)
     build_labels(short, folder / "facts.parquet", tiny_dir, "train", tmp_path / "s.parquet",
                  tmp_path / "s.safetensors", {}, keep_only_correct=False)
     counts = read_provenance(tmp_path / "s.parquet")["counts"]
     assert counts["pairs"] == candidates and counts["shortfall"] == 5 and counts["asked"] == candidates + 5
     assert counts["chunks"] > -(-candidates // 8)  # the chunks past the pairs are empty and gathered as such
-    strict = dataclasses.replace(short, min_fraction=1.0)
+    strict = short.replaced(pairs__min_fraction=1.0)
     with pytest.raises(ArtifactError, match=rf"leaving {candidates} pairs of the {candidates + 5} .*pairs.min_fraction 1.0\)"):
         build_labels(strict, folder / "facts.parquet", tiny_dir, "train", tmp_path / "r.parquet",
                      tmp_path / "r.safetensors", {}, keep_only_correct=False)

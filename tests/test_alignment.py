@@ -159,17 +159,19 @@ def test_act_patch_training_rows_oversample_and_add_reading_rows(tiny_dir):
     from pipeline.tasks.act_patch import training_rows
 
     rows = _rows()
-    assert training_rows(rows, {}, 0, str(tiny_dir)) is rows
-    more = training_rows(rows, {"training_rows": {"oversample_counterfactual": 3}}, 0, str(tiny_dir))
+    as_they_are = {"training_rows": {"oversample_counterfactual": 1, "reading": {"fraction": 0}}}
+    assert training_rows(rows, as_they_are, 0, str(tiny_dir)) is rows
+    more = training_rows(rows, {"training_rows": {"oversample_counterfactual": 3, "reading": {"fraction": 0}}}, 0,
+                         str(tiny_dir))
     assert len(more.questions) == 6 and more.questions.count("q0 <vector>") == 3
     assert len(set(more.row_keys)) == 6
-    read = training_rows(rows, {"training_rows": {"reading": {"fraction": 0.5}}}, 0, str(tiny_dir))
+    read = training_rows(rows, {"training_rows": {"oversample_counterfactual": 1, "reading": {"fraction": 0.5}}}, 0, str(tiny_dir))
     extra = [(q, a, int(v[0])) for q, a, v in zip(read.questions[4:], read.answers[4:], read.vectors[4:])]
     assert len(extra) == 2  # half of the rows, drawn from the last-subject-token and last-token rows
     for question, answer, source in extra:
         assert question == f"At layer {rows.columns['layer'][source][0]}, <vector> ="
         assert answer == ["Paris", "Rome", "Oslo", "Lima"][source] and source != 1
-    tokens = training_rows(rows, {"training_rows": {"reading": {"fraction": 0.5, "target": "token",
+    tokens = training_rows(rows, {"training_rows": {"oversample_counterfactual": 1, "reading": {"fraction": 0.5, "target": "token",
                                                                  "token_types": ["last_subject_token"]}}}, 0, str(tiny_dir))
     assert tokens.answers[4:] == ["France"]
 

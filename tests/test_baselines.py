@@ -33,7 +33,7 @@ def test_in_context_prompts_hold_each_solved_examples_vector_at_its_own_placehol
     assert len(at) == 5
     for slot, position in enumerate(at):  # in order: the examples' vectors, then the question's
         assert torch.allclose(embeds[0, position], explainer.project(vectors[0, slot:slot + 1])[0], atol=1e-5)
-    with pytest.raises(ValueError, match=r"4 vector\(s\) must hold the placeholder token \(id \d+\) 4 time\(s\); found counts \[5\]"):
+    with pytest.raises(ValueError, match=r"4 vector\(s\) must hold the placeholder token \(id \d+\) 4 times; found counts \[5\]"):
         explainer.embed(batch["input_ids"], vectors[:, :4])
 
 

@@ -146,7 +146,9 @@ def test_discover_scores_a_built_case_and_refuses_foreign_edges(tmp_path):
     edges = circuit_edges(compiled.nodes, compiled.sink, cfg["n_layers"] - 1)
     with (folder / "edges.pkl").open("wb") as fh:
         pickle.dump(edges, fh)
-    settings = circuits.InterpBenchPatchingConfig(inputs=80, seed=0, atol=0.05, found_above=0.01)
+    from pipeline.settings import InterpbenchPatching
+
+    settings = InterpbenchPatching(inputs=80, seed=0, atol=0.05, found_above=0.01)
     result = circuits.discover("11", folder, METADATA, settings, tmp_path / "11.json", {"test": True})
     assert json.loads((tmp_path / "11.json").read_text())["nodes"] == result["nodes"]
     assert result["nodes"]["auroc"] == 1.0

@@ -2,7 +2,9 @@ import copy
 
 import pytest
 
-from pipeline.config import ActPatchConfig, ConfigError, TrainingConfig, deep_merge, load_config, validate_config
+from pipeline.config import ConfigError, deep_merge, load_config, validate_config
+from pipeline.settings import TrainingConfig
+from pipeline.tasks.act_patch_settings import ActPatchConfig, PatchConfig
 
 
 def test_default_config_is_valid(base_config):
@@ -42,10 +44,10 @@ def test_a_tasks_overrides_are_checked_as_the_section_they_override(base_config,
     validate_config(config)
 
 
-def test_missing_section_and_model_fields(base_config):
+def test_missing_fields_of_a_model_are_named(base_config):
     config = copy.deepcopy(base_config)
-    del config["scoring"]
-    with pytest.raises(ConfigError, match="'scoring' is a required property"):
+    config["models"]["nosource"] = {"path": "x/y"}
+    with pytest.raises(ConfigError, match="models.nosource: 'source' is a required property"):
         validate_config(config)
     config = copy.deepcopy(base_config)
     config["models"]["broken"] = {"source": "hf"}
@@ -65,23 +67,23 @@ def test_malformed_yaml_names_the_file(tmp_path):
 
 
 def test_layer_windows_cover_the_depth(base_config):
-    cfg = ActPatchConfig.from_dict(base_config["act_patch"])
+    cfg = ActPatchConfig.from_dict(base_config["act_patch"]).patch
     windows = cfg.windows(30)
     assert windows[0] == [0, 1, 2, 3, 4, 5] and windows[-1] == [24, 25, 26, 27, 28, 29]
     assert sorted(x for w in windows for x in w) == list(range(30))
     assert cfg.windows(8)[-1] == [0, 1, 2, 3, 4, 5]  # no short window at the top: windows are full
-    paper = ActPatchConfig(window_size=8, window_stride=4)
+    paper = PatchConfig(window_size=8, window_stride=4)
     assert paper.windows(32)[-1] == list(range(24, 32)) and all(len(w) == 8 for w in paper.windows(32))
     with pytest.raises(ConfigError, match="window_size 8"):
         paper.windows(6)
     with pytest.raises(ConfigError, match="first_layer"):
-        ActPatchConfig(first_layer=40).windows(30)
+        PatchConfig(first_layer=40).windows(30)
 
 
-def test_training_config_flattens_lora_and_deepspeed(base_config):
+def test_training_settings_read_lora_and_deepspeed_typed(base_config):
     cfg = TrainingConfig.from_dict(base_config["training"] | {"deepspeed": {"enabled": True, "zero_stage": 1}})
-    assert cfg.deepspeed and cfg.zero_stage == 1 and cfg.lora_r == 16
-    assert "down_proj" in cfg.lora_target_modules
+    assert cfg.deepspeed.enabled and cfg.deepspeed.zero_stage == 1 and cfg.lora.r == 16
+    assert "down_proj" in cfg.lora.target_modules
 
 
 def test_deep_merge_overrides_nested_keys_only():
@@ -105,47 +107,61 @@ def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tmp_path):
         check_files([str(good), str(wrong)])
 
 
-# Where a settings dataclass's default differs from config.yaml on purpose, the reason (none today): every other
-# default must be config.yaml's, so code that builds a dataclass without a key behaves as the shipped config does.
-DEFAULTS_THAT_DIFFER: dict[tuple[str, str], str] = {}
-
-
-def test_the_settings_dataclasses_default_to_what_config_yaml_says():
-    import dataclasses
+def test_config_yaml_holds_every_default_of_the_settings_model():
+    """config.yaml is the settings model's defaults, value for value (what a stage builds from a section that leaves a
+    key out is what the shipped config says), and `python -m pipeline.config defaults` writes them."""
     from pathlib import Path
 
     import yaml
 
-    from pipeline import config as settings
+    from pipeline.config import defaults, settings_model
 
     shipped = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text())
-    from pipeline.interpbench.cases import InterpBenchBuildConfig
-    from pipeline.interpbench.discovery import InterpBenchPatchingConfig
-    from pipeline.tasks.circuits import CircuitsConfig
-    from pipeline.tasks.features import settings as features
+    model = settings_model()
+    assert model.model_validate(shipped) == model()
+    assert model.model_validate(defaults()) == model()
 
-    sections = {"training": settings.TrainingConfig, "generation": settings.GenerationConfig,
-                "explainer": settings.ExplainerConfig, "scoring": settings.ScoringConfig,
-                "facts": settings.FactsConfig, "act_patch": settings.ActPatchConfig,
-                "input_ablation": settings.InputAblationConfig, "circuits": CircuitsConfig,
-                "interpbench.build": InterpBenchBuildConfig, "interpbench.patching": InterpBenchPatchingConfig,
-                "features": features.FeaturesConfig, "features.corpus": features.CorpusConfig,
-                "features.sae": features.SaeConfig, "features.exemplars": features.ExemplarsConfig,
-                "features.descriptions": features.DescriptionsConfig, "features.judge": features.JudgeConfig,
-                "features.simulator": features.SimulatorConfig, "features.ood": features.OodConfig,
-                "features.simulator.training": features.SimulatorTrainingConfig}
-    differ = []
-    for section, cls in sections.items():
-        values = shipped
-        for key in section.split("."):
-            values = values[key]
-        from_yaml, default = cls.from_dict(values), cls()
-        for field in dataclasses.fields(cls):
-            if getattr(from_yaml, field.name) != getattr(default, field.name) and (
-                    (section, field.name) not in DEFAULTS_THAT_DIFFER):
-                differ.append(f"{section}.{field.name}: config.yaml {getattr(from_yaml, field.name)!r}, "
-                              f"{cls.__name__} default {getattr(default, field.name)!r}")
-    assert differ == []
+
+def test_the_configuration_reference_is_generated_and_current():
+    from pathlib import Path
+
+    from pipeline.config import reference
+
+    written = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert written == reference(), "docs/configuration.md is stale: python -m pipeline.config reference > " \
+                                   "docs/configuration.md"
+
+
+def test_a_setting_declared_once_reaches_the_schema_the_reference_and_its_stages_cache_key(monkeypatch):
+    """One field added to a task's settings model in the test tree (the toy task's, tests/toy_task/task.py): the
+    generated schema checks it, the generated reference lists it, and the cache key of the stage that takes the
+    section holds it (and that of a stage that does not, not)."""
+    import dataclasses
+    import importlib
+
+    from pydantic import Field, create_model
+
+    from pipeline import config as configuration, stages, tasks
+
+    monkeypatch.setitem(tasks.TASK_MODULES, "toy", "tests.toy_task.task")
+    toy = importlib.import_module("tests.toy_task.task")
+    grown = create_model("ToyConfig", __base__=toy.ToyConfig, width_of_the_moon=(int, Field(
+        7, ge=1, description="a setting added in one place")))
+    task = tasks.get_task("toy")
+    monkeypatch.setitem(tasks._TASKS, "toy", dataclasses.replace(
+        task, settings=grown, stages={"toy_labels": dataclasses.replace(task.stages["toy_labels"], takes=(grown,))}))
+    stages.all_stages.cache_clear()
+    try:
+        assert configuration.schema()["$defs"]["ToyConfig"]["properties"]["width_of_the_moon"]["minimum"] == 1
+        config = configuration.defaults()
+        assert config["toy"]["width_of_the_moon"] == 7
+        with pytest.raises(ConfigError, match=r"toy\.width_of_the_moon: 0 is less than the minimum of 1"):
+            validate_config(config | {"toy": {"width_of_the_moon": 0}})
+        assert "| `width_of_the_moon` | int | `7` | a setting added in one place (>= 1) |" in configuration.reference()
+        assert stages.settings(config, "toy_labels")["toy"]["width_of_the_moon"] == 7
+        assert "toy" not in stages.settings(config, "alignment")
+    finally:
+        stages.all_stages.cache_clear()
 
 
 def test_released_labels_are_checked_before_any_job(base_config, tmp_path):
@@ -228,3 +244,40 @@ def test_the_paper_config_trains_act_patch_with_the_papers_recipe():
         "group_by_length": False, "loss_weights": {"content": 1.0, "verdict": 1.0}}
     assert training["lora"] == {"r": 128, "alpha": 16, "dropout": 0.1, "target_modules": [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+
+
+def test_no_setting_is_read_from_a_raw_dict_outside_the_configuration_machinery():
+    """Settings reach code as typed sections (pipeline.settings.section_of, the typed SETTINGS of the workflow): no
+    `config["training"]`, `run["act_patch"]` or `section.get("judge")` of a section's name in pipeline/ or workflow/,
+    but where the configuration itself is built, checked and keyed (config.py, stages.py, settings.py)."""
+    import re
+    from pathlib import Path
+
+    from pipeline.config import settings_model
+    from pipeline.settings import _models_in
+
+    names: set[str] = set()
+
+    def walk(model):
+        for name, field in model.model_fields.items():
+            inner = [m for m in _models_in(field.annotation) if hasattr(m, "model_fields")]
+            if inner:
+                names.add(name)
+                if not inner[0].__name__.endswith("Overrides"):
+                    walk(inner[0])
+    walk(settings_model())
+    names -= {"models", "runs"}  # also a results file's keys: checked apart below
+    # what holds settings as a dict: the config, a stage's settings (run), a section, a config file loaded
+    holders = r"(\bconfig|\brun|\bsection|\bsettings|\bcfg|load_config\([^)]*\))"
+    pattern = re.compile(r"""%s(\[|\.get\()["'](%s)["']""" % (holders, "|".join(sorted(names))))
+    repo = Path(__file__).resolve().parent.parent
+    machinery = {"pipeline/config.py", "pipeline/stages.py", "pipeline/settings.py"}
+    found = []
+    for path in [*repo.glob("pipeline/**/*.py"), *repo.glob("workflow/**/*.py"), *repo.glob("workflow/**/*.smk")]:
+        where = str(path.relative_to(repo))
+        if where in machinery:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line.split("#")[0]):
+                found.append(f"{where}:{number}: {line.strip()}")
+    assert found == []

@@ -72,3 +72,14 @@ def test_each_documented_python_command_runs(text, checkout):
                          arguments) and any((checkout / a).is_file() for a in arguments):
         ran = shell(command.filled(), checkout)
         assert ran.returncode == 0, f"{command.source}: {text}\n{ran.stdout[-2000:]}{ran.stderr[-2000:]}"
+
+
+def test_the_rules_reference_lists_every_rule_as_the_workflow_defines_it():
+    """docs/rules.md names every rule, those the rule files make in loops included, with its file and outputs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rules_reference", REPO / "workflow" / "rules_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (REPO / "docs" / "rules.md").read_text() == module.reference(), \
+        "docs/rules.md is stale: python workflow/rules_reference.py > docs/rules.md"

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from pipeline.artifacts import ArtifactError
-from pipeline.config import PromptConfig
+from pipeline.tasks.act_patch_settings import PromptConfig
 from pipeline.tasks.facts import answer_matches, countryinfo_facts, read_counterfact, render_prompt, split_by_subject
 
 
@@ -65,11 +65,11 @@ def test_counterfact_loader_rejects_bad_files(tmp_path):
 
 def test_render_prompt_spans(tiny):
     _, tokenizer = tiny
-    plain = render_prompt("The capital of {} is the city of", "Peru", None, PromptConfig("completion"), tokenizer,
+    plain = render_prompt("The capital of {} is the city of", "Peru", None, PromptConfig(format="completion"), tokenizer,
                           ["The capital of France is the city of Paris."])
     assert plain.text.endswith("The capital of Peru is the city of")
     assert plain.text[slice(*plain.subject_span)] == "Peru"
-    chat = render_prompt("{}, developed by", "Porsche 959", ["Yamaha", "Porsche"], PromptConfig("constrained"),
+    chat = render_prompt("{}, developed by", "Porsche 959", ["Yamaha", "Porsche"], PromptConfig(format="constrained"),
                          tokenizer, [])
     assert "Respond with one of Yamaha or Porsche or unknown and nothing else" in chat.text
     assert chat.text.startswith("<|im_start|>") and chat.text[slice(*chat.subject_span)] == "Porsche 959"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -183,7 +182,7 @@ def test_random_exemplars_can_be_any_corpus_tokens_as_openai_draws_them(trained_
     from pipeline.tasks.features.exemplars import build_exemplars
 
     folder, sae, _ = trained_saes
-    cfg = FeaturesConfig(sae=sae, exemplars=replace(EXEMPLARS, random=6, random_from="corpus"))
+    cfg = FeaturesConfig(sae=sae, exemplars=EXEMPLARS.replaced(random=6, random_from="corpus"))
     build_exemplars(tiny_dir, folder / "sae", folder / "corpus.parquet", cfg, tmp_path / "exemplars.parquet",
                     tmp_path / "stats.parquet", {})
     exemplars = pd.read_parquet(tmp_path / "exemplars.parquet")
@@ -687,7 +686,7 @@ def test_the_archives_exemplars_are_read_by_the_papers_row_order_with_padding_st
     acts[:, :, 4] = [[3.0, 2.0, 1.0], [6.0, 5.0, 4.0]]
     write_exemplars(archive, 3, acts, ids)
     write_exemplars(archive, 3, np.zeros((2, 1, 6)), np.full((2, 1, 6), 500), folder="random_train")
-    features = FeaturesConfig(source="paper", exemplars=replace(EXEMPLARS, top=2, random=1),
+    features = FeaturesConfig(source="paper", exemplars=EXEMPLARS.replaced(top=2, random=1),
                               simulator=SimulatorConfig(checkpoint="a/released-simulator"))
     frame = archive_exemplars(archive, tiny_dir, labels, features, tmp_path / "ex.parquet", {})
     top = frame[frame["kind"] == "top"]
@@ -700,7 +699,7 @@ def test_the_archives_exemplars_are_read_by_the_papers_row_order_with_padding_st
     counts = read_provenance(tmp_path / "ex.parquet")["counts"]
     assert counts["features"] == 2 and counts["without_exemplars"]["train"] == 0  # a released simulator: no train
 
-    trains = replace(features, simulator=SimulatorConfig(train=True))  # trained here: on the training features
+    trains = features.replaced(simulator=SimulatorConfig(train=True))  # trained here: on the training features
     archive_exemplars(archive, tiny_dir, labels, trains, tmp_path / "ex2.parquet", {})
     counts = read_provenance(tmp_path / "ex2.parquet")["counts"]  # the 2 rows are the test list's: train not there
     assert counts["features"] == 2 and counts["without_exemplars"]["train"] == 2

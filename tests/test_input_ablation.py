@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.artifacts import ArtifactError, read_provenance
-from pipeline.config import InputAblationConfig
+from pipeline.tasks.input_ablation_settings import InputAblationConfig
 from pipeline.tasks.input_ablation import (LABEL_COLUMNS, build_labels, examples_from_rows, load_examples,
                                      baseline_frames, parse_letter, reference_answer, select_training_rows,
                                      user_prompt, with_hint)
@@ -40,7 +40,7 @@ def test_country_questions_have_one_right_answer_among_four(questions):
 
 
 def test_split_keeps_each_country_on_one_side(tmp_path):
-    frame = build_questions("countryinfo", None, ("capital", "region"), 4, 40, 0.3, 0, tmp_path / "q.parquet")
+    frame = build_questions(InputAblationConfig(relations=("capital", "region"), max_questions_per_relation=40), tmp_path / "q.parquet")
     sides = frame.groupby("entity")["split"].nunique()
     assert (sides == 1).all()
     assert set(frame["split"]) == {"train", "test"}
@@ -58,7 +58,7 @@ def test_mmlu_layout_loads_and_malformed_rows_are_counted(tmp_path):
     frame, skipped = read_mmlu(path)
     assert skipped == {"fewer_than_two_choices": 1, "answer_outside_choices": 1}
     assert frame["question"].tolist() == ["What is 2+2?", "Which gas do plants absorb?"]
-    built = build_questions("mmlu", str(path), (), 4, None, 0.5, 0, tmp_path / "q.parquet")
+    built = build_questions(InputAblationConfig(source="mmlu", path=str(path), max_questions_per_relation=None, test_fraction=0.5), tmp_path / "q.parquet")
     assert built["choices"].map(len).tolist() == [4, 3]
     assert read_provenance(tmp_path / "q.parquet")["counts"]["skipped"]["answer_outside_choices"] == 1
 
@@ -174,7 +174,7 @@ def test_structure_prior_and_majority_class_from_the_training_split(tmp_path):
 
 def test_labels_of_a_model_that_never_answers_a_letter_are_null_and_counted(tmp_path, tiny_dir):
     questions_path = tmp_path / "q.parquet"
-    build_questions("countryinfo", None, ("capital",), 4, 12, 0.5, 0, questions_path)
+    build_questions(InputAblationConfig(relations=("capital",), max_questions_per_relation=12, test_fraction=0.5), questions_path)
     frame = build_labels(InputAblationConfig(max_new_tokens=2, batch_size=8), questions_path, tiny_dir, "train",
                          tmp_path / "labels.parquet", {})
     assert set(LABEL_COLUMNS) <= set(frame.columns)
@@ -194,7 +194,7 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tmp_path, tiny_
     config["max_position_embeddings"] = 101  # these prompts are 96-106 tokens
     (short / "config.json").write_text(json.dumps(config))
     questions_path = tmp_path / "q.parquet"
-    build_questions("countryinfo", None, ("capital", "borders"), 4, 12, 0.5, 0, questions_path)
+    build_questions(InputAblationConfig(relations=("capital", "borders"), max_questions_per_relation=12, test_fraction=0.5), questions_path)
     frame = build_labels(InputAblationConfig(), questions_path, short, "train", tmp_path / "labels.parquet", {})
     skipped = read_provenance(tmp_path / "labels.parquet")["counts"]["skipped"]["too_long"]
     train_questions = (pd.read_parquet(questions_path)["split"] == "train").sum()
@@ -210,7 +210,7 @@ def test_letter_probabilities_are_the_first_reply_tokens_and_keep_known_fails_cl
     from pipeline.models import load_model
 
     questions_path = tmp_path / "q.parquet"
-    build_questions("countryinfo", None, ("capital",), 4, 12, 0.5, 0, questions_path)
+    build_questions(InputAblationConfig(relations=("capital",), max_questions_per_relation=12, test_fraction=0.5), questions_path)
     cfg = InputAblationConfig(max_new_tokens=2, batch_size=8)
     frame = build_labels(cfg, questions_path, tiny_dir, "train", tmp_path / "labels.parquet", {})
     model, tokenizer = load_model(tiny_dir)

@@ -21,7 +21,7 @@ BUILD_SECTION = {"inputs": 400, "test_fraction": 0.25, "min_train": 1200, "max_e
 
 
 def build_config():
-    from pipeline.interpbench.cases import InterpBenchBuildConfig
+    from pipeline.settings import InterpbenchBuild as InterpBenchBuildConfig
 
     return InterpBenchBuildConfig.from_dict(BUILD_SECTION)
 

@@ -24,7 +24,7 @@ def expected_scores(pairs):
 
 def judge(server, cache, **settings):
     defaults = {"model": "judge-test", "base_url": server.base_url, "timeout": 1.0, "concurrency": 4,
-                "retries": 4, "reasks": 2, "backoff": 0.01}
+                "retries": 4, "reasks": 2}
     return LMJudge(ChatSettings(**(defaults | settings)), cache, KEY)
 
 
@@ -142,7 +142,11 @@ def test_servers_are_asked_for_their_models_only_for_the_rules_about_to_run(tmp_
     """The onstart check: the judge's server when features_score (or its seeded form) will run, the describer's when
     features_descriptions will; an unreachable one stops the run naming the setting and the address; a model the
     server does not list is a warning; `check_servers: false` asks nothing."""
-    from pipeline.tasks.features.judge import check_servers
+    from pipeline.tasks.features.judge import check_servers as check
+    from pipeline.tasks.features.settings import FeaturesConfig
+
+    def check_servers(section, rules):  # the features settings, typed, as the workflow passes them
+        return check(FeaturesConfig.from_dict(section), rules)
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)  # no .env with a key

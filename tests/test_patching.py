@@ -70,7 +70,7 @@ def test_capture_states_matches_hidden_states(tiny):
 
 
 def rendered_pairs(tokenizer, count=5):
-    from pipeline.config import PromptConfig
+    from pipeline.tasks.act_patch_settings import PromptConfig
     from pipeline.tasks.facts import render_prompt
 
     subjects = ["Japan", "South Korea", "Peru", "New Zealand", "Chile", "Kenya", "Mexico", "Finland", "Argentina",
@@ -136,7 +136,7 @@ def test_prefix_reuse_equals_full_forwards(tiny, tiny_gemma_dir):
 
 @pytest.mark.slow
 def test_prefix_reuse_equals_full_forwards_on_smollm(smollm_dir, base_config):
-    from pipeline.config import ActPatchConfig
+    from pipeline.tasks.act_patch_settings import ActPatchConfig
     from pipeline.models import load_model
 
     model, tokenizer = load_model(smollm_dir)

@@ -8,7 +8,7 @@ import torch
 
 from pipeline.explainer import training
 from pipeline.explainer.training import LAUNCHER_KEYS
-from pipeline.config import ExplainerConfig, TrainingConfig
+from pipeline.settings import ExplainerConfig, TrainingConfig
 from pipeline.explainer.model import collate, encode_example, load_explainer
 from pipeline.explainer.generation import generate_answers
 from pipeline.models import load_model
@@ -27,10 +27,11 @@ def toy_examples(n=16, width=64, seed=0, same_question=False):
     return questions, answers, vectors
 
 
-def cfg(**overrides):
-    base = dict(method="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=("q_proj", "v_proj"),
+def cfg(deepspeed: bool = False, zero_stage: int = 2, **overrides):
+    base = dict(method="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ("q_proj", "v_proj")},
                 learning_rate=3e-3, projection_learning_rate=3e-3, warmup_steps=0, epochs=6, batch_size=4,
-                max_examples=None, max_length=128, seed=0, checkpoint_every=3)
+                max_examples=None, max_length=128, seed=0, checkpoint_every=3, precision="fp32",
+                deepspeed={"enabled": deepspeed, "zero_stage": zero_stage})
     return TrainingConfig(**(base | overrides))
 
 
@@ -280,23 +281,24 @@ def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monk
     """Kill training, rebuild the labels with another window, rerun: it starts over instead of resuming."""
     from pipeline.explainer import explain
     from pipeline.tasks import act_patch
-    from pipeline.config import ActPatchConfig, FactsConfig, PromptConfig
+    from pipeline.settings import FactsConfig
+    from pipeline.tasks.act_patch_settings import ActPatchConfig, PromptConfig
     from pipeline.tasks.facts import build_facts
 
     build_facts(FactsConfig(relations=("capital",), keep_only_correct=False, max_facts_per_relation=30),
                 PromptConfig(), tiny_dir, tmp_path / "facts.parquet")
 
     def labels(window):
-        config = ActPatchConfig(window_size=window, window_stride=2, pairs={"train": 3, "test": 1}, batch_size=16)
+        config = ActPatchConfig(patch={"window_size": window, "window_stride": 2}, pairs={"train": 3, "test": 1},
+                                batch_size=16)
         act_patch.build_labels(config, tmp_path / "facts.parquet", tiny_dir, "train", tmp_path / "l.parquet",
                                tmp_path / "v.safetensors", {"window": window}, keep_only_correct=False)
 
     def train():
-        from dataclasses import asdict
 
         training_cfg = cfg(epochs=2, checkpoint_every=1, max_examples=8)
         run = explain.Run("act_patch", str(tiny_dir), str(tiny_dir),
-                          {"training": asdict(training_cfg), "explainer": asdict(ExplainerConfig())},
+                          {"training": training_cfg.model_dump(), "explainer": ExplainerConfig().model_dump()},
                           {"training": "same settings"},
                           {"labels": str(tmp_path / "l.parquet"), "vectors": str(tmp_path / "v.safetensors")})
         assert run.config("training") == training_cfg and run.config("explainer") == ExplainerConfig()
@@ -476,8 +478,6 @@ def test_bf16_trains_and_generates_with_every_explainer_setting(tmp_path, tiny_d
     """precision bf16 with each explainer setting: LoRA keeps its adapter and projections fp32 over bf16 frozen
     weights (full fine-tuning fp32 master weights), two steps train to finite losses, and the explainer answers in
     bf16; a released explainer (the paper's layout) answers in bf16 too."""
-    from dataclasses import replace
-
     from safetensors.torch import load_file
 
     from pipeline.artifacts import provenance, write_tensors
@@ -491,11 +491,11 @@ def test_bf16_trains_and_generates_with_every_explainer_setting(tmp_path, tiny_d
         alignment = tmp_path / "alignment.safetensors"
         write_tensors({f"layers.{layer}.{kind}": torch.randn(*shape, generator=generator) * 0.1 for layer in (0, 2)
                        for kind, shape in (("weight", (64, 64)), ("mean", (64,)))}, alignment, provenance({}))
-        explainer_cfg = replace(explainer_cfg, alignment="fitted")
+        explainer_cfg = explainer_cfg.replaced(alignment="fitted")
     elif setting == "raw":
-        explainer_cfg = replace(explainer_cfg, scale="raw")
+        explainer_cfg = explainer_cfg.replaced(scale="raw")
     elif setting == "layer":
-        explainer_cfg = replace(explainer_cfg, inject="layer", projection="none")
+        explainer_cfg = explainer_cfg.replaced(inject="layer", projection="none")
     folder = tmp_path / "explainer"
     if setting == "released":
         from test_released import TOKENS, released

@@ -15,7 +15,6 @@ before (the identity, where the widths match) and after the map.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,26 +22,9 @@ import pandas as pd
 
 from pipeline.artifacts import ArtifactError, provenance, read_table, write_table, write_tensors
 from pipeline.lazy import lazy_import
+from pipeline.settings import AlignmentConfig
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
-
-
-@dataclass(frozen=True)
-class AlignmentConfig:
-    text: str = "act_patch"  # act_patch: the training pairs' prompts; corpus: the features corpus
-    max_tokens: int = 20000  # aligned tokens collected (the first token of each text, an attention sink, left out)
-    ridge: float = 0.01  # ridge strength, as a share of the mean diagonal of the states' Gram matrix
-    test_fraction: float = 0.2  # share of texts held out for the fit quality
-    rank_tokens: int = 500  # held-out tokens per layer whose own-token rank is measured
-    center: bool = True  # subtract the layer's mean state before normalising (the explainer does the same)
-    batch_size: int = 32
-    seed: int = 0
-    precision: str = "auto"  # the models' weights while states and embeddings are read (the maps are fitted in fp64)
-
-    @classmethod
-    def from_dict(cls, section: dict) -> "AlignmentConfig":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in section.items() if k in names})
 
 
 class AlignmentWidthError(ValueError):

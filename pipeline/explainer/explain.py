@@ -69,11 +69,11 @@ class Run:
 
     def config(self, head: str):
         """A settings section as its dataclass (training, explainer, generation, scoring)."""
-        from pipeline import config
+        from pipeline.settings import ExplainerConfig, GenerationConfig, ScoringConfig, TrainingConfig, section_of
 
-        classes = {"training": config.TrainingConfig, "explainer": config.ExplainerConfig,
-                   "generation": config.GenerationConfig, "scoring": config.ScoringConfig}
-        return classes[head].from_dict(self.settings.get(head) or {})
+        classes = {"training": TrainingConfig, "explainer": ExplainerConfig, "generation": GenerationConfig,
+                   "scoring": ScoringConfig}
+        return section_of(self.settings, classes[head])
 
 
 def training_inputs(paths: dict[str, str | Path]) -> dict:
@@ -129,8 +129,6 @@ def asked(questions: list[str], explainer_cfg, spec) -> list[str]:
 def train(run: Run, out_dir, checkpoint_dir) -> dict:
     """Fine-tune the explainer on the task's training rows (`run.labels`: the training split); the checkpoint key
     names the inputs too. With `run.alignment` (explainer.alignment: fitted) the projections start from those maps."""
-    from dataclasses import replace
-
     from pipeline.explainer.training import train_explainer
 
     spec, training_cfg, explainer_cfg = run.spec, run.config("training"), run.config("explainer")
@@ -138,7 +136,7 @@ def train(run: Run, out_dir, checkpoint_dir) -> dict:
                                   run.target_dir)
     width, projection = _explainer_width(examples, run.explainer_dir, run.target_dir)
     if projection:
-        explainer_cfg = replace(explainer_cfg, projection=projection)
+        explainer_cfg = explainer_cfg.replaced(projection=projection)
     inputs = dict(run.labels) | {"explainer": run.explainer_dir, "target": run.target_dir}
     key = run.provenance | {"inputs": training_inputs(inputs | ({"alignment": run.alignment} if run.alignment else {}))}
     questions = asked(examples.questions, explainer_cfg, spec)

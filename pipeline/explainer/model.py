@@ -173,8 +173,9 @@ class ContinuousTokenExplainer(nn.Module):
         found = input_ids == self.placeholder_id
         slots = vectors.shape[1] if vectors.dim() == 3 else 1
         if not bool((found.sum(dim=1) == slots).all()):
+            times = "exactly once" if slots == 1 else f"{slots} times"
             raise ValueError(f"every prompt given {slots} vector(s) must hold the placeholder token (id "
-                             f"{self.placeholder_id}) {slots} time(s); found counts {found.sum(dim=1).tolist()}")
+                             f"{self.placeholder_id}) {times}; found counts {found.sum(dim=1).tolist()}")
         return found
 
     def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None, vector_layers=None):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import ArtifactError, as_umask_says, atomic_dir, atomic_path, config_hash, provenance
-from pipeline.config import ExplainerConfig, TrainingConfig
+from pipeline.settings import ExplainerConfig, TrainingConfig
 from pipeline.explainer.model import (FROZEN_METHODS, ContinuousTokenExplainer, collate, encode_example,
                                       placeholder_token_id, save_explainer)
 from pipeline.sampling import seeded_subset
@@ -103,8 +103,8 @@ def with_lora(model, cfg: TrainingConfig):
     """The model with the training section's LoRA adapter attached (peft)."""
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                            target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
+    return get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                            target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM"))
 
 
 TRAINABLE_FILE = "trainable.safetensors"  # a checkpoint's trainable weights (LoRA and projection, or all of a full run)
@@ -114,8 +114,8 @@ KEY_FILE = "run_key.json"  # the checkpoint key a checkpoint folder was written 
 def deepspeed_config(cfg: TrainingConfig) -> dict:
     """The DeepSpeed config the Trainer runs with ("auto" values are filled in from its arguments). ZeRO-3 gathers
     the 16-bit weights when a checkpoint or the explainer is saved, so what is written is whole."""
-    zero: dict = {"stage": cfg.zero_stage}
-    if cfg.zero_stage == 3:
+    zero: dict = {"stage": cfg.deepspeed.zero_stage}
+    if cfg.deepspeed.zero_stage == 3:
         zero |= {"stage3_gather_16bit_weights_on_model_save": True}
     return {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
             "gradient_clipping": "auto", "zero_optimization": zero, "bf16": {"enabled": "auto"},
@@ -428,7 +428,7 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
     # In bf16 the weights LoRA leaves frozen are held in bf16 (not cast again in every forward pass); the adapter, the
     # projections and the optimizer state stay fp32 (peft keeps adapters fp32), and the products run under bf16
     # autocast. Full fine-tuning keeps fp32 master weights under autocast; DeepSpeed casts as its config says.
-    frozen_bf16 = precision == "bf16" and cfg.method != "full" and not cfg.deepspeed
+    frozen_bf16 = precision == "bf16" and cfg.method != "full" and not cfg.deepspeed.enabled
     model, tokenizer = load_model(base_model_dir, trainable=True, dtype=torch.bfloat16 if frozen_bf16 else None)
     placeholder = placeholder_token_id(tokenizer, model)
     if cfg.method == "lora":
@@ -452,8 +452,8 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         raise ValueError(f"training.method {cfg.method!r}: nothing to train (no projection: the vector enters as it "
                          f"is, or the task has no vector)")
 
-    encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format, placeholder, cfg.content_weight,
-                              cfg.verdict_weight) for q, a in zip(questions, answers)]
+    encoded = [encode_example(tokenizer, q, a, explainer_cfg.prompt_format, placeholder, cfg.loss_weights.content,
+                              cfg.loss_weights.verdict) for q, a in zip(questions, answers)]
     fits = np.array([len(e.input_ids) <= cfg.max_length for e in encoded])
     candidates = np.flatnonzero(fits)
     chosen = candidates[seeded_subset(len(candidates), cfg.max_examples, cfg.seed)]
@@ -467,7 +467,7 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
         return collate([encoded[i] for i in index], vectors[index] if vectors is not None else None,
                        tokenizer.pad_token_id, "cpu", [vector_layers[i] for i in index] if vector_layers else None)
 
-    with _only_trainer(checkpoint_dir), _deepspeed_scope() if cfg.deepspeed else contextlib.nullcontext(), \
+    with _only_trainer(checkpoint_dir), _deepspeed_scope() if cfg.deepspeed.enabled else contextlib.nullcontext(), \
             _stop_on_signal() as stop_signals:
         stopped: dict = {"step": None}
         run_hash = config_hash(settings)
@@ -482,7 +482,7 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
             train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
             activation_checkpointing=cfg.gradient_checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-            deepspeed=deepspeed_config(cfg) if cfg.deepspeed else None, fsdp=cfg.fsdp or "",
+            deepspeed=deepspeed_config(cfg) if cfg.deepspeed.enabled else None, fsdp=cfg.fsdp or "",
             ddp_find_unused_parameters=False)
         trainer = trainer_class()(model=explainer, args=args, train_dataset=_Rows(encoded, chosen), data_collator=collator,
                                   callbacks=_callbacks(first_step_gradients, checkpoint_dir / "tensorboard", stop_signals,
@@ -512,7 +512,7 @@ def train_explainer(cfg: TrainingConfig, explainer_cfg: ExplainerConfig, base_mo
                 "prompt_format": explainer_cfg.prompt_format,
                 "provenance": provenance(settings)}
         # Under ZeRO-3 the weights are partitioned: gather them (every process takes part), then rank 0 writes.
-        state = trainer.accelerator.get_state_dict(trainer.deepspeed) if cfg.deepspeed and cfg.zero_stage == 3 else None
+        state = trainer.accelerator.get_state_dict(trainer.deepspeed) if cfg.deepspeed.enabled and cfg.deepspeed.zero_stage == 3 else None
         if rank == 0:
             with atomic_dir(out_dir) as folder:
                 save_explainer(explainer, folder, meta, state)

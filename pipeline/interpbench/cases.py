@@ -10,7 +10,6 @@ folder, the real InterpBench files included.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import itertools
 import json
@@ -24,21 +23,8 @@ from typing import Any
 import pandas as pd
 
 from pipeline.lazy import lazy_import
-from pipeline.typed import Section
+from pipeline.settings import InterpbenchBuild
 from pipeline.artifacts import ArtifactError, atomic_dir, write_json, write_table
-
-
-@dataclass(frozen=True)
-class InterpBenchBuildConfig(Section):
-    """interpbench.build: how each case is rebuilt (tracr compile, then SIIT training of the low-level model)."""
-    inputs: int = 5000
-    test_fraction: float = 0.2
-    min_train: int = 4000
-    max_epochs: int = 60
-    eval_every: int = 5
-    batch_size: int = 512
-    compile_check: int = 200
-    seed: int = 0
 
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
@@ -224,7 +210,7 @@ def _compile_agreement(compiled, program, sequences) -> dict[str, float]:
     return {"compile_agreement": seq_ok / len(sequences), "compile_position_agreement": pos_ok / positions}
 
 
-def build_case(case: str, metadata_path: str | Path, build: InterpBenchBuildConfig, out_dir: str | Path,
+def build_case(case: str, metadata_path: str | Path, build: InterpbenchBuild, out_dir: str | Path,
                stats_path: str | Path, prov: dict[str, Any]) -> dict[str, Any]:
     """Compile, check, train by SIIT and write one case; returns (and writes to `stats_path`) its measurements."""
     from pipeline.interpbench import siit

@@ -15,7 +15,6 @@ through the workflow's own engine (pipeline.engine.patching, nnsight).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import json
 import random
@@ -30,18 +29,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from pipeline.typed import Section
+from pipeline.settings import InterpbenchPatching
 from pipeline.artifacts import write_json
 from pipeline.engine.patching import Patch, Traced, run_components, wrap
-
-
-@dataclass(frozen=True)
-class InterpBenchPatchingConfig(Section):
-    """interpbench.patching: resample-ablation of every component and edge, scored against the known circuit."""
-    inputs: int = 300
-    found_above: float = 0.01
-    atol: float = 0.05
-    seed: int = 0
 
 
 _NAME = re.compile(r"^(.*?)(?:\[(\d+)\])?$")
@@ -180,7 +170,7 @@ def derangement(count: int, seed: int) -> torch.Tensor:
     return torch.tensor(source)
 
 
-def discover(case: str, case_dir: str | Path, metadata_path: str | Path, patching: InterpBenchPatchingConfig,
+def discover(case: str, case_dir: str | Path, metadata_path: str | Path, patching: InterpbenchPatching,
              out_path: str | Path, prov: dict[str, Any]) -> dict[str, Any]:
     """Node- and edge-level patching of one case, scored against its known circuit, into `out_path`."""
     from pipeline.interpbench.cases import load_case

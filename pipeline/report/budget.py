@@ -35,14 +35,11 @@ MEASURES = {
 }
 
 
-def grid(section: dict) -> list[tuple[int | None, int, int]]:
-    """(rows, epochs, seed) of every run of the budget: every point of rows x epochs with `seeds`, and the `decide`
-    points with their seeds too."""
-    runs = {(rows, int(epochs), int(seed)) for rows in section.get("rows") or [] for epochs in section.get(
-        "epochs") or [] for seed in section.get("seeds") or [0]}
-    decide = section.get("decide") or {}
-    runs |= {(rows, int(epochs), int(seed)) for rows, epochs in decide.get("points") or []
-             for seed in decide.get("seeds") or []}
+def grid(budget) -> list[tuple[int | None, int, int]]:
+    """(rows, epochs, seed) of every run of a budget (act_patch.budget, typed): every point of rows x epochs with its
+    `seeds`, and the `decide` points with their seeds too."""
+    runs = {(rows, epochs, seed) for rows in budget.rows for epochs in budget.epochs for seed in budget.seeds}
+    runs |= {(rows, epochs, seed) for rows, epochs in budget.decide.points for seed in budget.decide.seeds}
     return sorted(runs, key=lambda r: (r[0] is None, r[0] or 0, r[1], r[2]))
 
 
@@ -179,6 +176,8 @@ def budget_figure(budget: dict, out_path) -> None:
 
 def write_budget(points: list[dict], out_json, out_figure, settings: dict) -> dict:
     """The rule's entry: scoring's bootstrap settings from `settings`."""
-    scoring = settings.get("scoring", {})
+    from pipeline.settings import ScoringConfig, section_of
+
+    scoring = section_of(settings, ScoringConfig)
     return aggregate_budget([dict(p) for p in points], Path(out_json), Path(out_figure), settings,
-                            int(scoring.get("bootstrap_samples", 1000)), int(scoring.get("seed", 0)))
+                            scoring.bootstrap_samples, scoring.seed)

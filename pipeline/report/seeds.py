@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import ArtifactError, provenance, read_json, write_json
+from pipeline.stages import put_at
 
 SECTIONS = ("metrics", "comparisons")
 
@@ -35,12 +36,6 @@ def _leaves(tree: Any, path: tuple = ()) -> dict[tuple, dict]:
             found |= _leaves(value, path + (key,))
         return found
     return {}
-
-
-def _put(tree: dict, path: tuple, value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
 
 
 def t_quantile(df: int) -> float:
@@ -93,7 +88,7 @@ def aggregate(result_paths: dict[int, str | Path], out_path: str | Path, setting
         common = set.intersection(*(set(leaves) for leaves in per_seed.values()))
         tree: dict = {}
         for path in sorted(common, key=str):
-            _put(tree, path, combine([per_seed[seed][path] for seed in results]))
+            put_at(tree, path, combine([per_seed[seed][path] for seed in results]))
         out[section] = tree
     out["provenance"] = provenance(settings or {})
     write_json(out, out_path)

@@ -78,6 +78,22 @@ class Examples:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """A stage: the function it calls ("module:function") and the settings its result depends on, `takes`: a section
+    model (all of its place in config.yaml), a field of one (`Model.key("name")`) or a per-job key ("models.{model}":
+    the job's wildcards fill it). Its cache key is those settings less the fields marked `execution`
+    (pipeline/stages.py); `task`: whose overrides of the shared sections apply; `modules`: what it loads by name."""
+    entry: str
+    takes: tuple = ()
+    task: str | None = None
+    modules: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(item if isinstance(item, str) else item.at for item in self.takes)
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     variants: tuple[str, ...]  # explainer variants the generate rule writes; "finetuned" first
@@ -90,7 +106,7 @@ class Task:
     # (examples, the task's config section, training seed, target dir) -> the rows training sees
     training_rows: Callable[[Examples, dict, int, str], Examples] = lambda examples, settings, seed, target_dir: examples
     variant_vectors: Callable[[str, Examples, int], torch.Tensor | None] = lambda v, e, seed: e.vectors
-    training_keys: tuple[str, ...] = ()  # the task's own config keys that training depends on
+    training_keys: tuple = ()  # the task's own settings training depends on (as Stage.takes names them)
     figures: tuple[str, ...] = ("metrics.png", "confusion.png", "loss.png")  # the report's files per run
     # Variants the task answers itself, not with the explainer: variant -> fn(examples, generation_cfg,
     # explainer_cfg, explainer_dir, target_dir) -> predictions table (row_key, cluster, prediction, reference, ...).
@@ -98,30 +114,30 @@ class Task:
     # (frames by variant and baseline, bootstrap samples, seed, settings=the task's section, inputs=score_inputs)
     # -> {"metrics", "comparisons", ...}; None: the change-prediction metrics of pipeline/explainer/metrics.py.
     score_frames: Callable[..., dict] | None = None
-    score_keys: tuple[str, ...] = ()  # the task's own config keys its scores depend on
-    score_execution: tuple[str, ...] = ()  # ... and those that only change how scoring runs
-    # (target, the task's config section) -> extra input files of the score rule (a simulator model, ...)
-    score_inputs: Callable[[str, dict], dict[str, str]] = lambda target, section: {}
+    score_keys: tuple = ()  # the task's own settings its scores depend on (as Stage.takes names them)
+    # (target, the task's settings) -> extra input files of the score rule (a simulator model, ...)
+    score_inputs: Callable[[str, object], dict[str, str]] = lambda target, section: {}
     # Evaluation sets besides the test split (features: the out-of-distribution sets), each answered by every
     # variant (rule {task}_generate_{set}) and scored by the task: all it can have, and those a config section runs.
     eval_set_names: tuple[str, ...] = ()
-    eval_sets: Callable[[dict], tuple[str, ...]] = lambda section: ()
+    eval_sets: Callable[[object], tuple[str, ...]] = lambda section: ()
     # (split, metric) of the results file's finetuned metrics that the self-versus-other matrix compares
     headline: tuple[str, str] = ("overall", "is_changed_f1")
     paper_suffix: str = " "  # what ends the paper's string template of this task's questions (prompt_format: paper)
     # target key -> the folder the shared stages read as the target (its manifest.json gives hidden_size and
     # source); None: the language model resources/models/{target}
     target_dir: Callable[[str], str] | None = None
-    # The task's own stages (its label rules, figures, diagnostics): stage name -> the fields of pipeline/stages.py's
-    # Stage in order: (entry "module:function", the config keys its result depends on, execution-only keys, the task
-    # whose training/generation overrides apply, modules it loads by name); the rules' params: code_of, settings_of.
-    stages: dict[str, tuple] = field(default_factory=dict)
+    # The task's own stages (its label rules, figures, diagnostics): stage name -> Stage; the rules' params: code_of,
+    # settings_of.
+    stages: dict[str, "Stage"] = field(default_factory=dict)
     # Scoring that is heavy (judge API calls, a simulator LM): its score job goes to the cluster like the GPU stages;
     # otherwise it is a localrule that runs beside Snakemake.
     heavy_score: bool = False
-    # (the task's config section, the names of the rules about to run) -> None, or an error naming the setting of an
+    # (the task's settings, the names of the rules about to run) -> None, or an error naming the setting of an
     # external server (an LM judge's) that those rules will call and that does not answer: checked before any job.
-    check_servers: Callable[[dict, set[str]], None] = lambda section, rules: None
+    check_servers: Callable[[object, set[str]], None] = lambda section, rules: None
+    # The task's section of config.yaml (a pipeline.settings.Section, declared with the task); None: it has none.
+    settings: type | None = None
     # The field's baselines this task can have (BASELINE_VARIANTS: in-context needs questions an untrained explainer
     # can answer; the frozen-explainer ones need a vector to map).
     baseline_variants: tuple[str, ...] = ()
@@ -137,9 +153,10 @@ FROZEN_BASELINES = {"map_only": "map", "affine": "affine"}  # variant -> trainin
 BASELINE_VARIANTS = (*IN_CONTEXT, *FROZEN_BASELINES)
 
 
-def baselines_of(spec: "Task", section: dict | None) -> tuple[str, ...]:
-    """The baseline variants a task section asks for, each checked against what the task can have."""
-    asked = tuple((section or {}).get("baselines") or ())
+def baselines_of(spec: "Task", section) -> tuple[str, ...]:
+    """The baseline variants a task's settings (its section, typed) ask for, each checked against what the task can
+    have."""
+    asked = tuple(getattr(section, "baselines", None) or ())
     wrong = [b for b in asked if b not in spec.baseline_variants]
     if wrong:
         raise ValueError(f"{spec.name}.baselines: {wrong} are not baselines of this task (it can have "

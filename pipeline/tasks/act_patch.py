@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 from pipeline.lazy import lazy_import
 from pipeline.artifacts import (ArtifactError, check_same_run, provenance, read_table, read_tensors, write_table,
                                 write_tensors)
-from pipeline.config import ActPatchConfig
+from pipeline.settings import ExplainerConfig, FactsConfig, GenerationConfig, ScoringConfig
+from pipeline.tasks.act_patch_settings import (ActPatchConfig, BudgetConfig, PairsConfig, PatchConfig, PromptConfig,
+                                               TrainingRows)
 from pipeline.runtime import torch_dtype, warn
 from pipeline.tasks.facts import RenderedPrompt, draw_options, make_pairs, render_prompt, token_positions
 from pipeline.explainer.prompts import FORMAT_INSTRUCTION, change_answer, phrasing, token_text
-from pipeline.tasks import Examples, Task, register
+from pipeline.tasks import Examples, Stage, Task, register
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
@@ -79,8 +81,8 @@ def choose_pairs(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
     if facts.empty:
         raise ArtifactError(f"{facts_path}: no kept facts in split '{split}'")
     model, tokenizer = load_model(model_dir, dtype=torch_dtype(cfg.precision))
-    candidates = make_pairs(facts, cfg.pair_seed, tokenizer)
-    rng = random.Random(cfg.pair_seed)
+    candidates = make_pairs(facts, cfg.pairs.seed, tokenizer)
+    rng = random.Random(cfg.pairs.seed)
     rendered = []
     for original, counter in candidates:
         options = draw_options(facts, original["relation"], [original["target_true"], counter["target_true"]],
@@ -92,15 +94,15 @@ def choose_pairs(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
     clean = greedy_next_tokens(model, tokenizer, [r[0] for r in rendered], cfg.batch_size, desc="clean check")
     passed = [i for i, ((original, _), answer) in enumerate(zip(candidates, clean))
               if not keep_only_correct or answer_matches(answer, original["target_true"])]
-    failed, asked = len(candidates) - len(passed), cfg.pairs[split]
+    failed, asked = len(candidates) - len(passed), getattr(cfg.pairs, split)
     chosen = passed[:asked]
     counts = {"facts": len(facts), "candidate_pairs": len(candidates), "clean_check_failed": failed, "asked": asked,
               "pairs": len(chosen), "shortfall": asked - len(chosen)}
     where = (f"{facts_path}, split '{split}': {len(facts)} kept facts give {len(candidates)} candidate pairs (one per "
              f"original fact), {failed} of them fail the clean check of {model_dir}")
-    if len(chosen) < cfg.min_fraction * asked or not chosen:
+    if len(chosen) < cfg.pairs.min_fraction * asked or not chosen:
         raise ArtifactError(f"{where}, leaving {len(chosen)} pairs of the {asked} act_patch.pairs.{split} asks "
-                            f"(below pairs.min_fraction {cfg.min_fraction}); use more facts (facts.source: counterfact "
+                            f"(below pairs.min_fraction {cfg.pairs.min_fraction}); use more facts (facts.source: counterfact "
                             f"with its path, more relations) or ask for fewer pairs")
     if len(chosen) < asked:
         warn(f"{where}: {len(chosen)} pairs instead of the {asked} asked")
@@ -122,7 +124,7 @@ def choose_pairs(cfg: ActPatchConfig, facts_path: str | Path, model_dir: str | P
 
 def chunk_count(cfg: ActPatchConfig, split: str) -> int:
     """How many label chunks a split's pairs are patched in (the last ones may be empty after a shortfall)."""
-    return max(1, -(-cfg.pairs[split] // cfg.chunk_pairs))
+    return max(1, -(-getattr(cfg.pairs, split) // cfg.chunk_pairs))
 
 
 def build_label_chunk(cfg: ActPatchConfig, pairs_path: str | Path, model_dir: str | Path, split: str, chunk: int,
@@ -139,7 +141,7 @@ def build_label_chunk(cfg: ActPatchConfig, pairs_path: str | Path, model_dir: st
     pairs = pairs.iloc[chunk * cfg.chunk_pairs:(chunk + 1) * cfg.chunk_pairs]
     model, tokenizer = load_model(model_dir, dtype=torch_dtype(cfg.precision))
     manifest = read_manifest(model_dir)
-    windows, types = cfg.windows(manifest["num_layers"]), list(cfg.token_types)
+    windows, types = cfg.patch.windows(manifest["num_layers"]), list(cfg.patch.token_types)
     per_pair = len(types) * len(windows)
     prov = provenance(settings | {"split": split, "chunk": chunk}, {"target": manifest["source"]})
     if pairs.empty:  # a chunk past the pairs a shortfall left
@@ -443,9 +445,9 @@ def training_rows(rows: Examples, settings: dict, seed: int, target_dir=None) ->
       without reading the vector (the reduced task of the issue on reading the vector)."""
     from pipeline.models import load_tokenizer
 
-    shape = settings.get("training_rows") or {}
-    copies, reading = int(shape.get("oversample_counterfactual", 1)), shape.get("reading") or {}
-    share = float(reading.get("fraction", 0.0))
+    shape = ActPatchConfig.from_dict(settings).training_rows
+    copies, reading = shape.oversample_counterfactual, shape.reading
+    share = reading.fraction
     if copies <= 1 and share <= 0:
         return rows
     index = np.arange(len(rows.questions))
@@ -459,12 +461,12 @@ def training_rows(rows: Examples, settings: dict, seed: int, target_dir=None) ->
         raise ValueError("act_patch.training_rows.reading needs the pipeline's label tables (vectors and the "
                          "counterfactual's answer)")
     tokenizer = load_tokenizer(target_dir)
-    types = set(reading.get("token_types", ["last_subject_token", "last_token"]))
+    types = set(reading.token_types)
     pool = np.flatnonzero(rows.frame["token_type"].isin(types).to_numpy())
     count = min(len(pool), int(round(share * len(out.questions))))
     chosen = np.sort(np.random.default_rng(seed).choice(pool, size=count, replace=False))
     read = rows.subset(chosen)
-    target = reading.get("target", "answer")
+    target = reading.target
     read.questions = [READING_QUESTION.format(layer=int(layer[0])) for layer in read.columns["layer"]]
     read.answers = [reading_answer(row, target, tokenizer) for row in read.frame.itertuples(index=False)]
     read.row_keys = [f"{key}:read" for key in read.row_keys]
@@ -482,31 +484,32 @@ def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
 
 TASK = register(Task(
     headline=("is_different=True", "exact_match"),  # names the counterfactual's answer: reads the vector
+    settings=ActPatchConfig,
     baseline_variants=("in_context_4", "in_context_8", "map_only", "affine"),
     name="act_patch", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     paper_suffix="\n",  # the paper's act_patch templates end in "?\n"
     examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train, target_dir),
-    variant_vectors=variant_vectors, training_keys=("training_rows",),
+    variant_vectors=variant_vectors, training_keys=(TrainingRows,),
     training_rows=training_rows,
     count_paths=lambda target: {"facts": f"work/act_patch/facts/{target}.parquet"},
-    # The task's own stages: name -> (entry, the config keys its result depends on, execution-only keys[, the task
-    # whose training/generation overrides apply, modules it loads by name]) as pipeline/stages.py's Stage.
+    # The task's own stages: name -> the function each calls and the settings its result depends on.
     stages={
-        "act_patch_facts": ("pipeline.tasks.facts:build_facts", ("facts", "act_patch.prompt", "act_patch.precision"),
-                            ("act_patch.batch_size",)),
-        "act_patch_pairs": ("pipeline.tasks.act_patch:choose_pairs",
-                            ("act_patch.prompt", "act_patch.pairs", "facts.keep_only_correct", "act_patch.precision"),
-                            ("act_patch.batch_size",)),
-        "act_patch_label_chunk": ("pipeline.tasks.act_patch:build_label_chunk",
-                                  ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct",
-                                   "act_patch.precision"), ("act_patch.batch_size", "act_patch.chunk_pairs")),
-        "act_patch_labels": ("pipeline.tasks.act_patch:gather_labels",
-                             ("act_patch.prompt", "act_patch.patch", "act_patch.pairs", "facts.keep_only_correct",
-                              "act_patch.released_labels.{target}"), ("act_patch.chunk_pairs",)),
-        "act_patch_diagnostics": ("pipeline.tasks.act_patch_diagnostics:diagnose", ("generation", "explainer", "scoring"),
-                                  ("generation.batch_size",), "act_patch", ("pipeline.tasks.act_patch",)),
-        "act_patch_patch_effect": ("pipeline.tasks.act_patch_figures:patch_effect_figure",),
-        "act_patch_budget": ("pipeline.report.budget:write_budget", ("act_patch.budget", "scoring")),
+        "act_patch_facts": Stage("pipeline.tasks.facts:build_facts",
+                                 (FactsConfig, PromptConfig, ActPatchConfig.key("precision"))),
+        "act_patch_pairs": Stage("pipeline.tasks.act_patch:choose_pairs",
+                                 (PromptConfig, PairsConfig, FactsConfig.key("keep_only_correct"),
+                                  ActPatchConfig.key("precision"))),
+        "act_patch_label_chunk": Stage("pipeline.tasks.act_patch:build_label_chunk",
+                                       (PromptConfig, PatchConfig, PairsConfig, FactsConfig.key("keep_only_correct"),
+                                        ActPatchConfig.key("precision"))),
+        "act_patch_labels": Stage("pipeline.tasks.act_patch:gather_labels",
+                                  (PromptConfig, PatchConfig, PairsConfig, FactsConfig.key("keep_only_correct"),
+                                   "act_patch.released_labels.{target}")),
+        "act_patch_diagnostics": Stage("pipeline.tasks.act_patch_diagnostics:diagnose",
+                                       (GenerationConfig, ExplainerConfig, ScoringConfig), "act_patch",
+                                       ("pipeline.tasks.act_patch",)),
+        "act_patch_patch_effect": Stage("pipeline.tasks.act_patch_figures:patch_effect_figure"),
+        "act_patch_budget": Stage("pipeline.report.budget:write_budget", (BudgetConfig, ScoringConfig)),
     },
 ))
 

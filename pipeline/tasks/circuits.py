@@ -17,7 +17,6 @@ component's name and the two positions, learned from the training cases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import json
 import random
@@ -28,33 +27,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.lazy import lazy_import
-from pipeline.typed import from_section
+from pipeline.tasks.circuits_settings import CircuitsConfig, PairsPerCase
 from pipeline.artifacts import ArtifactError, provenance, read_table, read_tensors, write_table, write_tensors
 from pipeline.explainer.prompts import FORMAT_INSTRUCTION, VECTOR, change_answer, parse_answer
-from pipeline.tasks import Examples, Task, register
-
-
-@dataclass(frozen=True)
-class CircuitsConfig:
-    """The circuits task's section: which cases train and which are held out, pairs per case and split, the
-    unchanged rows kept per changed one in training, the vectors' padded width."""
-    train_cases: tuple[str, ...] = ("3", "11", "13", "18", "19", "20", "24", "33", "34", "35")
-    heldout_cases: tuple[str, ...] = ("4", "21", "36", "37", "38", "8")
-    pairs_per_case: tuple[tuple[str, int], ...] = (("train", 100), ("test", 8), ("heldout_cases", 8))
-    balance: float | None = 1.0
-    width: int = 32
-    seed: int = 0
-    explainer: str | None = "smollm"
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> "CircuitsConfig":
-        typed = dict(section)
-        for key in ("train_cases", "heldout_cases"):
-            if key in typed:
-                typed[key] = tuple(map(str, typed[key]))
-        if typed.get("pairs_per_case"):
-            typed["pairs_per_case"] = tuple((str(k), int(v)) for k, v in typed["pairs_per_case"].items())
-        return from_section(cls, typed)
+from pipeline.tasks import Examples, Stage, Task, register
 
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
@@ -161,7 +137,7 @@ def build_labels(split: str, cases: list[str], case_dirs: list[str], metadata_pa
     """The label rows of one split (train / test: the training cases; heldout_cases: the held-out ones)."""
     frames, vectors = [], []
     for case, folder in zip(cases, case_dirs):
-        frame, vecs = case_rows(str(case), folder, metadata_path, split, dict(cfg.pairs_per_case), cfg.width, cfg.seed)
+        frame, vecs = case_rows(str(case), folder, metadata_path, split, cfg.pairs_per_case.model_dump(), cfg.width, cfg.seed)
         frames.append(frame)
         vectors.append(vecs)
         print(f"circuits {split}: case {case}: {len(frame)} rows, {frame['is_different'].mean():.2f} changed, "
@@ -326,27 +302,26 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
     return result
 
 
-def score_inputs(target: str, section: dict) -> dict[str, str]:
+def score_inputs(target: str, cfg: CircuitsConfig) -> dict[str, str]:
     """The training labels, from which the prior of the held-out cases is learned."""
-    return {"train_labels": label_paths(target, "train")["labels"]} if section.get("heldout_cases") else {}
+    return {"train_labels": label_paths(target, "train")["labels"]} if cfg.heldout_cases else {}
 
 
-def eval_sets(section: dict) -> tuple[str, ...]:
-    return EVAL_SETS if section.get("heldout_cases") else ()
+def eval_sets(cfg: CircuitsConfig) -> tuple[str, ...]:
+    return EVAL_SETS if cfg.heldout_cases else ()
 
 
 TASK = register(Task(
-    name="circuits", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
+    name="circuits", variants=VARIANTS, settings=CircuitsConfig, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors, score_frames=score_frames,
-    training_rows=training_rows, training_keys=("balance",),
+    training_rows=training_rows, training_keys=(CircuitsConfig.key("balance"),),
     score_inputs=score_inputs, eval_set_names=EVAL_SETS, eval_sets=eval_sets,
     figures=("metrics.png", "confusion.png", "loss.png"),
     headline=("overall", "is_changed_f1"), target_dir=lambda target: f"work/circuits/target/{target}",
-    stages={  # the task's own stages, as pipeline/stages.py's Stage: (entry, keys)
-        "circuits_labels": ("pipeline.tasks.circuits:build_labels",
-                            ("circuits.train_cases", "circuits.heldout_cases", "circuits.pairs_per_case",
-                             "circuits.width", "circuits.seed")),
-        "circuits_target": ("pipeline.tasks.circuits:write_target",
-                            ("circuits.train_cases", "circuits.heldout_cases", "circuits.width")),
+    stages={  # the task's own stages: the function each calls and the settings its result depends on
+        "circuits_labels": Stage("pipeline.tasks.circuits:build_labels", (*(
+            CircuitsConfig.key(k) for k in ("train_cases", "heldout_cases", "width", "seed")), PairsPerCase)),
+        "circuits_target": Stage("pipeline.tasks.circuits:write_target", tuple(
+            CircuitsConfig.key(k) for k in ("train_cases", "heldout_cases", "width"))),
     },
 ))

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.artifacts import ArtifactError, provenance, read_table, write_table
-from pipeline.config import FactsConfig, PromptConfig
+from pipeline.settings import FactsConfig
+from pipeline.tasks.act_patch_settings import PromptConfig
 
 FACT_COLUMNS = ["fact_id", "relation", "subject", "template", "target_true"]
 

@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from pipeline.lazy import lazy_import, no_grad
 from pipeline.artifacts import ArtifactError, provenance, read_table, write_table
-from pipeline.config import InputAblationConfig
+from pipeline.tasks.input_ablation_settings import InputAblationConfig
 from pipeline.tasks.questions import QUESTION_COLUMNS, letters
 from pipeline.explainer.prompts import FORMAT_INSTRUCTION_CHOICE, change_answer
-from pipeline.tasks import Examples, Task, register
+from pipeline.tasks import Examples, Stage, Task, register
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
@@ -338,22 +338,24 @@ def examples(paths: dict[str, str], target_dir=None) -> Examples:
 def training_rows(rows: Examples, settings: dict, seed: int, target_dir: str | None = None) -> Examples:
     """The training rows after `rebalance_train` and `max_train_examples` (see select_training_rows)."""
     frame = rows.frame.assign(_position=np.arange(len(rows.frame)))
-    chosen = select_training_rows(frame, settings.get("rebalance_train", True), settings.get("max_train_examples"),
-                                  seed)
+    section = InputAblationConfig.from_dict(settings)
+    chosen = select_training_rows(frame, section.rebalance_train, section.max_train_examples, seed)
     return rows.subset(chosen["_position"].to_numpy())
 
 
 TASK = register(Task(
-    name="input_ablation", variants=VARIANTS, baseline_variants=("in_context_4", "in_context_8"), format_instruction=FORMAT_INSTRUCTION_CHOICE, label_paths=label_paths,
+    name="input_ablation", variants=VARIANTS, baseline_variants=("in_context_4", "in_context_8"),
+    settings=InputAblationConfig, format_instruction=FORMAT_INSTRUCTION_CHOICE, label_paths=label_paths,
     examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train["labels"]),
-    training_rows=training_rows, training_keys=("rebalance_train", "max_train_examples"),
-    stages={  # the task's own stages, as pipeline/stages.py's Stage: (entry, keys, execution-only keys)
-        "input_ablation_questions": ("pipeline.tasks.questions:build_questions", tuple(
-            f"input_ablation.{k}" for k in ("source", "path", "relations", "n_choices", "max_questions_per_relation",
-                                            "test_fraction", "seed"))),
-        "input_ablation_labels": ("pipeline.tasks.input_ablation:build_labels", (*(
-            f"input_ablation.{k}" for k in ("seed", "system_prompt", "choice_format", "answer_prefix", "max_new_tokens",
-                                            "keep", "min_confidence")), "input_ablation.released_labels.{target}"),
-                                  ("input_ablation.batch_size",)),
+    training_rows=training_rows,
+    training_keys=tuple(InputAblationConfig.key(k) for k in ("rebalance_train", "max_train_examples")),
+    stages={  # the task's own stages: the function each calls and the settings its result depends on
+        "input_ablation_questions": Stage("pipeline.tasks.questions:build_questions", tuple(
+            InputAblationConfig.key(k) for k in ("source", "path", "relations", "n_choices",
+                                                 "max_questions_per_relation", "test_fraction", "seed"))),
+        "input_ablation_labels": Stage("pipeline.tasks.input_ablation:build_labels", (*(
+            InputAblationConfig.key(k) for k in ("seed", "system_prompt", "choice_format", "answer_prefix",
+                                                 "max_new_tokens", "keep", "min_confidence")),
+            "input_ablation.released_labels.{target}")),
     },
 ))

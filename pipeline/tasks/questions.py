@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.tasks.input_ablation_settings import InputAblationConfig
 from pipeline.artifacts import ArtifactError, provenance, read_table, write_table
 from pipeline.tasks.facts import split_by_subject
 
@@ -139,10 +140,10 @@ def read_mmlu(path: str | Path) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(keep), skipped
 
 
-def build_questions(source: str, path: str | None, relations: tuple[str, ...], n_choices: int,
-                    max_questions_per_relation: int | None, test_fraction: float, seed: int,
-                    out_path: str | Path, settings: dict | None = None) -> pd.DataFrame:
+def build_questions(cfg: InputAblationConfig, out_path: str | Path, settings: dict | None = None) -> pd.DataFrame:
     """The question table, split into train and test by entity (a country, or an MMLU question)."""
+    source, path, relations, n_choices = cfg.source, cfg.path, cfg.relations, cfg.n_choices
+    max_questions_per_relation, test_fraction, seed = cfg.max_questions_per_relation, cfg.test_fraction, cfg.seed
     if source == "countryinfo":
         frame, skipped = country_questions(relations, n_choices, seed, max_questions_per_relation), {}
     elif source == "mmlu":

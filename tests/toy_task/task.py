@@ -8,16 +8,29 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pydantic import Field
+
 from pipeline.artifacts import check_same_run, provenance, read_table, read_tensors, write_table, write_tensors
 from pipeline.models import read_manifest
 from pipeline.explainer.prompts import FORMAT_INSTRUCTION, VECTOR, change_answer
-from pipeline.tasks import Examples, Task, register
+from pipeline.settings import Section, located
+from pipeline.tasks import Examples, Stage, Task, register
 
 QUESTION = "If the first coordinate of " + VECTOR + " is positive, the output changes. How would it change?"
 
 
-def build_labels(target_dir: str, rows: int, seed: int, table_path: str, vectors_path: str, settings: dict) -> None:
-    """`rows` random vectors in the target's width and whether each one's first coordinate is positive."""
+@located("toy")
+class ToyConfig(Section):
+    """toy: is the first coordinate of a random vector positive? (a task added from outside the package)"""
+    train_rows: int = Field(48, ge=1, description="random vectors of the training split")
+    test_rows: int = Field(16, ge=1, description="random vectors of the test split")
+    seed: int = Field(0, description="the training split's vectors; the test split's are seed + 1")
+
+
+def build_labels(target_dir: str, cfg: ToyConfig, split: str, table_path: str, vectors_path: str,
+                 settings: dict) -> None:
+    """The split's random vectors in the target's width and whether each one's first coordinate is positive."""
+    rows, seed = (cfg.train_rows, cfg.seed) if split == "train" else (cfg.test_rows, cfg.seed + 1)
     width = read_manifest(target_dir)["hidden_size"]
     vectors = torch.randn(rows, width, generator=torch.Generator().manual_seed(seed))
     frame = pd.DataFrame({"row_id": np.arange(rows), "positive": (vectors[:, 0] > 0).numpy()})
@@ -49,5 +62,6 @@ TASK = register(Task(
     name="toy", variants=("finetuned", "untrained", "no_vector"), format_instruction=FORMAT_INSTRUCTION,
     label_paths=label_paths, examples=examples, variant_vectors=variant_vectors,
     baselines=lambda scored, train, test, target_dir: ({}, {}),
-    stages={"toy_labels": ("tests.toy_task.task:build_labels", ())},
+    settings=ToyConfig,
+    stages={"toy_labels": Stage("tests.toy_task.task:build_labels", (ToyConfig,))},
 ))

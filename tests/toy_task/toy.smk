@@ -5,8 +5,6 @@ rule toy_labels:
         table="work/toy/labels/{target}/{split}.parquet",
         vectors="work/toy/labels/{target}/{split}.vectors.safetensors",
     params:
-        rows=lambda wildcards: {"train": 48, "test": 16}[wildcards.split],
-        seed=lambda wildcards: {"train": 0, "test": 1}[wildcards.split],
         settings=settings_of("toy_labels"),
         code=code_of("toy_labels"),
     log:

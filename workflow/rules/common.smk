@@ -4,11 +4,12 @@ from pathlib import Path
 
 from pipeline import runtime, stages
 from pipeline.interpbench import cases as interpbench
-from pipeline.artifacts import config_hash, damage, local_folder, released_source, unwritable
+from pipeline.artifacts import config_hash, damage, local_folder, unwritable
+from pipeline.config import shared_section
 from pipeline.tasks import (FROZEN_BASELINES, IN_CONTEXT, TASK_MODULES, add_task_modules, all_variants, baselines_of,
                             get_task)
 
-add_task_modules(config.get("task_modules") or {})
+add_task_modules(dict(SETTINGS.task_modules))
 TASKS = tuple(TASK_MODULES)
 # Heavy jobs (models, labels, training, generation) take every core they are given: Snakemake lowers this to --cores
 # (or --max-threads) on one machine; a SLURM job step runs with --cores all on its node, and pipeline.runtime.stage
@@ -50,7 +51,7 @@ def released_label_files(task, wildcards):
     its files, so a new download reruns the job; a hub id: none), or None when the labels are built here."""
     from pipeline.artifacts import released_split_files
 
-    source = released_source(config[task], known_model(wildcards.target))
+    source = (getattr(SETTINGS, task).released_labels or {}).get(known_model(wildcards.target))
     if source is None:
         return None
     setting = f"{task}.released_labels.{wildcards.target}"
@@ -79,16 +80,21 @@ def seeded_settings(stage, layout):
     return lambda wildcards: stages.with_training_seed(settings, int(wildcards.seed))
 
 
+def shared(head, task):
+    """A shared section (training, generation, explainer) as the task's stages see it: with its overrides, typed."""
+    return shared_section(SETTINGS, head, task)
+
+
 def training_seeds(task):
     """training.seeds (the task's own training section may override it); none set: training.seed alone."""
-    section = stages.task_section(config, "training", task)
-    return [int(s) for s in (section.get("seeds") or [section["seed"]])]
+    section = shared("training", task)
+    return list(section.seeds or [section.seed])
 
 
 def seed_results(task):
     """Every seed's results file of a run, for {task}_seeds: training.seed's is the run itself (the same settings, so
     it is not trained again), every other seed's the seeded layout's."""
-    own = int(stages.task_section(config, "training", task)["seed"])
+    own = shared("training", task).seed
 
     def files(wildcards):
         run = f"{wildcards.explainer}_{wildcards.target}.json"
@@ -184,20 +190,20 @@ def known_model(key):
         raise ValueError(f"model key '{key}' is InterpBench case {case} (resources/interpbench/{case}/, built by the "
                          f"interpbench_case job): its inputs are token sequences over the case's vocabulary, not "
                          f"text, so the act_patch, input_ablation and features rules cannot take it as a model")
-    if key not in config["models"]:
-        raise ValueError(f"unknown model key '{key}': config.yaml defines {sorted(config['models'])}")
+    if key not in SETTINGS.models:
+        raise ValueError(f"unknown model key '{key}': config.yaml defines {sorted(SETTINGS.models)}")
     return key
 
 
 def model_sources(wildcards):
     """No file inputs; checks a local model folder exists before any job starts, and that a prepared folder is whole."""
-    spec = config["models"][known_model(wildcards.model)]
+    spec = SETTINGS.models[known_model(wildcards.model)]
     prepared = Path(f"resources/models/{wildcards.model}")
     if prepared.is_dir() and not (prepared / "manifest.json").is_file():
         raise ValueError(f"{prepared} exists but holds no manifest.json (an interrupted or hand-made folder): delete it "
                          f"and run again, and prepare_model builds it")
-    if spec["source"] == "hf":
-        local_folder(spec["path"], f"models.{wildcards.model}.path")
+    if spec.source == "hf":
+        local_folder(spec.path, f"models.{wildcards.model}.path")
     return []
 
 
@@ -208,7 +214,7 @@ def before_the_first_job(jobs):
     jobs = list(jobs)
     rules = {job.rule.name for job in jobs}
     for task in TASKS:
-        get_task(task).check_servers(config.get(task) or {}, rules)
+        get_task(task).check_servers(getattr(SETTINGS, task, None), rules)
     blocked = unwritable(str(f) for job in jobs for f in job.output)
     if blocked:
         raise ValueError("the jobs about to run could not write their outputs, so they would fail after computing: "
@@ -216,14 +222,14 @@ def before_the_first_job(jobs):
 
 
 def all_results():
-    return [f"results/{task}/{run}.json" for task, runs in config["runs"].items() for run in runs]
+    return [f"results/{task}/{run}.json" for task, runs in SETTINGS.runs.items() for run in runs]
 
 
 def all_figures():
     """Every figure of the report: per run the task's figures; per act_patch target the patch effect."""
-    figures = [f"report/{task}/{run}/{name}" for task, runs in config["runs"].items() for run in runs
+    figures = [f"report/{task}/{run}/{name}" for task, runs in SETTINGS.runs.items() for run in runs
                for name in get_task(task).figures]
-    targets = sorted({run.split("_")[1] for run in config["runs"].get("act_patch", [])})
+    targets = sorted({run.split("_")[1] for run in SETTINGS.runs.get("act_patch", ())})
     return figures + [f"report/act_patch/patch_effect_{target}.png" for target in targets]
 
 
@@ -241,8 +247,7 @@ def _models(wildcards, task):
     """The explainer's model folder and the target's: a language model, or the folder the task names for its
     target (circuits: the InterpBench cases). A pair that cannot be run is refused here, before any job."""
     target_dir = get_task(task).target_dir
-    section = stages.task_section(config, "explainer", task)
-    if section.get("inject") == "layer" and wildcards.explainer != wildcards.target:
+    if shared("explainer", task).inject == "layer" and wildcards.explainer != wildcards.target:
         raise ValueError(f"explainer.inject 'layer' ({task}): explainer {wildcards.explainer} is not target "
                          f"{wildcards.target}, and a layer reads only its own model's states; use inject: embedding "
                          f"for this pair")
@@ -252,7 +257,7 @@ def _models(wildcards, task):
 
 def alignment_input(wildcards, task):
     """The fitted explainer-from-target maps, when explainer.alignment is 'fitted' (a language-model target only)."""
-    if stages.task_section(config, "explainer", task).get("alignment", "identity") != "fitted":
+    if shared("explainer", task).alignment != "fitted":
         return {}
     if get_task(task).target_dir is not None:
         raise ValueError(f"explainer.alignment 'fitted': the {task} task's target is not a language model, so there "
@@ -262,7 +267,7 @@ def alignment_input(wildcards, task):
 
 def alignment_text(wildcards):
     """What the alignment is fitted on (alignment.text): the target's act_patch training pairs, or the corpus."""
-    if config["alignment"]["text"] == "corpus":
+    if SETTINGS.alignment.text == "corpus":
         return "work/features/corpus.parquet"
     return f"work/act_patch/pairs/{known_model(wildcards.target)}/train.parquet"
 
@@ -282,7 +287,7 @@ def trained_explainer(task, folder):
     """The trained explainer a run's generation and scoring read: this workflow's (`folder`), or a released one
     (explainer.checkpoint, which then needs no training job): its local folder, or no file for a hub id (the job
     fetches it)."""
-    released = stages.task_section(config, "explainer", task).get("checkpoint")
+    released = shared("explainer", task).checkpoint
     if not released:
         return {"trained": folder}
     return {"trained": released} if local_folder(released, f"explainer.checkpoint ({task})") else {}
@@ -304,7 +309,7 @@ def run_variants(task, prefix=""):
     """The variants a run answers with: the task's, and in the run of training.seed (not the seeded or budget runs)
     the field's baselines its section lists (`{task}.baselines`)."""
     spec = get_task(task)
-    return spec.variants + (baselines_of(spec, config.get(task)) if not prefix else ())
+    return spec.variants + (baselines_of(spec, getattr(SETTINGS, task, None)) if not prefix else ())
 
 
 def baseline_settings(task):
@@ -356,10 +361,11 @@ def score_inputs(task, prefix=""):
         paths |= trained_explainer(task, f"{where}explainers/{run}") | _models(wildcards, task)
         for split in ("train", "test"):
             paths |= {f"{split}_{k}": v for k, v in spec.label_paths(wildcards.target, split).items()}
-        paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, config.get(task, {})).items()}
-        for name in spec.eval_sets(config.get(task, {})):
+        section = getattr(SETTINGS, task, None)
+        paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, section).items()}
+        for name in spec.eval_sets(section):
             paths |= {f"extra_pred_{name}_{v}": f"{at(v)}predictions/{run}/{name}/{v}.parquet" for v in spec.variants}
-        if released_source(config.get(task), wildcards.target):
+        if section is not None and (getattr(section, "released_labels", None) or {}).get(wildcards.target):
             return paths  # released labels: nothing built here to count
         return paths | {f"count_{k}": v for k, v in spec.count_paths(wildcards.target).items()}
 
@@ -368,7 +374,7 @@ def score_inputs(task, prefix=""):
 
 def matrix_inputs(wildcards):
     """Every explainer x target pair of matrix.models: its results file and its fine-tuned explainer's answers."""
-    models = [known_model(m) for m in config["matrix"]["models"]]
+    models = [known_model(m) for m in SETTINGS.matrix.models]
     paths = {}
     for explainer in models:
         for target in models:

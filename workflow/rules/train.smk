@@ -22,7 +22,7 @@ for task in TASKS:
             resources:
                 mem_mb=20000,
                 runtime=600,
-                gpu=stages.execution(config, f"{task}_train")["training"]["gpus"],
+                gpu=shared("training", task).gpus,
             conda:
                 "../../envs/pipeline.yaml"
             script:
@@ -52,7 +52,7 @@ for task in TASKS:
         resources:
             mem_mb=20000,
             runtime=600,
-            gpu=stages.execution(config, f"{task}_train")["training"]["gpus"],
+            gpu=shared("training", task).gpus,
         conda:
             "../../envs/pipeline.yaml"
         script:

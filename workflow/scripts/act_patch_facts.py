@@ -1,10 +1,12 @@
 """Snakemake script: CounterFact-style facts of one target, with its answers and the kept subset."""
-from pipeline.config import FactsConfig, PromptConfig
+from pipeline.settings import FactsConfig
+from pipeline.tasks.act_patch_settings import ActPatchConfig
 from pipeline.tasks.facts import build_facts
+from pipeline.settings import section_of
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):
     run, prov = stage_settings(snakemake.params, snakemake.config, snakemake.rule)
-    build_facts(FactsConfig.from_dict(run["facts"]), PromptConfig.from_dict(run["act_patch"]["prompt"]),
-                snakemake.input.target, snakemake.output[0], run["act_patch"]["batch_size"], prov,
-                run["act_patch"].get("precision", "fp32"))
+    act_patch = section_of(run, ActPatchConfig)
+    build_facts(section_of(run, FactsConfig), act_patch.prompt, snakemake.input.target, snakemake.output[0],
+                act_patch.batch_size, prov, act_patch.precision)

@@ -1,10 +1,11 @@
 """Snakemake script: activation-patching labels and intervention vectors of one chunk of pairs."""
 from pipeline.tasks.act_patch import build_label_chunk
-from pipeline.config import ActPatchConfig
+from pipeline.tasks.act_patch_settings import ActPatchConfig
+from pipeline.settings import section_of
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):
     run, prov = stage_settings(snakemake.params, snakemake.config, snakemake.rule)
-    build_label_chunk(ActPatchConfig.from_dict(run["act_patch"]), snakemake.input.pairs, snakemake.input.target,
+    build_label_chunk(section_of(run, ActPatchConfig), snakemake.input.pairs, snakemake.input.target,
                       snakemake.wildcards.split, int(snakemake.wildcards.chunk), snakemake.output.table,
                       snakemake.output.vectors, prov)

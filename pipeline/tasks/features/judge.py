@@ -126,15 +126,12 @@ class LMJudge:
         return self.chat.report()
 
 
-def servers(section: dict) -> dict[str, list[tuple[str, object, str | None]]]:
+def servers(cfg) -> dict[str, list[tuple[str, object, str | None]]]:
     """The OpenAI-compatible servers the features stages will call, by stage: the LM judge (`features_score`, when
     OPENAI_API_KEY or judge.base_url is set) and the describer (`features_descriptions`, describer: openai), each as
     (setting, ChatSettings, API key); nothing when `check_servers` is false."""
     from pipeline.secrets import get_secret
     from pipeline.tasks.features.llm import ChatSettings
-    from pipeline.tasks.features.settings import FeaturesConfig
-
-    cfg = FeaturesConfig.from_dict(section)
     key = get_secret("OPENAI_API_KEY")
     found: dict[str, list] = {}
     if not cfg.check_servers:
@@ -150,7 +147,7 @@ def servers(section: dict) -> dict[str, list[tuple[str, object, str | None]]]:
     return found
 
 
-def check_servers(section: dict, rules: set[str]) -> None:
+def check_servers(cfg, rules: set[str]) -> None:
     """Before the first job: each server a rule about to run will call lists its models (llm.check_server), or the
     run stops naming the setting; a model the server does not list is warned about on the console."""
     import sys
@@ -158,7 +155,7 @@ def check_servers(section: dict, rules: set[str]) -> None:
     from pipeline.tasks.features.llm import check_server, server
 
     asked: dict[str, list[str]] = {}
-    for stage, entries in servers(section).items():
+    for stage, entries in servers(cfg).items():
         if not any(rule == stage or rule.startswith(f"{stage}_") for rule in rules):
             continue
         for setting, settings, key in entries:

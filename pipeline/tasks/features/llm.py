@@ -5,10 +5,11 @@
 the model, the messages, the sampling settings and the attempt number, and committed as it arrives, so
 a rerun, or a run after an interruption, asks only what was never answered. A reply the caller cannot
 parse is asked again (a new attempt, its own cache entry) up to `reasks` times, then counted as
-unparseable. 429 (honouring Retry-After), 5xx, time-outs and dropped connections are retried with
-exponential backoff up to `retries` times; any other error, or retries exhausted, raises `LLMCallError`
-naming the call and why, after the calls already in flight have finished and been stored. The API key
-comes from the environment or `.env` (pipeline/secrets.py) and is never written anywhere.
+unparseable. 429, 5xx, time-outs and dropped connections are retried by the openai client itself (its
+exponential backoff, honouring Retry-After) up to `retries` times; every HTTP request is counted through
+the client's transport. Any other error, or retries exhausted, raises `LLMCallError` naming the call and
+why, after the calls already in flight have finished and been stored. The API key comes from the
+environment or `.env` (pipeline/secrets.py) and is never written anywhere.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ class ChatSettings:
     concurrency: int = 8
     retries: int = 5
     reasks: int = 2
-    backoff: float = 1.0  # seconds before the first retry; doubles each time, at most 60 s
 
     def sampling(self) -> dict:
         """What, besides the model and the messages, decides a reply: part of the cache key."""
@@ -131,26 +131,23 @@ def cache_key(settings: ChatSettings, messages: list[dict], attempt: int) -> str
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _retry_after(error) -> float | None:
-    response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
 class CachedChat:
     def __init__(self, settings: ChatSettings, cache_path: str | Path, api_key: str | None = None):
+        import httpx
         from openai import OpenAI
 
         self.settings = settings
         self.cache = ReplyCache(cache_path)
         self.accounting = Accounting()
         self._count = threading.Lock()
-        # The client's own retries are off: ours count them and honour Retry-After the same way.
-        self._client = OpenAI(api_key=api_key or "unused", base_url=settings.base_url, max_retries=0,
-                              timeout=settings.timeout)
+        self._sent = threading.local()  # HTTP requests of the call in this thread (a call runs in one thread)
+
+        def sent(request):
+            self._sent.count = getattr(self._sent, "count", 0) + 1
+
+        # The client retries (429 with Retry-After, 5xx, time-outs, dropped connections); its transport counts.
+        self._client = OpenAI(api_key=api_key or "unused", base_url=settings.base_url, max_retries=settings.retries,
+                              timeout=settings.timeout, http_client=httpx.Client(event_hooks={"request": [sent]}))
 
     def _add(self, **counts) -> None:
         with self._count:
@@ -160,29 +157,22 @@ class CachedChat:
     def _request(self, call_id: str, messages: list[dict]) -> tuple[str, int, int]:
         import openai
 
-        transient = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                     openai.APIConnectionError)
-        for attempt in range(self.settings.retries + 1):
-            self._add(requests=1, retried=int(attempt > 0))
-            try:
-                reply = self._client.chat.completions.create(model=self.settings.model, messages=messages,
-                                                             **self.settings.sampling())
-            except transient as error:
-                status = getattr(error, "status_code", None)
-                why = f"HTTP {status}" if status else type(error).__name__
-                if attempt == self.settings.retries:
-                    raise LLMCallError(f"call {call_id}: {why} after {attempt + 1} requests") from error
-                wait = _retry_after(error)
-                time.sleep(wait if wait is not None else min(60.0, self.settings.backoff * 2 ** attempt))
-            except openai.APIStatusError as error:
-                raise LLMCallError(f"call {call_id}: HTTP {error.status_code} ({type(error).__name__}); "
-                                   f"not retried") from error
-            else:
-                usage = reply.usage
-                content = (reply.choices[0].message.content or "") if reply.choices else ""
-                return content, int(getattr(usage, "prompt_tokens", 0) or 0), int(
-                    getattr(usage, "completion_tokens", 0) or 0)
-        raise AssertionError("unreachable")
+        self._sent.count = 0
+        try:
+            reply = self._client.chat.completions.create(model=self.settings.model, messages=messages,
+                                                         **self.settings.sampling())
+        except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as error:
+            status = getattr(error, "status_code", None)
+            why = f"HTTP {status}" if status else type(error).__name__
+            raise LLMCallError(f"call {call_id}: {why} after {self._sent.count} requests") from error
+        except openai.APIStatusError as error:
+            raise LLMCallError(f"call {call_id}: HTTP {error.status_code} ({type(error).__name__}); "
+                               f"not retried") from error
+        finally:
+            self._add(requests=self._sent.count, retried=max(0, self._sent.count - 1))
+        usage = reply.usage
+        content = (reply.choices[0].message.content or "") if reply.choices else ""
+        return content, int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
 
     def ask(self, call_id: str, messages: list[dict], parse: Callable[[str], object]):
         """The parsed reply, or None when it stays unparseable after every re-ask."""

@@ -41,12 +41,11 @@ def quoted_scores(items: list[tuple[str, tuple[int, int]]], windows: dict) -> pd
 
 
 def main(workdir: str = ".", target: str = "smollm", explainer: str = "smollm") -> None:
-    from pipeline.config import load_config
+    from pipeline.config import load_config, typed_settings
     from pipeline.explainer.metrics import mean_with_interval
-    from pipeline.tasks.features.settings import FeaturesConfig
 
     root = Path(workdir)
-    features = FeaturesConfig.from_dict(load_config(root / "config.yaml")["features"])
+    features = typed_settings(load_config(root / "config.yaml")).features
     cfg = features.simulator
     windows = read_windows(root / f"work/features/exemplars/{target}.parquet", cfg, features.described_every)
     folder = root / f"work/features/predictions/{explainer}_{target}"

@@ -27,9 +27,11 @@ from pipeline.artifacts import ArtifactError, check_same_run, read_table, read_t
 from pipeline.tasks.features.ood import SETS as OOD_SETS
 from pipeline.tasks.features.ood import set_paths
 from pipeline.tasks.features.judge import check_servers
-from pipeline.tasks.features.settings import FeaturesConfig, JudgeConfig, SimulatorConfig
+from pipeline.tasks.features.settings import (CorpusConfig, DescriptionsConfig, ExemplarsConfig, FeaturesConfig,
+                                              JudgeConfig, OodConfig, SaeConfig, SimulatorConfig,
+                                              SimulatorTrainingConfig)
 from pipeline.explainer.prompts import phrasing
-from pipeline.tasks import Examples, Task, register
+from pipeline.tasks import Examples, Stage, Task, register
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
@@ -542,16 +544,15 @@ def exemplars_path(target: str, source: str) -> str:
     return f"work/features/exemplars/{target}{'.archive' if source == 'paper' else ''}.parquet"
 
 
-def eval_sets(section: dict) -> tuple[str, ...]:
+def eval_sets(cfg: FeaturesConfig) -> tuple[str, ...]:
     """The out-of-distribution sets the run describes: configured, with the simulator on."""
-    return FeaturesConfig.from_dict(section).scored_sets
+    return cfg.scored_sets
 
 
-def score_inputs(target: str, section: dict) -> dict[str, str]:
+def score_inputs(target: str, cfg: FeaturesConfig) -> dict[str, str]:
     """The simulator, the target's exemplars (with per-token activations: the SAEs', or the paper's archive's) and
     each out-of-distribution set's labels, vectors and exemplars (with the training features for its
     nearest-neighbour baseline), when the simulator is on."""
-    cfg = FeaturesConfig.from_dict(section)
     if not cfg.simulator.enabled:
         return {}
     paths = simulator_input(target, cfg.simulator) | {"exemplars": exemplars_path(target, cfg.source)}
@@ -567,31 +568,26 @@ TASK = register(Task(
     name="features", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
     examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors,
     figures=("metrics.png", "loss.png", "examples.html"), custom_variants={"selfie": selfie}, score_frames=score_frames,
-    heavy_score=True, check_servers=check_servers,
-    score_keys=("source", "judge", "simulator", "ood", "descriptions.describe_every"), score_inputs=score_inputs, eval_set_names=OOD_SETS, eval_sets=eval_sets,
-    score_execution=("judge.concurrency", "judge.timeout", "judge.retries", "judge.cache", "simulator.batch_size",
-                     "simulator.cache", "ood.batch_size"),
-    stages={  # the task's own stages, as pipeline/stages.py's Stage: (entry, keys, execution-only keys)
-        "features_corpus": ("pipeline.tasks.features.corpus:build_corpus", ("features.corpus",)),
-        "features_sae": ("pipeline.tasks.features.sae:train_saes", ("features.sae",)),
-        "features_exemplars": ("pipeline.tasks.features.exemplars:build_exemplars",
-                               ("features.exemplars", "features.sae.layers", "features.sae.context",
-                                "features.sae.always_on_fraction"), ("features.exemplars.batch_size",)),
-        "features_descriptions": ("pipeline.tasks.features.descriptions:build_descriptions",
-                                  ("features.source", "features.paper_dir", "features.descriptions"),
-                                  ("features.descriptions.cache",)),
-        "features_archive_exemplars": ("pipeline.tasks.features.exemplars:archive_exemplars",
-                                       ("features.source", "features.paper_dir", "features.exemplars.top",
-                                        "features.exemplars.random", "features.simulator.enabled",
-                                        "features.simulator.train", "features.simulator.checkpoint")),
-        "features_simulator": ("pipeline.tasks.features.simulator:train_simulator",
-                               ("features.source", "features.simulator.model", "features.simulator.training",
-                                "features.simulator.top", "features.simulator.random",
-                                "features.simulator.tokens_before", "features.descriptions.describe_every")),
-        "features_ood": ("pipeline.tasks.features.ood:build_ood",
-                         ("features.ood", "features.sae.layers", "features.sae.context",
-                          "features.exemplars.window_before", "features.exemplars.window_after"),
-                         ("features.ood.batch_size",)),
-        "features_figures": ("pipeline.tasks.features.figures:features_figures",),
+    heavy_score=True, check_servers=check_servers, settings=FeaturesConfig,
+    score_keys=(FeaturesConfig.key("source"), JudgeConfig, SimulatorConfig, OodConfig,
+                DescriptionsConfig.key("describe_every")),
+    score_inputs=score_inputs, eval_set_names=OOD_SETS, eval_sets=eval_sets,
+    stages={  # the task's own stages: the function each calls and the settings its result depends on
+        "features_corpus": Stage("pipeline.tasks.features.corpus:build_corpus", (CorpusConfig,)),
+        "features_sae": Stage("pipeline.tasks.features.sae:train_saes", (SaeConfig,)),
+        "features_exemplars": Stage("pipeline.tasks.features.exemplars:build_exemplars", (
+            ExemplarsConfig, *(SaeConfig.key(k) for k in ("layers", "context", "always_on_fraction")))),
+        "features_descriptions": Stage("pipeline.tasks.features.descriptions:build_descriptions", (
+            FeaturesConfig.key("source"), FeaturesConfig.key("paper_dir"), DescriptionsConfig)),
+        "features_archive_exemplars": Stage("pipeline.tasks.features.exemplars:archive_exemplars", (
+            FeaturesConfig.key("source"), FeaturesConfig.key("paper_dir"), ExemplarsConfig.key("top"),
+            ExemplarsConfig.key("random"), *(SimulatorConfig.key(k) for k in ("enabled", "train", "checkpoint")))),
+        "features_simulator": Stage("pipeline.tasks.features.simulator:train_simulator", (
+            FeaturesConfig.key("source"), SimulatorTrainingConfig, DescriptionsConfig.key("describe_every"),
+            *(SimulatorConfig.key(k) for k in ("model", "top", "random", "tokens_before")))),
+        "features_ood": Stage("pipeline.tasks.features.ood:build_ood", (
+            OodConfig, SaeConfig.key("layers"), SaeConfig.key("context"),
+            ExemplarsConfig.key("window_before"), ExemplarsConfig.key("window_after"))),
+        "features_figures": Stage("pipeline.tasks.features.figures:features_figures"),
     },
 ))

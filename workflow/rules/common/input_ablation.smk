@@ -3,11 +3,11 @@
 
 def question_sources(wildcards):
     """The MMLU Parquet file when questions come from MMLU, so a new file reruns the questions."""
-    section = config["input_ablation"]
-    if section["source"] == "mmlu":
-        if not section.get("path"):
+    section = SETTINGS.input_ablation
+    if section.source == "mmlu":
+        if not section.path:
             raise ValueError("input_ablation.path: source 'mmlu' needs the path of a cais/mmlu Parquet file")
-        return [section["path"]]
+        return [section.path]
     return []
 
 

@@ -2,10 +2,10 @@
 # InterpBench: the configured cases that build here, and the skipped ones with what they need. An unknown case id or
 # a metadata entry that cannot be built is an error now, before any job runs.
 # A relative metadata path not found in the working directory is the workflow's own copy.
-INTERPBENCH_METADATA = config["interpbench"]["metadata"]
+INTERPBENCH_METADATA = SETTINGS.interpbench.metadata
 if not Path(INTERPBENCH_METADATA).is_absolute() and not Path(INTERPBENCH_METADATA).exists():
     INTERPBENCH_METADATA = str(Path(workflow.basedir) / INTERPBENCH_METADATA)
-INTERPBENCH_BUILD, INTERPBENCH_SKIPPED = interpbench.plan(INTERPBENCH_METADATA, config["interpbench"]["cases"])
+INTERPBENCH_BUILD, INTERPBENCH_SKIPPED = interpbench.plan(INTERPBENCH_METADATA, list(SETTINGS.interpbench.cases))
 
 
 def interpbench_case_metadata(wildcards):
@@ -24,8 +24,8 @@ def interpbench_case_metadata(wildcards):
 def circuit_cases(split):
     """The InterpBench case folders the circuits task reads for a split (train/test: circuits.train_cases;
     heldout_cases: circuits.heldout_cases); each must be a case this config builds."""
-    section = config["circuits"]
-    cases = [str(c) for c in section["heldout_cases" if split == "heldout_cases" else "train_cases"]]
+    section = SETTINGS.circuits
+    cases = [str(c) for c in (section.heldout_cases if split == "heldout_cases" else section.train_cases)]
     unknown = [c for c in cases if c not in INTERPBENCH_BUILD]
     if unknown:
         raise ValueError(f"circuits: cases {unknown} are not InterpBench cases this config builds "
@@ -54,7 +54,7 @@ def circuit_target_inputs(wildcards):
 def interpbench_summary_inputs(wildcards):
     """Each built case's patching results and, when circuits.explainer is set, that explainer's circuits run."""
     paths = {"results": expand("results/interpbench/{case}.json", case=INTERPBENCH_BUILD)}
-    explainer = config["circuits"].get("explainer")
+    explainer = SETTINGS.circuits.explainer
     if explainer:
         paths["explainer"] = f"results/circuits/{known_model(explainer)}_ib.json"
     return paths
