@@ -368,8 +368,9 @@ def _store_hash_cache(cache: dict) -> None:
 
 
 def behaviour(module: str) -> str:
-    """What in a module's source can change what it does: its syntax tree without comments, docstrings or layout
-    (`ast.dump` leaves out line numbers). A comment or a reworded docstring reruns nothing."""
+    """What in a module's source can change what it does: its syntax tree without comments, docstrings, layout (`ast.dump`
+    leaves out line numbers) or settings' descriptions. A comment or a reworded docstring or description reruns
+    nothing."""
     path = _module_file(module)
     stat = path.stat()
     return _behaviour(str(path), stat.st_size, stat.st_mtime_ns)
@@ -383,6 +384,8 @@ def _behaviour(path: str, size: int, mtime: int) -> str:
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body and isinstance(
                 body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, ast.Call):  # a setting's description (pipeline/settings.py's Field(description=...))
+            node.keywords = [k for k in node.keywords if k.arg != "description"]
     return ast.dump(tree)
 
 

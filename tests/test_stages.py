@@ -160,9 +160,12 @@ def test_the_cpu_matmul_choice_keeps_fp32_precision_and_refuses_unknown_values(m
 
 
 def test_code_hashes_see_behaviour_not_comments_or_docstrings(tmp_path, monkeypatch):
-    source = '"""Module doc."""\nimport os\n\n\ndef f(x):\n    """Doc."""\n    return x + 1  # note\n'
+    source = ('"""Module doc."""\nimport os\n\n\ndef f(x):\n    """Doc."""\n    return x + 1  # note\n\n\n'
+              'seed = Field(0, ge=0, description="the seed")\n')
     variants = {
         "same": source,
+        "description": source.replace('"the seed"', '"the seed of the run, reworded"'),
+        "bound": source.replace("ge=0", "ge=1"),
         "comments": source.replace("# note", "# another note") + "\n# trailing\n",
         "docstrings": source.replace("Module doc.", "Reworded.").replace('"""Doc."""', '"""Other words."""'),
         "layout": source.replace("return x + 1", "return (x\n            + 1)"),
@@ -173,7 +176,8 @@ def test_code_hashes_see_behaviour_not_comments_or_docstrings(tmp_path, monkeypa
         (tmp_path / f"{name}.py").write_text(text)
         monkeypatch.setattr(stages, "_module_file", lambda module, folder=tmp_path: folder / f"{module}.py")
         dumps[name] = stages.behaviour(name)
-    assert dumps["comments"] == dumps["docstrings"] == dumps["layout"] == dumps["same"] != dumps["code"]
+    assert dumps["comments"] == dumps["docstrings"] == dumps["layout"] == dumps["description"] == dumps["same"]
+    assert dumps["code"] != dumps["same"] != dumps["bound"]
 
 
 def test_training_does_not_depend_on_the_generation_code(base_config):
