@@ -49,17 +49,16 @@ MATMUL_ENV = "PIPELINE_CPU_MATMUL"
 def cpu_matmul(choice: str | None = None) -> str:
     """Send fp32 matrix products on the CPU through oneDNN where that is exact on this CPU; returns the library used.
 
-    PyTorch's default, MKL, runs a generic code path on AMD CPUs: on these EPYC cores (2 threads) a 600 x 640 by
-    640 x 2,048 product takes 9.0 ms with MKL against 4.5 ms with oneDNN's AVX-512 kernels, and one Gemma 3 270M LoRA
-    training step 4.1 s against 2.3 s, with the same loss to six decimals (2026-12-03). torch routes fp32 products to
-    oneDNN only under `torch.backends.mkldnn.matmul.fp32_precision = "bf16"`, which *allows* oneDNN to round inputs to
-    bf16 where it has fast bf16 kernels (AMX); on these CPUs it computes in fp32 (measured). So a probe product decides: oneDNN is kept only where it equals
-    the fp64 product to fp32 precision (relative error < 1e-5; a bf16 product is off by ~1e-3), MKL otherwise.
+    PyTorch's default, MKL, runs a generic code path on AMD CPUs; oneDNN's AVX-512 kernels run about twice as fast
+    there, with the same loss to six decimals (the figures: docs/results.md). torch routes fp32 products to oneDNN
+    only under `torch.backends.mkldnn.matmul.fp32_precision = "bf16"`, which *allows* oneDNN to round inputs to bf16
+    where it has fast bf16 kernels (AMX). So a probe product decides: oneDNN is kept only where it equals the fp64
+    product to fp32 precision (relative error < 1e-5; a bf16 product is off by ~1e-3), MKL otherwise.
     One trap: oneDNN runs a linear layer on a strided 3-D input through a reference kernel (hundreds of times
     slower); the one place Hugging Face models pass one, the output layer after `logits_to_keep`'s slice, is made
     contiguous by pipeline.models.contiguous_output_layer (tests/test_models.py).
-    `choice` (else PIPELINE_CPU_MATMUL, else "auto"): "mkl" keeps MKL (the default before 2026-12-03; one product
-    differs by summation order only, a whole training run is another draw of its recipe)."""
+    `choice` (else PIPELINE_CPU_MATMUL, else "auto"): "mkl" keeps MKL (one product differs by summation order only, a
+    whole training run is another draw of its recipe)."""
     import torch
 
     backend = torch.backends.mkldnn

@@ -509,7 +509,7 @@ def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target
     width = meta.get("target_width", target_width)
     maps = None
     if folder and meta.get("alignment") == "fitted":
-        projection = meta["projection"] = "linear"  # per-layer projections (written as "none" before 2026-12-02)
+        projection = meta["projection"] = "linear"  # per-layer projections (older folders say "none")
         saved = load_file(str(Path(folder) / PROJECTION_FILE))
         maps = {int(name.split(".")[1]): (weight, saved[name.replace(".weight", ".mean")])
                 for name, weight in saved.items() if name.startswith("layers.") and name.endswith(".weight")}
