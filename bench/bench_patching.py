@@ -1,9 +1,10 @@
 """Throughput of the batched patching engine against the bare forward pass and a naive loop.
 
 Measured side by side in one run on the same model and prompts:
-  engine: `pipeline.tasks.act_patch.run_patches` (counterfactual runs included), patches per second: the clean run
+  engine: `pipeline.tasks.act_patch.labels.run_patches` (counterfactual runs included), patches per second: the clean run
           once per pair with its cache, each patched row computing only the columns from its token on;
-  full:   the same engine with reuse_prefix=False, a full forward per patched row (the engine before reuse);
+  full:   `full_forward_answers`, a full forward per patched row over the engine's counterfactual states (the
+          reference the engine is tested against, tests/test_patching.py);
   bare:   plain batched forward passes over exactly the rows a full-forward engine computes (a clean row and
           every patch of each pair): one forward per patch, the limit without reuse;
   naive:  one patch per forward pass (batch of one, counterfactual states precomputed, which flatters it).
@@ -15,10 +16,11 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 
-from pipeline.tasks.act_patch import run_patches
-from pipeline.tasks.act_patch_settings import ActPatchConfig, PromptConfig
+from pipeline.tasks.act_patch.labels import run_patches
+from pipeline.tasks.act_patch.settings import ActPatchConfig, PromptConfig
 from pipeline.tasks.facts import countryinfo_facts, render_prompt
 from pipeline.models import input_device, load_model, read_manifest
 from pipeline.engine.patching import pad_left, patched_next_tokens, wrap
@@ -32,6 +34,36 @@ def rendered_pairs(tokenizer, count: int):
     shot = ["The capital of France is the city of Paris."]
     return [tuple(render_prompt(template, s, None, PromptConfig(), tokenizer, shot) for s in (subjects[2 * i], subjects[2 * i + 1]))
             for i in range(count)]
+
+
+def full_forward_answers(model, tokenizer, run, windows: list[list[int]], batch_size: int) -> np.ndarray:
+    """A PatchRun's answers computed with a full forward per row: whole pairs per batch, a clean row plus every
+    token type x window, each patched row writing the run's counterfactual state into its window's layers."""
+    traced, device = wrap(model), input_device(model)
+    num_layers = max(w[-1] for w in windows) + 1
+    answers = np.zeros_like(run.answers)
+    pairs_per_batch = max(1, batch_size // len(run.jobs_per_pair))
+    for start in range(0, len(run.orig_enc), pairs_per_batch):
+        chunk = list(range(start, min(start + pairs_per_batch, len(run.orig_enc))))
+        sequences, positions, layer_mask, values = [], [], [], []
+        for i in chunk:
+            for type_index, window_index in run.jobs_per_pair:
+                sequences.append(run.orig_enc[i]["input_ids"])
+                row_mask = torch.zeros(num_layers, dtype=torch.bool)
+                if type_index is None:
+                    positions.append(0)
+                    values.append(torch.zeros(run.states.shape[-1]))
+                else:
+                    positions.append(run.orig_pos[i][run.types[type_index]])
+                    row_mask[windows[window_index]] = True
+                    values.append(run.states[i, type_index, window_index])
+                layer_mask.append(row_mask)
+        ids, mask, shifts = pad_left(sequences, tokenizer.pad_token_id, device)
+        position_tensor = torch.tensor([p + s for p, s in zip(positions, shifts)], device=device)
+        next_ids = patched_next_tokens(traced, ids, mask, position_tensor, torch.stack(layer_mask).to(device),
+                                       torch.stack(values).to(device))
+        answers[chunk] = next_ids.view(len(chunk), len(run.jobs_per_pair)).cpu().numpy()
+    return answers
 
 
 def synchronize() -> None:
@@ -65,7 +97,7 @@ def main() -> None:
     device = input_device(model)
     num_layers = read_manifest(args.model_dir)["num_layers"]
     cfg = ActPatchConfig()
-    windows, types = cfg.windows(num_layers), list(cfg.token_types)
+    windows, types = cfg.patch.windows(num_layers), list(cfg.patch.token_types)
     pairs = rendered_pairs(tokenizer, args.pairs)
     patches = args.pairs * len(types) * len(windows)
     result = {}
@@ -74,12 +106,12 @@ def main() -> None:
         result["run"] = run_patches(model, tokenizer, pairs, windows, types, args.batch_size)
 
     def full():
-        result["full"] = run_patches(model, tokenizer, pairs, windows, types, args.batch_size, reuse_prefix=False)
+        result["full"] = full_forward_answers(model, tokenizer, result["run"], windows, args.batch_size)
 
     with torch.no_grad():
         engine_s = timed(engine, args.repeats)
         full_s = timed(full, args.repeats)
-        assert (result["full"].answers == result["run"].answers).all(), "reuse changed a patched answer"
+        assert (result["full"] == result["run"].answers).all(), "reuse changed a patched answer"
         run = result["run"]
         # The same rows the engine computes (each pair's clean row plus its patches), in the same batches.
         rows_per_pair = len(run.jobs_per_pair)

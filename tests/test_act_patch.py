@@ -5,14 +5,15 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.tasks.act_patch import examples_from_rows, load_examples, shuffled_vectors
+from pipeline.tasks.act_patch.labels import load_examples
+from pipeline.tasks.act_patch.task import examples_from_rows, shuffled_vectors
 from pipeline.tasks.facts import token_positions
 from pipeline.artifacts import ArtifactError, provenance, write_tensors
 from pipeline.settings import FactsConfig
-from pipeline.tasks.act_patch_settings import ActPatchConfig, PromptConfig
+from pipeline.tasks.act_patch.settings import ActPatchConfig, PromptConfig
 from pipeline.tasks.facts import render_prompt
 from pipeline.explainer.prompts import phrasing
-from pipeline.tasks.act_patch import ACT_PATCH_QUESTIONS
+from pipeline.tasks.act_patch.prompts import ACT_PATCH_QUESTIONS
 
 
 def published_rows(tokenizer, width: int = 8) -> pd.DataFrame:
@@ -89,7 +90,7 @@ def test_token_positions_of_each_type(tiny):
 @pytest.fixture(scope="module")
 def constrained_labels(tmp_path_factory, tiny_dir):
     """The paper's 'Respond with one of ...' chat form, end to end through facts and batched patching."""
-    from pipeline.tasks.act_patch import build_labels
+    from pipeline.tasks.act_patch.labels import build_labels
     from pipeline.tasks.facts import build_facts
 
     folder = tmp_path_factory.mktemp("constrained")
@@ -124,7 +125,7 @@ def test_constrained_chat_labels_on_tiny(constrained_labels):
 
 def test_clean_check_runs_on_the_patched_prompt(tmp_path, constrained_labels, tiny_dir):
     """With keep_only_correct a random model's pairs all fail the check on the prompt that is patched."""
-    from pipeline.tasks.act_patch import build_labels
+    from pipeline.tasks.act_patch.labels import build_labels
 
     folder, _, cfg = constrained_labels
     with pytest.raises(ArtifactError, match=r"give (\d+) candidate pairs .* \1 of them fail the clean check .* leaving 0"):
@@ -168,7 +169,7 @@ def test_label_chunks_gather_into_the_same_labels_and_a_shortfall_is_said(tmp_pa
     """Chunks of one pair give the table and vectors of one chunk; asking for more pairs than the facts give is
     logged and kept in the provenance, and below pairs.min_fraction it is an error."""
 
-    from pipeline.tasks.act_patch import build_labels
+    from pipeline.tasks.act_patch.labels import build_labels
     from pipeline.artifacts import read_provenance
 
     folder, _, cfg = constrained_labels
@@ -204,7 +205,7 @@ def released_folder(root, frames: dict) -> None:
 
 
 def test_released_labels_become_the_workflows_label_artifacts(tmp_path, tiny, tiny_dir):
-    from pipeline.tasks.act_patch import import_released_labels
+    from pipeline.tasks.act_patch.labels import import_released_labels
     from pipeline.artifacts import read_provenance
 
     _, tokenizer = tiny

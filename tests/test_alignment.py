@@ -156,7 +156,7 @@ def _rows():
 
 
 def test_act_patch_training_rows_oversample_and_add_reading_rows(tiny_dir):
-    from pipeline.tasks.act_patch import training_rows
+    from pipeline.tasks.act_patch.task import training_rows
 
     rows = _rows()
     as_they_are = {"training_rows": {"oversample_counterfactual": 1, "reading": {"fraction": 0}}}
@@ -223,7 +223,7 @@ def test_across_seed_table_equals_the_per_seed_results_recomputed(tmp_path):
 
 
 def test_diagnostic_ranks_states_that_equal_the_embeddings_first(tiny):
-    from pipeline.tasks.act_patch_diagnostics import rank_and_cosine, shared_part
+    from pipeline.tasks.act_patch.diagnostics import rank_and_cosine, shared_part
 
     model, _ = tiny
     table = model.get_input_embeddings().weight.detach().float()

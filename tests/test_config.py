@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.config import ConfigError, deep_merge, load_config, validate_config
 from pipeline.settings import TrainingConfig
-from pipeline.tasks.act_patch_settings import ActPatchConfig, PatchConfig
+from pipeline.tasks.act_patch.settings import ActPatchConfig, PatchConfig
 
 
 def test_default_config_is_valid(base_config):

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from pipeline.artifacts import ArtifactError
-from pipeline.tasks.act_patch_settings import PromptConfig
+from pipeline.tasks.act_patch.settings import PromptConfig
 from pipeline.tasks.facts import answer_matches, countryinfo_facts, read_counterfact, render_prompt, split_by_subject
 
 

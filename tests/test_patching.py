@@ -1,5 +1,8 @@
 """The nnsight engine against a plain torch forward-hook implementation, and the act_patch label runs on it."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,6 +10,8 @@ import torch
 
 from pipeline.models import decoder_layers
 from pipeline.engine.patching import capture_states, pad_left, patched_next_tokens, wrap
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))  # bench_patching's reference loop
 
 
 def hook_patch_logits(model, ids, mask, positions, layer_mask, values):
@@ -70,7 +75,7 @@ def test_capture_states_matches_hidden_states(tiny):
 
 
 def rendered_pairs(tokenizer, count=5):
-    from pipeline.tasks.act_patch_settings import PromptConfig
+    from pipeline.tasks.act_patch.settings import PromptConfig
     from pipeline.tasks.facts import render_prompt
 
     subjects = ["Japan", "South Korea", "Peru", "New Zealand", "Chile", "Kenya", "Mexico", "Finland", "Argentina",
@@ -82,7 +87,7 @@ def rendered_pairs(tokenizer, count=5):
 
 def test_final_layer_patch_of_the_last_token_gives_the_counterfactual_answer(tiny):
     """Writing the counterfactual's last-layer state at the last token leaves nothing to compute but the head."""
-    from pipeline.tasks.act_patch import run_patches
+    from pipeline.tasks.act_patch.labels import run_patches
 
     model, tokenizer = tiny
     last = model.config.num_hidden_layers - 1
@@ -97,7 +102,7 @@ def test_final_layer_patch_of_the_last_token_gives_the_counterfactual_answer(tin
 
 
 def test_batched_patching_with_padding_equals_running_pairs_one_by_one(tiny):
-    from pipeline.tasks.act_patch import run_patches
+    from pipeline.tasks.act_patch.labels import run_patches
 
     model, tokenizer = tiny
     pairs = rendered_pairs(tokenizer, 6)  # prompts of different lengths: padded when batched together
@@ -112,16 +117,16 @@ def test_batched_patching_with_padding_equals_running_pairs_one_by_one(tiny):
 
 
 def assert_prefix_reuse_equals_full_forwards(model, tokenizer, pairs, windows, types):
-    from pipeline.tasks.act_patch import run_patches
+    from bench_patching import full_forward_answers  # the reference: a full forward per patched row
+    from pipeline.tasks.act_patch.labels import run_patches
 
     assert len({len(tokenizer(p[0].text)["input_ids"]) for p in pairs}) > 1  # left padding in play
-    full = run_patches(model, tokenizer, pairs, windows, types, batch_size=64, reuse_prefix=False)
     for batch_size in (64, len(windows)):  # many pairs per clean batch, and one
         fast = run_patches(model, tokenizer, pairs, windows, types, batch_size=batch_size)
-        assert np.array_equal(fast.answers, full.answers)
-        assert torch.equal(fast.states, full.states)
-    assert pd.Series(full.answers[:, 1:].ravel()).nunique() > 1  # the comparison is not vacuous
-    assert (full.answers[:, 1:] != full.answers[:, :1]).any()
+        full = full_forward_answers(model, tokenizer, fast, windows, batch_size=64)
+        assert np.array_equal(fast.answers, full)
+    assert pd.Series(full[:, 1:].ravel()).nunique() > 1  # the comparison is not vacuous
+    assert (full[:, 1:] != full[:, :1]).any()
 
 
 def test_prefix_reuse_equals_full_forwards(tiny, tiny_gemma_dir):
@@ -136,10 +141,10 @@ def test_prefix_reuse_equals_full_forwards(tiny, tiny_gemma_dir):
 
 @pytest.mark.slow
 def test_prefix_reuse_equals_full_forwards_on_smollm(smollm_dir, base_config):
-    from pipeline.tasks.act_patch_settings import ActPatchConfig
+    from pipeline.tasks.act_patch.settings import ActPatchConfig
     from pipeline.models import load_model
 
     model, tokenizer = load_model(smollm_dir)
-    windows = ActPatchConfig.from_dict(base_config["act_patch"]).windows(model.config.num_hidden_layers)
+    windows = ActPatchConfig.from_dict(base_config["act_patch"]).patch.windows(model.config.num_hidden_layers)
     assert_prefix_reuse_equals_full_forwards(model, tokenizer, rendered_pairs(tokenizer, 12), windows,
                                              ["last_subject_token", "relation_suffix", "last_token"])

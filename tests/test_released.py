@@ -132,7 +132,7 @@ def test_released_label_tables_are_trained_generated_and_scored_in_place_of_labe
 
     import numpy as np
 
-    from pipeline.tasks.act_patch import LABEL_COLUMNS, load_examples
+    from pipeline.tasks.act_patch.labels import LABEL_COLUMNS, load_examples
     from workflow_runs import copy_tree, override, planned_jobs, snakemake
 
     built = tiny_act_patch_run / "work/act_patch/labels/tiny"

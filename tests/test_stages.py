@@ -57,10 +57,11 @@ def test_a_random_model_depends_on_its_tokenizer_model(base_config):
 def test_code_closure_follows_imports_but_not_unused_modules():
     declared = stages.all_stages()
     labels = stages.code_closure(declared["act_patch_labels"].entry, declared["act_patch_labels"].modules)
-    assert {"pipeline.tasks.act_patch", "pipeline.engine.patching", "pipeline.models", "pipeline.tasks.facts"} <= set(labels)
+    assert {"pipeline.tasks.act_patch.labels", "pipeline.engine.patching", "pipeline.models", "pipeline.tasks.facts"} <= set(labels)
     assert "pipeline.explainer.training" not in labels and "pipeline.explainer.model" not in labels
+    assert "pipeline.tasks.act_patch.prompts" not in labels  # the explainer's wording does not relabel
     train = stages.code_closure(declared["act_patch_train"].entry, declared["act_patch_train"].modules)
-    assert {"pipeline.explainer.explain", "pipeline.explainer.training", "pipeline.explainer.model", "pipeline.tasks.act_patch"} <= set(train)
+    assert {"pipeline.explainer.explain", "pipeline.explainer.training", "pipeline.explainer.model", "pipeline.tasks.act_patch.task"} <= set(train)
     assert "pipeline.report" not in train and "pipeline.tasks.input_ablation" not in train
 
 

@@ -280,9 +280,9 @@ def test_checkpoint_missing_trainable_weights_is_refused(tmp_path, tiny_dir, mon
 def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monkeypatch):
     """Kill training, rebuild the labels with another window, rerun: it starts over instead of resuming."""
     from pipeline.explainer import explain
-    from pipeline.tasks import act_patch
+    from pipeline.tasks.act_patch.labels import build_labels
     from pipeline.settings import FactsConfig
-    from pipeline.tasks.act_patch_settings import ActPatchConfig, PromptConfig
+    from pipeline.tasks.act_patch.settings import ActPatchConfig, PromptConfig
     from pipeline.tasks.facts import build_facts
 
     build_facts(FactsConfig(relations=("capital",), keep_only_correct=False, max_facts_per_relation=30),
@@ -291,7 +291,7 @@ def test_changed_label_table_invalidates_the_checkpoint(tmp_path, tiny_dir, monk
     def labels(window):
         config = ActPatchConfig(patch={"window_size": window, "window_stride": 2}, pairs={"train": 3, "test": 1},
                                 batch_size=16)
-        act_patch.build_labels(config, tmp_path / "facts.parquet", tiny_dir, "train", tmp_path / "l.parquet",
+        build_labels(config, tmp_path / "facts.parquet", tiny_dir, "train", tmp_path / "l.parquet",
                                tmp_path / "v.safetensors", {"window": window}, keep_only_correct=False)
 
     def train():

@@ -3,7 +3,7 @@
 The summary table has one row per (task, explainer, target, variant) with every metric, its interval, and exact
 match on the rows whose output changed; the results tables render every figure of results and seeds files with its
 interval, commit and date. Each run's figures are the explainer's (pipeline/explainer/figures.py); a task's own figures
-are its own (pipeline/tasks/act_patch_figures.py, pipeline/tasks/features/figures.py).
+are its own (pipeline.tasks.act_patch.figures.py, pipeline/tasks/features/figures.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from pipeline.lazy import lazy_import
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
 
 # Task modules register themselves on import; the registry lists where each one lives.
-BUILT_IN = {"act_patch": "pipeline.tasks.act_patch", "input_ablation": "pipeline.tasks.input_ablation",
+BUILT_IN = {"act_patch": "pipeline.tasks.act_patch.task", "input_ablation": "pipeline.tasks.input_ablation",
             "features": "pipeline.tasks.features.task", "circuits": "pipeline.tasks.circuits"}
 # Tasks from outside the package (config `task_modules`) reach the processes the jobs start through the environment.
 ADDED_ENV = "EXPLAIN_TASK_MODULES"

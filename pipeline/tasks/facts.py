@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline.artifacts import ArtifactError, provenance, read_table, write_table
 from pipeline.settings import FactsConfig
-from pipeline.tasks.act_patch_settings import PromptConfig
+from pipeline.tasks.act_patch.settings import PromptConfig
 
 FACT_COLUMNS = ["fact_id", "relation", "subject", "template", "target_true"]
 

@@ -1,6 +1,6 @@
-"""Snakemake script: why an explainer reads its act_patch vector or does not (pipeline/tasks/act_patch_diagnostics.py)."""
+"""Snakemake script: why an explainer reads its act_patch vector or does not (pipeline/tasks/act_patch/diagnostics.py)."""
 from pipeline.settings import ExplainerConfig, GenerationConfig, ScoringConfig
-from pipeline.tasks.act_patch_diagnostics import diagnose
+from pipeline.tasks.act_patch.diagnostics import diagnose
 from pipeline.settings import section_of
 from pipeline.runtime import named_inputs, stage, stage_settings
 

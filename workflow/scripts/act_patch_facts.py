@@ -1,6 +1,6 @@
 """Snakemake script: CounterFact-style facts of one target, with its answers and the kept subset."""
 from pipeline.settings import FactsConfig
-from pipeline.tasks.act_patch_settings import ActPatchConfig
+from pipeline.tasks.act_patch.settings import ActPatchConfig
 from pipeline.tasks.facts import build_facts
 from pipeline.settings import section_of
 from pipeline.runtime import stage, stage_settings

@@ -1,6 +1,6 @@
 """Snakemake script: activation-patching labels and intervention vectors of one chunk of pairs."""
-from pipeline.tasks.act_patch import build_label_chunk
-from pipeline.tasks.act_patch_settings import ActPatchConfig
+from pipeline.tasks.act_patch.labels import build_label_chunk
+from pipeline.tasks.act_patch.settings import ActPatchConfig
 from pipeline.settings import section_of
 from pipeline.runtime import stage, stage_settings
 

@@ -1,8 +1,8 @@
 """Snakemake script: a split's activation-patching labels (Parquet) and vectors (safetensors), gathered from chunks
 or imported from the released table act_patch.released_labels names for this target."""
 from pipeline.settings import section_of
-from pipeline.tasks.act_patch import gather_labels, import_released_labels
-from pipeline.tasks.act_patch_settings import ActPatchConfig
+from pipeline.tasks.act_patch.labels import gather_labels, import_released_labels
+from pipeline.tasks.act_patch.settings import ActPatchConfig
 from pipeline.runtime import stage, stage_settings
 
 with stage(snakemake.log[0], snakemake.threads):

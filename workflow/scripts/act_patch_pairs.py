@@ -1,7 +1,7 @@
 """Snakemake script: the act_patch pairs of a split, rendered and clean-checked (Parquet)."""
-from pipeline.tasks.act_patch import choose_pairs
+from pipeline.tasks.act_patch.pairs import choose_pairs
 from pipeline.settings import FactsConfig
-from pipeline.tasks.act_patch_settings import ActPatchConfig
+from pipeline.tasks.act_patch.settings import ActPatchConfig
 from pipeline.settings import section_of
 from pipeline.runtime import stage, stage_settings
 

@@ -1,5 +1,5 @@
 """Snakemake script: heat map of the share of next tokens a patch changes, by layer window and token type."""
-from pipeline.tasks.act_patch_figures import patch_effect_figure
+from pipeline.tasks.act_patch.figures import patch_effect_figure
 from pipeline.runtime import stage
 
 with stage(snakemake.log[0], snakemake.threads):

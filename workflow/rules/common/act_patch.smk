@@ -4,7 +4,7 @@
 def label_chunks(wildcards):
     """The act_patch label chunks of a split (act_patch.pairs over act_patch.chunk_pairs of them) and its pairs; or,
     with act_patch.released_labels for this target, the released table's files and the target (its width)."""
-    from pipeline.tasks.act_patch import chunk_count
+    from pipeline.tasks.act_patch.pairs import chunk_count
 
     released = released_label_files("act_patch", wildcards)
     if released is not None:

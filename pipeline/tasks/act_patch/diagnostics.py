@@ -99,7 +99,7 @@ def summarize(values: np.ndarray) -> dict:
 def diagnose(task_name: str, label_paths: dict, explainer_dir, target_dir, trained_dir, generation_cfg, explainer_cfg,
              out_path, settings: dict, alignment=None, samples: int = 1000, seed: int = 0) -> dict:
     """The figures of the module docstring for one trained explainer, written to `out_path` (JSON)."""
-    from pipeline.tasks.act_patch import shuffled_vectors
+    from pipeline.tasks.act_patch.task import shuffled_vectors
     from pipeline.explainer.explain import _explainer_width, vector_layers
     from pipeline.explainer.model import load_explainer
     from pipeline.sampling import seeded_subset
@@ -115,7 +115,7 @@ def diagnose(task_name: str, label_paths: dict, explainer_dir, target_dir, train
     layers = vector_layers(rows, explainer_cfg, explainer_dir, target_dir)
     windows = [int(w[0]) for w in rows.columns["layer"]]
     target_tokenizer = load_tokenizer(target_dir)
-    from pipeline.tasks.act_patch import tokens_text
+    from pipeline.tasks.act_patch.prompts import tokens_text
 
     own_text = [tokens_text(target_tokenizer, [p["counterfact_text_token"]]) for p in rows.frame["patch_position"]]
     own_ids = own_token_ids(own_text, tokenizer)
