@@ -197,7 +197,7 @@ def test_random_exemplars_can_be_any_corpus_tokens_as_openai_draws_them(trained_
 
 def test_offline_descriptions_split_by_feature_with_unit_decoder_directions(trained_saes, tmp_path):
     from pipeline.tasks.features.descriptions import build_descriptions
-    from pipeline.tasks.features.task import load_features
+    from pipeline.tasks.features.labels import load_features
     from pipeline.tasks.features.sae import load_decoder
 
     folder, _, _ = trained_saes
@@ -258,7 +258,7 @@ def paper_archive(root, width=8, features=5, transposed=False, extra=()):
 
 def test_paper_archive_loads_with_counted_skips(tmp_path):
     from pipeline.tasks.features.descriptions import paper_descriptions
-    from pipeline.tasks.features.task import load_features
+    from pipeline.tasks.features.labels import load_features
 
     matrix = paper_archive(tmp_path / "archive", extra=[((3, 99), {"chosen_label": "no such feature"})])
     out = {s: tmp_path / f"{s}.parquet" for s in ("train", "test")} | {
@@ -280,7 +280,7 @@ def test_paper_archive_loads_with_counted_skips(tmp_path):
 
 
 def test_paper_ratio_divides_each_feature_by_its_label_score_as_the_papers_evaluate_item():
-    from pipeline.tasks.features.task import paper_ratios
+    from pipeline.tasks.features.summary import paper_ratios
 
     keys = ["a", "b", "c", "d"]
     base = pd.DataFrame({"row_key": keys, "cluster": keys})
@@ -328,7 +328,7 @@ def test_embedding_similarity_judge_orders_descriptions():
 
 
 def test_scorer_scores_selfie_at_every_scale_as_the_paper_and_one_scale_out_of_sample():
-    from pipeline.tasks.features.task import score_frames
+    from pipeline.tasks.features.scoring import score_frames
 
     keys = [f"L1/F{i}" for i in range(8)]
     reference = ["ships at sea", "kings and queens", "the number seven", "love poems", "a knife", "rain", "horses",
@@ -360,7 +360,9 @@ def test_scorer_scores_selfie_at_every_scale_as_the_paper_and_one_scale_out_of_s
 def test_floors_are_scored_and_every_variant_is_compared_against_them(tmp_path):
     from safetensors.torch import save_file
 
-    from pipeline.tasks.features.task import FLOORS, baseline_frames, score_frames
+    from pipeline.tasks.features.baselines import baseline_frames
+    from pipeline.tasks.features.scoring import score_frames
+    from pipeline.tasks.features.summary import FLOORS
 
     keys = [f"L{layer}/F{i}" for layer in (1, 2) for i in range(4)]
     reference = ["ships at sea", "kings and queens", "the number seven", "love poems", "a knife", "rain", "horses",
@@ -429,7 +431,7 @@ def test_simulator_correlation_is_pooled_over_tokens_not_averaged_per_window():
 
 
 def test_scorer_runs_the_simulator_on_a_sample_with_the_reference_ceiling(trained_saes, tiny_dir, tmp_path):
-    from pipeline.tasks.features.task import score_frames
+    from pipeline.tasks.features.scoring import score_frames
 
     folder, _, _ = trained_saes
     exemplars = pd.read_parquet(folder / "exemplars.parquet")
@@ -495,7 +497,8 @@ def test_references_are_written_from_one_set_of_top_ranks_and_scored_on_the_othe
 
 @pytest.mark.slow
 def test_trained_simulator_learns_where_features_fire_and_loads_in_its_own_format(tiny_dir, tmp_path):
-    from pipeline.tasks.features.simulator import Simulator, activation_levels, feature_windows, score_descriptions, train_simulator
+    from pipeline.tasks.features.simulator import Simulator, feature_windows, score_descriptions
+    from pipeline.tasks.features.simulator_training import activation_levels, train_simulator
 
     assert activation_levels([np.array([0.0, 2.5, -1.0]), np.array([5.0])], 9).tolist() == [0, 4, 0, 9]
     labels, exemplars = synthetic_features(tmp_path)
@@ -519,7 +522,7 @@ def test_trained_simulator_learns_where_features_fire_and_loads_in_its_own_forma
 def test_the_balanced_simulator_loss_gives_firing_and_silent_tokens_equal_shares():
     """A whole window is mostly silent tokens: balanced, adding silent tokens changes nothing and a simulator that says
     0 everywhere pays half the loss for the firings it missed; unbalanced, the silent tokens drown them."""
-    from pipeline.tasks.features.simulator import class_balanced_loss
+    from pipeline.tasks.features.simulator_training import class_balanced_loss
 
     torch.manual_seed(0)
     logits, target = torch.randn(10, 11), torch.tensor([0] * 9 + [7])
@@ -613,8 +616,9 @@ def test_the_papers_released_simulator_format_is_read_from_the_checkpoint_and_on
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.models import load_model
-    from pipeline.tasks.features.simulator import (FINETUNED_PREFIX, Simulator, feature_windows, probe_format, score_descriptions,
-                                    train_simulator)
+    from pipeline.tasks.features.simulator import (FINETUNED_PREFIX, Simulator, feature_windows, probe_format,
+                                                   score_descriptions)
+    from pipeline.tasks.features.simulator_training import train_simulator
 
     labels, exemplars = synthetic_features(tmp_path)
     cfg = simulator_settings(SimulatorTrainingConfig(steps=60, batch_size=4, learning_rate=1e-2, lora_r=8,

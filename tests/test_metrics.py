@@ -132,7 +132,8 @@ def test_verdict_vs_prior_counts_agreement_and_who_is_right_where_they_differ():
     # Rows that carry the prior's cell (token type, layer window) are also counted per cell.
     frames["finetuned"] = frames["finetuned"].assign(token_type=["a"] * 3 + ["b"] * 3,
                                                      layer=[[0, 1]] * 3 + [[2, 3]] * 3)
-    cells = verdict_vs_prior(frames)["finetuned"]["by_cell"]
+    assert "by_cell" not in verdict_vs_prior(frames)["finetuned"]  # the shared metrics know no task's columns
+    cells = verdict_vs_prior(frames, cell=("token_type", "layer"))["finetuned"]["by_cell"]
     assert set(cells) == {"a L0-1", "b L2-3"}
     assert cells["a L0-1"] | {"agreement": pytest.approx(2 / 3)} == {"rows": 3, "agreement": 2 / 3, "disagreements": 1, "variant_right": 0,
                                "prior_right": 1, "variant_missed_changes": 1, "variant_false_changes": 0,

@@ -250,7 +250,8 @@ def score(run: Run, out_path) -> dict:
         scores = spec.score_frames(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed,
                                    settings=run.task_settings, inputs=run.named("extra_"))
     else:
-        scores = score_variants(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed)
+        scores = score_variants(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed,
+                                prior_cell=spec.prior_cell)
     counts = {name: read_provenance(path).get("counts", {}) for name, path in run.named("count_").items()}
     for split, paths in (("train", train_paths), ("test", test_paths)):
         counts[f"labels_{split}"] = read_provenance(next(iter(paths.values()))).get("counts", {})

@@ -198,24 +198,26 @@ def paired_mean_difference(first, second, clusters, samples: int, seed: int) -> 
     return {"difference": result.pop("value")} | result
 
 
-def score_variants(frames: dict[str, pd.DataFrame], samples: int, seed: int, reference: str = "finetuned") -> dict:
+def score_variants(frames: dict[str, pd.DataFrame], samples: int, seed: int, reference: str = "finetuned",
+                   prior_cell: tuple[str, ...] = ()) -> dict:
     """Metrics of every variant, the paired difference of `reference` against each other variant, and how each
-    variant's verdict relates to the structure prior's (`verdict_vs_prior`)."""
+    variant's verdict relates to the structure prior's (`verdict_vs_prior`, per cell of `prior_cell` too)."""
     metrics = {name: change_metrics(frame, samples, seed) for name, frame in frames.items()}
     comparisons = {f"{reference} - {name}": paired_differences(frames[reference], frame, samples, seed)
                    for name, frame in frames.items() if name != reference}
     return {"metrics": metrics, "comparisons": comparisons} | (
-        {"verdict_vs_prior": verdict_vs_prior(frames)} if "structure_prior" in frames else {})
+        {"verdict_vs_prior": verdict_vs_prior(frames, cell=prior_cell)} if "structure_prior" in frames else {})
 
 
 def verdict_vs_prior(frames: dict[str, pd.DataFrame], prior: str = "structure_prior",
-                     cell: tuple[str, ...] = ("token_type", "layer")) -> dict:
+                     cell: tuple[str, ...] = ()) -> dict:
     """Per variant, on the rows both answered: the share whose verdict (changed or not) equals the prior's, the
     rows where they differ, and on those how often each is right; the changes each misses and the changes each
     claims that did not happen. A verdict that is the prior's, bar a few rows it gets wrong, is learned from the
-    question's text: the vector told it nothing about whether the output changes. Where the rows carry the prior's
-    cell (`cell`: act_patch's token type and layer window), the same per cell (`by_cell`), so that a reader sees
-    whether the rows that differ sit in cells the prior answers one way or in the mixed ones."""
+    question's text: the vector told it nothing about whether the output changes. With the columns of the prior's
+    cell (`cell`, the task's `prior_cell`: act_patch's token type and layer window), the same per cell
+    (`by_cell`), so that a reader sees whether the rows that differ sit in cells the prior answers one way or in
+    the mixed ones."""
     base = frames[prior].set_index("row_key")
     out = {}
     for name, frame in frames.items():
@@ -227,7 +229,7 @@ def verdict_vs_prior(frames: dict[str, pd.DataFrame], prior: str = "structure_pr
         guess = np.array([parse_answer(p).changed for p in base.loc[common, "prediction"]], dtype=object)
         truth = rows.loc[common, "is_different"].astype(bool).to_numpy()
         out[name] = _agreement(said, guess, truth)
-        if all(column in rows for column in cell) and len(common):
+        if cell and all(column in rows for column in cell) and len(common):
             keys = [" ".join(_cell_text(v) for v in values) for values in zip(*(rows.loc[common, c] for c in cell))]
             groups: dict[str, list[int]] = {}
             for position, key in enumerate(keys):

@@ -123,6 +123,8 @@ class Task:
     eval_sets: Callable[[object], tuple[str, ...]] = lambda section: ()
     # (split, metric) of the results file's finetuned metrics that the self-versus-other matrix compares
     headline: tuple[str, str] = ("overall", "is_changed_f1")
+    # The scored rows' columns the structure prior's cell is made of: verdict_vs_prior is also broken down by them
+    prior_cell: tuple[str, ...] = ()
     paper_suffix: str = " "  # what ends the paper's string template of this task's questions (prompt_format: paper)
     # target key -> the folder the shared stages read as the target (its manifest.json gives hidden_size and
     # source); None: the language model resources/models/{target}

@@ -2,7 +2,7 @@
 from pipeline.settings import section_of
 from pipeline.runtime import stage, stage_settings
 from pipeline.tasks.features.settings import FeaturesConfig
-from pipeline.tasks.features.simulator import train_simulator
+from pipeline.tasks.features.simulator_training import train_simulator
 
 inputs = snakemake.input
 with stage(snakemake.log[0], snakemake.threads):

@@ -198,6 +198,7 @@ def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
 
 TASK = register(Task(
     headline=("is_different=True", "exact_match"),  # names the counterfactual's answer: reads the vector
+    prior_cell=("token_type", "layer"),
     settings=ActPatchConfig,
     baseline_variants=("in_context_4", "in_context_8", "map_only", "affine"),
     name="act_patch", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
