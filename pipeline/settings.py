@@ -187,6 +187,11 @@ class ContinuousTokens(Section):
     rep: str
     end: str
 
+    @property
+    def ordered(self) -> tuple[str, str, str]:
+        """(begin, rep, end), the order the prompts hold them in."""
+        return self.begin, self.rep, self.end
+
 
 class LoraConfig(Section):
     """The LoRA adapter (peft)."""

@@ -513,8 +513,8 @@ def test_bf16_trains_and_generates_with_every_explainer_setting(tmp_path, tiny_d
         assert saved and all(t.dtype == torch.float32 for n, t in saved.items() if "lora" in n or "layers." in n)
         dtype_seen = {t.dtype for n, t in saved.items() if "lora" not in n and "layers." not in n and n != "weight"}
         assert dtype_seen <= {torch.float32}  # full fine-tuning: fp32 master weights; LoRA saves no frozen weight
-    explainer, tokenizer = load_explainer(folder, tiny_dir, 64, explainer_cfg.projection, explainer_cfg.inject,
-                                          scale=explainer_cfg.scale, dtype=torch.bfloat16,
+    explainer, tokenizer = load_explainer(folder, tiny_dir, 64, projection=explainer_cfg.projection,
+                                          inject=explainer_cfg.inject, scale=explainer_cfg.scale, dtype=torch.bfloat16,
                                           continuous_tokens=TOKENS if setting == "released" else None)
     assert explainer.lm.get_input_embeddings().weight.dtype == torch.bfloat16
     predictions = generate_answers(explainer, tokenizer, questions[:4], vectors[:4],

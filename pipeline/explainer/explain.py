@@ -183,11 +183,12 @@ def generate(run: Run, variant: str, out_path) -> pd.DataFrame:
     # A released explainer (explainer.checkpoint) stands where this workflow's trained one would.
     untrained = variant == "untrained" or variant in IN_CONTEXT
     trained = None if untrained else (explainer_cfg.checkpoint or run.trained_dir)
-    explainer, tokenizer = load_explainer(trained, explainer_dir, width, projection or explainer_cfg.projection,
-                                          explainer_cfg.inject, run.alignment if projection is None else None,
-                                          explainer_cfg.scale, explainer_cfg.center, explainer_cfg.continuous_tokens,
-                                          text_only=examples.vectors is None,
-                                          dtype=torch_dtype(generation_cfg.precision))
+    tokens = explainer_cfg.continuous_tokens
+    explainer, tokenizer = load_explainer(
+        trained, explainer_dir, width, projection=projection or explainer_cfg.projection, inject=explainer_cfg.inject,
+        alignment=run.alignment if projection is None else None, scale=explainer_cfg.scale,
+        center=explainer_cfg.center, continuous_tokens=tokens.ordered if tokens else None,
+        text_only=examples.vectors is None, dtype=torch_dtype(generation_cfg.precision))
     questions, prompt_format = asked(examples.questions, explainer_cfg, spec), explainer_cfg.prompt_format
     layers = vector_layers(examples, explainer_cfg, explainer_dir, target_dir)
     vectors = examples.vectors

@@ -481,7 +481,7 @@ def load_released(checkpoint: str, target_width: int, continuous_tokens: tuple[s
     return explainer, tokenizer
 
 
-def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target_width: int,
+def load_explainer(folder: str | Path | None, base_model_dir: str | Path, target_width: int, *,
                    projection: str = "linear", inject: str = "embedding", alignment: str | Path | None = None,
                    scale: str = "embedding_norm", center: bool = True,
                    continuous_tokens: tuple[str, str, str] | None = None,
