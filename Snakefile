@@ -13,7 +13,8 @@ SETTINGS = typed_settings(config)  # the same settings, typed (pipeline/settings
 
 
 include: "workflow/rules/common.smk"
-# The stages every task shares: models, the alignment, training, generation, scoring, the report and the matrix.
+# The stages every task shares: models, the alignment, training, generation, scoring, the report, the matrix and
+# asking a trained explainer about a file of questions.
 include: "workflow/rules/models.smk"
 include: "workflow/rules/alignment.smk"
 include: "workflow/rules/train.smk"
@@ -21,6 +22,7 @@ include: "workflow/rules/generate.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/matrix.smk"
+include: "workflow/rules/ask.smk"
 # Each task's own rules (labels, its figures), and InterpBench's cases, which the circuits task reads.
 include: "workflow/rules/act_patch.smk"
 include: "workflow/rules/input_ablation.smk"

@@ -39,6 +39,7 @@ def _shared_stages() -> dict[str, "Stage"]:
         "alignment": Stage("pipeline.explainer.alignment:fit_alignment", (AlignmentConfig,)),
         "matrix": Stage("pipeline.report.matrix:build_matrix", (MatrixConfig, ScoringConfig)),
         "seeds": Stage("pipeline.report.seeds:aggregate"),
+        "ask": Stage("pipeline.ask:ask_file"),  # its settings are the run's, read from the artifacts it asks
         "interpbench_case": Stage("pipeline.interpbench.cases:build_case", (InterpbenchBuild,)),
         "interpbench_cases": Stage("pipeline.interpbench.cases:summarize", (InterpbenchConfig.key("cases"),)),
         "interpbench_patching": Stage("pipeline.interpbench.discovery:discover", (InterpbenchPatching,)),

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from slurm_cluster import PARTITION, missing_tools, start_cluster
@@ -52,14 +53,15 @@ def cluster_profile(tmp_path: Path) -> Path:
     return folder
 
 
-def snakemake_command(workdir: Path, *args: str, timeout: int, configfiles=()) -> list[str]:
+def snakemake_command(workdir: Path, *args: str, timeout: int, configfiles=(), target: str = TARGET) -> list[str]:
     return ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-            "-d", str(workdir), *args, TARGET, "--configfile", str(REPO / "tests/config_tiny.yaml"), *map(str, configfiles)]
+            "-d", str(workdir), *args, target, "--configfile", str(REPO / "tests/config_tiny.yaml"), *map(str, configfiles)]
 
 
-def snakemake(workdir: Path, env: dict, *args: str, timeout: int, configfiles=()) -> tuple:
+def snakemake(workdir: Path, env: dict, *args: str, timeout: int, configfiles=(), target: str = TARGET) -> tuple:
     started = time.time()
-    result = subprocess.run(snakemake_command(workdir, *args, timeout=timeout, configfiles=configfiles), cwd=REPO,
+    result = subprocess.run(snakemake_command(workdir, *args, timeout=timeout, configfiles=configfiles, target=target),
+                            cwd=REPO,
                             env=env | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     return result, time.time() - started
 
@@ -71,18 +73,22 @@ def metrics(workdir: Path) -> dict:
 def test_a_training_job_cancelled_mid_way_resumes_where_its_sigterm_saved(cluster, tmp_path, tiny_act_patch_run):
     """A longer training (a changed setting over a finished run) goes to SLURM and is cancelled mid-training
     (`scancel`: SIGTERM, then SIGKILL after KillWait, as at a time limit). The job saves a checkpoint at the step in
-    flight; the same command again resumes from that step, and its results equal those of the same settings run
-    locally without a stop."""
+    flight; the same command again resumes from that step, and its losses and weights equal those of the same
+    settings trained locally without a stop. (The target is the trained explainer: what follows training is the same
+    on SLURM as anywhere, and the sbatch test below runs it.)"""
+    from safetensors.torch import load_file
+
     from workflow_runs import copy_tree, override
 
     training = yaml.safe_load((REPO / "tests/config_tiny.yaml").read_text())["training"]
     longer = override(tmp_path, "longer.yaml", {"training": training | {"epochs": 40, "checkpoint_every": 5}})
+    explainer = "work/act_patch/explainers/tiny_tiny"
     local, remote = (copy_tree(tiny_act_patch_run, tmp_path / name) for name in ("local", "remote"))
-    straight, _ = snakemake(local, os.environ, "--cores", "2", timeout=600, configfiles=[longer])
+    straight, _ = snakemake(local, os.environ, "--cores", "2", timeout=600, configfiles=[longer], target=explainer)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     profile = ("--profile", str(cluster_profile(tmp_path)))
-    command = snakemake_command(remote, *profile, timeout=900, configfiles=[longer])
+    command = snakemake_command(remote, *profile, timeout=900, configfiles=[longer], target=explainer)
     env = cluster.env | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     running = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoints = remote / "work/act_patch/checkpoints/tiny_tiny"
@@ -101,12 +107,18 @@ def test_a_training_job_cancelled_mid_way_resumes_where_its_sigterm_saved(cluste
     saved = [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")]
     log = (remote / "logs/act_patch_train/tiny_tiny.log").read_text()
     assert len(saved) == 1 and "stopped by SIGTERM" in log, log[-2000:]
+    assert not (remote / explainer / "explainer.json").exists()  # no half-written explainer
 
-    resumed, _ = snakemake(remote, cluster.env, *profile, timeout=900, configfiles=[longer])
+    resumed, _ = snakemake(remote, cluster.env, *profile, timeout=900, configfiles=[longer], target=explainer)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
-    result = json.loads((remote / TARGET).read_text())
-    assert result["training"]["resumed_from_step"] == saved[0] and result["training"]["steps"] == 120
-    assert metrics(remote) == metrics(local)
+    after, reference = (json.loads((run / explainer / "training_log.json").read_text()) for run in (remote, local))
+    assert after["resumed_from_step"] == saved[0] and after["steps"] == reference["steps"] == 120
+    assert [e["loss"] for e in after["losses"]] == pytest.approx([e["loss"] for e in reference["losses"]],
+                                                                 rel=1e-4, abs=1e-5)
+    weights = [load_file(str(run / explainer / "adapter_model.safetensors")) for run in (remote, local)]
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        assert torch.allclose(tensor, weights[1][name], rtol=1e-4, atol=1e-6), name
 
 
 def test_act_patch_runs_through_sbatch_and_matches_a_local_run(cluster, tmp_path, tiny_act_patch_run):

@@ -37,6 +37,7 @@ wildcard_constraints:
     rows="[0-9]+|all",
     epochs="[0-9]+",
     baseline="|".join(FROZEN_BASELINES),
+    name="[A-Za-z0-9_.-]+",  # a file of questions, asks/{name}.csv
 
 
 # Where a run's explainer, predictions and results live: "" the run of training.seed (results/{task}/{run}.json);
@@ -381,6 +382,23 @@ def matrix_inputs(wildcards):
             paths[f"result_{explainer}_{target}"] = f"results/{wildcards.task}/{explainer}_{target}.json"
             paths[f"pred_{explainer}_{target}"] = f"work/{wildcards.task}/predictions/{explainer}_{target}/finetuned.parquet"
     return paths
+
+
+def ask_inputs(wildcards):
+    """A user's questions (asks/{name}.csv, else .parquet), the run's trained explainer, its models, its test labels
+    (their patch windows and prompt format) and its fine-tuned answers (their generation settings)."""
+    from pipeline.ask import TASKS
+
+    if wildcards.task not in TASKS:
+        raise ValueError(f"results/ask/{wildcards.task}/...: asking is built for {list(TASKS)}")
+    stem = f"asks/{wildcards.name}"
+    parquet = Path(f"{stem}.parquet").exists() and not Path(f"{stem}.csv").exists()
+    questions = f"{stem}.parquet" if parquet else f"{stem}.csv"
+    run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
+    return ({"questions": questions, "trained": f"work/{wildcards.task}/explainers/{run}",
+             "predictions": f"work/{wildcards.task}/predictions/{run}/finetuned.parquet"}
+            | _models(wildcards, wildcards.task)
+            | get_task(wildcards.task).label_paths(wildcards.target, "test"))
 
 
 # Each task's own input functions (and InterpBench's, which the circuits task reads).

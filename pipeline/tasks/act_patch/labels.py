@@ -42,7 +42,6 @@ def build_label_chunk(cfg: ActPatchConfig, pairs_path: str | Path, model_dir: st
     model, tokenizer = load_model(model_dir, dtype=torch_dtype(cfg.precision))
     manifest = read_manifest(model_dir)
     windows, types = cfg.patch.windows(manifest["num_layers"]), list(cfg.patch.token_types)
-    per_pair = len(types) * len(windows)
     prov = provenance(settings | {"split": split, "chunk": chunk}, {"target": manifest["source"]})
     if pairs.empty:  # a chunk past the pairs a shortfall left
         print(f"label chunk {chunk}: no pairs")
@@ -54,15 +53,28 @@ def build_label_chunk(cfg: ActPatchConfig, pairs_path: str | Path, model_dir: st
                                      bool(p["add_special_tokens"])) for side in ("", "counterfactual_"))
                 for p in pairs.to_dict("records")]
     run = run_patches(model, tokenizer, rendered, windows, types, cfg.batch_size, desc=f"chunk {chunk}")
-    orig_enc, cf_enc, orig_pos, cf_pos = run.orig_enc, run.cf_enc, run.orig_pos, run.cf_pos
+    rows, vectors = label_rows(pairs.to_dict("records"), run, tokenizer, windows, split)
+    frame = pd.DataFrame(rows)
+    print(f"label chunk {chunk}: {len(pairs)} pairs, {len(frame)} rows, {int(frame['is_different'].sum())} changed")
+    write_tensors({"intervention_vector": torch.stack(vectors), "row_id": torch.tensor(frame["row_id"].to_numpy())},
+                  out_vectors, prov)
+    write_table(frame, out_table, prov)
+    return frame
 
+
+def label_rows(pairs: list[dict], run: "PatchRun", tokenizer, windows: list[list[int]], split: str
+               ) -> tuple[list[dict], list]:
+    """The label rows (LABEL_COLUMNS and the pair's own columns) and intervention vectors of patched pairs, one row
+    per (token type, window) of each pair; row ids are global: pair_id x patches per pair + patch."""
+    per_pair = len(run.types) * len(windows)
+    orig_enc, cf_enc, orig_pos, cf_pos = run.orig_enc, run.cf_enc, run.orig_pos, run.cf_pos
     rows, vectors = [], []
-    for i, pair in enumerate(pairs.to_dict("records")):
+    for i, pair in enumerate(pairs):
         input_tokens = tokenizer.convert_ids_to_tokens(orig_enc[i]["input_ids"])
         cf_tokens = tokenizer.convert_ids_to_tokens(cf_enc[i]["input_ids"])
         clean_token = tokenizer.decode([int(run.answers[i, 0])])
         for job, (type_index, window_index) in enumerate(run.jobs_per_pair[1:], start=1):
-            token_type, window = types[type_index], windows[window_index]
+            token_type, window = run.types[type_index], windows[window_index]
             patched = tokenizer.decode([int(run.answers[i, job])])
             o_pos, c_pos = orig_pos[i][token_type], cf_pos[i][token_type]
             rows.append({
@@ -82,12 +94,7 @@ def build_label_chunk(cfg: ActPatchConfig, pairs_path: str | Path, model_dir: st
                 "layer_hashable": [int(x) for x in window], "token_type": token_type,
             })
             vectors.append(run.states[i, type_index, window_index])
-    frame = pd.DataFrame(rows)
-    print(f"label chunk {chunk}: {len(pairs)} pairs, {len(frame)} rows, {int(frame['is_different'].sum())} changed")
-    write_tensors({"intervention_vector": torch.stack(vectors), "row_id": torch.tensor(frame["row_id"].to_numpy())},
-                  out_vectors, prov)
-    write_table(frame, out_table, prov)
-    return frame
+    return rows, vectors
 
 
 def gather_labels(pairs_path: str | Path, chunk_tables: list[str], chunk_vectors: list[str], split: str,

@@ -9,7 +9,6 @@ layout with the vectors inline in `patch_position`.
 from __future__ import annotations
 
 
-
 import numpy as np
 import pandas as pd
 
@@ -24,41 +23,6 @@ from pipeline.tasks.act_patch.prompts import (READING_QUESTION, act_patch_questi
                                              tokens_text)
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def examples_from_rows(frame: pd.DataFrame, tokenizer) -> tuple[list[str], list[str]]:
@@ -137,17 +101,16 @@ def examples(paths: dict[str, str], target_dir) -> Examples:
     `subset_counterfactual_answer` makes the scores report those rows on their own (pipeline/explainer/metrics.py)."""
     from pipeline.models import load_tokenizer
 
-    frame, vectors = load_examples(paths["labels"], paths.get("vectors"))
-    tokenizer = load_tokenizer(target_dir)
+    return examples_of(*load_examples(paths["labels"], paths.get("vectors")), load_tokenizer(target_dir))
+
+
+def examples_of(frame: pd.DataFrame, vectors: torch.Tensor, tokenizer) -> Examples:
+    """Label rows and their vectors as the explainer sees them (`tokenizer`: the target's)."""
     questions, answers = examples_from_rows(frame, tokenizer)
     return Examples(frame, questions, answers, vectors, row_keys(frame), pair_keys(frame),
                     frame["is_different"].astype(bool).to_numpy(),
                     {"token_type": frame["token_type"].tolist(), "layer": [[int(x) for x in w] for w in frame["layer"]],
                      "subset_counterfactual_answer": new_is_counterfactual(frame, tokenizer)})
-
-
-
-
 
 
 def training_rows(rows: Examples, settings: dict, seed: int, target_dir=None) -> Examples:
@@ -227,7 +190,5 @@ TASK = register(Task(
         "act_patch_budget": Stage("pipeline.report.budget:write_budget", (BudgetConfig, ScoringConfig)),
     },
 ))
-
-
 
 

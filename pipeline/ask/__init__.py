@@ -1,0 +1,251 @@
+"""Ask a trained explainer about your own inputs: the question exactly as it was asked in training, its answer, and
+the truth computed there and then by the same code that made the labels.
+
+    from pipeline.ask import Asker
+    asker = Asker.load("act_patch", "gemma_gemma")        # in the workflow's folder, after the main job
+    table = asker.act_patch("The capital of Japan is the city of", "Japan", counterfactual_subject="Italy")
+
+Settings come from the run's recorded provenance (the trained explainer's training and explainer sections, the
+labels' patch windows and prompt format, the fine-tuned answers' generation section), so a question is asked as the
+explainer was trained and scored. Models load once per Asker; ask as often as you like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.artifacts import ArtifactError, read_provenance
+
+TASKS = ("act_patch",)
+ANSWER_COLUMNS = ["token_type", "layer", "question", "answer", "said_changed", "clean_token", "patched_token",
+                  "counterfactual_token", "changed", "reference", "agrees"]
+
+
+@dataclass
+class Asker:
+    """A trained explainer of one run (`{explainer}_{target}`) with its target, loaded on first use."""
+    task: str
+    run: str
+    workdir: Path
+    explainer_model: Path
+    target_model: Path
+    settings: dict  # the trained explainer's recorded settings
+    _loaded: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, task: str, run: str | Path, workdir: str | Path = ".") -> "Asker":
+        """`run`: a run name (`gemma_gemma`) of the workflow in `workdir`, or its trained explainer's folder
+        (`work/{task}/explainers/{run}`)."""
+        from pipeline.explainer.model import EXPLAINER_META
+
+        if task not in TASKS:
+            raise ValueError(f"task {task!r}: asking is built for {list(TASKS)}")
+        folder = Path(run)
+        if folder.is_dir():
+            workdir, run = folder.resolve().parents[3], folder.name
+        workdir = Path(workdir)
+        trained = workdir / "work" / task / "explainers" / str(run)
+        if not (trained / EXPLAINER_META).is_file():
+            found = sorted(p.name for p in trained.parent.glob("*")) if trained.parent.is_dir() else []
+            raise ArtifactError(f"{trained}: no trained explainer of run {run!r} (runs here: {found or 'none'}); "
+                                f"train it with `snakemake --cores all {trained}`")
+        models = workdir / "resources" / "models"
+        splits = [(run[:i], run[i + 1:]) for i, c in enumerate(str(run)) if c == "_"]
+        pairs = [(models / e, models / t) for e, t in splits if (models / e).is_dir() and (models / t).is_dir()]
+        if not pairs:
+            raise ArtifactError(f"run {run!r}: no prepared models {models}/{{explainer}} and {{target}} for it")
+        meta = read_meta(trained)
+        return cls(task, str(run), workdir, pairs[0][0], pairs[0][1], meta["provenance"]["settings"])
+
+    # What the run recorded ------------------------------------------------------------------------------------------
+    @property
+    def trained_dir(self) -> Path:
+        return self.workdir / "work" / self.task / "explainers" / self.run
+
+    def labels_settings(self) -> dict:
+        target = self.target_model.name
+        path = self.workdir / "work" / self.task / "labels" / target / "test.parquet"
+        if not path.is_file():
+            raise ArtifactError(f"{path}: the run's test labels (their patch windows and prompt format) are needed; "
+                                f"`snakemake --cores all {path}` makes them")
+        return read_provenance(path)["settings"]
+
+    def generation(self):
+        """The generation section the run's fine-tuned answers were made with (the defaults where none exist)."""
+        from pipeline.settings import GenerationConfig, section_of
+
+        made = self.workdir / "work" / self.task / "predictions" / self.run / "finetuned.parquet"
+        settings = read_provenance(made)["settings"] if made.is_file() else {}
+        return section_of(settings, GenerationConfig)
+
+    def explainer_config(self):
+        from pipeline.settings import ExplainerConfig, section_of
+
+        return section_of(self.settings, ExplainerConfig)
+
+    # Models, loaded once --------------------------------------------------------------------------------------------
+    def target(self):
+        if "target" not in self._loaded:
+            from pipeline.models import load_model
+
+            self._loaded["target"] = load_model(self.target_model)
+        return self._loaded["target"]
+
+    def explainer(self, width: int):
+        if "explainer" not in self._loaded:
+            from pipeline.explainer.model import load_explainer
+            from pipeline.runtime import torch_dtype
+
+            cfg = self.explainer_config()
+            alignment = self.workdir / "work" / "alignment" / f"{self.run}.safetensors"
+            self._loaded["explainer"] = load_explainer(
+                self.trained_dir, self.explainer_model, width, projection=cfg.projection, inject=cfg.inject,
+                alignment=alignment if alignment.is_file() else None, scale=cfg.scale, center=cfg.center,
+                dtype=torch_dtype(self.generation().precision))
+        return self._loaded["explainer"]
+
+    # Asking -----------------------------------------------------------------------------------------------------------
+    def answer(self, examples) -> list[str]:
+        """The fine-tuned explainer's answers to label rows, asked as the workflow's generation asks them."""
+        from pipeline.explainer.explain import asked, vector_layers
+        from pipeline.explainer.generation import generate_answers
+        from pipeline.tasks import get_task
+
+        cfg, generation = self.explainer_config(), self.generation()
+        explainer, tokenizer = self.explainer(int(examples.vectors.shape[1]))
+        questions = asked(examples.questions, cfg, get_task(self.task))
+        return generate_answers(explainer, tokenizer, questions, examples.vectors, cfg.prompt_format,
+                                generation.max_new_tokens, generation.batch_size, desc="asking",
+                                vector_layers=vector_layers(examples, cfg, self.explainer_model, self.target_model))
+
+    def act_patch(self, prompt: str, subject: str, counterfactual_subject: str | None = None,
+                  counterfactual: str | None = None, token_types=None, layers=None, pair_id: int = 0) -> pd.DataFrame:
+        """Patch the counterfactual prompt's state at each token type x layer window of the run into `prompt` and
+        ask the explainer what changes. `counterfactual` defaults to `prompt` with `subject` replaced by
+        `counterfactual_subject`; `token_types` and `layers` (windows, as lists of layers) default to every one of
+        the run's labels; a subject is located at its last occurrence in its prompt (after any few-shot examples).
+        One row per patch: the question as asked, the answer, the target's clean, patched and counterfactual next
+        tokens, and whether the answer agrees with the truth (the paper's exact match). `pair_id` picks each row's
+        phrasing of the question among the paper's five, as a labelled pair's id does."""
+        from pipeline.explainer.metrics import score_rows
+        from pipeline.models import read_manifest
+        from pipeline.settings import section_of
+        from pipeline.tasks.act_patch.labels import label_rows, run_patches
+        from pipeline.tasks.act_patch.settings import PatchConfig, PromptConfig
+        from pipeline.tasks.act_patch.task import examples_of
+        from pipeline.explainer.prompts import parse_answer
+        from pipeline.tasks.facts import RenderedPrompt
+        import torch
+
+        if counterfactual is None:
+            if not counterfactual_subject:
+                raise ValueError("give the counterfactual prompt or the counterfactual subject")
+            counterfactual = prompt.replace(subject, counterfactual_subject, 1)
+        counterfactual_subject = counterfactual_subject or subject
+        labels = self.labels_settings()
+        patch, prompt_cfg = section_of(labels, PatchConfig), section_of(labels, PromptConfig)
+        windows = all_windows = patch.windows(read_manifest(self.target_model)["num_layers"])
+        types = list(token_types or patch.token_types)
+        unknown = sorted(set(types) - set(patch.token_types))
+        if unknown:
+            raise ValueError(f"token types {unknown}: this run's explainer was trained on {list(patch.token_types)}")
+        if layers is not None:
+            wanted = [list(map(int, w)) for w in layers]
+            missing = [w for w in wanted if w not in windows]
+            if missing:
+                raise ValueError(f"layers {missing}: this run's windows are {windows}")
+            windows = wanted
+        special = prompt_cfg.format == "completion"
+        rendered = []
+        for text, name in ((prompt, subject), (counterfactual, counterfactual_subject)):
+            if name not in text:
+                raise ValueError(f"subject {name!r} is not in the prompt {text!r}")
+            start = text.rindex(name)  # the fact's own sentence ends the prompt, after any few-shot examples
+            rendered.append(RenderedPrompt(text, (start, start + len(name)), len(text), special))
+        model, tokenizer = self.target()
+        run = run_patches(model, tokenizer, [tuple(rendered)], windows, types, len(windows) * len(types))
+        pair = {"pair_id": int(pair_id), "relation": "asked", "subject": subject,
+                "counterfactual_subject": counterfactual_subject, "text": prompt,
+                "counterfactual_text": counterfactual, "target_true": "", "counterfactual_target": ""}
+        rows, vectors = label_rows([pair], run, tokenizer, windows, "asked")
+        for row in rows:  # the row id of the whole run's grid, whatever part of it is asked: it picks the phrasing
+            row["row_id"] = (int(pair_id) * len(patch.token_types) * len(all_windows)
+                             + list(patch.token_types).index(row["token_type"]) * len(all_windows)
+                             + all_windows.index(row["layer"]))
+        examples = examples_of(pd.DataFrame(rows), torch.stack(vectors), tokenizer)
+        answers = self.answer(examples)
+        scored = score_rows(answers, examples.answers, examples.labels)
+        frame = examples.frame
+        return pd.DataFrame({
+            "token_type": frame["token_type"], "layer": [list(w) for w in frame["layer"]],
+            "question": examples.questions, "answer": answers,
+            "said_changed": [parse_answer(a).changed for a in answers],
+            "clean_token": [c[0] for c in frame["original_continuation"]],
+            "patched_token": [c[0] for c in frame["ablated_continuation"]],
+            "counterfactual_token": [c[0] for c in frame["counterfactual_continuation"]],
+            "changed": frame["is_different"].astype(bool), "reference": examples.answers,
+            "agrees": scored["exact_match"].astype(bool)})[ANSWER_COLUMNS]
+
+    def act_patch_table(self, questions: pd.DataFrame) -> pd.DataFrame:
+        """Many asks: one `act_patch` per row of `questions` (columns prompt, subject, and counterfactual_subject or
+        counterfactual; optional token_type, layer and pair_id), the rows numbered by `ask`."""
+        need = {"prompt", "subject"}
+        missing = need - set(questions.columns)
+        if missing or not ({"counterfactual_subject", "counterfactual"} & set(questions.columns)):
+            raise ValueError(f"questions need columns prompt, subject and counterfactual_subject (or counterfactual); "
+                             f"they have {list(questions.columns)}")
+        out = []
+        for number, row in enumerate(questions.to_dict("records")):
+            types = [row["token_type"]] if pd.notna(row.get("token_type", None)) else None
+            layer = row.get("layer", None)
+            layers = [[int(x) for x in str(layer).replace(",", " ").split()]] if pd.notna(layer) else None
+            answered = self.act_patch(row["prompt"], row["subject"], optional(row, "counterfactual_subject"),
+                                      optional(row, "counterfactual"), types, layers,
+                                      int(optional(row, "pair_id") or 0))
+            out.append(answered.assign(ask=number, prompt=row["prompt"]))
+        return pd.concat(out, ignore_index=True)[["ask", "prompt"] + ANSWER_COLUMNS]
+
+
+def optional(row: dict, name: str):
+    value = row.get(name)
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def read_meta(folder: Path) -> dict:
+    import json
+
+    from pipeline.explainer.model import EXPLAINER_META
+
+    return json.loads((folder / EXPLAINER_META).read_text())
+
+
+def read_questions(path: str | Path) -> pd.DataFrame:
+    """A user's questions: a CSV or Parquet file, one ask per row."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    raise ValueError(f"{path}: questions come as .csv or .parquet")
+
+
+def ask_file(task: str, trained_dir: str | Path, questions_path: str | Path, out_path: str | Path) -> pd.DataFrame:
+    """Every question of a user's file put to a trained explainer, into one table with the answers, the truth and
+    the provenance (the explainer's run, its recorded settings, the questions file's fingerprint)."""
+    import hashlib
+
+    from pipeline.artifacts import provenance, write_table
+
+    asker = Asker.load(task, trained_dir)
+    questions = read_questions(questions_path)
+    if questions.empty:
+        raise ValueError(f"{questions_path}: no questions")
+    table = asker.act_patch_table(questions)
+    prov = provenance({"run": asker.run, "explainer": read_meta(asker.trained_dir)["provenance"],
+                       "questions": {"path": str(questions_path),
+                                     "sha256": hashlib.sha256(Path(questions_path).read_bytes()).hexdigest()}})
+    write_table(table, out_path, prov)
+    return table

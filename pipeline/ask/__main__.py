@@ -1,0 +1,73 @@
+"""`python -m pipeline.ask` (or `pipeline-ask`): put your own question to a trained explainer from the terminal.
+
+    python -m pipeline.ask act_patch gemma_gemma --prompt "The capital of Japan is the city of" \
+        --subject Japan --counterfactual-subject Italy
+    python -m pipeline.ask act_patch gemma_gemma --questions asks/mine.csv --json
+
+One row per token type x layer window (or those asked): the explainer's answer beside the target's clean and patched
+next tokens, and whether they agree; `--json` prints the rows as JSON lines, `--show-questions` the questions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parser() -> argparse.ArgumentParser:
+    parse = argparse.ArgumentParser(prog="python -m pipeline.ask", description=__doc__.split("\n\n")[0])
+    tasks = parse.add_subparsers(dest="task", required=True)
+    act = tasks.add_parser("act_patch", help="what changes when a state of a counterfactual prompt is patched in")
+    act.add_argument("run", help="a run name ({explainer}_{target}, e.g. gemma_gemma) or its trained explainer's "
+                                 "folder")
+    act.add_argument("--workdir", default=".", help="the workflow's folder (where work/ and resources/ are)")
+    act.add_argument("--prompt", help="the prompt the target reads")
+    act.add_argument("--subject", help="the subject in --prompt whose state is replaced")
+    act.add_argument("--counterfactual-subject", help="the subject of the counterfactual prompt")
+    act.add_argument("--counterfactual", help="the counterfactual prompt (default: --prompt with the subject replaced)")
+    act.add_argument("--token-type", action="append", dest="token_types",
+                     help="a token type of the run (last_subject_token, relation_suffix, last_token); repeatable; "
+                          "default: every one")
+    act.add_argument("--layers", action="append",
+                     help="a window of the run as comma-separated layers (e.g. 0,1,2,3,4,5); repeatable; default: all")
+    act.add_argument("--questions", help="a CSV or Parquet file of asks (columns prompt, subject, "
+                                         "counterfactual_subject or counterfactual; optional token_type, layer)")
+    act.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    act.add_argument("--show-questions", action="store_true", help="print each question as the explainer reads it")
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
+    from pipeline.ask import Asker, read_questions
+
+    args = parser().parse_args(argv)
+    asker = Asker.load(args.task, args.run, args.workdir)
+    if args.questions:
+        table = asker.act_patch_table(read_questions(args.questions))
+    else:
+        if not (args.prompt and args.subject and (args.counterfactual_subject or args.counterfactual)):
+            parser().error("act_patch needs --prompt, --subject and --counterfactual-subject (or --counterfactual), "
+                           "or --questions FILE")
+        layers = None if not args.layers or args.layers == ["all"] else [
+            [int(x) for x in w.split(",")] for w in args.layers]
+        table = asker.act_patch(args.prompt, args.subject, args.counterfactual_subject, args.counterfactual,
+                                args.token_types, layers)
+    if args.json:
+        sys.stdout.write(table.to_json(orient="records", lines=True, force_ascii=False))
+        return 0
+    shown = table.assign(layer=[f"{w[0]}-{w[-1]}" for w in table["layer"]],
+                         truth=[f"{c!r} -> {p!r}" for c, p in zip(table["clean_token"], table["patched_token"])])
+    columns = [c for c in ("ask", "token_type", "layer", "answer", "truth", "changed", "agrees") if c in shown]
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        print(shown[columns].to_string(index=False))
+    if args.show_questions:
+        for question in table["question"].drop_duplicates():
+            print(f"\n{question}")
+    print(f"\n{int(table['agrees'].sum())} of {len(table)} answers agree with the target's patched next token "
+          f"(explainer {asker.run}, settings as recorded by its run in {asker.workdir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
