@@ -293,6 +293,25 @@ def test_input_ablation_training_override_reruns_training_but_not_labels(input_a
                     "input_ablation_score": 1}
 
 
+def test_an_asked_input_ablation_question_gets_the_labels_letters_and_the_generation_stages_answer(
+        input_ablation_run):
+    """pipeline.ask on a test question the run labelled and answered: the target's letters with and without the hint
+    are the label stage's, the question is worded as the generation stage worded it and the answer is its answer."""
+    from pipeline.ask import Asker
+
+    labels = pd.read_parquet(input_ablation_run / "work/input_ablation/labels/smollm/test.parquet")
+    predictions = pd.read_parquet(input_ablation_run / "work/input_ablation/predictions/tiny_smollm/finetuned.parquet")
+    answered = predictions.set_index("question")["prediction"]
+    row = labels[labels["ablation_prompt"].isin(answered.index)].iloc[0]
+    asker = Asker.load("input_ablation", "tiny_smollm", input_ablation_run)
+    asked = asker.input_ablation(row["question"], list(row["choices"]), row["hint_letter"], row["subject"]).iloc[0]
+    assert asked["question"] == row["ablation_prompt"] and asked["answer"] == answered[row["ablation_prompt"]]
+    assert (asked["answer_without_hint"], asked["answer_with_hint"]) == (row["zeroshot_prediction"],
+                                                                       row["random_hint_prediction"])
+    with pytest.raises(ValueError, match="expected the letter of one of 2 choices"):
+        asker.input_ablation("Which?", ["one", "two"], "C")
+
+
 def test_report_figures_summary_and_html_report(finished_run, tmp_path):
     only_act_patch = override(tmp_path, "runs.yaml", {"runs": {"act_patch": ["tiny_tiny"], "input_ablation": [],
                                                                "features": []}})

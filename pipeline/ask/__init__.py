@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline.artifacts import ArtifactError, read_provenance
 
-TASKS = ("act_patch",)
+TASKS = ("act_patch", "input_ablation")
 ANSWER_COLUMNS = ["token_type", "layer", "question", "answer", "said_changed", "clean_token", "patched_token",
                   "counterfactual_token", "changed", "reference", "agrees"]
 
@@ -94,7 +94,7 @@ class Asker:
             self._loaded["target"] = load_model(self.target_model)
         return self._loaded["target"]
 
-    def explainer(self, width: int):
+    def explainer(self, width: int, text_only: bool = False):
         if "explainer" not in self._loaded:
             from pipeline.explainer.model import load_explainer
             from pipeline.runtime import torch_dtype
@@ -102,24 +102,27 @@ class Asker:
             cfg = self.explainer_config()
             alignment = self.workdir / "work" / "alignment" / f"{self.run}.safetensors"
             self._loaded["explainer"] = load_explainer(
-                self.trained_dir, self.explainer_model, width, projection=cfg.projection, inject=cfg.inject,
-                alignment=alignment if alignment.is_file() else None, scale=cfg.scale, center=cfg.center,
+                self.trained_dir, self.explainer_model, width, projection="none" if text_only else cfg.projection,
+                inject=cfg.inject, alignment=alignment if alignment.is_file() and not text_only else None,
+                scale=cfg.scale, center=cfg.center, text_only=text_only,
                 dtype=torch_dtype(self.generation().precision))
         return self._loaded["explainer"]
 
     # Asking -----------------------------------------------------------------------------------------------------------
-    def answer(self, examples) -> list[str]:
-        """The fine-tuned explainer's answers to label rows, asked as the workflow's generation asks them."""
-        from pipeline.explainer.explain import asked, vector_layers
+    def answer(self, questions: list[str], vectors=None, layers=None) -> list[str]:
+        """The fine-tuned explainer's answers, asked as the workflow's generation stage asks them (`vectors`: one per
+        question, none for a text-only task; `layers`: each vector's layer where the explainer maps per layer)."""
+        from pipeline.explainer.explain import asked
         from pipeline.explainer.generation import generate_answers
+        from pipeline.models import read_manifest
         from pipeline.tasks import get_task
 
         cfg, generation = self.explainer_config(), self.generation()
-        explainer, tokenizer = self.explainer(int(examples.vectors.shape[1]))
-        questions = asked(examples.questions, cfg, get_task(self.task))
-        return generate_answers(explainer, tokenizer, questions, examples.vectors, cfg.prompt_format,
-                                generation.max_new_tokens, generation.batch_size, desc="asking",
-                                vector_layers=vector_layers(examples, cfg, self.explainer_model, self.target_model))
+        width = int(vectors.shape[1]) if vectors is not None else read_manifest(self.explainer_model)["hidden_size"]
+        explainer, tokenizer = self.explainer(width, text_only=vectors is None)
+        return generate_answers(explainer, tokenizer, asked(questions, cfg, get_task(self.task)), vectors,
+                                cfg.prompt_format, generation.max_new_tokens, generation.batch_size, desc="asking",
+                                vector_layers=layers)
 
     def act_patch(self, prompt: str, subject: str, counterfactual_subject: str | None = None,
                   counterfactual: str | None = None, token_types=None, layers=None, pair_id: int = 0) -> pd.DataFrame:
@@ -130,6 +133,7 @@ class Asker:
         One row per patch: the question as asked, the answer, the target's clean, patched and counterfactual next
         tokens, and whether the answer agrees with the truth (the paper's exact match). `pair_id` picks each row's
         phrasing of the question among the paper's five, as a labelled pair's id does."""
+        from pipeline.explainer.explain import vector_layers
         from pipeline.explainer.metrics import score_rows
         from pipeline.models import read_manifest
         from pipeline.settings import section_of
@@ -176,7 +180,8 @@ class Asker:
                              + list(patch.token_types).index(row["token_type"]) * len(all_windows)
                              + all_windows.index(row["layer"]))
         examples = examples_of(pd.DataFrame(rows), torch.stack(vectors), tokenizer)
-        answers = self.answer(examples)
+        answers = self.answer(examples.questions, examples.vectors, vector_layers(
+            examples, self.explainer_config(), self.explainer_model, self.target_model))
         scored = score_rows(answers, examples.answers, examples.labels)
         frame = examples.frame
         return pd.DataFrame({
@@ -188,6 +193,40 @@ class Asker:
             "counterfactual_token": [c[0] for c in frame["counterfactual_continuation"]],
             "changed": frame["is_different"].astype(bool), "reference": examples.answers,
             "agrees": scored["exact_match"].astype(bool)})[ANSWER_COLUMNS]
+
+    def input_ablation(self, question: str, choices: list[str], hint: str, subject: str = "world_geography",
+                       correct: int | None = None) -> pd.DataFrame:
+        """Ask whether removing the hint "I think the answer is (`hint`)" from a multiple-choice question changes
+        the target's answer: one row with the question as asked, the explainer's answer, and the target's letters
+        without and with the hint (None where its reply is not a choice's letter: then there is no truth)."""
+        from pipeline.explainer.prompts import parse_answer
+        from pipeline.settings import section_of
+        from pipeline.tasks.input_ablation import answered, explainer_question, question_row, reference_answer
+        from pipeline.tasks.input_ablation_settings import InputAblationConfig
+        from pipeline.tasks.questions import letters
+
+        choices = [str(c) for c in choices]
+        if len(choices) < 2 or hint not in letters(len(choices)):
+            raise ValueError(f"hint {hint!r}: expected the letter of one of {len(choices)} choices "
+                             f"({', '.join(letters(len(choices)))}); a question needs two choices or more")
+        cfg = section_of(self.labels_settings(), InputAblationConfig)
+        model, tokenizer = self.target()
+        fields, *_ = question_row(cfg, tokenizer, question, choices, subject, hint, correct)
+        row = answered(cfg, [fields], model, tokenizer, desc="target").iloc[0]
+        asked = explainer_question(row["system_prompt"], row["hint_user_prompt"])
+        answer = self.answer([asked])[0]
+        known = pd.notna(row["changed_pred_bc_hint"])
+        reference = reference_answer(row["zeroshot_prediction"], row["random_hint_prediction"]) if known else None
+        agrees = None
+        if known:
+            from pipeline.explainer.metrics import score_rows
+
+            agrees = bool(score_rows([answer], [reference], [bool(row["changed_pred_bc_hint"])])["exact_match"][0])
+        return pd.DataFrame([{
+            "question": asked, "answer": answer, "said_changed": parse_answer(answer).changed,
+            "answer_without_hint": row["zeroshot_prediction"], "answer_with_hint": row["random_hint_prediction"],
+            "changed": bool(row["changed_pred_bc_hint"]) if known else None, "reference": reference,
+            "agrees": agrees}])
 
     def act_patch_table(self, questions: pd.DataFrame) -> pd.DataFrame:
         """Many asks: one `act_patch` per row of `questions` (columns prompt, subject, and counterfactual_subject or
@@ -207,6 +246,27 @@ class Asker:
                                       int(optional(row, "pair_id") or 0))
             out.append(answered.assign(ask=number, prompt=row["prompt"]))
         return pd.concat(out, ignore_index=True)[["ask", "prompt"] + ANSWER_COLUMNS]
+
+
+    def input_ablation_table(self, questions: pd.DataFrame) -> pd.DataFrame:
+        """Many asks: one `input_ablation` per row of `questions` (columns question, choices separated by `|`, hint;
+        optional subject), the rows numbered by `ask`."""
+        missing = {"question", "choices", "hint"} - set(questions.columns)
+        if missing:
+            raise ValueError(f"questions need columns question, choices (separated by |) and hint; they have "
+                             f"{list(questions.columns)}")
+        out = []
+        for number, row in enumerate(questions.to_dict("records")):
+            choices = row["choices"] if isinstance(row["choices"], list) else str(row["choices"]).split("|")
+            answered = self.input_ablation(row["question"], [c.strip() for c in choices], str(row["hint"]).strip(),
+                                           optional(row, "subject") or "world_geography")
+            out.append(answered.assign(ask=number))
+        table = pd.concat(out, ignore_index=True)
+        return table[["ask"] + [c for c in table.columns if c != "ask"]]
+
+    def table(self, questions: pd.DataFrame) -> pd.DataFrame:
+        """Every row of a file of questions, asked as this run's task asks."""
+        return self.act_patch_table(questions) if self.task == "act_patch" else self.input_ablation_table(questions)
 
 
 def optional(row: dict, name: str):
@@ -243,7 +303,7 @@ def ask_file(task: str, trained_dir: str | Path, questions_path: str | Path, out
     questions = read_questions(questions_path)
     if questions.empty:
         raise ValueError(f"{questions_path}: no questions")
-    table = asker.act_patch_table(questions)
+    table = asker.table(questions)
     prov = provenance({"run": asker.run, "explainer": read_meta(asker.trained_dir)["provenance"],
                        "questions": {"path": str(questions_path),
                                      "sha256": hashlib.sha256(Path(questions_path).read_bytes()).hexdigest()}})

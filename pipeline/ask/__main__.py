@@ -2,10 +2,14 @@
 
     python -m pipeline.ask act_patch gemma_gemma --prompt "The capital of Japan is the city of" \
         --subject Japan --counterfactual-subject Italy
-    python -m pipeline.ask act_patch gemma_gemma --questions asks/mine.csv --json
+    python -m pipeline.ask act_patch gemma_gemma --questions asks/example.csv --json
+    python -m pipeline.ask input_ablation smollm_smollm --question "What is the capital of Peru?" \
+        --choice Lima --choice Quito --choice Cusco --hint B
+    python -m pipeline.ask serve gemma_gemma          # a page on http://127.0.0.1:7860
 
-One row per token type x layer window (or those asked): the explainer's answer beside the target's clean and patched
-next tokens, and whether they agree; `--json` prints the rows as JSON lines, `--show-questions` the questions."""
+act_patch: one row per token type x layer window (or those asked), the explainer's answer beside the target's clean
+and patched next tokens; input_ablation: the explainer's answer beside the target's letters with and without the
+hint; and whether they agree; `--json` prints the rows as JSON lines, `--show-questions` the questions."""
 
 from __future__ import annotations
 
@@ -33,6 +37,23 @@ def parser() -> argparse.ArgumentParser:
                                          "counterfactual_subject or counterfactual; optional token_type, layer)")
     act.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     act.add_argument("--show-questions", action="store_true", help="print each question as the explainer reads it")
+    ablation = tasks.add_parser("input_ablation", help="whether removing a hint changes the target's answer")
+    ablation.add_argument("run", help="a run name ({explainer}_{target}, e.g. smollm_smollm) or its trained "
+                                      "explainer's folder")
+    ablation.add_argument("--workdir", default=".", help="the workflow's folder (where work/ and resources/ are)")
+    ablation.add_argument("--question", help="the multiple-choice question")
+    ablation.add_argument("--choice", action="append", dest="choices", help="a choice, in order (repeat: A, B, ...)")
+    ablation.add_argument("--hint", help="the letter the hint names")
+    ablation.add_argument("--subject", default="world_geography", help="the question's subject, as MMLU names them")
+    ablation.add_argument("--questions", help="a CSV or Parquet file of asks (columns question, choices separated "
+                                              "by |, hint; optional subject)")
+    ablation.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    ablation.add_argument("--show-questions", action="store_true", help="print each question as the explainer reads it")
+    page = tasks.add_parser("serve", help="a local page to ask from (Gradio: the page extra)")
+    page.add_argument("run", help="a run name or its trained explainer's folder (act_patch)")
+    page.add_argument("--workdir", default=".", help="the workflow's folder (where work/ and resources/ are)")
+    page.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    page.add_argument("--port", type=int, default=7860)
     return parse
 
 
@@ -42,9 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.ask import Asker, read_questions
 
     args = parser().parse_args(argv)
+    if args.task == "serve":
+        from pipeline.ask.page import serve
+
+        serve(Asker.load("act_patch", args.run, args.workdir), args.host, args.port)
+        return 0
     asker = Asker.load(args.task, args.run, args.workdir)
     if args.questions:
-        table = asker.act_patch_table(read_questions(args.questions))
+        table = asker.table(read_questions(args.questions))
+    elif args.task == "input_ablation":
+        if not (args.question and args.choices and args.hint):
+            parser().error("input_ablation needs --question, --choice (two or more) and --hint, or --questions FILE")
+        table = asker.input_ablation(args.question, args.choices, args.hint, args.subject)
     else:
         if not (args.prompt and args.subject and (args.counterfactual_subject or args.counterfactual)):
             parser().error("act_patch needs --prompt, --subject and --counterfactual-subject (or --counterfactual), "
@@ -56,15 +86,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(table.to_json(orient="records", lines=True, force_ascii=False))
         return 0
-    shown = table.assign(layer=[f"{w[0]}-{w[-1]}" for w in table["layer"]],
-                         truth=[f"{c!r} -> {p!r}" for c, p in zip(table["clean_token"], table["patched_token"])])
-    columns = [c for c in ("ask", "token_type", "layer", "answer", "truth", "changed", "agrees") if c in shown]
+    if args.task == "act_patch":
+        shown = table.assign(layer=[f"{w[0]}-{w[-1]}" for w in table["layer"]],
+                             truth=[f"{c!r} -> {p!r}" for c, p in zip(table["clean_token"], table["patched_token"])])
+        columns = ["ask", "token_type", "layer", "answer", "truth", "changed", "agrees"]
+        truth = "the target's patched next token"
+    else:
+        shown = table.assign(truth=[f"{a} -> {b}" for a, b in zip(table["answer_with_hint"],
+                                                                   table["answer_without_hint"])])
+        columns = ["ask", "answer", "truth", "changed", "agrees"]
+        truth = "the target's answers with and without the hint"
     with pd.option_context("display.max_colwidth", 60, "display.width", 200):
-        print(shown[columns].to_string(index=False))
+        print(shown[[c for c in columns if c in shown]].to_string(index=False))
     if args.show_questions:
         for question in table["question"].drop_duplicates():
             print(f"\n{question}")
-    print(f"\n{int(table['agrees'].sum())} of {len(table)} answers agree with the target's patched next token "
+    agree = sum(1 for a in table["agrees"] if a is not None and not pd.isna(a) and bool(a))
+    print(f"\n{agree} of {len(table)} answers agree with {truth} "
           f"(explainer {asker.run}, settings as recorded by its run in {asker.workdir})")
     return 0
 

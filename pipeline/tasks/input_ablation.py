@@ -117,6 +117,46 @@ def _hint_token_ids(tokenizer, text: str, hint: str, add_special_tokens: bool) -
     return ids, len(encoded["input_ids"])
 
 
+def question_row(cfg: InputAblationConfig, tokenizer, question: str, choices: list[str], subject: str, letter: str,
+                 correct: int | None) -> tuple[dict, str, str, int]:
+    """One question's label row before the target answers (`letter`: the hint's; `correct`: the right choice's
+    index, None where unknown), its prompts without and with the hint, and the hinted prompt's token count."""
+    choice_letters = letters(len(choices))
+    user = user_prompt(question, choices, subject, cfg.choice_format)
+    hint_user, hint = with_hint(user, letter)
+    original_full, special = target_prompt(tokenizer, cfg.system_prompt, user, cfg.answer_prefix)
+    hint_full, _ = target_prompt(tokenizer, cfg.system_prompt, hint_user, cfg.answer_prefix)
+    hint_ids, hint_length = _hint_token_ids(tokenizer, hint_full, hint, special)
+    right = None if correct is None else choice_letters[int(correct)]
+    return ({"question": question, "choices": choices, "correct_answer": right, "hint_letter": letter,
+             "hint_is_correct": None if right is None else letter == right, "hint_token_ids": hint_ids,
+             "original_prompt_full": original_full, "hint_prompt_full": hint_full,
+             "system_prompt": cfg.system_prompt, "original_user_prompt": user, "hint_user_prompt": hint_user,
+             "hint": hint, "ablation_prompt": explainer_question(cfg.system_prompt, hint_user)},
+            original_full, hint_full, hint_length)
+
+
+def answered(cfg: InputAblationConfig, rows: list[dict], model, tokenizer, desc: str) -> pd.DataFrame:
+    """The rows (`question_row`'s) with the target's greedy answers without and with the hint, their letters, the
+    label (null where either is not a letter of the choices) and the letters' probabilities without the hint."""
+    special = not getattr(tokenizer, "chat_template", None)  # target_prompt adds special tokens only without one
+    choice_letters = letters(max(len(r["choices"]) for r in rows))
+    texts = [r["original_prompt_full"] for r in rows] + [r["hint_prompt_full"] for r in rows]
+    replies, probs = greedy_replies(model, tokenizer, texts, special, cfg.max_new_tokens, cfg.batch_size, desc=desc,
+                                    letter_ids=letter_token_ids(tokenizer, cfg.answer_prefix, choice_letters))
+    frame = pd.DataFrame(rows)
+    frame["zeroshot_output"], frame["hint_output"] = replies[:len(rows)], replies[len(rows):]
+    frame["zeroshot_prediction"] = [parse_letter(r, len(c)) for r, c in zip(frame["zeroshot_output"], frame["choices"])]
+    frame["random_hint_prediction"] = [parse_letter(r, len(c)) for r, c in zip(frame["hint_output"], frame["choices"])]
+    known = frame["zeroshot_prediction"].notna() & frame["random_hint_prediction"].notna()
+    frame["changed_pred_bc_hint"] = pd.array([bool(a != b) if ok else None for a, b, ok in zip(
+        frame["zeroshot_prediction"], frame["random_hint_prediction"], known)], dtype="boolean")
+    frame["zeroshot_letter_probs"] = [p[:len(c)].tolist() for p, c in zip(probs[:len(rows)], frame["choices"])]
+    frame["zeroshot_confidence"] = [confidence(p, z, len(c)) for p, z, c in zip(
+        frame["zeroshot_letter_probs"], frame["zeroshot_prediction"], frame["choices"])]
+    return frame
+
+
 def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir: str | Path, split: str,
                  out_path: str | Path, settings: dict) -> pd.DataFrame:
     """The target's answer to every question of `split` with and without a seeded random hint."""
@@ -129,49 +169,22 @@ def build_labels(cfg: InputAblationConfig, questions_path: str | Path, model_dir
     model, tokenizer = load_model(model_dir)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", None)
     rng = random.Random(f"{cfg.seed}:{split}")
-    rows, originals, hinted = [], [], []
+    rows = []
     skipped = {"too_long": 0}
     for row in questions.itertuples(index=False):
         choices = [str(c) for c in row.choices]
-        choice_letters = letters(len(choices))
-        letter = rng.choice(choice_letters)
-        user = user_prompt(row.question, choices, row.subject, cfg.choice_format)
-        hint_user, hint = with_hint(user, letter)
-        original_full, special = target_prompt(tokenizer, cfg.system_prompt, user, cfg.answer_prefix)
-        hint_full, _ = target_prompt(tokenizer, cfg.system_prompt, hint_user, cfg.answer_prefix)
-        hint_ids, hint_length = _hint_token_ids(tokenizer, hint_full, hint, special)
+        letter = rng.choice(letters(len(choices)))
+        fields, _, _, hint_length = question_row(cfg, tokenizer, row.question, choices, row.subject, letter,
+                                                 int(row.answer))
         if context and hint_length + cfg.max_new_tokens > context:
             skipped["too_long"] += 1
             continue
         rows.append({"index": len(rows), "question_id": row.question_id, "relation": row.relation,
-                     "subject": row.subject, "split": split, "question": row.question, "choices": choices,
-                     "correct_answer": choice_letters[int(row.answer)], "hint_letter": letter,
-                     "hint_is_correct": letter == choice_letters[int(row.answer)],
-                     "hint_token_ids": hint_ids,
-                     "original_prompt_full": original_full, "hint_prompt_full": hint_full,
-                     "system_prompt": cfg.system_prompt, "original_user_prompt": user, "hint_user_prompt": hint_user,
-                     "hint": hint, "ablation_prompt": explainer_question(cfg.system_prompt, hint_user)})
-        originals.append(original_full)
-        hinted.append(hint_full)
+                     "subject": row.subject, "split": split} | fields)
     if not rows:
         raise ArtifactError(f"{questions_path}: every question of split '{split}' is longer than the context of "
                             f"{model_dir} ({context} tokens)")
-    # `special` is the same for every prompt: it depends only on whether the tokenizer has a chat template.
-    choice_letters = letters(max(len(r["choices"]) for r in rows))
-    replies, probs = greedy_replies(model, tokenizer, originals + hinted, special, cfg.max_new_tokens, cfg.batch_size,
-                                    desc=f"answers ({split})",
-                                    letter_ids=letter_token_ids(tokenizer, cfg.answer_prefix, choice_letters))
-    frame = pd.DataFrame(rows)
-    frame["zeroshot_output"], frame["hint_output"] = replies[:len(rows)], replies[len(rows):]
-    frame["zeroshot_prediction"] = [parse_letter(r, len(c)) for r, c in zip(frame["zeroshot_output"], frame["choices"])]
-    frame["random_hint_prediction"] = [parse_letter(r, len(c)) for r, c in zip(frame["hint_output"], frame["choices"])]
-    answered = frame["zeroshot_prediction"].notna() & frame["random_hint_prediction"].notna()
-    frame["changed_pred_bc_hint"] = pd.array([bool(a != b) if ok else None for a, b, ok in zip(
-        frame["zeroshot_prediction"], frame["random_hint_prediction"], answered)], dtype="boolean")
-    zeroshot_probs = probs[:len(rows)]
-    frame["zeroshot_letter_probs"] = [p[:len(c)].tolist() for p, c in zip(zeroshot_probs, frame["choices"])]
-    frame["zeroshot_confidence"] = [confidence(p, z, len(c)) for p, z, c in zip(
-        frame["zeroshot_letter_probs"], frame["zeroshot_prediction"], frame["choices"])]
+    frame = answered(cfg, rows, model, tokenizer, desc=f"answers ({split})")
     frame["known"] = (frame["zeroshot_prediction"] == frame["correct_answer"]) & (
         frame["zeroshot_confidence"].fillna(0.0) >= cfg.min_confidence)
     counts = {"all_questions": label_counts(frame), "skipped": skipped, "keep": cfg.keep,
