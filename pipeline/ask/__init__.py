@@ -12,6 +12,7 @@ explainer was trained and scored. Models load once per Asker; ask as often as yo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,9 @@ class Asker:
     def trained_dir(self) -> Path:
         return self.workdir / "work" / self.task / "explainers" / self.run
 
+    @functools.cached_property
     def labels_settings(self) -> dict:
+        """The settings the run's test labels recorded (read once per Asker)."""
         target = self.target_model.name
         path = self.workdir / "work" / self.task / "labels" / target / "test.parquet"
         if not path.is_file():
@@ -73,8 +76,10 @@ class Asker:
                                 f"`snakemake --cores all {path}` makes them")
         return read_provenance(path)["settings"]
 
+    @functools.cached_property
     def generation(self):
-        """The generation section the run's fine-tuned answers were made with (the defaults where none exist)."""
+        """The generation section the run's fine-tuned answers were made with (the defaults where none exist; read
+        once per Asker)."""
         from pipeline.settings import GenerationConfig, section_of
 
         made = self.workdir / "work" / self.task / "predictions" / self.run / "finetuned.parquet"
@@ -105,7 +110,7 @@ class Asker:
                 self.trained_dir, self.explainer_model, width, projection="none" if text_only else cfg.projection,
                 inject=cfg.inject, alignment=alignment if alignment.is_file() and not text_only else None,
                 scale=cfg.scale, center=cfg.center, text_only=text_only,
-                dtype=torch_dtype(self.generation().precision))
+                dtype=torch_dtype(self.generation.precision))
         return self._loaded["explainer"]
 
     # Asking -----------------------------------------------------------------------------------------------------------
@@ -117,7 +122,7 @@ class Asker:
         from pipeline.models import read_manifest
         from pipeline.tasks import get_task
 
-        cfg, generation = self.explainer_config(), self.generation()
+        cfg, generation = self.explainer_config(), self.generation
         width = int(vectors.shape[1]) if vectors is not None else read_manifest(self.explainer_model)["hidden_size"]
         explainer, tokenizer = self.explainer(width, text_only=vectors is None)
         return generate_answers(explainer, tokenizer, asked(questions, cfg, get_task(self.task)), vectors,
@@ -149,7 +154,7 @@ class Asker:
                 raise ValueError("give the counterfactual prompt or the counterfactual subject")
             counterfactual = prompt.replace(subject, counterfactual_subject, 1)
         counterfactual_subject = counterfactual_subject or subject
-        labels = self.labels_settings()
+        labels = self.labels_settings
         patch, prompt_cfg = section_of(labels, PatchConfig), section_of(labels, PromptConfig)
         windows = all_windows = patch.windows(read_manifest(self.target_model)["num_layers"])
         types = list(token_types or patch.token_types)
@@ -209,7 +214,7 @@ class Asker:
         if len(choices) < 2 or hint not in letters(len(choices)):
             raise ValueError(f"hint {hint!r}: expected the letter of one of {len(choices)} choices "
                              f"({', '.join(letters(len(choices)))}); a question needs two choices or more")
-        cfg = section_of(self.labels_settings(), InputAblationConfig)
+        cfg = section_of(self.labels_settings, InputAblationConfig)
         model, tokenizer = self.target()
         fields, *_ = question_row(cfg, tokenizer, question, choices, subject, hint, correct)
         row = answered(cfg, [fields], model, tokenizer, desc="target").iloc[0]
