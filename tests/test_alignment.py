@@ -156,7 +156,11 @@ def _rows():
 
 
 def test_act_patch_training_rows_oversample_and_add_reading_rows(tiny_dir):
-    from pipeline.tasks.act_patch.task import training_rows
+    from pipeline.tasks.act_patch.settings import ActPatchConfig
+    from pipeline.tasks.act_patch.task import training_rows as rows_of
+
+    def training_rows(rows, settings, seed, target_dir):  # the section typed, as the training stage passes it
+        return rows_of(rows, ActPatchConfig.from_dict(settings), seed, target_dir)
 
     rows = _rows()
     as_they_are = {"training_rows": {"oversample_counterfactual": 1, "reading": {"fraction": 0}}}

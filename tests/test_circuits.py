@@ -216,7 +216,7 @@ def test_circuit_labels_ask_every_component_and_only_the_circuit_changes_the_out
     assert cfg["d_model"] < 32 and float(train.vectors[:, cfg["d_model"]:].abs().max()) == 0.0   # zero-padded
     test = examples(paths["test"], None)
     assert not set(test.frame["input_tokens"]) & set(frame["input_tokens"])
-    balanced = training_rows(train, {"balance": 1.0}, 0)
+    balanced = training_rows(train, CircuitsConfig.from_dict({"balance": 1.0}), 0)
     changed = int(frame["is_different"].sum())
     assert int(balanced.labels.sum()) == changed and len(balanced.labels) == 2 * changed
 
@@ -241,12 +241,15 @@ def test_circuit_scores_recover_the_circuit_from_verdicts(compiled_case, tmp_pat
     baselines, described = baseline_frames(right, paths["train"], paths["test"], None)
     from pipeline.artifacts import write_table
 
+    from pipeline.tasks import ScoreInputs
+
     held = {}
     for variant, frame in (("finetuned", right), ("no_vector", silent)):   # the same rows, as a held-out set
-        held[f"pred_heldout_cases_{variant}"] = tmp_path / f"held_{variant}.parquet"
-        write_table(frame, held[f"pred_heldout_cases_{variant}"], {})
+        held[variant] = str(tmp_path / f"held_{variant}.parquet")
+        write_table(frame, held[variant], {})
+    named = ScoreInputs(train={k: str(v) for k, v in paths["train"].items()}, evals={"heldout_cases": held}).named()
     scores = score_frames({"finetuned": right, "no_vector": silent} | baselines, 50, 0,
-                          inputs=held | {"train_labels": str(paths["train"]["labels"])})
+                          inputs=ScoreInputs.of(named))  # the rule's flat names, read back as the stage does
     assert set(scores["heldout_cases"]["metrics"]) == {"finetuned", "no_vector", "structure_prior", "majority_class"}
     assert scores["heldout_cases"]["metrics"]["structure_prior"] == scores["metrics"]["structure_prior"]
     assert scores["per_case_f1"]["test"]["finetuned"] == {"11": 1.0}

@@ -444,7 +444,10 @@ def test_scorer_runs_the_simulator_on_a_sample_with_the_reference_ceiling(traine
                           "cache": str(tmp_path / "judge.sqlite")},
                 "simulator": {"enabled": True, "model": "tiny", "top": 3, "random": 2, "tokens_before": 2,
                               "max_features": 5, "batch_size": 4, "cache": str(tmp_path / "sim.sqlite")}}
-    result = score_frames(frames, 100, 0, settings, {"simulator": str(tiny_dir), "exemplars": str(folder / "exemplars.parquet")})
+    from pipeline.tasks import ScoreInputs
+
+    own = {"simulator": str(tiny_dir), "exemplars": str(folder / "exemplars.parquet")}
+    result = score_frames(frames, 100, 0, FeaturesConfig.from_dict(settings), ScoreInputs(own=own))
     assert result["judges"]["lm_judge"]["configured"] is False
     simulator = result["judges"]["simulator"]
     assert simulator["features"] == 5 and simulator["calls"]["simulated"] == 5  # the reference is the finetuned text

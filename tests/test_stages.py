@@ -226,3 +226,32 @@ def test_pipeline_modules_import_no_cycle_no_upward_and_no_task_imports_another(
 
     task_modules = set(TASK_MODULES.values())
     assert {(m, d) for m in task_modules for d in graph[m] if d in task_modules} == set()
+
+
+def test_score_inputs_round_trip_through_a_rules_flat_names():
+    """The score rule's input function names the files by role and the stage reads the same roles back; a key that
+    would make the names ambiguous is refused."""
+    from pipeline.tasks import ScoreInputs
+
+    inputs = ScoreInputs(train={"labels": "a/train.parquet", "vectors": "a/train.st"}, test={"labels": "a/test.parquet"},
+                         counts={"facts": "f.parquet"}, own={"simulator": "sim", "ood_fw_labels": "o.parquet"},
+                         evals={"heldout_cases": {"finetuned": "h/f.parquet", "no_vector": "h/n.parquet"}})
+    named = inputs.named()
+    assert all(name.isidentifier() for name in named)  # Snakemake's named inputs are keyword arguments
+    assert ScoreInputs.of(named | {"predictions": ["p.parquet"], "explainer": "m"}) == inputs
+    with pytest.raises(ValueError, match="may not contain '__'"):
+        ScoreInputs(own={"odd__name": "x"}).named()
+
+
+def test_a_task_is_a_registered_subclass_that_names_what_it_lacks():
+    from pipeline.tasks import Task, get_task, register
+
+    with pytest.raises(TypeError, match="Task subclass"):
+        register(object())
+
+    class Bare(Task):
+        name = "bare"
+
+    with pytest.raises(NotImplementedError, match="task bare: label_paths"):
+        Bare().label_paths("tiny", "test")
+    assert not Bare().scores_own and get_task("features").scores_own and not get_task("act_patch").scores_own

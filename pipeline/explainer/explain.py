@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.tasks import Examples, Task, get_task
+from pipeline.tasks import CONTEXT, ROLE_SEP, Examples, ScoreInputs, Task, get_task, of_role
 
 _MODEL_INPUTS = ("explainer", "target", "trained", "alignment")
-CONTEXT = "context_"  # an in-context baseline's inputs: the training split's labels, its solved examples
 
 
 @dataclass(frozen=True)
@@ -23,8 +22,8 @@ class Run:
     """One job of a task's run (explainer x target), as the train, generate and score stages read it: the models'
     folders, the settings it runs with (config sections: `training`, `explainer`, `generation`, `scoring`, the task's
     own) and what its artifacts record, and its input files by name. `labels`: the label artifacts the stage reads
-    (train: the training split; generate: the split or evaluation set it answers; score reads `train_*` and `test_*`
-    through `named`). `trained_dir`: the fine-tuned (or released) explainer; `alignment`: the fitted maps."""
+    (train: the training split; generate: the split or evaluation set it answers; score reads its inputs by role:
+    ScoreInputs). `trained_dir`: the fine-tuned (or released) explainer; `alignment`: the fitted maps."""
     task: str
     explainer_dir: str
     target_dir: str
@@ -46,7 +45,7 @@ class Run:
         settings, prov = stage_settings(job.params, job.config, job.rule)
         files = named_inputs(job.input)
         labels = {name: path for name, path in named_inputs(job.input, exclude=_MODEL_INPUTS).items()
-                  if not name.startswith(CONTEXT)}
+                  if ROLE_SEP not in name}
         return cls(task=job.params.task, explainer_dir=files["explainer"], target_dir=files["target"],
                    settings=settings, provenance=prov, labels=labels,
                    trained_dir=files.get("trained"), alignment=files.get("alignment"),
@@ -58,14 +57,13 @@ class Run:
         return get_task(self.task)
 
     @property
-    def task_settings(self) -> dict:
-        return self.settings.get(self.task, {})
+    def task_section(self):
+        """The task's config section, typed (Task.settings), as far as this stage's settings hold it (the rest takes
+        its defaults); None for a task without one."""
+        from pipeline.settings import section_of
 
-    def named(self, prefix: str) -> dict[str, str]:
-        """The input files whose names start with `prefix` (train_, test_, count_, extra_), prefix removed."""
-        from pipeline.runtime import named_inputs
-
-        return named_inputs(self.inputs, prefix)
+        model = self.spec.settings
+        return section_of(self.settings, model) if model is not None else None
 
     def config(self, head: str):
         """A settings section as its dataclass (training, explainer, generation, scoring)."""
@@ -132,7 +130,7 @@ def train(run: Run, out_dir, checkpoint_dir) -> dict:
     from pipeline.explainer.training import train_explainer
 
     spec, training_cfg, explainer_cfg = run.spec, run.config("training"), run.config("explainer")
-    examples = spec.training_rows(spec.examples(run.labels, run.target_dir), run.task_settings, training_cfg.seed,
+    examples = spec.training_rows(spec.examples(run.labels, run.target_dir), run.task_section, training_cfg.seed,
                                   run.target_dir)
     width, projection = _explainer_width(examples, run.explainer_dir, run.target_dir)
     if projection:
@@ -175,8 +173,8 @@ def generate(run: Run, variant: str, out_path) -> pd.DataFrame:
     examples.vectors = spec.variant_vectors(variant, examples, generation_cfg.seed)
     examples = examples.subset(seeded_subset(len(examples.questions), generation_cfg.max_examples, generation_cfg.seed))
     models = {"explainer": read_manifest(explainer_dir)["source"], "target": read_manifest(target_dir)["source"]}
-    if variant in spec.custom_variants:
-        out = spec.custom_variants[variant](examples, generation_cfg, explainer_cfg, explainer_dir, target_dir)
+    if variant in spec.own_variants:
+        out = spec.answer(variant, examples, generation_cfg, explainer_cfg, explainer_dir, target_dir)
         write_table(out.assign(variant=variant), out_path, provenance(run.provenance, models))
         return out
     width, projection = _explainer_width(examples, explainer_dir, target_dir)
@@ -218,8 +216,7 @@ def _in_context(run: Run, examples: Examples, questions: list[str], layers, k: i
     from pipeline.explainer.prompts import in_context_examples, in_context_prompt
 
     explainer_cfg, spec = run.config("explainer"), run.spec
-    pool = spec.examples({name[len(CONTEXT):]: path for name, path in run.inputs.items()
-                          if name.startswith(CONTEXT)}, run.target_dir)
+    pool = spec.examples(of_role(run.inputs, CONTEXT), run.target_dir)
     solved_questions = [q + spec.format_instruction for q in asked(pool.questions, explainer_cfg, spec)]
     pool_layers = vector_layers(pool, explainer_cfg, run.explainer_dir, run.target_dir)
     picks = in_context_examples(len(questions), len(pool.questions), k, seed)
@@ -236,25 +233,24 @@ def _in_context(run: Run, examples: Examples, questions: list[str], layers, k: i
 
 def score(run: Run, out_path) -> dict:
     """Metrics of every variant (`run.predictions`) and baseline, paired comparisons, counts and provenance in one
-    results file; the labels are `run.inputs`' train_* and test_*, the reported counts its count_*, the task's own
-    scoring inputs its extra_*."""
+    results file; the labels, the artifacts whose counts are reported and the task's own scoring inputs are
+    `run.inputs` by role (ScoreInputs)."""
     from pipeline.artifacts import read_provenance, read_table, write_json
     from pipeline.explainer.metrics import run_summary, score_variants
 
-    spec, scoring_cfg = run.spec, run.config("scoring")
+    spec, scoring_cfg, inputs = run.spec, run.config("scoring"), ScoreInputs.of(run.inputs)
     prediction_paths = {Path(path).stem: path for path in run.predictions}  # {variant}.parquet: the task's, baselines
-    train_paths, test_paths = run.named("train_"), run.named("test_")
     frames = {v: read_table(p, required=["row_key", "cluster", "prediction", "reference"])
               for v, p in prediction_paths.items()}
-    baselines, described = spec.baselines(frames["finetuned"], train_paths, test_paths, run.target_dir)
-    if spec.score_frames:
+    baselines, described = spec.baselines(frames["finetuned"], inputs.train, inputs.test, run.target_dir)
+    if spec.scores_own:
         scores = spec.score_frames(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed,
-                                   settings=run.task_settings, inputs=run.named("extra_"))
+                                   section=run.task_section, inputs=inputs)
     else:
         scores = score_variants(frames | baselines, scoring_cfg.bootstrap_samples, scoring_cfg.seed,
                                 prior_cell=spec.prior_cell)
-    counts = {name: read_provenance(path).get("counts", {}) for name, path in run.named("count_").items()}
-    for split, paths in (("train", train_paths), ("test", test_paths)):
+    counts = {name: read_provenance(path).get("counts", {}) for name, path in inputs.counts.items()}
+    for split, paths in (("train", inputs.train), ("test", inputs.test)):
         counts[f"labels_{split}"] = read_provenance(next(iter(paths.values()))).get("counts", {})
     result = {"task": run.task, "explainer": run.names["explainer"], "target": run.names["target"], **scores,
               "baselines": described, "counts": counts} | run_summary(

@@ -39,7 +39,7 @@ def self_minus_other(task: str, own: tuple, other: tuple, samples: int, seed: in
     if set(first["row_key"]) != set(second["row_key"]):
         raise ArtifactError(f"{own[1]} and {other[1]}: the two explainers answered different test rows")
     second = second.set_index("row_key").loc[first["row_key"]].reset_index()
-    if get_task(task).score_frames is None:
+    if not get_task(task).scores_own:
         return paired_differences(first, second, samples, seed).get(split, {}).get(
             metric, {"difference": np.nan, "ci": None})
     scores = [read_json(path)["per_feature"]["finetuned"][metric] for path, _ in (own, other)]

@@ -14,7 +14,8 @@ import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from types import MappingProxyType
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -93,56 +94,152 @@ class Stage:
         return tuple(item if isinstance(item, str) else item.at for item in self.takes)
 
 
-@dataclass(frozen=True)
+ROLE_SEP = "__"  # a rule's named input `role__key`: a file of a group (a split's labels, the in-context pool, ...)
+
+
+def with_role(role: str, paths: Mapping[str, str]) -> dict[str, str]:
+    """`paths` named for a rule's `input:` as files of `role` (read back by `of_role`)."""
+    clash = [key for key in paths if ROLE_SEP in key]
+    if clash or ROLE_SEP in role:
+        raise ValueError(f"inputs {role}: {clash or [role]}: a name may not contain '{ROLE_SEP}'")
+    return {f"{role}{ROLE_SEP}{key}": path for key, path in paths.items()}
+
+
+def of_role(inputs: Mapping, role: str) -> dict[str, str]:
+    """The files of `role` among a job's named inputs, by key."""
+    head = f"{role}{ROLE_SEP}"
+    return {name[len(head):]: str(path) for name, path in inputs.items()
+            if name.startswith(head) and isinstance(path, (str, os.PathLike))}
+
+
+@dataclass
+class ScoreInputs:
+    """The score job's input files by role: `train` and `test` (each split's label artifacts, kind -> path), `counts`
+    (artifacts whose recorded counts the results report), `own` (the task's own scoring inputs: Task.score_inputs)
+    and `evals` (evaluation set -> variant -> its predictions). A Snakemake rule takes flat named inputs: `named()`
+    makes the names and `of()` reads them back, so the rule and the stage cannot disagree about them."""
+
+    train: dict[str, str] = field(default_factory=dict)
+    test: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, str] = field(default_factory=dict)
+    own: dict[str, str] = field(default_factory=dict)
+    evals: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    ROLES = ("train", "test", "counts", "own")
+
+    def named(self) -> dict[str, str]:
+        """Flat input names (`role__key`; an evaluation set's predictions `evals_{set}__{variant}`)."""
+        named = {}
+        for role in self.ROLES:
+            named |= with_role(role, getattr(self, role))
+        for name, paths in self.evals.items():
+            named |= with_role(f"evals_{name}", paths)
+        return named
+
+    @classmethod
+    def of(cls, inputs: Mapping) -> "ScoreInputs":
+        """The roles of a job's named inputs (those `named()` named; others are left out)."""
+        evals = {}
+        for name in inputs:
+            head = name.partition(ROLE_SEP)[0]
+            if head.startswith("evals_") and ROLE_SEP in name:
+                evals[head.removeprefix("evals_")] = of_role(inputs, head)
+        return cls(**{role: of_role(inputs, role) for role in cls.ROLES}, evals=evals)
+
+
 class Task:
-    name: str
-    variants: tuple[str, ...]  # explainer variants the generate rule writes; "finetuned" first
-    format_instruction: str  # appended to the untrained explainer's questions (zero-shot)
-    label_paths: Callable[[str, str], dict[str, str]]  # (target, split) -> label artifact paths
-    examples: Callable[[dict[str, str], str], Examples]  # (label paths, target dir) -> examples
-    # (scored rows, train paths, test paths, target dir) -> (baseline prediction frames, their descriptions)
-    baselines: Callable[[pd.DataFrame, dict[str, str], dict[str, str], str], tuple[dict, dict]]
-    count_paths: Callable[[str], dict[str, str]] = lambda target: {}  # extra artifacts whose counts are reported
-    # (examples, the task's config section, training seed, target dir) -> the rows training sees
-    training_rows: Callable[[Examples, dict, int, str], Examples] = lambda examples, settings, seed, target_dir: examples
-    variant_vectors: Callable[[str, Examples, int], torch.Tensor | None] = lambda v, e, seed: e.vectors
+    """A task as the shared train, generate and score stages see it. A task module subclasses this, sets the class
+    attributes that differ from these defaults, overrides the methods it needs (label_paths and examples always) and
+    registers an instance: `TASK = register(MyTask())` (tests/toy_task/task.py is a small one)."""
+
+    name: str = ""
+    variants: tuple[str, ...] = ()  # explainer variants the generate rule writes; "finetuned" first
+    format_instruction: str = ""  # appended to the untrained explainer's questions (zero-shot)
+    settings: type | None = None  # the task's section of config.yaml (a pipeline.settings.Section); None: none
+    # The task's own stages (its label rules, figures, diagnostics): stage name -> Stage (the rules' params: code_of,
+    # settings_of).
+    stages: Mapping[str, "Stage"] = MappingProxyType({})
     training_keys: tuple = ()  # the task's own settings training depends on (as Stage.takes names them)
-    figures: tuple[str, ...] = ("metrics.png", "confusion.png", "loss.png")  # the report's files per run
-    # Variants the task answers itself, not with the explainer: variant -> fn(examples, generation_cfg,
-    # explainer_cfg, explainer_dir, target_dir) -> predictions table (row_key, cluster, prediction, reference, ...).
-    custom_variants: dict[str, Callable] = field(default_factory=dict)
-    # (frames by variant and baseline, bootstrap samples, seed, settings=the task's section, inputs=score_inputs)
-    # -> {"metrics", "comparisons", ...}; None: the change-prediction metrics of pipeline/explainer/metrics.py.
-    score_frames: Callable[..., dict] | None = None
     score_keys: tuple = ()  # the task's own settings its scores depend on (as Stage.takes names them)
-    # (target, the task's settings) -> extra input files of the score rule (a simulator model, ...)
-    score_inputs: Callable[[str, object], dict[str, str]] = lambda target, section: {}
-    # Evaluation sets besides the test split (features: the out-of-distribution sets), each answered by every
-    # variant (rule {task}_generate_{set}) and scored by the task: all it can have, and those a config section runs.
-    eval_set_names: tuple[str, ...] = ()
-    eval_sets: Callable[[object], tuple[str, ...]] = lambda section: ()
+    figures: tuple[str, ...] = ("metrics.png", "confusion.png", "loss.png")  # the report's files per run
     # (split, metric) of the results file's finetuned metrics that the self-versus-other matrix compares
     headline: tuple[str, str] = ("overall", "is_changed_f1")
     # The scored rows' columns the structure prior's cell is made of: verdict_vs_prior is also broken down by them
     prior_cell: tuple[str, ...] = ()
     paper_suffix: str = " "  # what ends the paper's string template of this task's questions (prompt_format: paper)
-    # target key -> the folder the shared stages read as the target (its manifest.json gives hidden_size and
-    # source); None: the language model resources/models/{target}
-    target_dir: Callable[[str], str] | None = None
-    # The task's own stages (its label rules, figures, diagnostics): stage name -> Stage; the rules' params: code_of,
-    # settings_of.
-    stages: dict[str, "Stage"] = field(default_factory=dict)
-    # Scoring that is heavy (judge API calls, a simulator LM): its score job goes to the cluster like the GPU stages;
+    # Heavy scoring (judge API calls, a simulator LM): its score job goes to the cluster like the GPU stages;
     # otherwise it is a localrule that runs beside Snakemake.
     heavy_score: bool = False
-    # (the task's settings, the names of the rules about to run) -> None, or an error naming the setting of an
-    # external server (an LM judge's) that those rules will call and that does not answer: checked before any job.
-    check_servers: Callable[[object, set[str]], None] = lambda section, rules: None
-    # The task's section of config.yaml (a pipeline.settings.Section, declared with the task); None: it has none.
-    settings: type | None = None
+    # Evaluation sets besides the test split (features: the out-of-distribution sets), each answered by every variant
+    # (rule {task}_generate_{set}) and scored by the task; `eval_sets` says which a config section runs.
+    eval_set_names: tuple[str, ...] = ()
     # The field's baselines this task can have (BASELINE_VARIANTS: in-context needs questions an untrained explainer
     # can answer; the frozen-explainer ones need a vector to map).
     baseline_variants: tuple[str, ...] = ()
+    # Variants the task answers itself, not with the explainer (features: SelfIE); see `answer`.
+    own_variants: tuple[str, ...] = ()
+
+    def label_paths(self, target: str, split: str) -> dict[str, str]:
+        """The label artifacts of one split (or evaluation set) of a target: kind -> path."""
+        raise NotImplementedError(f"task {self.name}: label_paths")
+
+    def examples(self, paths: dict[str, str], target_dir: str | None) -> Examples:
+        """The label rows of `paths` as the explainer sees them; `target_dir`: the target's folder."""
+        raise NotImplementedError(f"task {self.name}: examples")
+
+    def training_rows(self, examples: Examples, section, seed: int, target_dir: str | None) -> Examples:
+        """The rows training sees, given the task's config section (typed; the fields of `training_keys` as the run
+        sets them) and the training seed."""
+        return examples
+
+    def variant_vectors(self, variant: str, examples: Examples, seed: int) -> "torch.Tensor | None":
+        """The vectors a variant reads (the controls: none, another row's)."""
+        return examples.vectors
+
+    def answer(self, variant: str, examples: Examples, generation_cfg, explainer_cfg, explainer_dir: str,
+               target_dir: str) -> pd.DataFrame:
+        """One of `own_variants`' predictions table (row_key, cluster, prediction, reference, ...)."""
+        raise NotImplementedError(f"task {self.name} answers no variant itself ({variant})")
+
+    def baselines(self, scored: pd.DataFrame, train: dict[str, str], test: dict[str, str],
+                  target_dir: str | None) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+        """Predictions of the task's non-explainer baselines on the scored rows (the structure prior, ...), and a
+        description of each."""
+        return {}, {}
+
+    @property
+    def scores_own(self) -> bool:
+        """Whether the task scores its variants itself (score_frames overridden); otherwise the score stage uses the
+        shared change-prediction metrics (pipeline/explainer/metrics.py), broken down by `prior_cell`."""
+        return type(self).score_frames is not Task.score_frames
+
+    def score_frames(self, frames: dict[str, pd.DataFrame], samples: int, seed: int, section,
+                     inputs: ScoreInputs) -> dict:
+        """The task's own scores of every variant's and baseline's predictions (`frames`): metrics with intervals
+        and paired comparisons; `section`: its config section, typed (the fields of `score_keys` as the run sets
+        them); `inputs`: the score job's files by role."""
+        raise NotImplementedError(f"task {self.name} has no scorer of its own (scores_own is false)")
+
+    def score_inputs(self, target: str, section) -> dict[str, str]:
+        """Extra input files of the score rule (ScoreInputs.own: a simulator model, ...), given the task's section."""
+        return {}
+
+    def count_paths(self, target: str) -> dict[str, str]:
+        """Artifacts whose recorded counts the results report."""
+        return {}
+
+    def eval_sets(self, section) -> tuple[str, ...]:
+        """The evaluation sets (of eval_set_names) a config section runs."""
+        return ()
+
+    def target_dir(self, target: str) -> str | None:
+        """The folder the shared stages read as the target (its manifest.json gives hidden_size and source); None:
+        the language model resources/models/{target}."""
+        return None
+
+    def check_servers(self, section, rules: set[str]) -> None:
+        """Raise, naming the setting, if an external server (an LM judge) that `rules` will call does not answer:
+        checked before any job."""
 
 
 # The field's baselines: variants a run adds where its task section lists them (`baselines`), scored beside the
@@ -151,6 +248,7 @@ class Task:
 # the vector's map trained (from the fitted maps), same rows and steps; affine: the maps frozen too, only a scale and a
 # shift of the placeholder's embedding trained (d + 1 parameters; arXiv 2602.10352).
 IN_CONTEXT = {"in_context_4": 4, "in_context_8": 8}
+CONTEXT = "context"  # the role of an in-context baseline's inputs: the training split's labels, its solved examples
 FROZEN_BASELINES = {"map_only": "map", "affine": "affine"}  # variant -> training.method of its own training job
 BASELINE_VARIANTS = (*IN_CONTEXT, *FROZEN_BASELINES)
 
@@ -170,6 +268,8 @@ _TASKS: dict[str, Task] = {}
 
 
 def register(task: Task) -> Task:
+    if not isinstance(task, Task) or not task.name:
+        raise TypeError(f"register: expected an instance of a pipeline.tasks.Task subclass with a name, got {task!r}")
     _TASKS[task.name] = task
     return task
 

@@ -30,7 +30,7 @@ from pipeline.lazy import lazy_import
 from pipeline.tasks.circuits_settings import CircuitsConfig, PairsPerCase
 from pipeline.artifacts import ArtifactError, provenance, read_table, read_tensors, write_table, write_tensors
 from pipeline.explainer.prompts import FORMAT_INSTRUCTION, VECTOR, change_answer, parse_answer
-from pipeline.tasks import Examples, Stage, Task, register
+from pipeline.tasks import Examples, ScoreInputs, Stage, Task, register
 
 
 torch = lazy_import("torch")  # loaded on first use: parsing the workflow does not import torch
@@ -192,10 +192,10 @@ def examples(paths: dict[str, str], target_dir) -> Examples:
                      "in_circuit": frame["in_circuit"].astype(bool).tolist()})
 
 
-def training_rows(rows: Examples, settings: dict, seed: int, target_dir: str | None = None) -> Examples:
+def training_rows(rows: Examples, section: CircuitsConfig, seed: int, target_dir: str | None = None) -> Examples:
     """Every changed row and up to `balance` unchanged rows per changed one (seeded): few patches change the
     output (none outside the circuit), and an explainer trained on the raw split learns to say "unchanged"."""
-    balance = CircuitsConfig.from_dict(settings).balance
+    balance = section.balance
     if not balance:
         return rows
     changed = np.flatnonzero(rows.labels)
@@ -264,22 +264,22 @@ def case_f1(frame: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, settings: dict | None = None,
-                 inputs: dict | None = None) -> dict:
-    """Change metrics on held-out inputs of the training cases (the test split) and on the held-out cases, and
-    circuit recovery per case from the explainer's verdicts, the controls' and the true labels."""
+def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, inputs: ScoreInputs | None = None) -> dict:
+    """Change metrics on held-out inputs of the training cases (the test split) and on the held-out cases (`inputs`'
+    evaluation set heldout_cases, with the prior learned from its training labels), and circuit recovery per case
+    from the explainer's verdicts, the controls' and the true labels."""
     from pipeline.explainer.metrics import score_variants
 
-    inputs = inputs or {}
+    inputs = inputs or ScoreInputs()
     result = score_variants(frames, samples, seed)
     recovery = {"test": {}, "heldout_cases": {}}
     truth = frames["finetuned"]["is_different"].astype(float).to_numpy()
     recovery["test"]["labels"] = circuit_recovery(frames["finetuned"], truth)
     for name, frame in frames.items():
         recovery["test"][name] = circuit_recovery(frame, said_changed(frame))
-    held = {v: read_table(inputs[f"pred_heldout_cases_{v}"]) for v in VARIANTS if f"pred_heldout_cases_{v}" in inputs}
-    if held and "train_labels" in inputs:   # the training cases' prior, applied to cases it never saw
-        held |= baseline_frames(held["finetuned"], {"labels": inputs["train_labels"]}, None, None)[0]
+    held = {v: read_table(path) for v, path in inputs.evals.get("heldout_cases", {}).items() if v in VARIANTS}
+    if held and "labels" in inputs.train:   # the training cases' prior, applied to cases it never saw
+        held |= baseline_frames(held["finetuned"], inputs.train, None, None)[0]
     if held:
         scored = score_variants(held, samples, seed)
         result["heldout_cases"] = {"metrics": scored["metrics"], "comparisons": scored["comparisons"]}
@@ -302,26 +302,33 @@ def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, setti
     return result
 
 
-def score_inputs(target: str, cfg: CircuitsConfig) -> dict[str, str]:
-    """The training labels, from which the prior of the held-out cases is learned."""
-    return {"train_labels": label_paths(target, "train")["labels"]} if cfg.heldout_cases else {}
+class Circuits(Task):
+    """Whether ablating a node of an InterpBench circuit changes the model's output (ground truth from the circuit)."""
 
-
-def eval_sets(cfg: CircuitsConfig) -> tuple[str, ...]:
-    return EVAL_SETS if cfg.heldout_cases else ()
-
-
-TASK = register(Task(
-    name="circuits", variants=VARIANTS, settings=CircuitsConfig, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
-    examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors, score_frames=score_frames,
-    training_rows=training_rows, training_keys=(CircuitsConfig.key("balance"),),
-    score_inputs=score_inputs, eval_set_names=EVAL_SETS, eval_sets=eval_sets,
-    figures=("metrics.png", "confusion.png", "loss.png"),
-    headline=("overall", "is_changed_f1"), target_dir=lambda target: f"work/circuits/target/{target}",
-    stages={  # the task's own stages: the function each calls and the settings its result depends on
+    name, variants, format_instruction, settings = "circuits", VARIANTS, FORMAT_INSTRUCTION, CircuitsConfig
+    training_keys = (CircuitsConfig.key("balance"),)
+    eval_set_names = EVAL_SETS
+    stages = {  # the task's own stages: the function each calls and the settings its result depends on
         "circuits_labels": Stage("pipeline.tasks.circuits:build_labels", (*(
             CircuitsConfig.key(k) for k in ("train_cases", "heldout_cases", "width", "seed")), PairsPerCase)),
         "circuits_target": Stage("pipeline.tasks.circuits:write_target", tuple(
             CircuitsConfig.key(k) for k in ("train_cases", "heldout_cases", "width"))),
-    },
-))
+    }
+
+    label_paths = staticmethod(label_paths)
+    examples = staticmethod(examples)
+    training_rows = staticmethod(training_rows)
+    variant_vectors = staticmethod(variant_vectors)
+    baselines = staticmethod(baseline_frames)
+
+    def score_frames(self, frames, samples, seed, section, inputs):
+        return score_frames(frames, samples, seed, inputs)
+
+    def eval_sets(self, section: CircuitsConfig) -> tuple[str, ...]:
+        return EVAL_SETS if section.heldout_cases else ()
+
+    def target_dir(self, target: str) -> str:
+        return f"work/circuits/target/{target}"
+
+
+TASK = register(Circuits())

@@ -348,21 +348,21 @@ def examples(paths: dict[str, str], target_dir=None) -> Examples:
                      "zeroshot_prediction": frame["zeroshot_prediction"].tolist()})
 
 
-def training_rows(rows: Examples, settings: dict, seed: int, target_dir: str | None = None) -> Examples:
+def training_rows(rows: Examples, section: InputAblationConfig, seed: int, target_dir: str | None = None) -> Examples:
     """The training rows after `rebalance_train` and `max_train_examples` (see select_training_rows)."""
     frame = rows.frame.assign(_position=np.arange(len(rows.frame)))
-    section = InputAblationConfig.from_dict(settings)
     chosen = select_training_rows(frame, section.rebalance_train, section.max_train_examples, seed)
     return rows.subset(chosen["_position"].to_numpy())
 
 
-TASK = register(Task(
-    name="input_ablation", variants=VARIANTS, baseline_variants=("in_context_4", "in_context_8"),
-    settings=InputAblationConfig, format_instruction=FORMAT_INSTRUCTION_CHOICE, label_paths=label_paths,
-    examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train["labels"]),
-    training_rows=training_rows,
-    training_keys=tuple(InputAblationConfig.key(k) for k in ("rebalance_train", "max_train_examples")),
-    stages={  # the task's own stages: the function each calls and the settings its result depends on
+class InputAblation(Task):
+    """How the target's answer to a multiple-choice question changes when a hint is removed (text only)."""
+
+    name, variants, format_instruction, settings = ("input_ablation", VARIANTS, FORMAT_INSTRUCTION_CHOICE,
+                                                    InputAblationConfig)
+    baseline_variants = ("in_context_4", "in_context_8")
+    training_keys = tuple(InputAblationConfig.key(k) for k in ("rebalance_train", "max_train_examples"))
+    stages = {  # the task's own stages: the function each calls and the settings its result depends on
         "input_ablation_questions": Stage("pipeline.tasks.questions:build_questions", tuple(
             InputAblationConfig.key(k) for k in ("source", "path", "relations", "n_choices",
                                                  "max_questions_per_relation", "test_fraction", "seed"))),
@@ -370,5 +370,14 @@ TASK = register(Task(
             InputAblationConfig.key(k) for k in ("seed", "system_prompt", "choice_format", "answer_prefix",
                                                  "max_new_tokens", "keep", "min_confidence")),
             "input_ablation.released_labels.{target}")),
-    },
-))
+    }
+
+    label_paths = staticmethod(label_paths)
+    examples = staticmethod(examples)
+    training_rows = staticmethod(training_rows)
+
+    def baselines(self, scored, train, test, target_dir):
+        return baseline_frames(scored, train["labels"])
+
+
+TASK = register(InputAblation())

@@ -58,10 +58,15 @@ def variant_vectors(variant: str, rows: Examples, seed: int):
     return torch.zeros_like(rows.vectors) if variant == "no_vector" else rows.vectors
 
 
-TASK = register(Task(
-    name="toy", variants=("finetuned", "untrained", "no_vector"), format_instruction=FORMAT_INSTRUCTION,
-    label_paths=label_paths, examples=examples, variant_vectors=variant_vectors,
-    baselines=lambda scored, train, test, target_dir: ({}, {}),
-    settings=ToyConfig,
-    stages={"toy_labels": Stage("tests.toy_task.task:build_labels", (ToyConfig,))},
-))
+class Toy(Task):
+    """A vector that is positive or negative; the explainer says which."""
+
+    name, variants, format_instruction, settings = "toy", ("finetuned", "untrained", "no_vector"), FORMAT_INSTRUCTION, ToyConfig
+    stages = {"toy_labels": Stage("tests.toy_task.task:build_labels", (ToyConfig,))}
+
+    label_paths = staticmethod(label_paths)
+    examples = staticmethod(examples)
+    variant_vectors = staticmethod(variant_vectors)
+
+
+TASK = register(Toy())

@@ -6,8 +6,8 @@ from pipeline import runtime, stages
 from pipeline.interpbench import cases as interpbench
 from pipeline.artifacts import config_hash, damage, local_folder, unwritable
 from pipeline.config import shared_section
-from pipeline.tasks import (FROZEN_BASELINES, IN_CONTEXT, TASK_MODULES, add_task_modules, all_variants, baselines_of,
-                            get_task)
+from pipeline.tasks import (CONTEXT, FROZEN_BASELINES, IN_CONTEXT, TASK_MODULES, ScoreInputs, add_task_modules,
+                            all_variants, baselines_of, get_task, with_role)
 
 add_task_modules(dict(SETTINGS.task_modules))
 TASKS = tuple(TASK_MODULES)
@@ -247,20 +247,20 @@ def run_figure_inputs(wildcards):
 def _models(wildcards, task):
     """The explainer's model folder and the target's: a language model, or the folder the task names for its
     target (circuits: the InterpBench cases). A pair that cannot be run is refused here, before any job."""
-    target_dir = get_task(task).target_dir
+    target_dir = get_task(task).target_dir(wildcards.target)
     if shared("explainer", task).inject == "layer" and wildcards.explainer != wildcards.target:
         raise ValueError(f"explainer.inject 'layer' ({task}): explainer {wildcards.explainer} is not target "
                          f"{wildcards.target}, and a layer reads only its own model's states; use inject: embedding "
                          f"for this pair")
     return {"explainer": f"resources/models/{known_model(wildcards.explainer)}",
-            "target": target_dir(wildcards.target) if target_dir else f"resources/models/{known_model(wildcards.target)}"}
+            "target": target_dir or f"resources/models/{known_model(wildcards.target)}"}
 
 
 def alignment_input(wildcards, task):
     """The fitted explainer-from-target maps, when explainer.alignment is 'fitted' (a language-model target only)."""
     if shared("explainer", task).alignment != "fitted":
         return {}
-    if get_task(task).target_dir is not None:
+    if get_task(task).target_dir(wildcards.target) is not None:
         raise ValueError(f"explainer.alignment 'fitted': the {task} task's target is not a language model, so there "
                          f"is no text to align its states on; use alignment: identity for it")
     return {"alignment": f"work/alignment/{known_model(wildcards.explainer)}_{known_model(wildcards.target)}.safetensors"}
@@ -303,7 +303,7 @@ def _prefix(prefix, wildcards):
 def answered_without_trained_explainer(spec, variant):
     """The untrained variant, the in-context baselines and the task's custom ones (SelfIE): they read no trained
     explainer, so they are the same in every seed's run."""
-    return variant == "untrained" or variant in spec.custom_variants or variant in IN_CONTEXT
+    return variant == "untrained" or variant in spec.own_variants or variant in IN_CONTEXT
 
 
 def run_variants(task, prefix=""):
@@ -342,33 +342,32 @@ def generation_inputs(task, split="test", prefix=""):
         elif wildcards.variant == "untrained" or wildcards.variant in IN_CONTEXT:
             paths |= alignment_input(wildcards, task)  # the untrained explainer starts from the fitted maps
         if wildcards.variant in IN_CONTEXT:  # its solved examples: the training split
-            paths |= {f"context_{k}": v for k, v in spec.label_paths(wildcards.target, "train").items()}
+            paths |= with_role(CONTEXT, spec.label_paths(wildcards.target, "train"))
         return paths
 
     return inputs
 
 
 def score_inputs(task, prefix=""):
-    """Every variant's predictions, both splits' labels (train_*, test_*), the artifacts whose counts are reported
-    (count_*), the task's own scoring inputs and every variant's predictions on its evaluation sets (extra_*: the
-    features simulator, the out-of-distribution sets), the trained explainer and both models."""
+    """Every variant's predictions, the trained explainer and both models, and by role (ScoreInputs): both splits'
+    labels, the artifacts whose counts are reported, the task's own scoring inputs and every variant's predictions
+    on the evaluation sets the task's section runs (the features simulator's, the out-of-distribution sets)."""
     def inputs(wildcards):
         spec, run = get_task(task), f"{wildcards.explainer}_{wildcards.target}"
         where = f"work/{task}/{_prefix(prefix, wildcards)}"
         # The variants answered without the trained explainer are the same in every seed's run: each seed reads the
         # run of training.seed's, so they are generated once.
         at = lambda v: f"work/{task}/" if answered_without_trained_explainer(spec, v) else where  # noqa: E731
-        paths = {"predictions": [f"{at(v)}predictions/{run}/{v}.parquet" for v in run_variants(task, prefix)]}
-        paths |= trained_explainer(task, f"{where}explainers/{run}") | _models(wildcards, task)
-        for split in ("train", "test"):
-            paths |= {f"{split}_{k}": v for k, v in spec.label_paths(wildcards.target, split).items()}
         section = getattr(SETTINGS, task, None)
-        paths |= {f"extra_{k}": v for k, v in spec.score_inputs(wildcards.target, section).items()}
-        for name in spec.eval_sets(section):
-            paths |= {f"extra_pred_{name}_{v}": f"{at(v)}predictions/{run}/{name}/{v}.parquet" for v in spec.variants}
-        if section is not None and (getattr(section, "released_labels", None) or {}).get(wildcards.target):
-            return paths  # released labels: nothing built here to count
-        return paths | {f"count_{k}": v for k, v in spec.count_paths(wildcards.target).items()}
+        released = section is not None and (getattr(section, "released_labels", None) or {}).get(wildcards.target)
+        roles = ScoreInputs(
+            train=spec.label_paths(wildcards.target, "train"), test=spec.label_paths(wildcards.target, "test"),
+            counts={} if released else spec.count_paths(wildcards.target),  # released labels: nothing built here
+            own=spec.score_inputs(wildcards.target, section),
+            evals={name: {v: f"{at(v)}predictions/{run}/{name}/{v}.parquet" for v in spec.variants}
+                   for name in spec.eval_sets(section)})
+        return ({"predictions": [f"{at(v)}predictions/{run}/{v}.parquet" for v in run_variants(task, prefix)]}
+                | trained_explainer(task, f"{where}explainers/{run}") | _models(wildcards, task) | roles.named())
 
     return inputs
 

@@ -113,7 +113,7 @@ def examples_of(frame: pd.DataFrame, vectors: torch.Tensor, tokenizer) -> Exampl
                      "subset_counterfactual_answer": new_is_counterfactual(frame, tokenizer)})
 
 
-def training_rows(rows: Examples, settings: dict, seed: int, target_dir=None) -> Examples:
+def training_rows(rows: Examples, section: ActPatchConfig, seed: int, target_dir=None) -> Examples:
     """The training rows as `act_patch.training_rows` shapes them (the results say so through the settings):
     - oversample_counterfactual: k copies of each changed row whose new token is the counterfactual's answer (the
       rows only the vector can answer; ~12% of the rows on the default);
@@ -122,7 +122,7 @@ def training_rows(rows: Examples, settings: dict, seed: int, target_dir=None) ->
       without reading the vector (the reduced task of the issue on reading the vector)."""
     from pipeline.models import load_tokenizer
 
-    shape = ActPatchConfig.from_dict(settings).training_rows
+    shape = section.training_rows
     copies, reading = shape.oversample_counterfactual, shape.reading
     share = reading.fraction
     if copies <= 1 and share <= 0:
@@ -159,19 +159,16 @@ def variant_vectors(variant: str, rows: Examples, seed: int) -> torch.Tensor:
     return rows.vectors
 
 
-TASK = register(Task(
-    headline=("is_different=True", "exact_match"),  # names the counterfactual's answer: reads the vector
-    prior_cell=("token_type", "layer"),
-    settings=ActPatchConfig,
-    baseline_variants=("in_context_4", "in_context_8", "map_only", "affine"),
-    name="act_patch", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
-    paper_suffix="\n",  # the paper's act_patch templates end in "?\n"
-    examples=examples, baselines=lambda scored, train, test, target_dir: baseline_frames(scored, train, target_dir),
-    variant_vectors=variant_vectors, training_keys=(TrainingRows,),
-    training_rows=training_rows,
-    count_paths=lambda target: {"facts": f"work/act_patch/facts/{target}.parquet"},
-    # The task's own stages: name -> the function each calls and the settings its result depends on.
-    stages={
+class ActPatch(Task):
+    """How the target's next token changes when a hidden state is patched in (the paper's act_patch)."""
+
+    name, variants, format_instruction, settings = "act_patch", VARIANTS, FORMAT_INSTRUCTION, ActPatchConfig
+    headline = ("is_different=True", "exact_match")  # names the counterfactual's answer: reads the vector
+    prior_cell = ("token_type", "layer")
+    baseline_variants = ("in_context_4", "in_context_8", "map_only", "affine")
+    paper_suffix = "\n"  # the paper's act_patch templates end in "?\n"
+    training_keys = (TrainingRows,)
+    stages = {  # the task's own stages: the function each calls and the settings its result depends on
         "act_patch_facts": Stage("pipeline.tasks.facts:build_facts",
                                  (FactsConfig, PromptConfig, ActPatchConfig.key("precision"))),
         "act_patch_pairs": Stage("pipeline.tasks.act_patch.pairs:choose_pairs",
@@ -188,7 +185,20 @@ TASK = register(Task(
                                        ("pipeline.tasks.act_patch.task",)),
         "act_patch_patch_effect": Stage("pipeline.tasks.act_patch.figures:patch_effect_figure"),
         "act_patch_budget": Stage("pipeline.report.budget:write_budget", (BudgetConfig, ScoringConfig)),
-    },
-))
+    }
+
+    label_paths = staticmethod(label_paths)
+    examples = staticmethod(examples)
+    training_rows = staticmethod(training_rows)
+    variant_vectors = staticmethod(variant_vectors)
+
+    def baselines(self, scored, train, test, target_dir):
+        return baseline_frames(scored, train, target_dir)
+
+    def count_paths(self, target):
+        return {"facts": f"work/act_patch/facts/{target}.parquet"}
+
+
+TASK = register(ActPatch())
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.artifacts import read_table
+from pipeline.tasks import ScoreInputs
 from pipeline.tasks.features.baselines import baseline_frames
 from pipeline.tasks.features.ood import SETS as OOD_SETS
 from pipeline.tasks.features.selfie import collapse_selfie, selfie_by_scale
@@ -112,24 +113,21 @@ def simulator_scores(aligned: dict[str, pd.DataFrame], cfg: SimulatorConfig, des
                    "simulator_top_random": "pooled Pearson r on top and random exemplars 1:1 (OpenAI's method)"}}
 
 
-def ood_scores(name: str, inputs: dict, cfg: SimulatorConfig, simulator, selfie_scales: dict | None, samples: int,
+def ood_scores(name: str, inputs: ScoreInputs, cfg: SimulatorConfig, simulator, selfie_scales: dict | None, samples: int,
                seed: int, variants: tuple[str, ...]) -> dict:
     """One out-of-distribution set: every variant's descriptions of its vectors and the baselines that apply
     (nearest training feature, the layer prior, the floors), scored by the simulator against the vectors' own
     activations; SelfIE as its best scale per vector and at the single scale chosen on the test features."""
-    frames = {}
-    for variant in variants:
-        path = inputs.get(f"pred_{name}_{variant}")
-        if path:
-            frames[variant] = read_table(path, required=["row_key", "cluster", "prediction", "layer"])
+    frames = {variant: read_table(path, required=["row_key", "cluster", "prediction", "layer"])
+              for variant, path in inputs.evals.get(name, {}).items() if variant in variants}
     frames = selfie_by_scale(frames)
-    paths = {"labels": inputs[f"{name}_labels"], "vectors": inputs[f"{name}_vectors"]}
-    train = {"labels": inputs["train_labels"], "vectors": inputs["train_vectors"]}
+    paths = {"labels": inputs.own[f"{name}_labels"], "vectors": inputs.own[f"{name}_vectors"]}
+    train = {"labels": inputs.train["labels"], "vectors": inputs.train["vectors"]}
     baselines, _ = baseline_frames(frames["finetuned"], train, paths, seed=seed)
     order = frames["finetuned"]["row_key"].tolist()
     aligned = {key: frame.assign(prediction=[first_line(p) for p in frame["prediction"]]).set_index("row_key")
                .loc[order].reset_index() for key, frame in (frames | baselines).items()}
-    sampled = simulate_frames(aligned, simulator, inputs[f"{name}_exemplars"], cfg, seed)
+    sampled = simulate_frames(aligned, simulator, inputs.own[f"{name}_exemplars"], cfg, seed)
     selfie = collapse_selfie(aligned, seed, selfie_scales or {})
     metrics, comparisons = summarise(aligned, samples, seed)
     return {"vectors": len(order), **sampled, "selfie": selfie, "metrics": metrics, "comparisons": comparisons,
@@ -140,28 +138,30 @@ def ood_scores(name: str, inputs: dict, cfg: SimulatorConfig, simulator, selfie_
 OFFLINE = FeaturesConfig(judge=None, simulator=SimulatorConfig(enabled=False))
 
 
-def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, settings: dict | None = None,
-                 inputs: dict | None = None) -> dict:
+def score_frames(frames: dict[str, pd.DataFrame], samples: int, seed: int, section: FeaturesConfig | None = None,
+                 inputs: ScoreInputs | None = None) -> dict:
     """Every variant and baseline scored by the offline judge, the LM judge (when configured) and the simulator
     (when enabled): mean with 95% bootstrap interval and standard error over features, and paired differences of
     the fine-tuned explainer against each and of every variant against each floor; SelfIE scored at every scale
     and reported as its best scale per feature and as one scale chosen out of sample; the simulator scores each
-    out-of-distribution set given in `inputs`. `settings`: the task's section as the score stage's settings hold it
-    (judge, simulator, ood, descriptions.describe_every); None: the offline judge only."""
-    cfg, inputs = FeaturesConfig.from_dict(settings) if settings else OFFLINE, inputs or {}
+    out-of-distribution set given in `inputs` (its own: the simulator, the exemplars, each set's labels, vectors
+    and exemplars; its training labels; each set's predictions: ScoreInputs.evals). `section`: the task's section as
+    the score stage's settings hold it (judge, simulator, ood, descriptions.describe_every); None: the offline judge
+    only."""
+    cfg, inputs = section or OFFLINE, inputs or ScoreInputs()
     aligned, offline = _judged(frames)
     lm_judge = lm_judge_scores(aligned, cfg.judge) if cfg.judge else {"configured": False}
     simulator, ood, model = {"enabled": False}, {}, None
-    if cfg.simulator.enabled and ("simulator" in inputs or cfg.simulator.checkpoint):
-        model = open_simulator(cfg.simulator, inputs)
+    if cfg.simulator.enabled and ("simulator" in inputs.own or cfg.simulator.checkpoint):
+        model = open_simulator(cfg.simulator, inputs.own)
     try:
         if model is not None:  # the target's features: on the top ranks the describer did not read (archive: all)
             simulator = {"enabled": True} | simulator_scores(aligned, cfg.simulator, cfg.described_every, model,
-                                                             inputs["exemplars"], seed)
+                                                             inputs.own["exemplars"], seed)
         selfie = collapse_selfie(aligned, seed)
         if model is not None:  # the OOD sets' single SelfIE scale: per score, the scale best on the test features
             for name in OOD_SETS:
-                if f"{name}_labels" in inputs:
+                if f"{name}_labels" in inputs.own:
                     ood[name] = ood_scores(name, inputs, cfg.simulator, model, selfie.get("best_scale"), samples, seed,
                                            variants=tuple(frames))
             simulator["calls"] = dict(model.calls)

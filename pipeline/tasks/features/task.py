@@ -91,35 +91,18 @@ def exemplars_path(target: str, source: str) -> str:
     return f"work/features/exemplars/{target}{'.archive' if source == 'paper' else ''}.parquet"
 
 
-def eval_sets(cfg: FeaturesConfig) -> tuple[str, ...]:
-    """The out-of-distribution sets the run describes: configured, with the simulator on."""
-    return cfg.scored_sets
+class Features(Task):
+    """Describe an SAE feature's direction in words, scored by an LM judge and a simulator."""
 
-
-def score_inputs(target: str, cfg: FeaturesConfig) -> dict[str, str]:
-    """The simulator, the target's exemplars (with per-token activations: the SAEs', or the paper's archive's) and
-    each out-of-distribution set's labels, vectors and exemplars (with the training features for its
-    nearest-neighbour baseline), when the simulator is on."""
-    if not cfg.simulator.enabled:
-        return {}
-    paths = simulator_input(target, cfg.simulator) | {"exemplars": exemplars_path(target, cfg.source)}
-    for name in cfg.scored_sets:
-        paths |= {f"{name}_{kind}": path for kind, path in set_paths(target, name).items()}
-    if cfg.scored_sets:
-        paths |= {f"train_{kind}": path for kind, path in label_paths(target, "train").items()}
-    return paths
-
-
-TASK = register(Task(
-    headline=("overall", "embedding_similarity"),
-    name="features", variants=VARIANTS, format_instruction=FORMAT_INSTRUCTION, label_paths=label_paths,
-    examples=examples, baselines=baseline_frames, variant_vectors=variant_vectors,
-    figures=("metrics.png", "loss.png", "examples.html"), custom_variants={"selfie": selfie}, score_frames=score_frames,
-    heavy_score=True, check_servers=check_servers, settings=FeaturesConfig,
-    score_keys=(FeaturesConfig.key("source"), JudgeConfig, SimulatorConfig, OodConfig,
-                DescriptionsConfig.key("describe_every")),
-    score_inputs=score_inputs, eval_set_names=OOD_SETS, eval_sets=eval_sets,
-    stages={  # the task's own stages: the function each calls and the settings its result depends on
+    name, variants, format_instruction, settings = "features", VARIANTS, FORMAT_INSTRUCTION, FeaturesConfig
+    headline = ("overall", "embedding_similarity")
+    figures = ("metrics.png", "loss.png", "examples.html")
+    own_variants = ("selfie",)
+    heavy_score = True
+    eval_set_names = OOD_SETS
+    score_keys = (FeaturesConfig.key("source"), JudgeConfig, SimulatorConfig, OodConfig,
+                  DescriptionsConfig.key("describe_every"))
+    stages = {  # the task's own stages: the function each calls and the settings its result depends on
         "features_corpus": Stage("pipeline.tasks.features.corpus:build_corpus", (CorpusConfig,)),
         "features_sae": Stage("pipeline.tasks.features.sae:train_saes", (SaeConfig,)),
         "features_exemplars": Stage("pipeline.tasks.features.exemplars:build_exemplars", (
@@ -136,5 +119,37 @@ TASK = register(Task(
             OodConfig, SaeConfig.key("layers"), SaeConfig.key("context"),
             ExemplarsConfig.key("window_before"), ExemplarsConfig.key("window_after"))),
         "features_figures": Stage("pipeline.tasks.features.figures:features_figures"),
-    },
-))
+    }
+
+    label_paths = staticmethod(label_paths)
+    examples = staticmethod(examples)
+    variant_vectors = staticmethod(variant_vectors)
+    check_servers = staticmethod(check_servers)
+
+    def baselines(self, scored, train, test, target_dir):
+        return baseline_frames(scored, train, test, target_dir)
+
+    def answer(self, variant, examples, generation_cfg, explainer_cfg, explainer_dir, target_dir):
+        if variant != "selfie":
+            return super().answer(variant, examples, generation_cfg, explainer_cfg, explainer_dir, target_dir)
+        return selfie(examples, generation_cfg, explainer_cfg, explainer_dir, target_dir)
+
+    def score_frames(self, frames, samples, seed, section, inputs):
+        return score_frames(frames, samples, seed, section=section, inputs=inputs)
+
+    def eval_sets(self, section: FeaturesConfig) -> tuple[str, ...]:
+        """The out-of-distribution sets the run describes: configured, with the simulator on."""
+        return section.scored_sets
+
+    def score_inputs(self, target: str, section: FeaturesConfig) -> dict[str, str]:
+        """The simulator, the target's exemplars (with per-token activations: the SAEs', or the paper's archive's)
+        and each out-of-distribution set's labels, vectors and exemplars, when the simulator is on."""
+        if not section.simulator.enabled:
+            return {}
+        paths = simulator_input(target, section.simulator) | {"exemplars": exemplars_path(target, section.source)}
+        for name in section.scored_sets:
+            paths |= {f"{name}_{kind}": path for kind, path in set_paths(target, name).items()}
+        return paths
+
+
+TASK = register(Features())
