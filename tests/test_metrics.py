@@ -143,3 +143,15 @@ def test_verdict_vs_prior_counts_agreement_and_who_is_right_where_they_differ():
         "rows": 3, "agreement": 1 / 3, "disagreements": 2, "variant_right": 1, "prior_right": 1,
         "variant_missed_changes": 0, "variant_false_changes": 2, "prior_missed_changes": 1, "prior_false_changes": 1,
         "changed_share": 1 / 3, "prior_says_changed": 1 / 3}
+
+
+def test_answer_content_keeps_the_explainers_case_where_parse_answer_lowers_it():
+    from pipeline.explainer.prompts import answer_content, parse_answer
+
+    answers = ["The most likely output would change to <<<Paris>>>.", "the output would Remain unchanged from <<< Tokyo>>>",
+               "It would change to <<<New York>>> I think", "no verdict here", None]
+    for text in answers:
+        parsed, content = parse_answer(text), answer_content(text)
+        assert (content is None) == (not parsed.valid)
+        assert content is None or content.lower() == parsed.content
+    assert answer_content(answers[0]) == "Paris" and answer_content(answers[1]) == "Tokyo"

@@ -5,9 +5,10 @@ explainer's claim beside the target's patched next token in each cell and every 
 from __future__ import annotations
 
 import html
-import re
 
 import pandas as pd
+
+from pipeline.explainer.prompts import answer_content
 
 AGREE, DISAGREE = "#2e7d32", "#c62828"
 
@@ -27,8 +28,8 @@ def heatmap_html(table: pd.DataFrame) -> str:
             if row is None:
                 row_html.append("<td></td>")
                 continue
-            said = re.search(r"<<<(.*?)>>>", row.answer or "")
-            content = f" {said.group(1)!r}" if said else ""
+            said = answer_content(row.answer)
+            content = f" {said!r}" if said is not None else ""
             claim = (f"changes to{content}" if row.said_changed else
                      "unchanged" if row.said_changed is False else "no verdict")
             truth = f"{row.clean_token!r} → {row.patched_token!r}" if row.changed else f"{row.clean_token!r} stays"

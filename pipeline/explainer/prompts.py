@@ -60,6 +60,16 @@ def parse_answer(text: str | None) -> ParsedAnswer:
     return ParsedAnswer(False, None, None)
 
 
+def answer_content(text: str | None) -> str | None:
+    """The text inside <<<...>>> of a valid answer in the explainer's own case (parse_answer's is lower-cased, as
+    the paper's evaluator compares it)."""
+    for pattern in (_UNCHANGED_PATTERN, _CHANGED_PATTERN):
+        match = re.compile(pattern.pattern, re.IGNORECASE).search((text or "").strip().strip("."))
+        if match:
+            return match.group(1).strip()
+    return None
+
+
 def token_text(token: str) -> str:
     """A decoded token as shown in answers: surrounding whitespace dropped, unless that empties it."""
     return token.strip() or token

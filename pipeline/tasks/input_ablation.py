@@ -46,9 +46,14 @@ def with_hint(user: str, letter: str) -> tuple[str, str]:
     return f"{user}\n\n{hint}", hint
 
 
+def special_tokens_to_add(tokenizer) -> bool:
+    """Whether the target's prompts still need the tokenizer's special tokens: a chat template writes its own."""
+    return not getattr(tokenizer, "chat_template", None)
+
+
 def target_prompt(tokenizer, system: str, user: str, answer_prefix: str) -> tuple[str, bool]:
     """The target's full prompt (chat template when it has one) and whether special tokens are still to add."""
-    if getattr(tokenizer, "chat_template", None):
+    if not special_tokens_to_add(tokenizer):
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text + answer_prefix, False
@@ -139,7 +144,7 @@ def question_row(cfg: InputAblationConfig, tokenizer, question: str, choices: li
 def answered(cfg: InputAblationConfig, rows: list[dict], model, tokenizer, desc: str) -> pd.DataFrame:
     """The rows (`question_row`'s) with the target's greedy answers without and with the hint, their letters, the
     label (null where either is not a letter of the choices) and the letters' probabilities without the hint."""
-    special = not getattr(tokenizer, "chat_template", None)  # target_prompt adds special tokens only without one
+    special = special_tokens_to_add(tokenizer)  # as target_prompt made the rows' prompts
     choice_letters = letters(max(len(r["choices"]) for r in rows))
     texts = [r["original_prompt_full"] for r in rows] + [r["hint_prompt_full"] for r in rows]
     replies, probs = greedy_replies(model, tokenizer, texts, special, cfg.max_new_tokens, cfg.batch_size, desc=desc,
