@@ -58,6 +58,32 @@ def test_an_asked_pair_gets_the_labels_truth_and_the_generation_stages_answers(a
         asker.act_patch("No subject here", "Japan", "Italy")
 
 
+
+def test_a_token_by_index_is_patched_as_the_token_type_at_that_position(asked_run):
+    """The subject's last token by index is the last_subject_token row itself (truth and answer); the prompt's last
+    token by index (-1) gets last_token's truth; an index past the prompt is refused (inside the subject:
+    tests/test_facts.py)."""
+    from pipeline.ask import Asker
+
+    pair = answered_pair(asked_run)
+    asker = Asker.load("act_patch", "tiny_tiny", asked_run)
+    ask = lambda **how: asker.act_patch(pair["input_text"], pair["subject"], pair["counterfactual_subject"],  # noqa: E731
+                                        pair["counterfactual_text"], pair_id=pair["pair_id"], **how)
+    grid = ask()
+    labels = pd.read_parquet(asked_run / "work/act_patch/labels/tiny/test.parquet")
+    labels = labels[labels["pair_id"] == pair["pair_id"]]
+    subject_end = int(labels[labels["token_type"] == "last_subject_token"].iloc[0]["patch_position"]["orig_pos"])
+    by_index = ask(token_index=subject_end)
+    by_type = grid[grid["token_type"] == "last_subject_token"].reset_index(drop=True)
+    assert by_index.equals(by_type)
+    last = ask(token_index=-1)
+    assert last["token_type"].str.startswith("subject_end+").all()
+    expected = grid[grid["token_type"] == "last_token"].reset_index(drop=True)
+    for column in ("layer", "clean_token", "patched_token", "counterfactual_token", "changed", "reference"):
+        assert last[column].tolist() == expected[column].tolist(), column
+    with pytest.raises(ValueError, match="the prompt has"):
+        ask(token_index=10_000)
+
 def test_the_command_prints_what_the_api_returns(asked_run):
     from pipeline.ask import Asker
 

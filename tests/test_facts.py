@@ -79,3 +79,26 @@ def test_render_prompt_spans(tiny):
 def test_answer_matching():
     assert answer_matches(" Tok", "Tokyo") and answer_matches("Buenos", "Buenos Aires")
     assert not answer_matches(" Paris", "Tokyo") and not answer_matches("  ", "Tokyo")
+
+
+def test_a_token_by_index_names_the_same_token_of_a_counterfactual_with_another_subject_length():
+    from pipeline.tasks.facts import RenderedPrompt, index_token_type, token_positions
+
+    def prompt(words: list[str], subject: str) -> tuple[RenderedPrompt, list[tuple[int, int]]]:
+        text, offsets = "".join(words), []
+        for word in words:
+            start = sum(b - a for a, b in offsets)
+            offsets.append((start, start + len(word)))
+        at = text.rindex(subject)
+        return RenderedPrompt(text, (at, at + len(subject)), len(text), True), offsets
+
+    original = prompt(["The", " capital", " of", " New", " York", " is", " the", " city"], "New York")
+    counterfactual = prompt(["The", " capital", " of", " Peru", " is", " the", " city"], "Peru")
+    named = {index: index_token_type(*original, index) for index in (0, 2, 4, 5, -1)}
+    assert named == {0: "token_0", 2: "token_2", 4: "last_subject_token", 5: "subject_end+1", -1: "subject_end+3"}
+    there = token_positions(*counterfactual)
+    assert [there[named[i]] for i in (0, 2, 4, 5, -1)] == [0, 2, 3, 4, 6]  # the same words of the counterfactual
+    with pytest.raises(ValueError, match="inside the subject"):
+        index_token_type(*original, 3)  # " New": the counterfactual's subject has one token
+    with pytest.raises(ValueError, match="the prompt has 8 tokens"):
+        index_token_type(*original, 8)

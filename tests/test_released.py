@@ -115,6 +115,26 @@ def test_a_released_explainer_is_generated_and_scored_without_training(tiny_copy
     assert not (work / "work/act_patch/explainers").exists()
     finetuned = pd.read_parquet(work / "work/act_patch/predictions/tiny_tiny/finetuned.parquet")
     assert finetuned["question"].str.contains("<vector>").all() and len(finetuned) > 0
+    # Asked about one of its own test pairs, the released explainer answers as the generation stage did.
+    from pipeline.ask import Asker
+    from test_ask import answered_pair
+
+    pair = answered_pair(work)
+    asker = Asker.load("act_patch", "tiny_tiny", work)
+    assert asker.released == str(tmp_path / "released")
+    table = asker.act_patch(pair["input_text"], pair["subject"], pair["counterfactual_subject"],
+                            pair["counterfactual_text"], pair_id=pair["pair_id"])
+    same = table.merge(finetuned, on="question")
+    assert len(same) > 0 and (same["answer"] == same["prediction"]).all()
+    (work / "asks").mkdir()
+    pd.DataFrame([{"prompt": pair["input_text"], "subject": pair["subject"], "pair_id": pair["pair_id"],
+                   "counterfactual_subject": pair["counterfactual_subject"],
+                   "counterfactual": pair["counterfactual_text"]}]).to_csv(work / "asks/one.csv", index=False)
+    asked = snakemake(work, "results/ask/act_patch/tiny_tiny/one.parquet", configfiles=[config])
+    assert asked.returncode == 0, asked.stdout[-3000:] + asked.stderr[-3000:]
+    written = pd.read_parquet(work / "results/ask/act_patch/tiny_tiny/one.parquet")
+    assert written["answer"].tolist() == table["answer"].tolist()
+    assert not (work / "work/act_patch/explainers").exists()  # asking trained nothing
     missing = override(tmp_path, "missing.yaml", {"act_patch": {"explainer": {"checkpoint": "./not/here"}}})
     refused = snakemake(work, "-n", "results/act_patch/tiny_tiny.json", configfiles=[config, missing])
     assert refused.returncode != 0 and "explainer.checkpoint (act_patch): local folder ./not/here does not exist" in (

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -491,6 +492,97 @@ def test_features_changes_rerun_exactly_the_jobs_they_affect(features_run, tmp_p
     plan = planned_jobs(snakemake(features_run[0], "-n", "results/features/tiny_tiny.json",
                                   configfiles=[features_run[1], steps]))
     assert plan == {"features_simulator": 1, "features_score": 1}
+
+
+def test_asking_the_features_explainer_about_a_latent_gives_the_runs_answer_and_scores(features_run):
+    """A latent the run described and scored, asked again: the question, the answer and the reference are the
+    generation stage's; the simulator's scores of both descriptions are the score stage's; the exemplars are the
+    table's top windows with the firing token marked; the SAE's decoder gives the run's own vector. Then a latent the
+    run never described (no reference), the command's JSON and the workflow target on a file of latents."""
+    import torch
+
+    from pipeline.ask import Asker
+    from pipeline.ask.features import decoder_direction, described_latent
+
+    workdir, judge = features_run
+    result = json.loads((workdir / "results/features/tiny_tiny.json").read_text())
+    scored = result["per_feature"]["finetuned"]["simulator_top"]
+    made = pd.read_parquet(workdir / "work/features/predictions/tiny_tiny/finetuned.parquet").set_index("row_key")
+    key = sorted(k for k in scored if k in made.index)[0]
+    layer, feature = (int(part[1:]) for part in key.split("/"))
+    asker = Asker.load("features", "tiny_tiny", workdir)
+    asked = asker.features(layer, feature, exemplars=3)
+    assert (asked["question"], asked["answer"], asked["reference"]) == tuple(made.loc[key, ["question", "prediction",
+                                                                                             "reference"]])
+    simulator = asked["simulator"]
+    assert simulator["enabled"] and simulator["description"]["top"] == pytest.approx(scored[key], abs=2e-3)
+    reference = result["per_feature"]["reference"]["simulator_top"][key]
+    assert simulator["reference"]["top"] == pytest.approx(reference, abs=2e-3)
+    table = pd.read_parquet(workdir / "work/features/exemplars/tiny.parquet")
+    top = table[(table["layer"] == layer) & (table["feature"] == feature) & (table["kind"] == "top")].sort_values("rank")
+    assert [e["tokens"] for e in asked["exemplars"]] == [list(t) for t in top["tokens"].head(3)]
+    for shown in asked["exemplars"]:
+        assert f"[[{shown['firing_token']}]]" in shown["text"]
+        assert shown["activation"] == pytest.approx(shown["activations"][shown["firing_index"]], rel=1e-5)
+    width = int(json.loads((workdir / "resources/models/tiny/manifest.json").read_text())["hidden_size"])
+    _, _, vector = described_latent(workdir, "tiny", key)
+    assert torch.allclose(decoder_direction(workdir, "tiny", layer, feature, width), vector, atol=1e-6)
+
+    described = set(made.index) | set(pd.read_parquet(workdir / "work/features/descriptions/tiny/train.parquet")["feature_id"])
+    fresh = next(f for f in range(1000) if f"L{layer}/F{f}" not in described)
+    other = asker.features(layer, fresh, simulate=False)
+    assert other["reference"] is None and other["split"] is None and other["description"]
+    fired = set(table.loc[(table["layer"] == layer) & (table["kind"] == "top"), "feature"])
+    assert bool(other["exemplars"]) == (fresh in fired)
+    with pytest.raises(ValueError, match="layers with SAEs"):
+        asker.features(99, 0)
+
+    command = subprocess.run([sys.executable, "-m", "pipeline.ask", "features", "tiny_tiny", "--workdir", str(workdir),
+                              "--layer", str(layer), "--feature", str(feature), "--exemplars", "3", "--json"],
+                             capture_output=True, text=True, cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert command.returncode == 0, command.stderr[-2000:]
+    assert json.loads(command.stdout)["answer"] == asked["answer"]
+    (workdir / "asks").mkdir(exist_ok=True)
+    pd.DataFrame({"layer": [layer, layer], "feature": [feature, fresh]}).to_csv(workdir / "asks/latents.csv", index=False)
+    run = snakemake(workdir, "results/ask/features/tiny_tiny/latents.parquet", configfiles=[judge])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = pd.read_parquet(workdir / "results/ask/features/tiny_tiny/latents.parquet")
+    references = [None if pd.isna(r) else r for r in out["reference"]]
+    assert out["description"].tolist()[0] == asked["description"] and references == [asked["reference"], None]
+    assert out["simulator_top"].iloc[0] == pytest.approx(simulator["description"]["top"], abs=1e-6)
+
+
+def test_the_features_page_shows_the_commands_description_and_exemplars_in_a_real_browser(features_run, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from browser import page_in_chromium, type_into
+
+    workdir, _ = features_run
+    key = sorted(json.loads((workdir / "results/features/tiny_tiny.json").read_text())["per_feature"]["finetuned"][
+        "simulator_top"])[0]
+    layer, feature = (int(part[1:]) for part in key.split("/"))
+    env = {"HF_HUB_OFFLINE": "1", "PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
+    command = subprocess.run([sys.executable, "-m", "pipeline.ask", "features", "tiny_tiny", "--workdir", str(workdir),
+                              "--layer", str(layer), "--feature", str(feature), "--json"],
+                             capture_output=True, text=True, cwd=REPO, env=env)
+    assert command.returncode == 0, command.stderr[-2000:]
+    expected = json.loads(command.stdout)
+    serve = [sys.executable, "-m", "pipeline.ask", "serve", "tiny_tiny", "--task", "features", "--workdir", str(workdir)]
+    with page_in_chromium(serve, env, REPO) as browser:
+        wait = WebDriverWait(browser, 240)
+        type_into(browser, wait, "layer", layer)
+        type_into(browser, wait, "feature", feature)
+        browser.find_element(By.CSS_SELECTOR, "#ask").click()
+        shown = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#description"))
+        assert shown.text == expected["description"].strip()
+        assert browser.find_element(By.CSS_SELECTOR, "#reference").text == expected["reference"].strip()
+        firing = [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#exemplars span.firing")]
+        assert [t.strip() for t in firing] == [e["firing_token"].strip() for e in expected["exemplars"]]
+        score = browser.find_element(By.CSS_SELECTOR, "#simulator-description").text
+        assert score.endswith(f"{expected['simulator']['description']['top']:.3f}")
+        browser.save_screenshot(str(tmp_path / "features-page.png"))
+        assert (tmp_path / "features-page.png").stat().st_size > 10_000
 
 
 def test_features_paper_run_plans_from_the_archive_without_saes(tmp_path):

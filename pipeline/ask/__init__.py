@@ -4,6 +4,7 @@ the truth computed there and then by the same code that made the labels.
     from pipeline.ask import Asker
     asker = Asker.load("act_patch", "gemma_gemma")        # in the workflow's folder, after the main job
     table = asker.act_patch("The capital of Japan is the city of", "Japan", counterfactual_subject="Italy")
+    Asker.load("features", "tiny_tiny").features(layer=1, feature=7)   # an SAE latent: pipeline/ask/features.py
 
 Settings come from the run's recorded provenance (the trained explainer's training and explainer sections, the
 labels' patch windows and prompt format, the fine-tuned answers' generation section), so a question is asked as the
@@ -20,7 +21,7 @@ import pandas as pd
 
 from pipeline.artifacts import ArtifactError, read_provenance
 
-TASKS = ("act_patch", "input_ablation")
+TASKS = ("act_patch", "input_ablation", "features")
 ANSWER_COLUMNS = ["token_type", "layer", "question", "answer", "said_changed", "clean_token", "patched_token",
                   "counterfactual_token", "changed", "reference", "agrees"]
 
@@ -33,13 +34,15 @@ class Asker:
     workdir: Path
     explainer_model: Path
     target_model: Path
-    settings: dict  # the trained explainer's recorded settings
+    settings: dict  # the trained explainer's recorded settings (a released one's: those its answers recorded)
+    released: str | None = None  # the paper's released explainer the run used (explainer.checkpoint), if any
     _loaded: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, task: str, run: str | Path, workdir: str | Path = ".") -> "Asker":
         """`run`: a run name (`gemma_gemma`) of the workflow in `workdir`, or its trained explainer's folder
-        (`work/{task}/explainers/{run}`)."""
+        (`work/{task}/explainers/{run}`). A run that answered with a released explainer (explainer.checkpoint: the
+        paper's layout) and trained none is asked through that checkpoint, with the settings its answers recorded."""
         from pipeline.explainer.model import EXPLAINER_META
 
         if task not in TASKS:
@@ -49,22 +52,34 @@ class Asker:
             workdir, run = folder.resolve().parents[3], folder.name
         workdir = Path(workdir)
         trained = workdir / "work" / task / "explainers" / str(run)
-        if not (trained / EXPLAINER_META).is_file():
+        released = _released_settings(workdir / "work" / task / "predictions" / str(run) / "finetuned.parquet")
+        if not (trained / EXPLAINER_META).is_file() and released is None:
             found = sorted(p.name for p in trained.parent.glob("*")) if trained.parent.is_dir() else []
-            raise ArtifactError(f"{trained}: no trained explainer of run {run!r} (runs here: {found or 'none'}); "
-                                f"train it with `snakemake --cores all {trained}`")
+            raise ArtifactError(f"{trained}: no trained explainer of run {run!r} (runs here: {found or 'none'}), nor "
+                                f"answers of a released one; train it with `snakemake --cores all {trained}`")
         models = workdir / "resources" / "models"
         splits = [(run[:i], run[i + 1:]) for i, c in enumerate(str(run)) if c == "_"]
         pairs = [(models / e, models / t) for e, t in splits if (models / e).is_dir() and (models / t).is_dir()]
         if not pairs:
             raise ArtifactError(f"run {run!r}: no prepared models {models}/{{explainer}} and {{target}} for it")
-        meta = read_meta(trained)
-        return cls(task, str(run), workdir, pairs[0][0], pairs[0][1], meta["provenance"]["settings"])
+        if (trained / EXPLAINER_META).is_file():
+            return cls(task, str(run), workdir, pairs[0][0], pairs[0][1], read_meta(trained)["provenance"]["settings"])
+        return cls(task, str(run), workdir, pairs[0][0], pairs[0][1], released,
+                   str(released["explainer"]["checkpoint"]))
 
     # What the run recorded ------------------------------------------------------------------------------------------
     @property
     def trained_dir(self) -> Path:
-        return self.workdir / "work" / self.task / "explainers" / self.run
+        """The explainer's weights: this workflow's trained folder, or the released checkpoint."""
+        return Path(self.released) if self.released else self.workdir / "work" / self.task / "explainers" / self.run
+
+    @property
+    def recorded(self) -> dict:
+        """What the explainer's own provenance records (for a released one: its checkpoint and the answers'
+        settings)."""
+        if self.released:
+            return {"released_checkpoint": self.released, "settings": self.settings}
+        return read_meta(self.trained_dir)["provenance"]
 
     @functools.cached_property
     def labels_settings(self) -> dict:
@@ -106,38 +121,49 @@ class Asker:
 
             cfg = self.explainer_config()
             alignment = self.workdir / "work" / "alignment" / f"{self.run}.safetensors"
+            fitted = cfg.alignment == "fitted" and alignment.is_file() and not text_only
+            tokens = cfg.continuous_tokens
             self._loaded["explainer"] = load_explainer(
                 self.trained_dir, self.explainer_model, width, projection="none" if text_only else cfg.projection,
-                inject=cfg.inject, alignment=alignment if alignment.is_file() and not text_only else None,
-                scale=cfg.scale, center=cfg.center, text_only=text_only,
+                inject=cfg.inject, alignment=alignment if fitted else None, scale=cfg.scale, center=cfg.center,
+                continuous_tokens=tokens.ordered if tokens else None, text_only=text_only,
                 dtype=torch_dtype(self.generation.precision))
         return self._loaded["explainer"]
 
     # Asking -----------------------------------------------------------------------------------------------------------
+    def as_asked(self, questions: list[str]) -> list[str]:
+        """The questions as the explainer reads them (with `prompt_format: paper`, ending as the paper's templates)."""
+        from pipeline.explainer.explain import asked
+        from pipeline.tasks import get_task
+
+        return asked(questions, self.explainer_config(), get_task(self.task))
+
     def answer(self, questions: list[str], vectors=None, layers=None) -> list[str]:
         """The fine-tuned explainer's answers, asked as the workflow's generation stage asks them (`vectors`: one per
         question, none for a text-only task; `layers`: each vector's layer where the explainer maps per layer)."""
-        from pipeline.explainer.explain import asked
         from pipeline.explainer.generation import generate_answers
         from pipeline.models import read_manifest
-        from pipeline.tasks import get_task
 
         cfg, generation = self.explainer_config(), self.generation
         width = int(vectors.shape[1]) if vectors is not None else read_manifest(self.explainer_model)["hidden_size"]
         explainer, tokenizer = self.explainer(width, text_only=vectors is None)
-        return generate_answers(explainer, tokenizer, asked(questions, cfg, get_task(self.task)), vectors,
+        return generate_answers(explainer, tokenizer, self.as_asked(questions), vectors,
                                 cfg.prompt_format, generation.max_new_tokens, generation.batch_size, desc="asking",
                                 vector_layers=layers)
 
     def act_patch(self, prompt: str, subject: str, counterfactual_subject: str | None = None,
-                  counterfactual: str | None = None, token_types=None, layers=None, pair_id: int = 0) -> pd.DataFrame:
+                  counterfactual: str | None = None, token_types=None, layers=None, pair_id: int = 0,
+                  token_index: int | None = None) -> pd.DataFrame:
         """Patch the counterfactual prompt's state at each token type x layer window of the run into `prompt` and
         ask the explainer what changes. `counterfactual` defaults to `prompt` with `subject` replaced by
         `counterfactual_subject`; `token_types` and `layers` (windows, as lists of layers) default to every one of
         the run's labels; a subject is located at its last occurrence in its prompt (after any few-shot examples).
         One row per patch: the question as asked, the answer, the target's clean, patched and counterfactual next
         tokens, and whether the answer agrees with the truth (the paper's exact match). `pair_id` picks each row's
-        phrasing of the question among the paper's five, as a labelled pair's id does."""
+        phrasing of the question among the paper's five, as a labelled pair's id does. `token_index` (instead of
+        token types) patches one token of the prompt as the target's tokenizer splits it (negative: from the end):
+        before the subject the same index of the counterfactual, after it the same distance from the subject's last
+        token (pipeline.tasks.facts.index_token_type); such a row takes the phrasing of the grid's first type."""
         from pipeline.explainer.explain import vector_layers
         from pipeline.explainer.metrics import score_rows
         from pipeline.models import read_manifest
@@ -146,7 +172,8 @@ class Asker:
         from pipeline.tasks.act_patch.settings import PatchConfig, PromptConfig
         from pipeline.tasks.act_patch.task import examples_of
         from pipeline.explainer.prompts import parse_answer
-        from pipeline.tasks.facts import RenderedPrompt
+        from pipeline.engine.patching import encode
+        from pipeline.tasks.facts import RenderedPrompt, index_token_type
         import torch
 
         if counterfactual is None:
@@ -159,7 +186,7 @@ class Asker:
         windows = all_windows = patch.windows(read_manifest(self.target_model)["num_layers"])
         types = list(token_types or patch.token_types)
         unknown = sorted(set(types) - set(patch.token_types))
-        if unknown:
+        if unknown and token_index is None:
             raise ValueError(f"token types {unknown}: this run's explainer was trained on {list(patch.token_types)}")
         if layers is not None:
             wanted = [list(map(int, w)) for w in layers]
@@ -175,14 +202,17 @@ class Asker:
             start = text.rindex(name)  # the fact's own sentence ends the prompt, after any few-shot examples
             rendered.append(RenderedPrompt(text, (start, start + len(name)), len(text), special))
         model, tokenizer = self.target()
+        if token_index is not None:
+            types = [index_token_type(rendered[0], encode(tokenizer, [prompt], special)[0]["offsets"], int(token_index))]
         run = run_patches(model, tokenizer, [tuple(rendered)], windows, types, len(windows) * len(types))
         pair = {"pair_id": int(pair_id), "relation": "asked", "subject": subject,
                 "counterfactual_subject": counterfactual_subject, "text": prompt,
                 "counterfactual_text": counterfactual, "target_true": "", "counterfactual_target": ""}
         rows, vectors = label_rows([pair], run, tokenizer, windows, "asked")
+        trained_types = list(patch.token_types)
         for row in rows:  # the row id of the whole run's grid, whatever part of it is asked: it picks the phrasing
-            row["row_id"] = (int(pair_id) * len(patch.token_types) * len(all_windows)
-                             + list(patch.token_types).index(row["token_type"]) * len(all_windows)
+            kind = trained_types.index(row["token_type"]) if row["token_type"] in trained_types else 0
+            row["row_id"] = ((int(pair_id) * len(trained_types) + kind) * len(all_windows)
                              + all_windows.index(row["layer"]))
         examples = examples_of(pd.DataFrame(rows), torch.stack(vectors), tokenizer)
         answers = self.answer(examples.questions, examples.vectors, vector_layers(
@@ -191,7 +221,7 @@ class Asker:
         frame = examples.frame
         return pd.DataFrame({
             "token_type": frame["token_type"], "layer": [list(w) for w in frame["layer"]],
-            "question": examples.questions, "answer": answers,
+            "question": self.as_asked(examples.questions), "answer": answers,
             "said_changed": [parse_answer(a).changed for a in answers],
             "clean_token": [c[0] for c in frame["original_continuation"]],
             "patched_token": [c[0] for c in frame["ablated_continuation"]],
@@ -228,14 +258,14 @@ class Asker:
 
             agrees = bool(score_rows([answer], [reference], [bool(row["changed_pred_bc_hint"])])["exact_match"][0])
         return pd.DataFrame([{
-            "question": asked, "answer": answer, "said_changed": parse_answer(answer).changed,
+            "question": self.as_asked([asked])[0], "answer": answer, "said_changed": parse_answer(answer).changed,
             "answer_without_hint": row["zeroshot_prediction"], "answer_with_hint": row["random_hint_prediction"],
             "changed": bool(row["changed_pred_bc_hint"]) if known else None, "reference": reference,
             "agrees": agrees}])
 
     def act_patch_table(self, questions: pd.DataFrame) -> pd.DataFrame:
         """Many asks: one `act_patch` per row of `questions` (columns prompt, subject, and counterfactual_subject or
-        counterfactual; optional token_type, layer and pair_id), the rows numbered by `ask`."""
+        counterfactual; optional token_type or token_index, layer and pair_id), the rows numbered by `ask`."""
         need = {"prompt", "subject"}
         missing = need - set(questions.columns)
         if missing or not ({"counterfactual_subject", "counterfactual"} & set(questions.columns)):
@@ -246,9 +276,10 @@ class Asker:
             types = [row["token_type"]] if pd.notna(row.get("token_type", None)) else None
             layer = row.get("layer", None)
             layers = [[int(x) for x in str(layer).replace(",", " ").split()]] if pd.notna(layer) else None
+            index = optional(row, "token_index")
             answered = self.act_patch(row["prompt"], row["subject"], optional(row, "counterfactual_subject"),
                                       optional(row, "counterfactual"), types, layers,
-                                      int(optional(row, "pair_id") or 0))
+                                      int(optional(row, "pair_id") or 0), None if index is None else int(index))
             out.append(answered.assign(ask=number, prompt=row["prompt"]))
         return pd.concat(out, ignore_index=True)[["ask", "prompt"] + ANSWER_COLUMNS]
 
@@ -269,14 +300,34 @@ class Asker:
         table = pd.concat(out, ignore_index=True)
         return table[["ask"] + [c for c in table.columns if c != "ask"]]
 
+    def features(self, layer: int, feature: int, exemplars: int = 5, simulate: bool = True) -> dict:
+        """What the explainer says SAE latent `feature` of `layer` encodes, beside the run's reference description,
+        the latent's top exemplars (firing token marked) and the simulator's scores (pipeline/ask/features.py)."""
+        from pipeline.ask.features import ask_feature
+
+        return ask_feature(self, layer, feature, exemplars, simulate)
+
     def table(self, questions: pd.DataFrame) -> pd.DataFrame:
         """Every row of a file of questions, asked as this run's task asks."""
+        if self.task == "features":
+            from pipeline.ask.features import features_table
+
+            return features_table(self, questions)
         return self.act_patch_table(questions) if self.task == "act_patch" else self.input_ablation_table(questions)
 
 
 def optional(row: dict, name: str):
     value = row.get(name)
     return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def _released_settings(predictions: Path) -> dict | None:
+    """The settings a run's fine-tuned answers recorded, where a released explainer (explainer.checkpoint) gave
+    them; None otherwise."""
+    if not predictions.is_file():
+        return None
+    settings = read_provenance(predictions).get("settings", {})
+    return settings if (settings.get("explainer") or {}).get("checkpoint") else None
 
 
 def read_meta(folder: Path) -> dict:
@@ -297,19 +348,20 @@ def read_questions(path: str | Path) -> pd.DataFrame:
     raise ValueError(f"{path}: questions come as .csv or .parquet")
 
 
-def ask_file(task: str, trained_dir: str | Path, questions_path: str | Path, out_path: str | Path) -> pd.DataFrame:
+def ask_file(task: str, run: str | Path, questions_path: str | Path, out_path: str | Path,
+             workdir: str | Path = ".") -> pd.DataFrame:
     """Every question of a user's file put to a trained explainer, into one table with the answers, the truth and
     the provenance (the explainer's run, its recorded settings, the questions file's fingerprint)."""
     import hashlib
 
     from pipeline.artifacts import provenance, write_table
 
-    asker = Asker.load(task, trained_dir)
+    asker = Asker.load(task, run, workdir)
     questions = read_questions(questions_path)
     if questions.empty:
         raise ValueError(f"{questions_path}: no questions")
     table = asker.table(questions)
-    prov = provenance({"run": asker.run, "explainer": read_meta(asker.trained_dir)["provenance"],
+    prov = provenance({"run": asker.run, "explainer": asker.recorded,
                        "questions": {"path": str(questions_path),
                                      "sha256": hashlib.sha256(Path(questions_path).read_bytes()).hexdigest()}})
     write_table(table, out_path, prov)

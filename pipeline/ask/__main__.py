@@ -5,11 +5,15 @@
     python -m pipeline.ask act_patch gemma_gemma --questions asks/example.csv --json
     python -m pipeline.ask input_ablation smollm_smollm --question "What is the capital of Peru?" \
         --choice Lima --choice Quito --choice Cusco --hint B
+    python -m pipeline.ask features tiny_tiny --layer 1 --feature 7
     python -m pipeline.ask serve gemma_gemma          # a page on http://127.0.0.1:7860
+    python -m pipeline.ask serve tiny_tiny --task features
 
 act_patch: one row per token type x layer window (or those asked), the explainer's answer beside the target's clean
 and patched next tokens; input_ablation: the explainer's answer beside the target's letters with and without the
-hint; and whether they agree; `--json` prints the rows as JSON lines, `--show-questions` the questions."""
+hint; and whether they agree; features: the explainer's description of an SAE latent beside the run's reference
+description, the latent's top exemplars with the firing token in [[ ]] and the simulator's scores of both. `--json`
+prints the rows as JSON lines, `--show-questions` the questions."""
 
 from __future__ import annotations
 
@@ -31,10 +35,14 @@ def parser() -> argparse.ArgumentParser:
     act.add_argument("--token-type", action="append", dest="token_types",
                      help="a token type of the run (last_subject_token, relation_suffix, last_token); repeatable; "
                           "default: every one")
+    act.add_argument("--token-index", type=int,
+                     help="one token of --prompt by index instead of token types (negative: from the end; not inside "
+                          "the subject but its last token)")
     act.add_argument("--layers", action="append",
                      help="a window of the run as comma-separated layers (e.g. 0,1,2,3,4,5); repeatable; default: all")
     act.add_argument("--questions", help="a CSV or Parquet file of asks (columns prompt, subject, "
-                                         "counterfactual_subject or counterfactual; optional token_type, layer)")
+                                         "counterfactual_subject or counterfactual; optional token_type or "
+                                         "token_index, layer)")
     act.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     act.add_argument("--show-questions", action="store_true", help="print each question as the explainer reads it")
     ablation = tasks.add_parser("input_ablation", help="whether removing a hint changes the target's answer")
@@ -49,8 +57,19 @@ def parser() -> argparse.ArgumentParser:
                                               "by |, hint; optional subject)")
     ablation.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     ablation.add_argument("--show-questions", action="store_true", help="print each question as the explainer reads it")
+    features = tasks.add_parser("features", help="what an SAE latent of the target encodes")
+    features.add_argument("run", help="a run name ({explainer}_{target}) or its trained explainer's folder")
+    features.add_argument("--workdir", default=".", help="the workflow's folder (where work/ and resources/ are)")
+    features.add_argument("--layer", type=int, help="the latent's layer (one with an SAE in the run)")
+    features.add_argument("--feature", type=int, help="the latent's index in that layer's SAE")
+    features.add_argument("--exemplars", type=int, default=5, help="how many top exemplars to show")
+    features.add_argument("--no-simulator", action="store_true", help="do not score the descriptions")
+    features.add_argument("--questions", help="a CSV or Parquet file of asks (columns layer, feature)")
+    features.add_argument("--json", action="store_true", help="JSON (lines) instead of text")
     page = tasks.add_parser("serve", help="a local page to ask from (Gradio: the page extra)")
-    page.add_argument("run", help="a run name or its trained explainer's folder (act_patch)")
+    page.add_argument("run", help="a run name or its trained explainer's folder")
+    page.add_argument("--task", dest="page_task", default="act_patch", choices=["act_patch", "features"],
+                      help="the run's task: act_patch's grid or a features latent's exemplars")
     page.add_argument("--workdir", default=".", help="the workflow's folder (where work/ and resources/ are)")
     page.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
     page.add_argument("--port", type=int, default=7860)
@@ -66,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.task == "serve":
         from pipeline.ask.page import serve
 
-        serve(Asker.load("act_patch", args.run, args.workdir), args.host, args.port)
+        serve(Asker.load(args.page_task, args.run, args.workdir), args.host, args.port)
         return 0
     asker = Asker.load(args.task, args.run, args.workdir)
+    if args.task == "features" and not args.questions:
+        if args.layer is None or args.feature is None:
+            parser().error("features needs --layer and --feature, or --questions FILE")
+        show_feature(asker.features(args.layer, args.feature, args.exemplars, not args.no_simulator), args.json)
+        return 0
     if args.questions:
         table = asker.table(read_questions(args.questions))
     elif args.task == "input_ablation":
@@ -82,9 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         layers = None if not args.layers or args.layers == ["all"] else [
             [int(x) for x in w.split(",")] for w in args.layers]
         table = asker.act_patch(args.prompt, args.subject, args.counterfactual_subject, args.counterfactual,
-                                args.token_types, layers)
+                                args.token_types, layers, token_index=args.token_index)
     if args.json:
         sys.stdout.write(table.to_json(orient="records", lines=True, force_ascii=False))
+        return 0
+    if args.task == "features":
+        with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+            print(table[["ask", "feature_id", "description", "reference", "simulator_top",
+                         "reference_simulator_top"]].to_string(index=False))
         return 0
     if args.task == "act_patch":
         shown = table.assign(layer=[f"{w[0]}-{w[-1]}" for w in table["layer"]],
@@ -105,6 +134,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{agree} of {len(table)} answers agree with {truth} "
           f"(explainer {asker.run}, settings as recorded by its run in {asker.workdir})")
     return 0
+
+
+def show_feature(asked: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps(asked, ensure_ascii=False))
+        return
+    print(f"{asked['feature_id']}  asked: {asked['question']}")
+    print(f"  explainer: {asked['description']}")
+    where = f" (its {asked['split']} split)" if asked["split"] else ""
+    print(f"  reference: {asked['reference'] if asked['reference'] else 'none: the run did not describe this latent'}"
+          f"{where}")
+    simulator = asked.get("simulator", {})
+    if simulator.get("enabled"):
+        for name in ("description", "reference"):
+            if name in simulator:
+                print(f"  simulator |r| of the {name}: {simulator[name]['top']:.3f}")
+    elif simulator:
+        print(f"  simulator: not scored ({simulator['why']})")
+    for row in asked["exemplars"]:
+        print(f"  top {row['rank']}: {row['text']!r}  ({row['firing_token']!r} at {row['activation']:.2f})")
 
 
 if __name__ == "__main__":

@@ -43,9 +43,41 @@ def heatmap_html(table: pd.DataFrame) -> str:
             f'<table id="heatmap"><tr><th></th>{head}</tr>{"".join(body)}</table>')
 
 
+def exemplars_html(asked: dict) -> str:
+    """A latent's ask as HTML: the explainer's description beside the reference and the simulator's scores, then each
+    top exemplar with every token shaded by its activation and the firing token outlined."""
+    simulator = asked.get("simulator") or {}
+    scores = ""
+    if simulator.get("enabled"):
+        scores = "".join(f'<li id="simulator-{name}">simulator |r| of the {name}: {simulator[name]["top"]:.3f}</li>'
+                         for name in ("description", "reference") if name in simulator)
+    elif simulator:
+        scores = f'<li id="simulator-off">simulator: not scored ({html.escape(simulator["why"])})</li>'
+    reference = asked["reference"] if asked["reference"] else "none: the run did not describe this latent"
+    rows = []
+    for row in asked["exemplars"]:
+        peak = max(max(row["activations"]), 1e-8)
+        spans = []
+        for index, (token, value) in enumerate(zip(row["tokens"], row["activations"])):
+            shade = max(0.0, float(value)) / peak
+            firing = ' class="firing" style="outline:2px solid #1565c0;' if index == row["firing_index"] else ' style="'
+            spans.append(f'<span{firing}background:rgba(255,152,0,{shade:.2f})" title="{float(value):.3f}">'
+                         f"{html.escape(token)}</span>")
+        rows.append(f'<li class="exemplar">top {row["rank"]} ({row["activation"]:.2f}): '
+                    f'<span style="white-space:pre-wrap">{"".join(spans)}</span></li>')
+    return (f'<p><b>asked:</b> {html.escape(asked["question"])}</p>'
+            f'<p><b>explainer:</b> <span id="description">{html.escape(asked["description"])}</span></p>'
+            f'<p><b>reference:</b> <span id="reference">{html.escape(reference)}</span></p>'
+            f"<ul>{scores}</ul><ol id=\"exemplars\">{''.join(rows)}</ol>")
+
+
 def build(asker):
-    """The page's Blocks for one trained explainer (a `pipeline.ask.Asker`)."""
+    """The page's Blocks for one trained explainer (a `pipeline.ask.Asker`): act_patch's grid, or a features
+    latent's description and exemplars."""
     import gradio as gr
+
+    if asker.task == "features":
+        return build_features(asker)
 
     def ask(prompt: str, subject: str, counterfactual_subject: str):
         try:
@@ -69,6 +101,28 @@ def build(asker):
         grid = gr.HTML(elem_id="result")
         answers = gr.Dataframe(elem_id="answers", interactive=False)
         button.click(ask, inputs=[prompt, subject, counterfactual], outputs=[grid, answers])
+    return page
+
+
+def build_features(asker):
+    import gradio as gr
+
+    def ask(layer, feature):
+        try:
+            return exemplars_html(asker.features(int(layer), int(feature)))
+        except (ValueError, OSError) as error:
+            return f'<p id="error">{html.escape(str(error))}</p>'
+
+    with gr.Blocks(title=f"Ask {asker.run}") as page:
+        gr.Markdown(f"## Ask the explainer `{asker.run}` (features)\nThe decoder direction of an SAE latent is put at "
+                    f"the placeholder; the explainer says what it encodes, beside the run's reference description and "
+                    f"the latent's top exemplars (tokens shaded by activation, the firing token outlined).")
+        with gr.Row():
+            layer = gr.Number(label="layer", elem_id="layer", precision=0, value=None)
+            feature = gr.Number(label="feature", elem_id="feature", precision=0, value=0)
+        button = gr.Button("Ask", elem_id="ask")
+        shown = gr.HTML(elem_id="result")
+        button.click(ask, inputs=[layer, feature], outputs=[shown])
     return page
 
 

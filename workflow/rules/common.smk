@@ -384,8 +384,9 @@ def matrix_inputs(wildcards):
 
 
 def ask_inputs(wildcards):
-    """A user's questions (asks/{name}.csv, else .parquet), the run's trained explainer, its models, its test labels
-    (their patch windows and prompt format) and its fine-tuned answers (their generation settings)."""
+    """A user's questions (asks/{name}.csv, else .parquet), the run's trained (or released) explainer, its models, its test labels
+    (their patch windows and prompt format) and its fine-tuned answers (their generation settings); for features also
+    the training split's latents, the exemplars and the results (the simulator's settings, the simulator scored)."""
     from pipeline.ask import TASKS
 
     if wildcards.task not in TASKS:
@@ -394,10 +395,17 @@ def ask_inputs(wildcards):
     parquet = Path(f"{stem}.parquet").exists() and not Path(f"{stem}.csv").exists()
     questions = f"{stem}.parquet" if parquet else f"{stem}.csv"
     run = f"{known_model(wildcards.explainer)}_{known_model(wildcards.target)}"
-    return ({"questions": questions, "trained": f"work/{wildcards.task}/explainers/{run}",
-             "predictions": f"work/{wildcards.task}/predictions/{run}/finetuned.parquet"}
-            | _models(wildcards, wildcards.task)
-            | get_task(wildcards.task).label_paths(wildcards.target, "test"))
+    spec = get_task(wildcards.task)
+    paths = ({"questions": questions, "predictions": f"work/{wildcards.task}/predictions/{run}/finetuned.parquet"}
+             | trained_explainer(wildcards.task, f"work/{wildcards.task}/explainers/{run}")
+             | _models(wildcards, wildcards.task) | spec.label_paths(wildcards.target, "test"))
+    if wildcards.task == "features":
+        from pipeline.tasks.features.task import exemplars_path
+
+        paths |= with_role("train", spec.label_paths(wildcards.target, "train")) | {
+            "exemplars": exemplars_path(known_model(wildcards.target), SETTINGS.features.source),
+            "result": f"results/features/{run}.json"}
+    return paths
 
 
 # Each task's own input functions (and InterpBench's, which the circuits task reads).
