@@ -131,17 +131,19 @@ def _windows(patch, layers: int) -> int:
 
 
 def train_memory(explainer: Shape, trainable: int, gpus: int, zero: int, per_device: int, length: int,
-                 checkpointing: bool) -> float:
-    """Bytes one device holds in training: the bf16 weights (ZeRO-3 shards them), fp32 master weights and Adam's two
-    moments (ZeRO-1 and up shard them), fp32 gradients (ZeRO-2 and up), the activations (Korthikanti et al.: 34
-    bytes per token per layer per unit of width in bf16; with recomputation each layer's input only, plus one
-    layer's) and the fp32 logits of the loss with their gradient."""
-    weights = explainer.params * 2 / (gpus if zero >= 3 else 1)
+                 checkpointing: bool, dtype: str = "bf16") -> float:
+    """Bytes one device holds in training: the weights in `dtype` (ZeRO-3 shards them), fp32 master weights and
+    Adam's two moments (ZeRO-1 and up shard them), fp32 gradients (ZeRO-2 and up), the activations (Korthikanti et
+    al.: 34 bytes per token per layer per unit of width in bf16, twice that in fp32; with recomputation each layer's
+    input only, plus one layer's) and four fp32 copies of the logits (the logits, their log-softmax in the loss and
+    both gradients; bench/bench_plan.py measures them)."""
+    weights = explainer.params * BYTES[dtype] / (gpus if zero >= 3 else 1)
     state = trainable * 12 / (gpus if zero >= 1 else 1) + trainable * 4 / (gpus if zero >= 2 else 1)
     tokens = per_device * length
-    per_layer = 2 if checkpointing else 34
-    activations = tokens * explainer.hidden * (explainer.layers * per_layer + (34 if checkpointing else 0))
-    return weights + state + activations + 2 * tokens * explainer.vocab * 4
+    scale = BYTES[dtype] / 2
+    per_layer = (2 if checkpointing else 34) * scale
+    activations = tokens * explainer.hidden * (explainer.layers * per_layer + (34 * scale if checkpointing else 0))
+    return weights + state + activations + 4 * tokens * explainer.vocab * 4
 
 
 def act_patch_plan(settings, explainer: Shape, target: Shape, counts: dict, gpus: int,

@@ -111,3 +111,15 @@ def test_a_job_that_does_not_fit_says_what_would_and_the_slurm_requests_follow_t
                              cwd=REPO, capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert yaml.safe_load(printed.stdout)["set-resources"] == requests
+
+
+def test_the_bench_sets_each_stages_measured_memory_beside_the_plans_on_a_model_of_the_planned_shape(tiny_dir):
+    """bench/bench_plan.py on the tiny shape (its figures at the 8B shapes are records: docs/results.md)."""
+    done = subprocess.run([sys.executable, "bench/bench_plan.py", "--model-dir", str(tiny_dir), "--layers", "0",
+                           "--rows", "2", "--length", "16", "--rank", "4", "--new-tokens", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("tiny: 4 layers of width 64")
+    measured = {line.split()[0]: float(line.split("measured")[1].split()[0]) for line in lines[1:4]}
+    assert set(measured) == {"forward", "train", "generate"} and all(v > 0 for v in measured.values())
