@@ -148,8 +148,9 @@ def test_a_setting_declared_once_reaches_the_schema_the_reference_and_its_stages
     grown = create_model("ToyConfig", __base__=toy.ToyConfig, width_of_the_moon=(int, Field(
         7, ge=1, description="a setting added in one place")))
     task = tasks.get_task("toy")
-    monkeypatch.setitem(tasks._TASKS, "toy", dataclasses.replace(
-        task, settings=grown, stages={"toy_labels": dataclasses.replace(task.stages["toy_labels"], takes=(grown,))}))
+    grown_task = type("GrownToy", (type(task),), {  # the toy task with the setting added to its section
+        "settings": grown, "stages": {"toy_labels": dataclasses.replace(task.stages["toy_labels"], takes=(grown,))}})
+    monkeypatch.setitem(tasks._TASKS, "toy", grown_task())
     stages.all_stages.cache_clear()
     try:
         assert configuration.schema()["$defs"]["ToyConfig"]["properties"]["width_of_the_moon"]["minimum"] == 1

@@ -505,6 +505,8 @@ def test_asking_the_features_explainer_about_a_latent_gives_the_runs_answer_and_
     from pipeline.ask.features import decoder_direction, described_latent
 
     workdir, judge = features_run
+    scored_run = snakemake(workdir, "results/features/tiny_tiny.json", configfiles=[judge])  # a test above may have
+    assert scored_run.returncode == 0, scored_run.stderr[-3000:]                             # failed its rescoring
     result = json.loads((workdir / "results/features/tiny_tiny.json").read_text())
     scored = result["per_feature"]["finetuned"]["simulator_top"]
     made = pd.read_parquet(workdir / "work/features/predictions/tiny_tiny/finetuned.parquet").set_index("row_key")
@@ -536,12 +538,26 @@ def test_asking_the_features_explainer_about_a_latent_gives_the_runs_answer_and_
     assert bool(other["exemplars"]) == (fresh in fired)
     with pytest.raises(ValueError, match="layers with SAEs"):
         asker.features(99, 0)
+    from safetensors.torch import save_file
+
+    save_file({"direction": vector.contiguous()}, str(workdir / "mine.safetensors"))
+    save_file({"direction": (5 * vector).contiguous()}, str(workdir / "mine5.safetensors"))
+    mine = asker.features(layer, vector_file=workdir / "mine.safetensors")
+    scaled = asker.features(layer, vector_file=workdir / "mine5.safetensors")
+    assert mine["answer"] == scaled["answer"] and mine["reference"] is None  # unit-normed as the run's vectors are
+    save_file({"direction": torch.zeros(width + 1)}, str(workdir / "wide.safetensors"))
+    with pytest.raises(ValueError, match=f"of the target's width {width}"):
+        asker.features(layer, vector_file=workdir / "wide.safetensors")
 
     command = subprocess.run([sys.executable, "-m", "pipeline.ask", "features", "tiny_tiny", "--workdir", str(workdir),
                               "--layer", str(layer), "--feature", str(feature), "--exemplars", "3", "--json"],
                              capture_output=True, text=True, cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)})
     assert command.returncode == 0, command.stderr[-2000:]
     assert json.loads(command.stdout)["answer"] == asked["answer"]
+    own = subprocess.run([sys.executable, "-m", "pipeline.ask", "features", "tiny_tiny", "--workdir", str(workdir),
+                          "--layer", str(layer), "--vector", str(workdir / "mine.safetensors")],
+                         capture_output=True, text=True, cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert own.returncode == 0 and f"explainer: {mine['description']}" in own.stdout, own.stderr[-2000:]
     (workdir / "asks").mkdir(exist_ok=True)
     pd.DataFrame({"layer": [layer, layer], "feature": [feature, fresh]}).to_csv(workdir / "asks/latents.csv", index=False)
     run = snakemake(workdir, "results/ask/features/tiny_tiny/latents.parquet", configfiles=[judge])
@@ -558,7 +574,9 @@ def test_the_features_page_shows_the_commands_description_and_exemplars_in_a_rea
 
     from browser import page_in_chromium, type_into
 
-    workdir, _ = features_run
+    workdir, judge = features_run
+    scored_run = snakemake(workdir, "results/features/tiny_tiny.json", configfiles=[judge])
+    assert scored_run.returncode == 0, scored_run.stderr[-3000:]
     key = sorted(json.loads((workdir / "results/features/tiny_tiny.json").read_text())["per_feature"]["finetuned"][
         "simulator_top"])[0]
     layer, feature = (int(part[1:]) for part in key.split("/"))

@@ -64,8 +64,10 @@ class Asker:
             raise ArtifactError(f"run {run!r}: no prepared models {models}/{{explainer}} and {{target}} for it")
         if (trained / EXPLAINER_META).is_file():
             return cls(task, str(run), workdir, pairs[0][0], pairs[0][1], read_meta(trained)["provenance"]["settings"])
+        from pipeline.settings import ExplainerConfig, section_of
+
         return cls(task, str(run), workdir, pairs[0][0], pairs[0][1], released,
-                   str(released["explainer"]["checkpoint"]))
+                   str(section_of(released, ExplainerConfig).checkpoint))
 
     # What the run recorded ------------------------------------------------------------------------------------------
     @property
@@ -300,12 +302,14 @@ class Asker:
         table = pd.concat(out, ignore_index=True)
         return table[["ask"] + [c for c in table.columns if c != "ask"]]
 
-    def features(self, layer: int, feature: int, exemplars: int = 5, simulate: bool = True) -> dict:
+    def features(self, layer: int, feature: int | None = None, exemplars: int = 5, simulate: bool = True,
+                 vector_file: str | Path | None = None) -> dict:
         """What the explainer says SAE latent `feature` of `layer` encodes, beside the run's reference description,
-        the latent's top exemplars (firing token marked) and the simulator's scores (pipeline/ask/features.py)."""
+        the latent's top exemplars (firing token marked) and the simulator's scores; or a direction of one's own
+        from `vector_file`, read at `layer` (pipeline/ask/features.py)."""
         from pipeline.ask.features import ask_feature
 
-        return ask_feature(self, layer, feature, exemplars, simulate)
+        return ask_feature(self, layer, feature, exemplars, simulate, vector_file)
 
     def table(self, questions: pd.DataFrame) -> pd.DataFrame:
         """Every row of a file of questions, asked as this run's task asks."""
@@ -326,8 +330,10 @@ def _released_settings(predictions: Path) -> dict | None:
     them; None otherwise."""
     if not predictions.is_file():
         return None
+    from pipeline.settings import ExplainerConfig, section_of
+
     settings = read_provenance(predictions).get("settings", {})
-    return settings if (settings.get("explainer") or {}).get("checkpoint") else None
+    return settings if section_of(settings, ExplainerConfig).checkpoint else None
 
 
 def read_meta(folder: Path) -> dict:

@@ -6,6 +6,7 @@
     python -m pipeline.ask input_ablation smollm_smollm --question "What is the capital of Peru?" \
         --choice Lima --choice Quito --choice Cusco --hint B
     python -m pipeline.ask features tiny_tiny --layer 1 --feature 7
+    python -m pipeline.ask features tiny_tiny --layer 1 --vector direction.safetensors
     python -m pipeline.ask serve gemma_gemma          # a page on http://127.0.0.1:7860
     python -m pipeline.ask serve tiny_tiny --task features
 
@@ -62,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     features.add_argument("--workdir", default=".", help="the workflow's folder (where work/ and resources/ are)")
     features.add_argument("--layer", type=int, help="the latent's layer (one with an SAE in the run)")
     features.add_argument("--feature", type=int, help="the latent's index in that layer's SAE")
+    features.add_argument("--vector", help="a direction of one's own instead of a latent: .safetensors (one tensor), "
+                                           ".npy or .pt of the target's width, read at --layer")
     features.add_argument("--exemplars", type=int, default=5, help="how many top exemplars to show")
     features.add_argument("--no-simulator", action="store_true", help="do not score the descriptions")
     features.add_argument("--questions", help="a CSV or Parquet file of asks (columns layer, feature)")
@@ -89,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     asker = Asker.load(args.task, args.run, args.workdir)
     if args.task == "features" and not args.questions:
-        if args.layer is None or args.feature is None:
-            parser().error("features needs --layer and --feature, or --questions FILE")
-        show_feature(asker.features(args.layer, args.feature, args.exemplars, not args.no_simulator), args.json)
+        if args.layer is None or (args.feature is None) == (args.vector is None):
+            parser().error("features needs --layer and one of --feature or --vector, or --questions FILE")
+        show_feature(asker.features(args.layer, args.feature, args.exemplars, not args.no_simulator, args.vector),
+                     args.json)
         return 0
     if args.questions:
         table = asker.table(read_questions(args.questions))
@@ -145,7 +149,8 @@ def show_feature(asked: dict, as_json: bool) -> None:
     print(f"{asked['feature_id']}  asked: {asked['question']}")
     print(f"  explainer: {asked['description']}")
     where = f" (its {asked['split']} split)" if asked["split"] else ""
-    print(f"  reference: {asked['reference'] if asked['reference'] else 'none: the run did not describe this latent'}"
+    none = "none: the run did not describe this latent" if asked["feature"] is not None else "none: a vector of one's own"
+    print(f"  reference: {asked['reference'] if asked['reference'] else none}"
           f"{where}")
     simulator = asked.get("simulator", {})
     if simulator.get("enabled"):

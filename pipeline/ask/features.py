@@ -106,8 +106,36 @@ def simulator_scores(asker, target: str, layer: int, feature: int, descriptions:
         name: {column: float(scored[column].iloc[i]) for column in scored.columns} for i, name in enumerate(named)}
 
 
-def ask_feature(asker, layer: int, feature: int, exemplars: int = 5, simulate: bool = True) -> dict:
-    """What the run's explainer says latent `feature` of layer `layer` encodes (see the module's docstring)."""
+def read_vector(path: str | Path, width: int):
+    """One direction from a file: a .safetensors file holding one tensor, or .npy / .pt; of the target's width."""
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        if len(tensors) != 1:
+            raise ValueError(f"{path}: expected one tensor, found {sorted(tensors)}")
+        vector = next(iter(tensors.values()))
+    elif path.suffix == ".npy":
+        vector = torch.from_numpy(np.load(path))
+    elif path.suffix == ".pt":
+        vector = torch.load(path, weights_only=True)
+    else:
+        raise ValueError(f"{path}: a vector comes as .safetensors, .npy or .pt")
+    vector = vector.float().reshape(-1) if vector.dim() > 1 and vector.shape[0] == 1 else vector.float()
+    if vector.dim() != 1 or vector.shape[0] != width:
+        raise ValueError(f"{path}: expected one vector of the target's width {width}, got shape {tuple(vector.shape)}")
+    return vector
+
+
+def ask_feature(asker, layer: int, feature: int | None, exemplars: int = 5, simulate: bool = True,
+                vector_file: str | Path | None = None) -> dict:
+    """What the run's explainer says latent `feature` of layer `layer` encodes (see the module's docstring); or, with
+    `vector_file`, a direction of one's own read at `layer` (unit-normed as the run's vectors are; no reference,
+    exemplars or simulator score: those belong to a latent)."""
     from pipeline.explainer.prompts import phrasing
     from pipeline.models import read_manifest
     from pipeline.settings import section_of
@@ -115,8 +143,18 @@ def ask_feature(asker, layer: int, feature: int, exemplars: int = 5, simulate: b
     from pipeline.tasks.features.summary import first_line
     from pipeline.tasks.features.task import FEATURE_QUESTIONS, exemplars_path
 
-    layer, feature = int(layer), int(feature)
-    target, key = asker.target_model.name, feature_key(layer, feature)
+    layer, target = int(layer), asker.target_model.name
+    if vector_file is not None:
+        vector = read_vector(vector_file, read_manifest(asker.target_model)["hidden_size"])
+        vector = vector / vector.norm().clamp_min(1e-8)
+        key = f"L{layer}/{Path(vector_file).name}"
+        question = FEATURE_QUESTIONS[phrasing(key, len(FEATURE_QUESTIONS))].format(layer=layer)
+        answer = asker.answer([question], vector[None], [layer])[0]
+        return {"feature_id": key, "layer": layer, "feature": None, "question": asker.as_asked([question])[0],
+                "answer": answer, "description": first_line(answer), "reference": None, "split": None,
+                "exemplars": [], "simulator": {"enabled": False, "why": "a vector of one's own has no exemplars"}}
+    feature = int(feature)
+    key = feature_key(layer, feature)
     described = described_latent(asker.workdir, target, key)
     if described is not None:
         split, row, vector = described
