@@ -96,7 +96,7 @@ def test_a_token_by_index_names_the_same_token_of_a_counterfactual_with_another_
     counterfactual = prompt(["The", " capital", " of", " Peru", " is", " the", " city"], "Peru")
     named = {index: index_token_type(*original, index) for index in (0, 2, 4, 5, -1)}
     assert named == {0: "token_0", 2: "token_2", 4: "last_subject_token", 5: "subject_end+1", -1: "subject_end+3"}
-    there = token_positions(*counterfactual)
+    there = token_positions(*counterfactual, named.values())
     assert [there[named[i]] for i in (0, 2, 4, 5, -1)] == [0, 2, 3, 4, 6]  # the same words of the counterfactual
     with pytest.raises(ValueError, match="inside the subject"):
         index_token_type(*original, 3)  # " New": the counterfactual's subject has one token

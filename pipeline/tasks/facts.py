@@ -211,18 +211,28 @@ def build_facts(facts_cfg: FactsConfig, prompt_cfg: PromptConfig, model_dir: str
 BEFORE_SUBJECT, AFTER_SUBJECT = "token_", "subject_end+"  # token types by index: see index_token_type
 
 
-def token_positions(prompt: RenderedPrompt, offsets: list[tuple[int, int]]) -> dict[str, int]:
-    """Token index of the last subject token, the first token after the subject, and the last token; and of any
-    token type by index (index_token_type) the prompt has, under its name."""
+def _subject_tokens(prompt: RenderedPrompt, offsets: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """The indices of the subject's tokens and of the tokens after it."""
     start, end = prompt.subject_span
     real = [(i, a, b) for i, (a, b) in enumerate(offsets) if b > a]
     subject = [i for i, a, b in real if a < end and b > start]
     after = [i for i, a, b in real if a >= end]
     if not subject or not after:
         raise ValueError(f"cannot locate the subject tokens in prompt {prompt.text!r}")
-    by_index = {f"{BEFORE_SUBJECT}{i}": i for i in range(subject[0])}
-    by_index |= {f"{AFTER_SUBJECT}{k}": subject[-1] + k for k in range(1, len(offsets) - subject[-1])}
-    return by_index | {"last_subject_token": subject[-1], "relation_suffix": after[0], "last_token": len(offsets) - 1}
+    return subject, after
+
+
+def token_positions(prompt: RenderedPrompt, offsets: list[tuple[int, int]], types=()) -> dict[str, int]:
+    """Token index of the last subject token, the first token after the subject, and the last token; and of each
+    token type by index among `types` (index_token_type's names) that the prompt has."""
+    subject, after = _subject_tokens(prompt, offsets)
+    positions = {"last_subject_token": subject[-1], "relation_suffix": after[0], "last_token": len(offsets) - 1}
+    for name in types:
+        if name.startswith(BEFORE_SUBJECT) and int(name[len(BEFORE_SUBJECT):]) < subject[0]:
+            positions[name] = int(name[len(BEFORE_SUBJECT):])
+        elif name.startswith(AFTER_SUBJECT) and subject[-1] + int(name[len(AFTER_SUBJECT):]) < len(offsets):
+            positions[name] = subject[-1] + int(name[len(AFTER_SUBJECT):])
+    return positions
 
 
 def index_token_type(prompt: RenderedPrompt, offsets: list[tuple[int, int]], index: int) -> str:
@@ -230,16 +240,19 @@ def index_token_type(prompt: RenderedPrompt, offsets: list[tuple[int, int]], ind
     its counterfactual, whose subject may have another length: `token_{i}` before the subject (the same index in
     both), `subject_end+{k}` k tokens after the subject's last token, `last_subject_token` for that one. A token
     inside the subject but not its last has no counterpart and is refused."""
-    positions = token_positions(prompt, offsets)
+    subject, _ = _subject_tokens(prompt, offsets)
     count = len(offsets)
     if not -count <= index < count:
         raise ValueError(f"token index {index}: the prompt has {count} tokens")
     index %= count
-    named = [name for name, at in positions.items() if at == index and name not in ("relation_suffix", "last_token")]
-    if not named:
-        raise ValueError(f"token index {index} is inside the subject, whose tokens differ between the prompts; ask "
-                         f"the subject's last token ({positions['last_subject_token']}) or one outside it")
-    return "last_subject_token" if "last_subject_token" in named else named[0]
+    if index < subject[0]:
+        return f"{BEFORE_SUBJECT}{index}"
+    if index > subject[-1]:
+        return f"{AFTER_SUBJECT}{index - subject[-1]}"
+    if index == subject[-1]:
+        return "last_subject_token"
+    raise ValueError(f"token index {index} is inside the subject, whose tokens differ between the prompts; ask "
+                     f"the subject's last token ({subject[-1]}) or one outside it")
 
 
 def first_token(tokenizer, target: str) -> int:

@@ -252,8 +252,8 @@ def run_patches(model, tokenizer, rendered: list[tuple[RenderedPrompt, RenderedP
     special = rendered[0][0].add_special_tokens
     orig_enc = encode(tokenizer, [r[0].text for r in rendered], special)
     cf_enc = encode(tokenizer, [r[1].text for r in rendered], special)
-    orig_pos = [token_positions(r[0], e["offsets"]) for r, e in zip(rendered, orig_enc)]
-    cf_pos = [token_positions(r[1], e["offsets"]) for r, e in zip(rendered, cf_enc)]
+    orig_pos = [token_positions(r[0], e["offsets"], types) for r, e in zip(rendered, orig_enc)]
+    cf_pos = [token_positions(r[1], e["offsets"], types) for r, e in zip(rendered, cf_enc)]
     traced, device = wrap(model), input_device(model)
     starts = [window[0] for window in windows]
     num_layers = max(w[-1] for w in windows) + 1
