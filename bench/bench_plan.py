@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.plan import BYTES, KNOWN_SHAPES, PROJECTIONS, Shape, shape_of, train_memory
+from pipeline.plan import (KNOWN_SHAPES, PROJECTIONS, Shape, forward_memory, generate_memory, shape_of,
+                           train_memory)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -98,15 +99,12 @@ def run_stage(args) -> dict:
 def planned(args, stage: str) -> float:
     """The plan's GB for a stage of this shape, dtype and batch (one device, no ZeRO)."""
     shape = planned_shape(args)
-    weights = shape.params * BYTES[args.dtype]
     if stage == "forward":
-        kv = args.rows * args.length * shape.kv_bytes_per_token(args.dtype)
-        return (weights + kv + args.rows * shape.vocab * 4) / 1e9
+        return forward_memory(shape, args.rows, args.length, args.dtype) / 1e9
     if stage == "train":
         trainable = shape.lora_params(args.rank, PROJECTIONS)
         return train_memory(shape, trainable, 1, 0, args.rows, args.length, False, args.dtype) / 1e9
-    tokens = args.rows * (args.length + args.new_tokens)
-    return (weights + tokens * shape.kv_bytes_per_token(args.dtype)) / 1e9
+    return generate_memory(shape, args.rows, args.length + args.new_tokens, args.dtype) / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = planned_shape(args)
     print(f"{shape.name}: {shape.layers} layers of width {shape.hidden}, vocabulary {shape.vocab}, "
           f"{shape.params / 1e9:.2f} B parameters in {args.dtype}; {args.rows} rows of {args.length} tokens")
-    rows = []
+    rows, own = [], list(argv if argv is not None else sys.argv[1:])
     for stage in ("forward", "train", "generate"):
-        own = [a for a in (argv if argv is not None else sys.argv[1:])]
         done = subprocess.run([sys.executable, __file__, *own, "--stage", stage], capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)

@@ -126,8 +126,15 @@ class Job:
         return self.flops / (device["peak"] * MFU[self.kind] * gpus) / 3600
 
 
-def _windows(patch, layers: int) -> int:
-    return len(patch.windows(layers))
+def forward_memory(shape: Shape, rows: int, tokens: int, dtype: str = "bf16") -> float:
+    """Bytes of a batched forward without gradients that keeps the last position's logits (the label stage's passes):
+    the weights, the KV cache and the fp32 logits."""
+    return shape.params * BYTES[dtype] + rows * tokens * shape.kv_bytes_per_token(dtype) + rows * shape.vocab * 4
+
+
+def generate_memory(shape: Shape, rows: int, tokens: int, dtype: str = "bf16") -> float:
+    """Bytes of greedy generation up to `tokens` (prompt and new ones): the weights and the KV cache."""
+    return shape.params * BYTES[dtype] + rows * tokens * shape.kv_bytes_per_token(dtype)
 
 
 def train_memory(explainer: Shape, trainable: int, gpus: int, zero: int, per_device: int, length: int,
@@ -156,7 +163,7 @@ def act_patch_plan(settings, explainer: Shape, target: Shape, counts: dict, gpus
     training, generation = shared_section(settings, "training", "act_patch"), shared_section(
         settings, "generation", "act_patch")
     explainer_cfg = shared_section(settings, "explainer", "act_patch")
-    windows = _windows(task.patch, target.layers)
+    windows = len(task.patch.windows(target.layers))
     types = len(task.patch.token_types)
     pairs = {split: counts[f"pairs_{split}"] for split in ("train", "test")}
     prompt, question, answer = counts["prompt_tokens"], counts["question_tokens"], counts["answer_tokens"]
@@ -164,11 +171,9 @@ def act_patch_plan(settings, explainer: Shape, target: Shape, counts: dict, gpus
     jobs = []
     # Labels: per pair a clean and a counterfactual forward, and one patched forward per token type x window.
     label_tokens = sum(pairs.values()) * (2 + types * windows) * prompt
-    label_batch = task.batch_size
     jobs.append(Job("act_patch_label_chunk", -(-sum(pairs.values()) // task.chunk_pairs),
-                    2 * target.flop_params * label_tokens,
-                    _gb(target.params * 2 + label_batch * prompt * target.kv_bytes_per_token()
-                        + label_batch * target.vocab * 4), "labels", host_gb=_gb(4 * target.params) + 8))
+                    2 * target.flop_params * label_tokens, _gb(forward_memory(target, task.batch_size, prompt)),
+                    "labels", host_gb=_gb(4 * target.params) + 8))
     if explainer_cfg.alignment == "fitted":
         tokens = pairs["train"] * prompt
         jobs.append(Job("alignment", 1, 2 * (explainer.flop_params + target.flop_params) * tokens,
@@ -201,10 +206,9 @@ def act_patch_plan(settings, explainer: Shape, target: Shape, counts: dict, gpus
     variants = 4 + len(task.baselines)
     answered = rows["test"] if generation.max_examples is None else min(rows["test"], generation.max_examples)
     tokens = answered * (question + generation.max_new_tokens)
-    batch = generation.batch_size
     jobs.append(Job("act_patch_generate", variants, variants * 2 * explainer.flop_params * tokens,
-                    _gb(explainer.params * 2 + batch * (question + generation.max_new_tokens)
-                        * explainer.kv_bytes_per_token()), "generate", f"{answered} rows each",
+                    _gb(generate_memory(explainer, generation.batch_size, question + generation.max_new_tokens)),
+                    "generate", f"{answered} rows each",
                     host_gb=_gb(4 * explainer.params) + 8))
     return jobs
 
@@ -243,7 +247,7 @@ def plan(config: dict, run: str, device: str, gpus: int, workdir: Path = Path(".
     named = [(e, t) for e, t in parts if e in models and t in models]
     if not named:
         raise ValueError(f"run {run!r}: expected {{explainer}}_{{target}} of the configured models {sorted(models)}")
-    (explainer_key, target_key), = named[:1]
+    explainer_key, target_key = named[0]
     shapes = {key: shape_of(models[key], workdir / "resources" / "models" / key) for key in (explainer_key, target_key)}
     counts, sources = measured_counts(workdir, target_key, settings)
     chip = DEVICES[device]

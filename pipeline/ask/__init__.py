@@ -52,8 +52,10 @@ class Asker:
             workdir, run = folder.resolve().parents[3], folder.name
         workdir = Path(workdir)
         trained = workdir / "work" / task / "explainers" / str(run)
-        released = _released_settings(workdir / "work" / task / "predictions" / str(run) / "finetuned.parquet")
-        if not (trained / EXPLAINER_META).is_file() and released is None:
+        is_trained = (trained / EXPLAINER_META).is_file()
+        released = None if is_trained else _released_settings(
+            workdir / "work" / task / "predictions" / str(run) / "finetuned.parquet")
+        if not is_trained and released is None:
             found = sorted(p.name for p in trained.parent.glob("*")) if trained.parent.is_dir() else []
             raise ArtifactError(f"{trained}: no trained explainer of run {run!r} (runs here: {found or 'none'}), nor "
                                 f"answers of a released one; train it with `snakemake --cores all {trained}`")
@@ -62,7 +64,7 @@ class Asker:
         pairs = [(models / e, models / t) for e, t in splits if (models / e).is_dir() and (models / t).is_dir()]
         if not pairs:
             raise ArtifactError(f"run {run!r}: no prepared models {models}/{{explainer}} and {{target}} for it")
-        if (trained / EXPLAINER_META).is_file():
+        if is_trained:
             return cls(task, str(run), workdir, pairs[0][0], pairs[0][1], read_meta(trained)["provenance"]["settings"])
         from pipeline.settings import ExplainerConfig, section_of
 

@@ -13,11 +13,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.artifacts import ArtifactError
+
 EXEMPLAR_MARK = "[[{}]]"  # how a window's firing token is marked in its text
 
 
 def feature_key(layer: int, feature: int) -> str:
     return f"L{int(layer)}/F{int(feature)}"
+
+
+def _once(asker, name: str, make):
+    """What `make()` returns, made once per Asker (its models' cache holds it): a run's files are read once for a
+    file of many asks."""
+    if name not in asker._loaded:
+        asker._loaded[name] = make()
+    return asker._loaded[name]
 
 
 def scored_settings(workdir: Path, task: str, run: str) -> dict:
@@ -26,19 +36,35 @@ def scored_settings(workdir: Path, task: str, run: str) -> dict:
     return json.loads(path.read_text()).get("provenance", {}).get("settings", {}) if path.is_file() else {}
 
 
-def described_latent(workdir: Path, target: str, key: str):
-    """(split, label row, vector) of a latent the run described, or None."""
-    from pipeline.tasks.features.labels import label_paths, load_features
+def features_config(asker):
+    """The run's features section as its results recorded it (typed; the defaults before scoring)."""
+    from pipeline.settings import section_of
+    from pipeline.tasks.features.settings import FeaturesConfig
 
-    for split in ("test", "train"):
-        paths = {kind: workdir / path for kind, path in label_paths(target, split).items()}
-        if not all(p.is_file() for p in paths.values()):
-            continue
-        frame, vectors = load_features({kind: str(p) for kind, p in paths.items()})
+    return _once(asker, "features_config",
+                 lambda: section_of(scored_settings(asker.workdir, "features", asker.run), FeaturesConfig))
+
+
+def described_latent(workdir: Path, target: str, key: str, splits: dict | None = None):
+    """(split, label row, vector) of a latent the run described, or None; `splits`: the splits' (table, vectors)
+    already read (described_splits)."""
+    for split, (frame, vectors) in (splits if splits is not None else described_splits(workdir, target)).items():
         hits = (frame["feature_id"] == key).to_numpy().nonzero()[0]
         if len(hits):
             return split, frame.iloc[int(hits[0])], vectors[int(hits[0])]
     return None
+
+
+def described_splits(workdir: Path, target: str) -> dict:
+    """The run's described latents per split (test first): (table, vectors)."""
+    from pipeline.tasks.features.labels import label_paths, load_features
+
+    splits = {}
+    for split in ("test", "train"):
+        paths = {kind: workdir / path for kind, path in label_paths(target, split).items()}
+        if all(p.is_file() for p in paths.values()):
+            splits[split] = load_features({kind: str(p) for kind, p in paths.items()})
+    return splits
 
 
 def decoder_direction(workdir: Path, target: str, layer: int, feature: int, width: int):
@@ -57,15 +83,22 @@ def decoder_direction(workdir: Path, target: str, layer: int, feature: int, widt
     return direction / direction.norm().clamp_min(1e-8)
 
 
-def exemplar_rows(path: Path, layer: int, feature: int, count: int) -> list[dict]:
-    """The latent's top exemplars by rank: each window's tokens, its text with the firing token marked, the firing
-    token and its activation, and every token's activation (none for a latent that never fired on the corpus)."""
+def exemplars_table(path: Path):
+    """The run's exemplars table (None where there is none)."""
     from pipeline.artifacts import read_table
 
     if not path.is_file():
+        return None
+    return read_table(path, required=["layer", "feature", "kind", "rank", "tokens", "window_index", "activation",
+                                      "activations"])
+
+
+def exemplar_rows(table, layer: int, feature: int, count: int) -> list[dict]:
+    """The latent's top exemplars by rank in `table` (exemplars_table): each window's tokens, its text with the
+    firing token marked, the firing token and its activation, and every token's activation (none for a latent that
+    never fired on the corpus)."""
+    if table is None:
         return []
-    table = read_table(path, required=["layer", "feature", "kind", "rank", "tokens", "window_index", "activation",
-                                       "activations"])
     top = table[(table["layer"] == layer) & (table["feature"] == feature) & (table["kind"] == "top")]
     rows = []
     for row in top.sort_values("rank").head(count).itertuples(index=False):
@@ -81,27 +114,30 @@ def simulator_scores(asker, target: str, layer: int, feature: int, descriptions:
     """The simulator's pooled correlations (top: |r| as the paper reports it, top_signed, top_random) of each
     description on the latent's exemplar windows, as the run's score stage sets the simulator; {"enabled": False, ...}
     where the run has none or the latent has no windows."""
-    from pipeline.settings import section_of
-    from pipeline.tasks.features.settings import FeaturesConfig
-    from pipeline.tasks.features.simulator import Simulator, read_windows, score_descriptions
+    from pipeline.tasks.features.simulator import Simulator, feature_windows, score_descriptions
     from pipeline.tasks.features.summary import first_line
     from pipeline.tasks.features.task import exemplars_path, simulator_input
 
-    cfg = section_of(scored_settings(asker.workdir, "features", asker.run), FeaturesConfig)
+    cfg = features_config(asker)
     if not cfg.simulator.enabled:
         return {"enabled": False, "why": "the run's features.simulator is off"}
     model = simulator_input(target, cfg.simulator).get("simulator")
     model_dir = (asker.workdir / model) if model and not Path(model).is_absolute() else model
     if model_dir is None or not Path(model_dir).exists():
         return {"enabled": False, "why": f"no simulator at {model_dir or cfg.simulator.checkpoint}"}
-    windows = read_windows(asker.workdir / exemplars_path(target, cfg.source), cfg.simulator, cfg.described_every)
+    table = run_exemplars(asker, target)
+    if table is None:
+        path = asker.workdir / exemplars_path(target, cfg.source)
+        raise ArtifactError(f"{path}: no exemplars table, which the simulator scores on; `snakemake --cores all "
+                            f"{exemplars_path(target, cfg.source)}` makes it")
+    windows = _once(asker, "windows", lambda: feature_windows(
+        table, cfg.simulator.top, cfg.simulator.random, cfg.simulator.tokens_before, cfg.described_every))
     if (layer, feature) not in windows:
         return {"enabled": False, "why": "the latent has no exemplar windows the simulator scores"}
-    if "simulator" not in asker._loaded:
-        asker._loaded["simulator"] = Simulator(model_dir, cfg.simulator.batch_size, None, cfg.simulator.format)
+    simulator = _once(asker, "simulator", lambda: Simulator(model_dir, cfg.simulator.batch_size, None,
+                                                           cfg.simulator.format))
     named = {name: first_line(text) for name, text in descriptions.items() if first_line(text or "")}
-    scored = score_descriptions(asker._loaded["simulator"], [(text, (layer, feature)) for text in named.values()],
-                                windows)
+    scored = score_descriptions(simulator, [(text, (layer, feature)) for text in named.values()], windows)
     return {"enabled": True, "model": str(model_dir)} | {
         name: {column: float(scored[column].iloc[i]) for column in scored.columns} for i, name in enumerate(named)}
 
@@ -131,6 +167,14 @@ def read_vector(path: str | Path, width: int):
     return vector
 
 
+def run_exemplars(asker, target: str):
+    """The run's exemplars table (the SAEs' or the paper's archive's, as its features.source says), read once."""
+    from pipeline.tasks.features.task import exemplars_path
+
+    return _once(asker, "exemplars", lambda: exemplars_table(
+        asker.workdir / exemplars_path(target, features_config(asker).source)))
+
+
 def ask_feature(asker, layer: int, feature: int | None, exemplars: int = 5, simulate: bool = True,
                 vector_file: str | Path | None = None) -> dict:
     """What the run's explainer says latent `feature` of layer `layer` encodes (see the module's docstring); or, with
@@ -138,37 +182,34 @@ def ask_feature(asker, layer: int, feature: int | None, exemplars: int = 5, simu
     exemplars or simulator score: those belong to a latent)."""
     from pipeline.explainer.prompts import phrasing
     from pipeline.models import read_manifest
-    from pipeline.settings import section_of
-    from pipeline.tasks.features.settings import FeaturesConfig
     from pipeline.tasks.features.summary import first_line
-    from pipeline.tasks.features.task import FEATURE_QUESTIONS, exemplars_path
+    from pipeline.tasks.features.task import FEATURE_QUESTIONS
 
     layer, target = int(layer), asker.target_model.name
+    width = read_manifest(asker.target_model)["hidden_size"]
+    reference = split = None
     if vector_file is not None:
-        vector = read_vector(vector_file, read_manifest(asker.target_model)["hidden_size"])
-        vector = vector / vector.norm().clamp_min(1e-8)
-        key = f"L{layer}/{Path(vector_file).name}"
-        question = FEATURE_QUESTIONS[phrasing(key, len(FEATURE_QUESTIONS))].format(layer=layer)
-        answer = asker.answer([question], vector[None], [layer])[0]
-        return {"feature_id": key, "layer": layer, "feature": None, "question": asker.as_asked([question])[0],
-                "answer": answer, "description": first_line(answer), "reference": None, "split": None,
-                "exemplars": [], "simulator": {"enabled": False, "why": "a vector of one's own has no exemplars"}}
-    feature = int(feature)
-    key = feature_key(layer, feature)
-    described = described_latent(asker.workdir, target, key)
-    if described is not None:
-        split, row, vector = described
-        reference = str(row["description"])
+        vector = read_vector(vector_file, width)
+        vector, key = vector / vector.norm().clamp_min(1e-8), f"L{layer}/{Path(vector_file).name}"
     else:
-        width = read_manifest(asker.target_model)["hidden_size"]
-        vector, reference, split = decoder_direction(asker.workdir, target, layer, feature, width), None, None
+        feature = int(feature)
+        key = feature_key(layer, feature)
+        splits = _once(asker, "described", lambda: described_splits(asker.workdir, target))
+        described = described_latent(asker.workdir, target, key, splits)
+        if described is not None:
+            split, row, vector = described
+            reference = str(row["description"])
+        else:
+            vector = decoder_direction(asker.workdir, target, layer, feature, width)
     question = FEATURE_QUESTIONS[phrasing(key, len(FEATURE_QUESTIONS))].format(layer=layer)
     answer = asker.answer([question], vector[None].float(), [layer])[0]
-    source = section_of(scored_settings(asker.workdir, "features", asker.run), FeaturesConfig).source
-    shown = exemplar_rows(asker.workdir / exemplars_path(target, source), layer, feature, exemplars)
-    question = asker.as_asked([question])[0]  # as the explainer reads it
-    result = {"feature_id": key, "layer": layer, "feature": feature, "question": question, "answer": answer,
-              "description": first_line(answer), "reference": reference, "split": split, "exemplars": shown}
+    result = {"feature_id": key, "layer": layer, "feature": feature if vector_file is None else None,
+              "question": asker.as_asked([question])[0],  # as the explainer reads it
+              "answer": answer, "description": first_line(answer), "reference": reference, "split": split}
+    if vector_file is not None:
+        return result | {"exemplars": [], "simulator": {"enabled": False,
+                                                        "why": "a vector of one's own has no exemplars"}}
+    result["exemplars"] = exemplar_rows(run_exemplars(asker, target), layer, feature, exemplars)
     if simulate:
         result["simulator"] = simulator_scores(asker, target, layer, feature,
                                                {"description": answer} | ({"reference": reference} if reference else {}))

@@ -26,6 +26,8 @@ FORMAT_INSTRUCTION_CHOICE = (
 # "remain unchanged from" first; an output matching neither is invalid and carries no verdict.
 _UNCHANGED_PATTERN = re.compile(r".*remain\s+unchanged\s+from\s+<<<([^>]*(?:>[^>]*)*?)>>>")
 _CHANGED_PATTERN = re.compile(r".*change\s+to\s+<<<([^>]*(?:>[^>]*)*?)>>>")
+# The same, in an answer's own case (answer_content).
+_ANY_CASE = tuple(re.compile(p.pattern, re.IGNORECASE) for p in (_UNCHANGED_PATTERN, _CHANGED_PATTERN))
 
 
 def phrasing(row_key: str | int, count: int, seed: int = 0) -> int:
@@ -63,8 +65,8 @@ def parse_answer(text: str | None) -> ParsedAnswer:
 def answer_content(text: str | None) -> str | None:
     """The text inside <<<...>>> of a valid answer in the explainer's own case (parse_answer's is lower-cased, as
     the paper's evaluator compares it)."""
-    for pattern in (_UNCHANGED_PATTERN, _CHANGED_PATTERN):
-        match = re.compile(pattern.pattern, re.IGNORECASE).search((text or "").strip().strip("."))
+    for pattern in _ANY_CASE:
+        match = pattern.search((text or "").strip().strip("."))
         if match:
             return match.group(1).strip()
     return None

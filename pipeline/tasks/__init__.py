@@ -139,11 +139,8 @@ class ScoreInputs:
     @classmethod
     def of(cls, inputs: Mapping) -> "ScoreInputs":
         """The roles of a job's named inputs (those `named()` named; others are left out)."""
-        evals = {}
-        for name in inputs:
-            head = name.partition(ROLE_SEP)[0]
-            if head.startswith("evals_") and ROLE_SEP in name:
-                evals[head.removeprefix("evals_")] = of_role(inputs, head)
+        heads = {name.partition(ROLE_SEP)[0] for name in inputs if ROLE_SEP in name}
+        evals = {head.removeprefix("evals_"): of_role(inputs, head) for head in heads if head.startswith("evals_")}
         return cls(**{role: of_role(inputs, role) for role in cls.ROLES}, evals=evals)
 
 

@@ -384,9 +384,9 @@ def matrix_inputs(wildcards):
 
 
 def ask_inputs(wildcards):
-    """A user's questions (asks/{name}.csv, else .parquet), the run's trained (or released) explainer, its models, its test labels
-    (their patch windows and prompt format) and its fine-tuned answers (their generation settings); for features also
-    the training split's latents, the exemplars and the results (the simulator's settings, the simulator scored)."""
+    """A user's questions (asks/{name}.csv, else .parquet), the run's trained (or released) explainer, its models,
+    its test labels (their patch windows and prompt format) and its fine-tuned answers (their generation settings);
+    for features also the training split's latents, the exemplars and the results (the simulator's settings)."""
     from pipeline.ask import TASKS
 
     if wildcards.task not in TASKS:
