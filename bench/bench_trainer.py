@@ -120,6 +120,40 @@ def precision_section(cfg: TrainingConfig, model_dir: str, width: int, questions
               f"MFU {achieved / peaks[precision]:.0%} of the {precision} probe peak")
     if len(rates) == 2:
         print(f"bf16 / fp32 = {rates['bf16'] / rates['fp32']:.2f}   (goal >= 1.4)")
+    generation_section(model_dir, width, questions, vectors, peaks)
+
+
+def generation_section(model_dir: str, width: int, questions, vectors, peaks: dict, new_tokens: int = 16,
+                       batch_size: int = 32) -> None:
+    """Greedy generation as the generation stage runs it (the untrained explainer, batches sorted by length), new
+    tokens per second in each precision, with its MFU: the FLOPs of the prompts and the new tokens (bench/flops.py)
+    over that precision's probe peak. Every row generates `new_tokens` (no end token stops it early)."""
+    from transformers import AutoConfig
+
+    from flops import Shape, generation_flops
+    from pipeline.explainer.generation import generate_answers
+    from pipeline.explainer.model import encode_example, load_explainer
+
+    rates = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if precision == "bf16" and peaks["bf16"] < peaks["fp32"] / 2:
+            continue
+        explainer, tokenizer = load_explainer(None, model_dir, width, dtype=dtype)
+        # No end token: every row makes `new_tokens`, the same work in both precisions.
+        tokenizer.eos_token_id = explainer.lm.generation_config.eos_token_id = None
+        lengths = [len(encode_example(tokenizer, q, None, "plain", explainer.placeholder_id).input_ids)
+                   for q in questions]
+        start = time.perf_counter()
+        generate_answers(explainer, tokenizer, questions, vectors, "plain", new_tokens, batch_size, desc=precision)
+        seconds = time.perf_counter() - start
+        flops = generation_flops(Shape.of(AutoConfig.from_pretrained(read_manifest(model_dir)["weights"])), lengths,
+                                 new_tokens)
+        rates[precision] = len(questions) * new_tokens / seconds
+        print(f"generation {precision}: {rates[precision]:8.1f} new tokens/s ({len(questions)} rows x {new_tokens}, "
+              f"batch {batch_size}), {flops / seconds / 1e9:.1f} GFLOP/s counted, MFU "
+              f"{flops / seconds / 1e9 / peaks[precision]:.0%} of the {precision} probe peak")
+    if len(rates) == 2:
+        print(f"generation bf16 / fp32 = {rates['bf16'] / rates['fp32']:.2f}")
 
 
 def main() -> None:
@@ -129,13 +163,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["precision"], help="the precision section alone")
+    parser.add_argument("--lora-dropout", type=float, default=None, help="LoRA's dropout (the training section's "
+                        "default where not given); its masks' random numbers cost the same in both precisions")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     library = cpu_matmul()  # as every stage does; MKL below only where named
     width = read_manifest(args.model_dir)["hidden_size"]
     cfg = TrainingConfig(batch_size=args.batch_size, epochs=1, max_examples=None, warmup_steps=0,
                          checkpoint_every=10 ** 6, max_length=512, precision="fp32")
-    print(f"model {args.model_dir}, {args.threads} threads, fp32 products in {library}")
+    if args.lora_dropout is not None:
+        cfg = cfg.replaced(lora__dropout=args.lora_dropout)
+    print(f"model {args.model_dir}, {args.threads} threads, fp32 products in {library}, LoRA dropout "
+          f"{cfg.lora.dropout}, {args.steps} steps of {args.batch_size}")
     precision_section(cfg, args.model_dir, width, *varied_examples(args.steps * args.batch_size, width))
     if args.only:
         return

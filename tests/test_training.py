@@ -61,6 +61,30 @@ def test_full_fine_tuning_learns_the_answers(tmp_path, tiny_dir):
     assert trained < base / 3 and trained == pytest.approx(losses[-1], rel=0.5)
 
 
+def test_loras_dropout_on_cpu_draws_its_masks_from_random_words(tiny_dir):
+    """WordMaskDropout drops elements at the rate asked (rounded to 1/32768), independently, scales the kept ones as
+    torch's dropout does, repeats under a seed, passes through in eval; with_lora puts it in every adapted projection."""
+    from pipeline.explainer.training import WordMaskDropout, with_lora
+
+    drop = WordMaskDropout(0.1).train()
+    torch.manual_seed(0)
+    out = drop(torch.ones(1000, 997))  # an odd count: the last word is cut
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.002
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.9))
+    # Each of a word's four fields decides its own element: their rates agree and neighbours are independent.
+    fields = kept.view(-1)[:996_000].view(-1, 4).float()
+    assert (fields.mean(0) - 0.9).abs().max() < 0.004
+    assert abs((fields[:, 0] * fields[:, 1]).mean().item() - 0.81) < 0.004
+    torch.manual_seed(0)
+    assert torch.equal(drop(torch.ones(1000, 997)), out)
+    assert torch.equal(drop.eval()(out), out)
+    assert drop.train()(torch.ones(3, 3, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    model = with_lora(load_model(tiny_dir, trainable=True)[0], TrainingConfig().replaced(lora__dropout=0.05))
+    dropouts = [m.lora_dropout["default"] for m in model.modules() if hasattr(m, "lora_dropout")]
+    assert dropouts and all(isinstance(d, WordMaskDropout) and d.p == 0.05 for d in dropouts)
+
+
 def test_lora_training_saves_a_peft_folder_that_reloads(tmp_path, tiny_dir):
     from peft import PeftModel
     from safetensors.torch import load_file

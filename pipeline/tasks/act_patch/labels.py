@@ -49,10 +49,7 @@ def build_label_chunk(cfg: ActPatchConfig, pairs_path: str | Path, model_dir: st
                        "row_id": torch.zeros(0, dtype=torch.long)}, out_vectors, prov)
         write_table(pd.DataFrame(columns=["row_id", "pair_id"]), out_table, prov)
         return pd.DataFrame()
-    rendered = [tuple(RenderedPrompt(p[f"{side}text"], tuple(p[f"{side}subject_span"]), int(p[f"{side}sentence_end"]),
-                                     bool(p["add_special_tokens"])) for side in ("", "counterfactual_"))
-                for p in pairs.to_dict("records")]
-    run = run_patches(model, tokenizer, rendered, windows, types, cfg.batch_size, desc=f"chunk {chunk}")
+    run = run_patches(model, tokenizer, rendered_pairs(pairs), windows, types, cfg.batch_size, desc=f"chunk {chunk}")
     rows, vectors = label_rows(pairs.to_dict("records"), run, tokenizer, windows, split)
     frame = pd.DataFrame(rows)
     print(f"label chunk {chunk}: {len(pairs)} pairs, {len(frame)} rows, {int(frame['is_different'].sum())} changed")
@@ -60,6 +57,13 @@ def build_label_chunk(cfg: ActPatchConfig, pairs_path: str | Path, model_dir: st
                   out_vectors, prov)
     write_table(frame, out_table, prov)
     return frame
+
+
+def rendered_pairs(pairs: pd.DataFrame) -> list[tuple[RenderedPrompt, RenderedPrompt]]:
+    """Each row of a pairs table as its (original, counterfactual) prompts, as the pairs stage rendered them."""
+    return [tuple(RenderedPrompt(p[f"{side}text"], tuple(p[f"{side}subject_span"]), int(p[f"{side}sentence_end"]),
+                                 bool(p["add_special_tokens"])) for side in ("", "counterfactual_"))
+            for p in pairs.to_dict("records")]
 
 
 def label_rows(pairs: list[dict], run: "PatchRun", tokenizer, windows: list[list[int]], split: str
