@@ -118,7 +118,8 @@ class Job:
     memory_gb: float  # the peak of one job, per device
     kind: str
     note: str = ""
-    host_gb: float = 0.0  # host memory one job needs: the models it loads, twice (loading copies), and 8 GB
+    host_gb: float = 0.0  # host memory one job needs: the models it loads, twice (loading copies), in each of its
+    #                       processes (one a device), and 8 GB
     devices: int = 1
     fits_with: dict | None = None  # settings under which a job that does not fit would (setting -> peak GB)
 
@@ -169,11 +170,18 @@ def act_patch_plan(settings, explainer: Shape, target: Shape, counts: dict, gpus
     prompt, question, answer = counts["prompt_tokens"], counts["question_tokens"], counts["answer_tokens"]
     rows = {split: pairs[split] * types * windows for split in pairs}
     jobs = []
+    # Facts: the target answers every fact once (about two a pair: `counts["facts"]`); pairs: each split's pairs are
+    # rendered and both prompts checked with a clean forward.
+    host = _gb(4 * target.params) + 8
+    forward = _gb(forward_memory(target, task.batch_size, prompt))
+    jobs.append(Job("act_patch_facts", 1, 2 * target.flop_params * counts["facts"] * prompt, forward, "labels",
+                    f"{counts['facts']} facts", host_gb=host))
+    jobs.append(Job("act_patch_pairs", 2, 2 * target.flop_params * 2 * sum(pairs.values()) * prompt, forward, "labels",
+                    "one job per split", host_gb=host))
     # Labels: per pair a clean and a counterfactual forward, and one patched forward per token type x window.
     label_tokens = sum(pairs.values()) * (2 + types * windows) * prompt
     jobs.append(Job("act_patch_label_chunk", -(-sum(pairs.values()) // task.chunk_pairs),
-                    2 * target.flop_params * label_tokens, _gb(forward_memory(target, task.batch_size, prompt)),
-                    "labels", host_gb=_gb(4 * target.params) + 8))
+                    2 * target.flop_params * label_tokens, forward, "labels", host_gb=host))
     if explainer_cfg.alignment == "fitted":
         tokens = pairs["train"] * prompt
         jobs.append(Job("alignment", 1, 2 * (explainer.flop_params + target.flop_params) * tokens,
@@ -202,7 +210,7 @@ def act_patch_plan(settings, explainer: Shape, target: Shape, counts: dict, gpus
     jobs.append(Job("act_patch_train", 1, flops, peak, "train",
                     f"{train_rows} rows x {training.epochs:g} epochs, {trainable / 1e6:.0f}M trainable, ZeRO-{zero} on "
                     f"{gpus} device(s), {per_device} rows a device a step",
-                    host_gb=_gb(4 * explainer.params) + 8, devices=gpus, fits_with=fits_with))
+                    host_gb=gpus * _gb(4 * explainer.params) + 8, devices=gpus, fits_with=fits_with))
     variants = 4 + len(task.baselines)
     answered = rows["test"] if generation.max_examples is None else min(rows["test"], generation.max_examples)
     tokens = answered * (question + generation.max_new_tokens)
@@ -224,9 +232,15 @@ def measured_counts(workdir: Path, target: str, settings) -> tuple[dict, dict]:
 
     task = settings.act_patch
     counts = {"pairs_train": task.pairs.train, "pairs_test": task.pairs.test, "prompt_tokens": 64,
-              "question_tokens": 96, "answer_tokens": 16}
+              "question_tokens": 96, "answer_tokens": 16, "facts": 2 * (task.pairs.train + task.pairs.test)}
     source = {k: "settings" for k in ("pairs_train", "pairs_test")} | {
-        k: "assumed" for k in ("prompt_tokens", "question_tokens", "answer_tokens")}
+        k: "assumed" for k in ("prompt_tokens", "question_tokens", "answer_tokens")} | {
+        "facts": "assumed: two a pair"}
+    facts = workdir / "work" / "act_patch" / "facts" / f"{target}.parquet"
+    if facts.is_file():
+        import pyarrow.parquet as pq
+
+        counts["facts"], source["facts"] = int(pq.ParquetFile(facts).metadata.num_rows), str(facts)
     for split in ("train", "test"):
         path = workdir / "work" / "act_patch" / "labels" / target / f"{split}.parquet"
         if path.is_file():
@@ -263,17 +277,24 @@ def plan(config: dict, run: str, device: str, gpus: int, workdir: Path = Path(".
             "assumptions": {"mfu": MFU, "peak_flops": chip["peak"]}}
 
 
-def slurm_resources(planned: dict, margin: float = 1.5) -> dict:
+# Rules that run a planned job's work under another name: one job per seed of training.seeds.
+SAME_AS = {"act_patch_train_seeded": "act_patch_train", "act_patch_generate_seeded": "act_patch_generate"}
+
+
+def slurm_resources(*planned: dict, margin: float = 1.5) -> dict:
     """The SLURM profile's set-resources for the planned jobs: each job's GPUs, host memory (MB) and runtime
-    (minutes: one job's wall time on the device times `margin`, at least 10)."""
+    (minutes: one job's wall time on the device times `margin`, at least 10); over several plans (the runs one
+    profile serves) the largest of each; the seeded rules as the rules they repeat."""
     import math
 
-    out = {}
-    for row in planned["jobs"]:
-        wall = row["wall_hours"] / max(1, row["jobs"]) if row["job"] != "act_patch_train" else row["wall_hours"]
-        out[row["job"]] = {"gpu": row["devices"], "mem_mb": int(math.ceil(row["host_gb"] * 1000)),
-                           "runtime": max(10, int(math.ceil(wall * 60 * margin)))}
-    return out
+    out: dict = {}
+    for plan_ in planned:
+        for row in plan_["jobs"]:
+            wall = row["wall_hours"] / max(1, row["jobs"]) if row["job"] != "act_patch_train" else row["wall_hours"]
+            asked = {"gpu": row["devices"], "mem_mb": int(math.ceil(row["host_gb"] * 1000)),
+                     "runtime": max(10, int(math.ceil(wall * 60 * margin)))}
+            out[row["job"]] = {key: max(value, out.get(row["job"], {}).get(key, 0)) for key, value in asked.items()}
+    return out | {seeded: dict(out[rule]) for seeded, rule in SAME_AS.items() if rule in out}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parse = argparse.ArgumentParser(prog="python -m pipeline.plan", description=__doc__.split("\n\n")[0])
     parse.add_argument("--configfile", action="append", default=[], help="config files over config.yaml, in order")
-    parse.add_argument("--run", required=True, help="{explainer}_{target} of the act_patch task")
+    parse.add_argument("--run", required=True, action="append",
+                       help="{explainer}_{target} of the act_patch task; again for more runs (--slurm: the largest "
+                            "request of each job over them)")
     parse.add_argument("--device", default="h100", choices=sorted(DEVICES))
     parse.add_argument("--gpus", type=int, default=1, help="devices the training job spreads over (ZeRO)")
     parse.add_argument("--workdir", default=".", help="where resources/ and work/ are (measured counts, shapes)")
@@ -296,21 +319,25 @@ def main(argv: list[str] | None = None) -> int:
         overlay = deep_merge(overlay, yaml.safe_load(Path(path).read_text()) or {})
     config = with_base_config(overlay, CONFIG)
     validate_config(config, source=" + ".join(["config.yaml", *args.configfile]))
-    result = plan(config, args.run, args.device, args.gpus, Path(args.workdir))
+    results = [plan(config, run, args.device, args.gpus, Path(args.workdir)) for run in args.run]
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return 0
     if args.slurm:
-        print(f"# set-resources for {args.run} on {args.device} x {args.gpus} (pipeline.plan, runtime margin "
-              f"{args.margin}): paste into profiles/slurm/config.yaml")
-        print(yaml.safe_dump({"set-resources": slurm_resources(result, args.margin)}, sort_keys=False), end="")
+        print(f"# set-resources for {' and '.join(args.run)} on {args.device} x {args.gpus} (python -m pipeline.plan "
+              f"--slurm, runtime margin {args.margin})")
+        print("set-resources:")  # a rule a line, as profiles/slurm/config.yaml holds them
+        for rule, asked in slurm_resources(*results, margin=args.margin).items():
+            print(f"  {rule}: {yaml.safe_dump(asked, default_flow_style=True, sort_keys=False).strip()}")
         return 0
-    for row in result["jobs"]:
-        print(f"{row['job']:24s} x{row['jobs']:<4d} {row['tflop']:10.3g} TFLOP  {row['peak_memory_gb']:7.1f} GB "
-              f"{'fits' if row['fits'] else 'DOES NOT FIT'}  {row['gpu_hours']:8.3g} GPU-h  {row['note']}")
-        for setting, peak in (row["fits_with"] or {}).items():
-            print(f"{'':30s}with {setting}: {peak} GB")
-    print(f"total: {result['total']['gpu_hours']:.1f} GPU-hours on {args.device} (assumed MFU {MFU})")
+    for result in results:
+        print(f"{result['run']} on {args.device} x {args.gpus}")
+        for row in result["jobs"]:
+            print(f"{row['job']:24s} x{row['jobs']:<4d} {row['tflop']:10.3g} TFLOP  {row['peak_memory_gb']:7.1f} GB "
+                  f"{'fits' if row['fits'] else 'DOES NOT FIT'}  {row['gpu_hours']:8.3g} GPU-h  {row['note']}")
+            for setting, peak in (row["fits_with"] or {}).items():
+                print(f"{'':30s}with {setting}: {peak} GB")
+        print(f"total: {result['total']['gpu_hours']:.1f} GPU-hours on {args.device} (assumed MFU {MFU})")
     return 0
 
 

@@ -78,6 +78,12 @@ def test_layer_windows_cover_the_depth(base_config):
         paper.windows(6)
     with pytest.raises(ConfigError, match="first_layer"):
         PatchConfig(first_layer=40).windows(30)
+    # The published tables' windows: a quarter of the depth, one after another (Llama-3.1-8B 32 layers, Qwen3-8B 36).
+    quarters = PatchConfig(depth_windows=4)
+    assert quarters.windows(32) == [list(range(s, s + 8)) for s in (0, 8, 16, 24)]
+    assert quarters.windows(36)[-1] == list(range(27, 36)) and quarters.windows(36)[1] == list(range(9, 18))
+    with pytest.raises(ConfigError, match="depth_windows 4"):
+        quarters.windows(3)
 
 
 def test_training_settings_read_lora_and_deepspeed_typed(base_config):

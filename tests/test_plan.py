@@ -55,7 +55,7 @@ def test_the_papers_act_patch_run_is_planned_from_its_settings(tmp_path):
     one = plan(paper_config(), "llama_llama", "h100", 1, tmp_path)
     two = plan(paper_config(), "llama_llama", "h100", 2, tmp_path)
     train = {p["run"]: next(j for j in p["jobs"] if j["job"] == "act_patch_train") for p in (one,)}["llama_llama"]
-    rows = 20_000 * 3 * 7  # pairs x token types x windows of 8 layers every 4 on 32 layers
+    rows = 20_000 * 3 * 4  # pairs x token types x windows of a quarter of 32 layers (the published tables')
     assert train["note"].startswith(f"{rows} rows x 20 epochs")
     tokens = rows * 20 * (one["counts"]["question_tokens"]["value"] + one["counts"]["answer_tokens"]["value"])
     shape_params = 32 * 218_112_000 + 128_256 * 4096  # every layer and the output layer
@@ -84,7 +84,8 @@ def test_the_command_prints_the_plan(tmp_path):
                              cwd=REPO, capture_output=True, text=True)
     assert command.returncode == 0, command.stderr[-2000:]
     planned = json.loads(command.stdout)
-    assert [j["job"] for j in planned["jobs"]] == ["act_patch_label_chunk", "act_patch_train", "act_patch_generate"]
+    assert [j["job"] for j in planned["jobs"]] == ["act_patch_facts", "act_patch_pairs", "act_patch_label_chunk",
+                                                   "act_patch_train", "act_patch_generate"]
     assert planned["total"]["gpu_hours"] == pytest.approx(sum(j["gpu_hours"] for j in planned["jobs"]))
 
 
@@ -111,6 +112,22 @@ def test_a_job_that_does_not_fit_says_what_would_and_the_slurm_requests_follow_t
                              cwd=REPO, capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert yaml.safe_load(printed.stdout)["set-resources"] == requests
+    assert requests["act_patch_train_seeded"] == requests["act_patch_train"]  # a seed's run is the run's work
+
+
+def test_the_slurm_profiles_act_patch_requests_are_the_plans():
+    """profiles/slurm/config.yaml asks for what the plan of config.paper.yaml's act_patch runs needs, the largest over
+    them (`python -m pipeline.plan ... --slurm`): a changed setting or formula shows here until the profile follows."""
+    from pipeline.plan import plan, slurm_resources
+
+    config = paper_config()
+    runs = config["runs"]["act_patch"]
+    planned = slurm_resources(*[plan(config, run, "h100", 2) for run in runs])
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    for rule, asked in planned.items():
+        assert {key: profile[rule].get(key) for key in asked} == asked, (
+            f"{rule}: the profile asks {profile[rule]}, the plan {asked}: python -m pipeline.plan --configfile "
+            f"config.paper.yaml {' '.join('--run ' + r for r in runs)} --gpus 2 --slurm")
 
 
 def test_the_bench_sets_each_stages_measured_memory_beside_the_plans_on_a_model_of_the_planned_shape(tiny_dir):

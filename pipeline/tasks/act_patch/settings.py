@@ -29,21 +29,30 @@ class PatchConfig(Section):
     window_stride: int = Field(6, ge=1, description="windows start every `stride` layers from first_layer")
     first_layer: int = Field(0, ge=0)
     last_layer: Optional[int] = Field(None, ge=0, description="null: the model's last layer")
+    depth_windows: Optional[int] = Field(None, ge=1, description="split the layers from first_layer to last_layer into "
+                                         "this many equal windows, one after another (the published tables: 4, windows "
+                                         "of a quarter of the depth: 8 layers on Llama-3.1-8B, 9 on Qwen3-8B); null: "
+                                         "window_size and window_stride")
 
     def windows(self, num_layers: int) -> list[list[int]]:
         """Full windows of `window_size` consecutive layers starting every `window_stride` layers, e.g. [[0..5],
-        [6..11], ...]; a window that would run past the last layer is left out (stride 4, size 8 on 32 layers
-        ends with [24..31]), as in the published tables."""
+        [6..11], ...]; a window that would run past the last layer is left out. With `depth_windows` the size and
+        stride are the depth over that count (4 on 32 layers: [0..7], [8..15], [16..23], [24..31])."""
         from pipeline.config import ConfigError
 
         last = num_layers - 1 if self.last_layer is None else min(self.last_layer, num_layers - 1)
         if self.first_layer > last:
             raise ConfigError(f"act_patch.patch: first_layer {self.first_layer} is beyond the model's last layer {last}")
-        windows = [list(range(start, start + self.window_size))
-                   for start in range(self.first_layer, last + 1, self.window_stride)
-                   if start + self.window_size - 1 <= last]
+        size, stride = self.window_size, self.window_stride
+        if self.depth_windows is not None:
+            size = stride = (last - self.first_layer + 1) // self.depth_windows
+            if size == 0:
+                raise ConfigError(f"act_patch.patch: depth_windows {self.depth_windows} is more than the "
+                                  f"{last - self.first_layer + 1} layers from first_layer to the last")
+        windows = [list(range(start, start + size)) for start in range(self.first_layer, last + 1, stride)
+                   if start + size - 1 <= last]
         if not windows:
-            raise ConfigError(f"act_patch.patch: window_size {self.window_size} from first_layer {self.first_layer} "
+            raise ConfigError(f"act_patch.patch: window_size {size} from first_layer {self.first_layer} "
                               f"does not fit below the last layer {last}")
         return windows
 
