@@ -1,6 +1,7 @@
-"""What a run will cost before it runs: each act_patch job's FLOPs, peak memory and time on a named device, from the
-models' shapes (their config.json, or the published shapes of the paper's models), the settings' counts (the labels'
-recorded counts where they exist) and the device's peak rate times an assumed utilisation.
+"""What a run will cost before it runs: each act_patch or input_ablation job's FLOPs, peak memory and time on a named
+device, from the models' shapes (their config.json, or the published shapes of the paper's models), the settings'
+counts (the labels' or questions' recorded counts where they exist) and the device's peak rate times an assumed
+utilisation.
 
     python -m pipeline.plan --configfile config.paper.yaml --run llama_llama --device h100 --gpus 2
 
@@ -187,11 +188,51 @@ def act_patch_plan(settings, explainer: Shape, target: Shape, counts: dict, gpus
         jobs.append(Job("alignment", 1, 2 * (explainer.flop_params + target.flop_params) * tokens,
                         _gb((explainer.params + target.params) * 2), "alignment",
                         host_gb=_gb(4 * (explainer.params + target.params)) + 8))
-    # Training: every training row each epoch (max_examples caps the rows).
+    # Training: every training row each epoch (max_examples caps the rows); the map-only baselines on the same rows.
     train_rows = rows["train"] if training.max_examples is None else min(rows["train"], training.max_examples)
-    tokens = train_rows * training.epochs * (question + answer)
+    jobs += train_jobs("act_patch", training, explainer, train_rows, question, answer, gpus, device_gb,
+                       [b for b in task.baselines if b not in IN_CONTEXT])
+    answered = rows["test"] if generation.max_examples is None else min(rows["test"], generation.max_examples)
+    jobs.append(generate_job("act_patch", generation, explainer, answered, question, answer,
+                             ("finetuned", "untrained", "no_vector", "shuffled_vector", *task.baselines)))
+    return jobs
+
+
+def input_ablation_plan(settings, explainer: Shape, target: Shape, counts: dict, gpus: int,
+                        device_gb: float = float("inf")) -> list[Job]:
+    """The jobs of results/input_ablation/{explainer}_{target}.json: the target answers every question with and
+    without its hint (`max_new_tokens` greedy tokens), the explainer trains on the training split's questions and
+    answers the test split's in each variant."""
+    from pipeline.config import shared_section
+
+    task = settings.input_ablation
+    training, generation = (shared_section(settings, head, "input_ablation") for head in ("training", "generation"))
+    questions = {split: counts[f"questions_{split}"] for split in ("train", "test")}
+    prompt, question, answer = counts["prompt_tokens"], counts["question_tokens"], counts["answer_tokens"]
+    tokens = 2 * sum(questions.values()) * (prompt + task.max_new_tokens)  # with and without the hint
+    jobs = [Job("input_ablation_labels", 2, 2 * target.flop_params * tokens,
+                _gb(generate_memory(target, task.batch_size, prompt + task.max_new_tokens)), "labels",
+                "one job per split", host_gb=_gb(4 * target.params) + 8)]
+    caps = [cap for cap in (task.max_train_examples, training.max_examples) if cap is not None]
+    train_rows = min([questions["train"], *caps])
+    jobs += train_jobs("input_ablation", training, explainer, train_rows, question, answer, gpus, device_gb)
+    answered = questions["test"] if generation.max_examples is None else min(questions["test"],
+                                                                             generation.max_examples)
+    jobs.append(generate_job("input_ablation", generation, explainer, answered, question, answer,
+                             ("finetuned", "untrained", *task.baselines)))
+    return jobs
+
+
+IN_CONTEXT = {"in_context_4": 4, "in_context_8": 8}  # pipeline.tasks.IN_CONTEXT: solved examples in the prompt
+
+
+def train_jobs(task: str, training, explainer: Shape, rows: int, question: int, answer: int, gpus: int,
+               device_gb: float, baselines=()) -> list[Job]:
+    """The training job of `rows` rows x the epochs (LoRA or full), and one job per map-only baseline on the same
+    devices (the explainer frozen: the backward runs through every layer for the activations' gradients, as LoRA's
+    does, and trains only the vector's map)."""
+    tokens = rows * training.epochs * (question + answer)
     full = training.method == "full"
-    flops = (6 if full else 4) * explainer.flop_params * tokens
     trainable = explainer.params if full else explainer.lora_params(training.lora.r, training.lora.target_modules)
     zero = training.deepspeed.zero_stage if training.deepspeed.enabled else 0
     per_device = max(1, training.batch_size // gpus)
@@ -207,18 +248,29 @@ def act_patch_plan(settings, explainer: Shape, target: Shape, counts: dict, gpus
                    "gradient_checkpointing, ZeRO-3 and one row a device a step": (3, 1, True)}
         fits_with = {name: round(_gb(train_memory(explainer, trainable, gpus, *option[:2], length, option[2])), 1)
                      for name, option in options.items()}
-    jobs.append(Job("act_patch_train", 1, flops, peak, "train",
-                    f"{train_rows} rows x {training.epochs:g} epochs, {trainable / 1e6:.0f}M trainable, ZeRO-{zero} on "
-                    f"{gpus} device(s), {per_device} rows a device a step",
-                    host_gb=gpus * _gb(4 * explainer.params) + 8, devices=gpus, fits_with=fits_with))
-    variants = 4 + len(task.baselines)
-    answered = rows["test"] if generation.max_examples is None else min(rows["test"], generation.max_examples)
-    tokens = answered * (question + generation.max_new_tokens)
-    jobs.append(Job("act_patch_generate", variants, variants * 2 * explainer.flop_params * tokens,
-                    _gb(generate_memory(explainer, generation.batch_size, question + generation.max_new_tokens)),
-                    "generate", f"{answered} rows each",
-                    host_gb=_gb(4 * explainer.params) + 8))
+    jobs = [Job(f"{task}_train", 1, (6 if full else 4) * explainer.flop_params * tokens, peak, "train",
+                f"{rows} rows x {training.epochs:g} epochs, {trainable / 1e6:.0f}M trainable, ZeRO-{zero} on "
+                f"{gpus} device(s), {per_device} rows a device a step",
+                host_gb=gpus * _gb(4 * explainer.params) + 8, devices=gpus, fits_with=fits_with)]
+    if baselines:  # on the training's devices, as their rule asks
+        frozen = _gb(train_memory(explainer, explainer.hidden * explainer.hidden, gpus, zero, per_device, length,
+                                  checkpointing))
+        jobs.append(Job(f"{task}_train_baseline", len(baselines),
+                        len(baselines) * 4 * explainer.flop_params * tokens, frozen, "train",
+                        f"{', '.join(baselines)}: the explainer frozen, the vector's map trained",
+                        host_gb=gpus * _gb(4 * explainer.params) + 8, devices=gpus))
     return jobs
+
+
+def generate_job(task: str, generation, explainer: Shape, rows: int, question: int, answer: int,
+                 variants) -> Job:
+    """One generation job per variant over `rows` rows; an in-context variant's prompt holds k solved examples
+    (question and answer each) before the question."""
+    new = generation.max_new_tokens
+    lengths = [(IN_CONTEXT.get(v, 0) + 1) * question + IN_CONTEXT.get(v, 0) * answer + new for v in variants]
+    return Job(f"{task}_generate", len(variants), sum(2 * explainer.flop_params * rows * n for n in lengths),
+               _gb(generate_memory(explainer, generation.batch_size, max(lengths))), "generate",
+               f"{rows} rows each: {', '.join(variants)}", host_gb=_gb(4 * explainer.params) + 8)
 
 
 def _gb(value: float) -> float:
@@ -250,7 +302,42 @@ def measured_counts(workdir: Path, target: str, settings) -> tuple[dict, dict]:
     return counts, source
 
 
-def plan(config: dict, run: str, device: str, gpus: int, workdir: Path = Path(".")) -> dict:
+MMLU_TEST_QUESTIONS = 14_042  # the cais/mmlu test split, the paper's input_ablation data
+
+
+def input_ablation_counts(workdir: Path, target: str, settings) -> tuple[dict, dict]:
+    """Questions per split (the label tables' rows where they exist, else the questions table's, else from the
+    settings: the MMLU test split, or countryinfo's relations x max_questions_per_relation, about 250 countries a
+    relation where that is null) and the stated token lengths; and where each came from."""
+    import pyarrow.parquet as pq
+
+    task = settings.input_ablation
+    total = (MMLU_TEST_QUESTIONS if task.source == "mmlu" else
+             len(task.relations) * (task.max_questions_per_relation or 250))
+    counts = {"questions_train": round(total * (1 - task.test_fraction)), "questions_test":
+              round(total * task.test_fraction), "prompt_tokens": 160, "question_tokens": 320, "answer_tokens": 32}
+    source = {"questions_train": "settings", "questions_test": "settings"} | {
+        k: "assumed" for k in ("prompt_tokens", "question_tokens", "answer_tokens")}
+    questions = workdir / "work" / "input_ablation" / "questions.parquet"
+    if questions.is_file():
+        import pandas as pd
+
+        splits = pd.read_parquet(questions, columns=["split"])["split"].value_counts()
+        for split in ("train", "test"):
+            counts[f"questions_{split}"], source[f"questions_{split}"] = int(splits.get(split, 0)), str(questions)
+    for split in ("train", "test"):
+        path = workdir / "work" / "input_ablation" / "labels" / target / f"{split}.parquet"
+        if path.is_file():
+            counts[f"questions_{split}"] = int(pq.ParquetFile(path).metadata.num_rows)
+            source[f"questions_{split}"] = str(path)
+    return counts, source
+
+
+PLANNED_TASKS = {"act_patch": (act_patch_plan, measured_counts), "input_ablation": (input_ablation_plan,
+                                                                                   input_ablation_counts)}
+
+
+def plan(config: dict, run: str, device: str, gpus: int, workdir: Path = Path("."), task: str = "act_patch") -> dict:
     from pipeline.config import typed_settings
 
     if device not in DEVICES:
@@ -263,22 +350,27 @@ def plan(config: dict, run: str, device: str, gpus: int, workdir: Path = Path(".
         raise ValueError(f"run {run!r}: expected {{explainer}}_{{target}} of the configured models {sorted(models)}")
     explainer_key, target_key = named[0]
     shapes = {key: shape_of(models[key], workdir / "resources" / "models" / key) for key in (explainer_key, target_key)}
-    counts, sources = measured_counts(workdir, target_key, settings)
+    if task not in PLANNED_TASKS:
+        raise ValueError(f"task {task!r}: the plan covers {sorted(PLANNED_TASKS)}")
+    plan_of, counts_of = PLANNED_TASKS[task]
+    counts, sources = counts_of(workdir, target_key, settings)
     chip = DEVICES[device]
-    jobs = act_patch_plan(settings, shapes[explainer_key][0], shapes[target_key][0], counts, gpus, chip["memory_gb"])
+    jobs = plan_of(settings, shapes[explainer_key][0], shapes[target_key][0], counts, gpus, chip["memory_gb"])
     rows = [{"job": j.name, "jobs": j.count, "tflop": j.flops / 1e12, "peak_memory_gb": round(j.memory_gb, 1),
              "fits": j.memory_gb <= 0.9 * chip["memory_gb"], "gpu_hours": j.hours(chip),
              "wall_hours": j.hours(chip, j.devices), "host_gb": round(j.host_gb, 1), "devices": j.devices,
              "fits_with": j.fits_with, "note": j.note} for j in jobs]
-    return {"run": run, "device": device, "gpus": gpus, "jobs": rows,
+    return {"task": task, "run": run, "device": device, "gpus": gpus, "jobs": rows,
             "total": {"gpu_hours": sum(r["gpu_hours"] for r in rows), "tflop": sum(r["tflop"] for r in rows)},
             "shapes": {key: {"params": shape.params, "from": source} for key, (shape, source) in shapes.items()},
             "counts": {key: {"value": counts[key], "from": sources[key]} for key in counts},
             "assumptions": {"mfu": MFU, "peak_flops": chip["peak"]}}
 
 
-# Rules that run a planned job's work under another name: one job per seed of training.seeds.
-SAME_AS = {"act_patch_train_seeded": "act_patch_train", "act_patch_generate_seeded": "act_patch_generate"}
+# Rules that run a planned job's work under another name: one job per seed of training.seeds, or per point of the
+# training budget (whose training jobs hold a multiple of the rows or epochs: their runtime is not planned here).
+SAME_AS = {f"{task}_{stage}_{layout}": f"{task}_{stage}" for task in PLANNED_TASKS for stage in ("train", "generate")
+           for layout in ("seeded", "budget")}
 
 
 def slurm_resources(*planned: dict, margin: float = 1.5) -> dict:
@@ -304,9 +396,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parse = argparse.ArgumentParser(prog="python -m pipeline.plan", description=__doc__.split("\n\n")[0])
     parse.add_argument("--configfile", action="append", default=[], help="config files over config.yaml, in order")
+    parse.add_argument("--task", default="act_patch", choices=sorted(PLANNED_TASKS))
     parse.add_argument("--run", required=True, action="append",
-                       help="{explainer}_{target} of the act_patch task; again for more runs (--slurm: the largest "
-                            "request of each job over them)")
+                       help="{explainer}_{target} of the task; again for more runs (--slurm: the largest request of "
+                            "each job over them)")
     parse.add_argument("--device", default="h100", choices=sorted(DEVICES))
     parse.add_argument("--gpus", type=int, default=1, help="devices the training job spreads over (ZeRO)")
     parse.add_argument("--workdir", default=".", help="where resources/ and work/ are (measured counts, shapes)")
@@ -319,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         overlay = deep_merge(overlay, yaml.safe_load(Path(path).read_text()) or {})
     config = with_base_config(overlay, CONFIG)
     validate_config(config, source=" + ".join(["config.yaml", *args.configfile]))
-    results = [plan(config, run, args.device, args.gpus, Path(args.workdir)) for run in args.run]
+    results = [plan(config, run, args.device, args.gpus, Path(args.workdir), args.task) for run in args.run]
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return 0
@@ -331,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {rule}: {yaml.safe_dump(asked, default_flow_style=True, sort_keys=False).strip()}")
         return 0
     for result in results:
-        print(f"{result['run']} on {args.device} x {args.gpus}")
+        print(f"{args.task} {result['run']} on {args.device} x {args.gpus}")
         for row in result["jobs"]:
             print(f"{row['job']:24s} x{row['jobs']:<4d} {row['tflop']:10.3g} TFLOP  {row['peak_memory_gb']:7.1f} GB "
                   f"{'fits' if row['fits'] else 'DOES NOT FIT'}  {row['gpu_hours']:8.3g} GPU-h  {row['note']}")

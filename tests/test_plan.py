@@ -85,7 +85,9 @@ def test_the_command_prints_the_plan(tmp_path):
     assert command.returncode == 0, command.stderr[-2000:]
     planned = json.loads(command.stdout)
     assert [j["job"] for j in planned["jobs"]] == ["act_patch_facts", "act_patch_pairs", "act_patch_label_chunk",
-                                                   "act_patch_train", "act_patch_generate"]
+                                                   "act_patch_train", "act_patch_train_baseline", "act_patch_generate"]
+    baselines = planned["jobs"][4]
+    assert baselines["jobs"] == 2 and baselines["note"].startswith("map_only, affine")  # config.yaml's baselines
     assert planned["total"]["gpu_hours"] == pytest.approx(sum(j["gpu_hours"] for j in planned["jobs"]))
 
 
@@ -115,19 +117,48 @@ def test_a_job_that_does_not_fit_says_what_would_and_the_slurm_requests_follow_t
     assert requests["act_patch_train_seeded"] == requests["act_patch_train"]  # a seed's run is the run's work
 
 
-def test_the_slurm_profiles_act_patch_requests_are_the_plans():
-    """profiles/slurm/config.yaml asks for what the plan of config.paper.yaml's act_patch runs needs, the largest over
+@pytest.mark.parametrize("task", ["act_patch", "input_ablation"])
+def test_the_slurm_profiles_requests_are_the_plans(task):
+    """profiles/slurm/config.yaml asks for what the plan of config.paper.yaml's runs of the task needs, the largest over
     them (`python -m pipeline.plan ... --slurm`): a changed setting or formula shows here until the profile follows."""
     from pipeline.plan import plan, slurm_resources
 
     config = paper_config()
-    runs = config["runs"]["act_patch"]
-    planned = slurm_resources(*[plan(config, run, "h100", 2) for run in runs])
+    runs = config["runs"][task]
+    planned = slurm_resources(*[plan(config, run, "h100", 2, task=task) for run in runs])
+    assert f"{task}_train" in planned and f"{task}_generate_seeded" in planned
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
     for rule, asked in planned.items():
+        assert rule in profile, f"{rule}: not in the profile"
         assert {key: profile[rule].get(key) for key in asked} == asked, (
             f"{rule}: the profile asks {profile[rule]}, the plan {asked}: python -m pipeline.plan --configfile "
-            f"config.paper.yaml {' '.join('--run ' + r for r in runs)} --gpus 2 --slurm")
+            f"config.paper.yaml --task {task} {' '.join('--run ' + r for r in runs)} --gpus 2 --slurm")
+
+
+def test_input_ablations_plan_counts_its_questions_and_its_in_context_prompts(tmp_path):
+    """The input_ablation plan: questions from the settings until the questions table exists, then its own split
+    counts; an in-context variant's generation costs its k solved examples more than a plain one."""
+    import pandas as pd
+
+    from pipeline.plan import plan
+
+    config = paper_config({"input_ablation": {"source": "mmlu", "path": "mmlu.parquet", "test_fraction": 0.5}})
+    planned = plan(config, "instruct_instruct", "h100", 1, tmp_path, task="input_ablation")
+    assert [j["job"] for j in planned["jobs"]] == ["input_ablation_labels", "input_ablation_train",
+                                                   "input_ablation_generate"]
+    assert planned["counts"]["questions_test"] == {"value": 7021, "from": "settings"}  # half the MMLU test split
+    generate = planned["jobs"][2]
+    assert generate["jobs"] == 4 and "in_context_8" in generate["note"]
+    question, answer, new = 320, 32, config["input_ablation"]["generation"]["max_new_tokens"]
+    lengths = question + new, question + new, 5 * question + 4 * answer + new, 9 * question + 8 * answer + new
+    plain = plan(paper_config({"input_ablation": {"source": "mmlu", "path": "mmlu.parquet", "test_fraction": 0.5,
+                                                  "baselines": []}}), "instruct_instruct", "h100", 1, tmp_path,
+                 task="input_ablation")["jobs"][2]
+    assert generate["tflop"] / plain["tflop"] == pytest.approx(sum(lengths) / sum(lengths[:2]))
+    (tmp_path / "work" / "input_ablation").mkdir(parents=True)
+    pd.DataFrame({"split": ["train"] * 30 + ["test"] * 12}).to_parquet(tmp_path / "work/input_ablation/questions.parquet")
+    built = plan(config, "instruct_instruct", "h100", 1, tmp_path, task="input_ablation")
+    assert built["counts"]["questions_test"]["value"] == 12 and built["jobs"][1]["note"].startswith("30 rows")
 
 
 def test_the_bench_sets_each_stages_measured_memory_beside_the_plans_on_a_model_of_the_planned_shape(tiny_dir):
