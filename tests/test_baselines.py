@@ -57,3 +57,18 @@ def test_both_baselines_run_and_are_compared_with_the_fine_tuned_explainer(tmp_p
     refused = snakemake(workdir, "-n", "results/input_ablation/tiny_smollm.json", configfiles=[override(
         tmp_path, "wrong.yaml", {"input_ablation": {"baselines": ["map_only"]}})])
     assert refused.returncode != 0 and "is not one of ['in_context_4', 'in_context_8']" in refused.stdout + refused.stderr
+
+
+def test_an_in_context_answer_ends_where_its_examples_answers_do():
+    """The in-context explainer writes its answer and then a next example of its own: its answer is the text up to the
+    end of its first <<<...>>> answer (a newline inside one kept), else up to the first blank line."""
+    from pipeline.explainer.prompts import first_answer, parse_answer
+
+    wrote = "The most likely output would change to <<<French>>>.\n\nConsider the input text: <<<People from"
+    assert first_answer(wrote) == "The most likely output would change to <<<French>>>."
+    assert first_answer("The output would remain unchanged from <<<\n\n>>>.\n\nGiven") == \
+        "The output would remain unchanged from <<<\n\n>>>."
+    assert first_answer("The most likely output would change to <<<Java.\n\nthe next <<<Oman>>>") == \
+        "The most likely output would change to <<<Java."  # an unclosed answer does not reach into the next one
+    assert first_answer("I cannot tell.\n\nQuestion: ...") == "I cannot tell."
+    assert parse_answer(first_answer(wrote)).content == "french"

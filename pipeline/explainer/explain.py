@@ -200,6 +200,10 @@ def generate(run: Run, variant: str, out_path) -> pd.DataFrame:
     predictions = generate_answers(explainer, tokenizer, questions, vectors, prompt_format,
                                    generation_cfg.max_new_tokens, generation_cfg.batch_size, desc=variant,
                                    vector_layers=layers)
+    if variant in IN_CONTEXT:  # its examples end where its answer does; what it writes after is a next example
+        from pipeline.explainer.prompts import first_answer
+
+        predictions = [first_answer(p) for p in predictions]
     out = prediction_frame(examples, questions, predictions, variant)
     write_table(out, out_path, provenance(run.provenance | {"precision": resolve_precision(generation_cfg.precision)},
                                           models))

@@ -72,6 +72,19 @@ def answer_content(text: str | None) -> str | None:
     return None
 
 
+# The end of an answer in either form: an in-context explainer writes one, then goes on to the next example.
+_ANSWER_END = re.compile(r"(?:remain\s+unchanged\s+from|change\s+to)\s+<<<(?:(?!<<<).)*?>>>\.?",
+                         re.S | re.IGNORECASE)
+
+
+def first_answer(text: str) -> str:
+    """An in-context explainer's output up to the end of its first answer ("... <<<X>>>."), as its examples end
+    theirs; where it wrote none, up to the first blank line (the examples' separator). The continuation it writes
+    after, a next question of its own, is not part of its answer."""
+    match = _ANSWER_END.search(text)
+    return text[:match.end()] if match else text.split("\n\n")[0]
+
+
 def token_text(token: str) -> str:
     """A decoded token as shown in answers: surrounding whitespace dropped, unless that empties it."""
     return token.strip() or token
