@@ -169,7 +169,11 @@ def budget_figure(budget: dict, out_path) -> None:
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_title("self minus other, changed-row exact match")
     axis.set_xlabel("examples seen (rows x epochs)")
-    axis.legend(fontsize=7)
+    if budget["others"]:
+        axis.legend(fontsize=7)
+    else:  # act_patch.budget.others is empty: nothing to set against
+        axis.text(0.5, 0.5, "no other explainer\n(act_patch.budget.others)", ha="center", va="center",
+                  transform=axis.transAxes)
     figure.suptitle(f"act_patch: {own} explains {budget['target']} against the training budget")
     save_figure(figure, out_path)
 
