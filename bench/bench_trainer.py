@@ -134,6 +134,7 @@ def generation_section(model_dir: str, width: int, questions, vectors, peaks: di
     from pipeline.explainer.generation import generate_answers
     from pipeline.explainer.model import encode_example, load_explainer
 
+    shape = Shape.of(AutoConfig.from_pretrained(read_manifest(model_dir)["weights"]))
     rates = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         if precision == "bf16" and peaks["bf16"] < peaks["fp32"] / 2:
@@ -146,8 +147,7 @@ def generation_section(model_dir: str, width: int, questions, vectors, peaks: di
         start = time.perf_counter()
         generate_answers(explainer, tokenizer, questions, vectors, "plain", new_tokens, batch_size, desc=precision)
         seconds = time.perf_counter() - start
-        flops = generation_flops(Shape.of(AutoConfig.from_pretrained(read_manifest(model_dir)["weights"])), lengths,
-                                 new_tokens)
+        flops = generation_flops(shape, lengths, new_tokens)
         rates[precision] = len(questions) * new_tokens / seconds
         print(f"generation {precision}: {rates[precision]:8.1f} new tokens/s ({len(questions)} rows x {new_tokens}, "
               f"batch {batch_size}), {flops / seconds / 1e9:.1f} GFLOP/s counted, MFU "

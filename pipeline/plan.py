@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.tasks import IN_CONTEXT, get_task
+
 # Published shapes (each model's config.json on the hub) of the models the paper's configs name, for planning where
 # the weights are not here.
 KNOWN_SHAPES = {
@@ -194,7 +196,7 @@ def act_patch_plan(settings, explainer: Shape, target: Shape, counts: dict, gpus
                        [b for b in task.baselines if b not in IN_CONTEXT])
     answered = rows["test"] if generation.max_examples is None else min(rows["test"], generation.max_examples)
     jobs.append(generate_job("act_patch", generation, explainer, answered, question, answer,
-                             ("finetuned", "untrained", "no_vector", "shuffled_vector", *task.baselines)))
+                             (*get_task("act_patch").variants, *task.baselines)))
     return jobs
 
 
@@ -219,11 +221,8 @@ def input_ablation_plan(settings, explainer: Shape, target: Shape, counts: dict,
     answered = questions["test"] if generation.max_examples is None else min(questions["test"],
                                                                              generation.max_examples)
     jobs.append(generate_job("input_ablation", generation, explainer, answered, question, answer,
-                             ("finetuned", "untrained", *task.baselines)))
+                             (*get_task("input_ablation").variants, *task.baselines)))
     return jobs
-
-
-IN_CONTEXT = {"in_context_4": 4, "in_context_8": 8}  # pipeline.tasks.IN_CONTEXT: solved examples in the prompt
 
 
 def train_jobs(task: str, training, explainer: Shape, rows: int, question: int, answer: int, gpus: int,
@@ -382,7 +381,7 @@ def slurm_resources(*planned: dict, margin: float = 1.5) -> dict:
     out: dict = {}
     for plan_ in planned:
         for row in plan_["jobs"]:
-            wall = row["wall_hours"] / max(1, row["jobs"]) if row["job"] != "act_patch_train" else row["wall_hours"]
+            wall = row["wall_hours"] / max(1, row["jobs"])  # one job's: the jobs of a row run apart
             asked = {"gpu": row["devices"], "mem_mb": int(math.ceil(row["host_gb"] * 1000)),
                      "runtime": max(10, int(math.ceil(wall * 60 * margin)))}
             out[row["job"]] = {key: max(value, out.get(row["job"], {}).get(key, 0)) for key, value in asked.items()}
